@@ -1,0 +1,59 @@
+# durable_django: `make demo` runs the examples with no servers, `make test` runs everything.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+# A Python >= 3.12 for the Django 6 line, when this machine has one.
+NEW_PYTHON ?= $(shell bash scripts/newest_python.sh)
+VENV6 ?= .venv-django6
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help venv demo test lint check pytest pytest-sqlite test-django6 clean
+
+help:
+	@echo "make demo   run every example workflow end to end (embedded SQLite + in-process queue)"
+	@echo "make test   install and run the whole suite: lint, checks, tests (PostgreSQL, Redis, rqworker)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py run_examples
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check: venv
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django check --fail-level WARNING
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django makemigrations --check --dry-run
+
+pytest: venv
+	$(PY) -m pytest
+
+pytest-sqlite: venv
+	DURABLE_TEST_DATABASE=sqlite $(PY) -m pytest -m "not integration" -q
+
+test-django6:
+	@if [ -z "$(NEW_PYTHON)" ]; then echo "No Python >= 3.12 here: skipping the Django 6 run"; exit 0; fi; \
+	set -e; \
+	if [ ! -f $(VENV6)/.installed ] || [ pyproject.toml -nt $(VENV6)/.installed ]; then \
+	  $(NEW_PYTHON) -m venv $(VENV6); \
+	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip; \
+	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) -e '.[dev]' 'django>=6.0,<6.2'; \
+	  touch $(VENV6)/.installed; \
+	fi; \
+	$(VENV6)/bin/python -c 'import django; print("Django", django.get_version())'; \
+	DJANGO_SETTINGS_MODULE=tests.settings $(VENV6)/bin/python -m django makemigrations --check --dry-run; \
+	$(VENV6)/bin/python -m pytest -q
+
+test: lint check pytest pytest-sqlite test-django6
+
+clean:
+	rm -rf $(VENV) $(VENV6) example.sqlite3 .pytest_cache .ruff_cache

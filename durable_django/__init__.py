@@ -1,0 +1,70 @@
+"""durable_django: durable workflows with parallel steps for Django, executed on RQ.
+
+Everything listed in ``__all__`` is the public API.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import (
+    DurableConfigurationError,
+    DurableError,
+    InvalidInput,
+    NotInStepError,
+    WorkflowDefinitionError,
+    WorkflowNotFound,
+)
+
+try:
+    __version__ = version("durable-django")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DurableConfigurationError",
+    "DurableError",
+    "InvalidInput",
+    "NotInStepError",
+    "Parallel",
+    "RetryPolicy",
+    "Step",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowNotFound",
+    "assign",
+    "call_workflow",
+    "error",
+    "get_workflow",
+    "goto",
+    "ok",
+    "parallel",
+    "parallel_ok",
+    "parallel_result",
+    "parallel_results",
+    "start_workflow",
+    "step",
+    "workflow",
+]
+
+# The definition API and the helpers import no models, so they load before Django's app
+# registry is ready (workflows modules may be imported early). The rest is loaded on first use.
+from .context import assign, parallel_ok, parallel_result, parallel_results
+from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, step, workflow
+from .results import error, goto, ok
+
+_LAZY = {"call_workflow": ".children", "start_workflow": ".engine"}
+
+if TYPE_CHECKING:
+    from .children import call_workflow
+    from .engine import start_workflow
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durable_django' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module, __name__), name)

@@ -1,0 +1,86 @@
+"""Child workflows: ``call_workflow`` runs a workflow inline, inside the calling step.
+
+The child is a run of its own, linked to its parent, so it can be inspected like any other. Its
+jobs (branches, joins, retries) execute in the calling process, one after another; the step
+that called it gets the child's outcome as a return value. A child is identified by
+(parent run, calling step, ``ref``): when the calling step runs again, a finished child's
+recorded result is returned instead of running it twice, and an unfinished one is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from . import dispatch, engine, jobs
+from .context import current_scope, to_step_context
+from .definition import Workflow, resolve
+from .models import RunStatus, WorkflowRun
+
+logger = logging.getLogger("durable_django")
+
+
+def call_workflow(
+    workflow_or_name: Workflow | str, input: dict[str, Any], *, ref: str | None = None
+) -> tuple[str, Any]:
+    """Run a child workflow to completion inside the current step.
+
+    Returns ``("ok", child_final_context)`` or ``("error", reason)`` where ``reason`` is the
+    child's error (``{"step": ..., "reason": ...}``). ``ref`` names the call within the step;
+    without one, calls are numbered per child workflow in the order the step makes them.
+    """
+    scope = current_scope("call_workflow")
+    wf = resolve(workflow_or_name)
+    if ref is None:
+        count = scope.child_calls.get(wf.name, 0) + 1
+        scope.child_calls[wf.name] = count
+        ref = f"{wf.name}#{count}"
+    elif not isinstance(ref, str) or not ref:
+        raise TypeError(f"call_workflow ref must be a non-empty string, got {ref!r}")
+
+    child = WorkflowRun.objects.filter(parent_id=scope.run_id, parent_step=scope.step, ref=ref).first()
+    if child is None or not child.is_finished:
+        run_id = child.pk if child else uuid.uuid4()
+        with dispatch.inline(run_id) as sink:
+            if child is None:
+                parent = WorkflowRun(pk=scope.run_id)
+                child = engine.start_run(wf, input, parent=parent, parent_step=scope.step, ref=ref, run_id=run_id)
+                if child.pk != run_id:  # another execution of this step created it first
+                    sink.run_ids.add(child.pk)
+                    if not child.is_finished:
+                        queue = engine.queue_for(wf)
+                        sink.jobs.append(dispatch.Job(dispatch.RUN, (str(child.pk), queue), queue, child.pk))
+            else:
+                logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
+                queue = engine.queue_for(wf)
+                sink.jobs.append(dispatch.Job(dispatch.RUN, (str(child.pk), queue), queue, child.pk))
+            _drain(sink)
+        child.refresh_from_db()
+    return _outcome(child)
+
+
+def _drain(sink: dispatch.InlineSink) -> None:
+    """Execute the child's jobs in this process until none is left."""
+    while sink.jobs:
+        job = sink.jobs.popleft()
+        if job.delay > 0:
+            # The child is synchronous by definition: its retry backoff waits here.
+            time.sleep(job.delay)
+        jobs.ENTRY_POINTS[job.func](*job.args)
+
+
+def _outcome(child: WorkflowRun) -> tuple[str, Any]:
+    if child.status == RunStatus.COMPLETED:
+        return ("ok", to_step_context(child.context))
+    if child.status == RunStatus.FAILED:
+        return ("error", child.error)
+    return (
+        "error",
+        {
+            "type": "child_incomplete",
+            "message": f"child run {child.pk} of workflow {child.workflow!r} ended {child.status}",
+            "run": str(child.pk),
+        },
+    )

@@ -1,0 +1,56 @@
+"""The ``DURABLE`` settings dict, read through one object at access time.
+
+Reading at access time (never at import time) keeps ``override_settings`` working in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+from .exceptions import DurableConfigurationError
+
+DEFAULTS: dict[str, Any] = {
+    # django-rq queue used for runs and branches unless a workflow or a step names another.
+    "QUEUE": "default",
+    # RQ job timeout (seconds) of the jobs that execute steps; -1 means no limit.
+    "JOB_TIMEOUT": 3600,
+    # How long RQ keeps a finished job's return value. The database holds every result,
+    # so RQ's copy is dropped at once by default.
+    "RESULT_TTL": 0,
+    # How long RQ keeps a failed job (an engine crash, not a failed step) for inspection.
+    "FAILURE_TTL": 7 * 24 * 3600,
+}
+
+
+class DurableSettings:
+    """Typed access to ``settings.DURABLE`` with defaults; unknown keys are a configuration error."""
+
+    def _user(self) -> dict[str, Any]:
+        value = getattr(django_settings, "DURABLE", {}) or {}
+        if not isinstance(value, dict):
+            raise DurableConfigurationError(f"settings.DURABLE must be a dict, not {type(value).__name__}.")
+        return value
+
+    def unknown_keys(self) -> list[str]:
+        return sorted(set(self._user()) - set(DEFAULTS))
+
+    @property
+    def QUEUE(self) -> str:
+        return self._user().get("QUEUE", DEFAULTS["QUEUE"])
+
+    @property
+    def JOB_TIMEOUT(self) -> int:
+        return int(self._user().get("JOB_TIMEOUT", DEFAULTS["JOB_TIMEOUT"]))
+
+    @property
+    def RESULT_TTL(self) -> int:
+        return int(self._user().get("RESULT_TTL", DEFAULTS["RESULT_TTL"]))
+
+    @property
+    def FAILURE_TTL(self) -> int:
+        return int(self._user().get("FAILURE_TTL", DEFAULTS["FAILURE_TTL"]))
+
+
+durable_settings = DurableSettings()

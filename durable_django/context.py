@@ -1,0 +1,119 @@
+"""The workflow context: JSON round trips, ``__results__`` and the helpers steps call.
+
+Every value that goes into the database goes through :func:`dumps` first. Contexts are always
+handed to steps as fresh ``json.loads`` copies, so a step mutating its context never leaks
+anywhere, and a run resumed on another worker sees exactly what a running one saw.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from .exceptions import NotInStepError
+
+RESULTS_KEY = "__results__"
+
+
+class Unserializable(TypeError):
+    """A value that cannot be stored as JSON."""
+
+
+def dumps(value: Any) -> str:
+    """Serialize ``value`` as stored JSON (DjangoJSONEncoder types allowed)."""
+    try:
+        return json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise Unserializable(str(exc)) from exc
+
+
+def roundtrip(value: Any) -> Any:
+    """``value`` as it will read back from the database."""
+    return json.loads(dumps(value))
+
+
+def to_step_context(stored: dict[str, Any]) -> dict[str, Any]:
+    """A step's view of a stored context: a deep copy whose ``__results__`` values are tuples."""
+    ctx = json.loads(json.dumps(stored))
+    results = ctx.get(RESULTS_KEY)
+    if isinstance(results, dict):
+        ctx[RESULTS_KEY] = results_to_tuples(results)
+    return ctx
+
+
+def results_to_tuples(results: dict[str, Any]) -> dict[str, Any]:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in results.items()}
+
+
+def merge(ctx: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Shallow merge: keys the step returned win."""
+    return {**ctx, **data}
+
+
+def assign(ctx: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Return a new dict: ``ctx`` with ``key`` set to ``value`` (``ctx`` itself is left alone)."""
+    return {**ctx, key: value}
+
+
+# -- the step currently executing ---------------------------------------------------------------
+
+
+@dataclass
+class StepScope:
+    """What the engine knows about the step executing in this thread or task."""
+
+    run_id: Any
+    step: str
+    ctx: dict[str, Any]
+    child_calls: dict[str, int] = field(default_factory=dict)
+
+
+_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar("durable_step", default=None)
+
+
+@contextmanager
+def step_scope(scope: StepScope) -> Iterator[StepScope]:
+    token = _current.set(scope)
+    try:
+        yield scope
+    finally:
+        _current.reset(token)
+
+
+def current_scope(helper: str) -> StepScope:
+    scope = _current.get()
+    if scope is None:
+        raise NotInStepError(f"{helper}() was called outside a running step; pass the context explicitly.")
+    return scope
+
+
+# -- helpers for parallel results ---------------------------------------------------------------
+
+
+def parallel_results(ctx: dict[str, Any] | None = None) -> dict[str, tuple[str, Any]]:
+    """The last parallel block's results: ``{key: ("ok", data) | ("error", reason)}`` (``{}`` if none)."""
+    if ctx is None:
+        ctx = current_scope("parallel_results").ctx
+    results = ctx.get(RESULTS_KEY) or {}
+    return results_to_tuples(results) if isinstance(results, dict) else {}
+
+
+def parallel_result(name: str, ctx: dict[str, Any] | None = None) -> tuple[str, Any] | None:
+    """One branch's result, ``("ok", data)`` or ``("error", reason)``; ``None`` if there is no such key."""
+    if ctx is None:
+        ctx = current_scope("parallel_result").ctx
+    return parallel_results(ctx).get(name)
+
+
+def parallel_ok(name: str, ctx: dict[str, Any] | None = None) -> bool:
+    """Whether the branch stored under ``name`` succeeded."""
+    if ctx is None:
+        ctx = current_scope("parallel_ok").ctx
+    result = parallel_result(name, ctx)
+    return bool(result) and result[0] == "ok"

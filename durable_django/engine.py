@@ -1,0 +1,563 @@
+"""State transitions: start a run, execute steps, fan out a parallel block, join it.
+
+Every transition is one transaction whose winner is decided by a conditional UPDATE: a run's
+``version`` (bumped by every transition) or a row's ``status``. A stale or duplicate worker's
+update matches no row and its work is dropped, so the engine can be driven at least once by RQ
+while every state change happens exactly once. Jobs are sent only after their state commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import dispatch
+from .conf import durable_settings
+from .context import (
+    RESULTS_KEY,
+    StepScope,
+    Unserializable,
+    merge,
+    results_to_tuples,
+    roundtrip,
+    step_scope,
+    to_step_context,
+)
+from .definition import Parallel, Step, Workflow, get_workflow
+from .exceptions import InvalidInput, WorkflowNotFound
+from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .results import ERROR, GOTO, OK, Outcome, normalize
+
+logger = logging.getLogger("durable_django")
+
+
+def queue_for(wf: Workflow, node: Step | Parallel | None = None) -> str:
+    """The queue a step runs on: the step's own, else the workflow's, else ``DURABLE["QUEUE"]``."""
+    own = node.queue if isinstance(node, Step) else None
+    return own or wf.queue or durable_settings.QUEUE
+
+
+# -- starting -----------------------------------------------------------------------------------
+
+
+def start_run(
+    wf: Workflow,
+    input: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    parent: WorkflowRun | None = None,
+    parent_step: str = "",
+    ref: str = "",
+    run_id: Any = None,
+) -> WorkflowRun:
+    """Save a run of ``wf`` and dispatch it after the surrounding transaction commits."""
+    if input is None:
+        input = {}
+    if not isinstance(input, dict):
+        raise InvalidInput(f"Input of workflow {wf.name!r} must be a dict, got {type(input).__name__}.")
+    try:
+        stored = roundtrip(input)
+    except Unserializable as exc:
+        raise InvalidInput(f"Input of workflow {wf.name!r} is not JSON-serializable: {exc}") from None
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key or len(idempotency_key) > 255:
+            raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters.")
+        existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+    first = wf.steps[0]
+    run = WorkflowRun(
+        id=run_id or uuid.uuid4(),
+        workflow=wf.name,
+        input=stored,
+        context=stored,
+        current_step=first.name,
+        idempotency_key=idempotency_key,
+        parent=parent,
+        parent_step=parent_step,
+        ref=ref,
+    )
+    try:
+        with transaction.atomic(using=router.db_for_write(WorkflowRun)):
+            run.save(force_insert=True)
+    except IntegrityError:
+        # Lost a race against a run with the same idempotency key (or child ref): that one wins.
+        if idempotency_key is not None:
+            return WorkflowRun.objects.get(workflow=wf.name, idempotency_key=idempotency_key)
+        if parent is not None:
+            return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref)
+        raise
+    logger.info("started run %s of workflow %r", run.pk, wf.name)
+    dispatch.submit(dispatch.Job(dispatch.RUN, (str(run.pk), queue_for(wf, first)), queue_for(wf, first), run.pk))
+    return run
+
+
+def start_workflow(
+    name: str, input: dict[str, Any] | None = None, *, idempotency_key: str | None = None
+) -> WorkflowRun:
+    """Start the workflow registered under ``name``; see :meth:`Workflow.start`."""
+    return get_workflow(name).start(input, idempotency_key=idempotency_key)
+
+
+# -- executing a step ---------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    """What one execution of a step produced, ready to be stored."""
+
+    outcome: Outcome
+    started_at: datetime
+    finished_at: datetime
+    output: dict[str, Any] | None = None
+    retryable: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome.kind not in (OK, GOTO)
+
+    @property
+    def reason(self) -> Any:
+        return self.outcome.reason
+
+
+def exception_reason(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
+    """How a raised exception is stored: its class name, message and traceback."""
+    return {
+        "type": type_name or type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _stored_reason(reason: Any) -> Any:
+    try:
+        return roundtrip(reason)
+    except Unserializable as exc:
+        return {
+            "type": "unserializable_output",
+            "message": f"the error reason cannot be stored as JSON: {exc}",
+            "repr": repr(reason)[:2000],
+        }
+
+
+def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool = False) -> Attempt:
+    """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`."""
+    started = timezone.now()
+    try:
+        with step_scope(StepScope(run_id, step.name, ctx)):
+            value = step.fn(ctx)
+        outcome = normalize(value)
+    except Exception as exc:
+        outcome = Outcome(ERROR, reason=exception_reason(exc))
+    finished = timezone.now()
+    if outcome.kind == "invalid":
+        return Attempt(Outcome(ERROR, reason=outcome.reason), started, finished)
+    if outcome.kind == ERROR:
+        return Attempt(Outcome(ERROR, reason=_stored_reason(outcome.reason)), started, finished)
+    if outcome.kind == GOTO and in_parallel:
+        reason = {
+            "type": "goto_error",
+            "message": f"step {step.name!r} returned goto({outcome.target!r}) inside a parallel block; "
+            "a branch can only return ok or error (use the block's into= callback to jump).",
+        }
+        return Attempt(Outcome(ERROR, reason=reason), started, finished, retryable=False)
+    try:
+        output = roundtrip(outcome.data)
+    except Unserializable as exc:
+        reason = {
+            "type": "unserializable_output",
+            "message": f"step {step.name!r} returned data that cannot be stored as JSON: {exc}",
+        }
+        return Attempt(Outcome(ERROR, reason=reason), started, finished)
+    return Attempt(outcome, started, finished, output=output)
+
+
+# -- run transitions ----------------------------------------------------------------------------
+
+
+def _transition(
+    run: WorkflowRun,
+    fields: dict[str, Any],
+    rows: list[StepResult] | None = None,
+    jobs: list[dispatch.Job] | None = None,
+) -> bool:
+    """Apply ``fields`` to ``run`` if nobody moved it since it was read; store ``rows``, send ``jobs``.
+
+    One transaction. Returns ``False`` (and writes nothing) when the run's version moved on:
+    another worker advanced it, or it was cancelled.
+    """
+    with transaction.atomic():
+        updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
+            version=run.version + 1, **fields
+        )
+        if not updated:
+            logger.info("run %s moved on while this worker held version %s; dropping its update", run.pk, run.version)
+            return False
+        if rows:
+            StepResult.objects.bulk_create(rows)
+        dispatch.submit(*(jobs or ()))
+    run.version += 1
+    for name, value in fields.items():
+        setattr(run, name, value)
+    return True
+
+
+def _fail_fields(step_name: str, reason: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "status": RunStatus.FAILED,
+        "error": {"step": step_name, **extra, "reason": reason},
+        "finished_at": timezone.now(),
+    }
+
+
+def _goto_error(source: str, target: str) -> dict[str, Any]:
+    return {
+        "type": "goto_error",
+        "message": f"{source!r} jumped to {target!r}, which is not a top-level step or parallel block of this workflow",
+        "target": target,
+    }
+
+
+def _move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> dict[str, Any]:
+    """Fields that put the run at step ``position`` (completing it past the last step)."""
+    if position is None or position >= len(wf.steps):
+        return {
+            "context": context,
+            "current_step": "",
+            "current_attempt": 1,
+            "status": RunStatus.COMPLETED,
+            "finished_at": timezone.now(),
+        }
+    return {"context": context, "current_step": wf.steps[position].name, "current_attempt": 1}
+
+
+def claim_run(run_id: Any) -> WorkflowRun | None:
+    """Mark a pending run running and load it; ``None`` when it is not (or no longer) running."""
+    WorkflowRun.objects.filter(pk=run_id, status=RunStatus.PENDING).update(
+        status=RunStatus.RUNNING, started_at=timezone.now(), version=F("version") + 1
+    )
+    run = WorkflowRun.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.warning("run %s does not exist; dropping its job", run_id)
+        return None
+    return run if run.status == RunStatus.RUNNING else None
+
+
+def _load_workflow(run: WorkflowRun) -> Workflow | None:
+    try:
+        return get_workflow(run.workflow)
+    except WorkflowNotFound as exc:
+        reason = {"type": "workflow_not_found", "message": str(exc)}
+        _transition(run, _fail_fields(run.current_step, reason))
+        logger.error("run %s failed: %s", run.pk, exc)
+        return None
+
+
+def execute_run(run_id: Any, queue: str) -> None:
+    """Entry point of a run job: execute the run's sequential steps from where it stands."""
+    run = claim_run(run_id)
+    if run is None:
+        return
+    wf = _load_workflow(run)
+    if wf is not None:
+        advance(run, wf, queue)
+
+
+def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
+    """Execute sequential steps back to back until the run finishes, waits or reaches a parallel block.
+
+    Steps that belong on another queue are handed over to that queue's workers.
+    """
+    while run.status == RunStatus.RUNNING:
+        position = wf.position(run.current_step)
+        if position is None:
+            reason = {
+                "type": "unknown_step",
+                "message": f"workflow {wf.name!r} has no step {run.current_step!r} (was the definition changed?)",
+            }
+            _transition(run, _fail_fields(run.current_step, reason))
+            return
+        node = wf.steps[position]
+        if isinstance(node, Parallel):
+            fan_out(run, wf, node)
+            return
+        wanted = queue_for(wf, node)
+        if wanted != queue:
+            dispatch.submit(dispatch.Job(dispatch.RUN, (str(run.pk), wanted), wanted, run.pk))
+            return
+        if not _run_sequential_step(run, wf, node, position, queue):
+            return
+    if run.status == RunStatus.COMPLETED:
+        logger.info("run %s of workflow %r completed", run.pk, wf.name)
+
+
+def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: int, queue: str) -> bool:
+    """Execute one sequential step and commit its outcome; ``True`` when the run moved to another step."""
+    attempt_no = run.current_attempt
+    attempt = call_step(step, to_step_context(run.context), run.pk)
+    row = StepResult(
+        run=run,
+        step=step.name,
+        attempt=attempt_no,
+        started_at=attempt.started_at,
+        finished_at=attempt.finished_at,
+        job_id=dispatch.current_job_id(),
+    )
+    if not attempt.failed:
+        target = position + 1
+        if attempt.outcome.kind == GOTO:
+            target = wf.position(attempt.outcome.target)
+            if target is None:
+                row.status, row.error = StepStatus.FAILED, _goto_error(step.name, attempt.outcome.target)
+                _transition(run, _fail_fields(step.name, row.error), [row])
+                return False
+        row.status, row.output = StepStatus.COMPLETED, attempt.output
+        return _transition(run, _move_fields(wf, target, merge(run.context, attempt.output)), [row])
+    row.status, row.error = StepStatus.FAILED, attempt.reason
+    if attempt.retryable and attempt_no < step.retry.max_attempts:
+        delay = step.retry.delay(attempt_no)
+        job = dispatch.Job(dispatch.RUN, (str(run.pk), queue), queue, run.pk, delay=delay)
+        logger.info("step %r of run %s failed (attempt %d); retrying in %.2fs", step.name, run.pk, attempt_no, delay)
+        _transition(run, {"current_attempt": attempt_no + 1}, [row], [job])
+        return False
+    logger.info("run %s failed at step %r", run.pk, step.name)
+    _transition(run, _fail_fields(step.name, attempt.reason), [row])
+    return False
+
+
+# -- parallel blocks ----------------------------------------------------------------------------
+
+
+def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> None:
+    """Write the block's group and one pending row per branch, then enqueue every branch in one batch."""
+    with transaction.atomic():
+        updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
+            version=run.version + 1
+        )
+        if not updated:
+            return
+        count = len(block.steps)
+        group = ParallelGroup.objects.create(
+            run=run, name=block.name, on_error=block.on_error, branch_count=count, pending_count=count
+        )
+        rows = [
+            StepResult(run=run, step=member.name, group=group, job_id=dispatch.new_job_id()) for member in block.steps
+        ]
+        StepResult.objects.bulk_create(rows)
+        dispatch.submit(
+            *(
+                dispatch.Job(dispatch.BRANCH, (row.pk,), queue_for(wf, member), run.pk, job_id=row.job_id)
+                for row, member in zip(rows, block.steps, strict=True)
+            )
+        )
+    run.version += 1
+    logger.info("run %s fanned out %d branches of %r", run.pk, count, block.name)
+
+
+def _cancel_branch(row_id: int) -> None:
+    StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
+        status=StepStatus.CANCELLED, finished_at=timezone.now()
+    )
+
+
+def execute_branch(row_id: int) -> None:
+    """Entry point of a branch job: run one attempt of one branch and record its result once."""
+    claimed = StepResult.objects.filter(pk=row_id, status=StepStatus.PENDING).update(
+        status=StepStatus.RUNNING, started_at=timezone.now(), job_id=dispatch.current_job_id() or F("job_id")
+    )
+    if not claimed:
+        logger.debug("branch %s is not pending (duplicate or cancelled job); nothing to do", row_id)
+        return
+    row = StepResult.objects.select_related("run", "group").get(pk=row_id)
+    run, group = row.run, row.group
+    if run.status != RunStatus.RUNNING or group.status != GroupStatus.RUNNING:
+        _cancel_branch(row_id)
+        return
+    try:
+        wf = get_workflow(run.workflow)
+        block = wf.steps[wf.position(group.name)]
+        step = block.branch(row.step)
+    except (WorkflowNotFound, TypeError, IndexError, KeyError, AttributeError):
+        reason = {
+            "type": "unknown_step",
+            "message": f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}",
+        }
+        attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at, timezone.now(), retryable=False)
+        _record_branch(row, group, None, attempt, durable_settings.QUEUE)
+        return
+    attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
+    if attempt.failed and attempt.retryable and row.attempt < step.retry.max_attempts:
+        _retry_branch(row, wf, step, attempt)
+        return
+    _record_branch(row, group, block, attempt, queue_for(wf))
+
+
+def _retry_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attempt) -> None:
+    delay = step.retry.delay(row.attempt)
+    nxt = StepResult(
+        run_id=row.run_id, step=row.step, attempt=row.attempt + 1, group_id=row.group_id, job_id=dispatch.new_job_id()
+    )
+    with transaction.atomic():
+        updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
+            status=StepStatus.FAILED,
+            error=attempt.reason,
+            started_at=attempt.started_at,
+            finished_at=attempt.finished_at,
+        )
+        if not updated:
+            return
+        nxt.save(force_insert=True)
+        queue = queue_for(wf, step)
+        dispatch.submit(dispatch.Job(dispatch.BRANCH, (nxt.pk,), queue, row.run_id, delay=delay, job_id=nxt.job_id))
+    logger.info("branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, row.run_id, row.attempt, delay)
+
+
+def _record_branch(
+    row: StepResult, group: ParallelGroup, block: Parallel | None, attempt: Attempt, join_queue: str
+) -> None:
+    """Store a branch's final result and, if it is the one that decides the block, enqueue the join."""
+    failed = attempt.failed
+    table = connections[router.db_for_write(ParallelGroup)].ops.quote_name(ParallelGroup._meta.db_table)
+    with transaction.atomic():
+        updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
+            status=StepStatus.FAILED if failed else StepStatus.COMPLETED,
+            output=None if failed else attempt.output,
+            error=attempt.reason if failed else None,
+            started_at=attempt.started_at,
+            finished_at=attempt.finished_at,
+        )
+        if not updated:
+            return
+        # The row lock of this UPDATE serialises finishing branches: each one sees its own counts.
+        with connections[router.db_for_write(ParallelGroup)].cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET pending_count = pending_count - 1, failed_count = failed_count + %s "
+                "WHERE id = %s RETURNING pending_count, failed_count",
+                [int(failed), group.pk],
+            )
+            pending, failures = cursor.fetchone()
+        fail_fast = block is not None and block.on_error == "fail_fast" and block.into is None
+        # Under fail_fast (without into) the first failure decides at once; otherwise the last branch does.
+        decides = ((failed and failures == 1) or (pending == 0 and failures == 0)) if fail_fast else pending == 0
+        if decides:
+            dispatch.submit(dispatch.Job(dispatch.JOIN, (group.pk, join_queue), join_queue, row.run_id))
+
+
+def execute_join(group_id: int, queue: str) -> None:
+    """Entry point of a join job: apply the block's error strategy and ``into``, then continue the run."""
+    group = ParallelGroup.objects.select_related("run").filter(pk=group_id).first()
+    if group is None or group.status != GroupStatus.RUNNING or group.run.status != RunStatus.RUNNING:
+        return
+    run = group.run
+    wf = _load_workflow(run)
+    if wf is None:
+        return
+    position = wf.position(group.name)
+    block = wf.steps[position] if position is not None else None
+    if not isinstance(block, Parallel):
+        reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
+        _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
+        return
+    keys = {member.name: member.key for member in block.steps}
+    final = (
+        StepResult.objects.filter(group=group, status__in=(StepStatus.COMPLETED, StepStatus.FAILED))
+        .order_by("id")
+        .only("step", "status", "output", "error", "finished_at")
+    )
+    latest: dict[str, StepResult] = {}
+    for branch in final:  # ordered by id: a later attempt replaces an earlier one
+        latest[branch.step] = branch
+    results = {keys.get(name, name): list(branch.as_result()) for name, branch in latest.items()}
+
+    if block.into is not None:
+        _join_into(run, wf, group, block, position, results, queue)
+        return
+    failures = [branch for branch in latest.values() if branch.status == StepStatus.FAILED]
+    if block.on_error == "fail_fast" and failures:
+        branch = min(failures, key=lambda b: (b.finished_at or timezone.now(), b.pk))
+        fields = _fail_fields(branch.step, branch.error, parallel=group.name)
+        if _finish_group(run, group, GroupStatus.FAILED, results, None, fields, cancel_pending=True):
+            logger.info("run %s failed fast at branch %r of %r", run.pk, branch.step, group.name)
+        return
+    fields = _move_fields(wf, position + 1, {**run.context, RESULTS_KEY: results})
+    if _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
+        advance(run, wf, queue)
+
+
+def _join_into(
+    run: WorkflowRun,
+    wf: Workflow,
+    group: ParallelGroup,
+    block: Parallel,
+    position: int,
+    results: dict[str, Any],
+    queue: str,
+) -> None:
+    ctx = to_step_context(run.context)
+    try:
+        with step_scope(StepScope(run.pk, group.name, ctx)):
+            outcome = normalize(block.into(ctx, results_to_tuples(roundtrip(results))))
+    except Exception as exc:
+        outcome = Outcome(ERROR, reason=exception_reason(exc, "into_error"))
+    if outcome.kind == "invalid":
+        outcome = Outcome(ERROR, reason=outcome.reason)
+    fields: dict[str, Any]
+    if outcome.kind in (OK, GOTO):
+        try:
+            context = roundtrip(outcome.data)
+        except Unserializable as exc:
+            outcome = Outcome(
+                ERROR,
+                reason={
+                    "type": "unserializable_output",
+                    "message": f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}",
+                },
+            )
+    if outcome.kind == OK:
+        fields = _move_fields(wf, position + 1, context)
+    elif outcome.kind == GOTO and wf.position(outcome.target) is not None:
+        fields = _move_fields(wf, wf.position(outcome.target), context)
+    else:
+        reason = _goto_error(group.name, outcome.target) if outcome.kind == GOTO else _stored_reason(outcome.reason)
+        _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason))
+        return
+    if _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
+        advance(run, wf, queue)
+
+
+def _finish_group(
+    run: WorkflowRun,
+    group: ParallelGroup,
+    status: str,
+    results: dict[str, Any] | None,
+    error: Any,
+    run_fields: dict[str, Any],
+    *,
+    cancel_pending: bool = False,
+) -> bool:
+    """Close ``group`` and move ``run`` in one transaction; only the first join to get here wins."""
+    now = timezone.now()
+    with transaction.atomic():
+        closed = ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING).update(
+            status=status, results=results, error=error, finished_at=now
+        )
+        if not closed:
+            return False
+        if not _transition(run, run_fields):
+            transaction.set_rollback(True)
+            return False
+        if cancel_pending:
+            StepResult.objects.filter(group=group, status=StepStatus.PENDING).update(
+                status=StepStatus.CANCELLED, finished_at=now
+            )
+    return True

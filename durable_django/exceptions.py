@@ -1,0 +1,32 @@
+"""Exceptions raised by durable_django. Every one derives from :class:`DurableError`."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class DurableError(Exception):
+    """Base class of every durable_django error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class WorkflowDefinitionError(DurableError):
+    """The workflow definition is invalid."""
+
+
+class WorkflowNotFound(DurableError, LookupError):
+    """No workflow is registered under that name."""
+
+
+class InvalidInput(DurableError, ValueError):
+    """Workflow input must be a JSON-serializable dict."""
+
+
+class NotInStepError(DurableError, RuntimeError):
+    """This helper needs a context: call it from inside a running step or pass ctx explicitly."""
+
+
+class DurableConfigurationError(DurableError, ImproperlyConfigured):
+    """The DURABLE setting is invalid."""

@@ -1,0 +1,195 @@
+"""Every run, step attempt and parallel group is a row: the database is the source of truth."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class GroupStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
+
+
+class OnError(models.TextChoices):
+    FAIL_FAST = "fail_fast", _("Fail fast")
+    COMPLETE_ALL = "complete_all", _("Complete all")
+
+
+FINISHED_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class WorkflowRunQuerySet(models.QuerySet["WorkflowRun"]):
+    def unfinished(self) -> WorkflowRunQuerySet:
+        return self.filter(status__in=(RunStatus.PENDING, RunStatus.RUNNING))
+
+    def finished(self) -> WorkflowRunQuerySet:
+        return self.filter(status__in=FINISHED_RUN_STATUSES)
+
+
+class WorkflowRun(models.Model):
+    """One execution of a workflow."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.CharField(_("workflow"), max_length=200, db_index=True)
+    status = models.CharField(_("status"), max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
+    input = models.JSONField(_("input"), default=dict, encoder=DjangoJSONEncoder)
+    context = models.JSONField(_("context"), default=dict, encoder=DjangoJSONEncoder)
+    current_step = models.CharField(
+        _("current step"),
+        max_length=200,
+        blank=True,
+        help_text=_("The step or parallel block the run is at; empty once the run has completed."),
+    )
+    current_attempt = models.PositiveIntegerField(
+        _("current attempt"), default=1, help_text=_("Attempt number of the current sequential step.")
+    )
+    error = models.JSONField(_("error"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    parent = models.ForeignKey(
+        "self", models.CASCADE, null=True, blank=True, related_name="children", verbose_name=_("parent run")
+    )
+    parent_step = models.CharField(
+        _("parent step"), max_length=200, blank=True, help_text=_("The parent's step that called this run.")
+    )
+    ref = models.CharField(
+        _("reference"), max_length=200, blank=True, help_text=_("The child's ref inside its parent's step.")
+    )
+    # NULL, not "", for "no key": the unique constraint must ignore runs without one.
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)  # noqa: DJ001
+    version = models.PositiveIntegerField(
+        _("version"),
+        default=0,
+        help_text=_("Bumped by every state transition; a stale writer's update matches no row."),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    objects = WorkflowRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = _("workflow run")
+        verbose_name_plural = _("workflow runs")
+        indexes = [models.Index(fields=["status", "created_at"], name="durable_run_status_created")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="durable_run_unique_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["parent", "parent_step", "ref"],
+                condition=Q(parent__isnull=False),
+                name="durable_run_unique_child_ref",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (or until now while running)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class ParallelGroup(models.Model):
+    """One execution of a parallel block: its branches are :class:`StepResult` rows."""
+
+    run = models.ForeignKey(WorkflowRun, models.CASCADE, related_name="groups", verbose_name=_("run"))
+    name = models.CharField(_("name"), max_length=200)
+    on_error = models.CharField(_("on error"), max_length=16, choices=OnError.choices)
+    status = models.CharField(_("status"), max_length=16, choices=GroupStatus.choices, default=GroupStatus.RUNNING)
+    results = models.JSONField(_("results"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error = models.JSONField(_("error"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    branch_count = models.PositiveIntegerField(_("branches"), default=0)
+    pending_count = models.PositiveIntegerField(
+        _("unfinished branches"), default=0, help_text=_("Branches without a final result yet.")
+    )
+    failed_count = models.PositiveIntegerField(_("failed branches"), default=0)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "id")
+        verbose_name = _("parallel group")
+        verbose_name_plural = _("parallel groups")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+
+class StepResult(models.Model):
+    """One attempt of one step (a sequential step or a branch of a parallel group)."""
+
+    run = models.ForeignKey(WorkflowRun, models.CASCADE, related_name="steps", verbose_name=_("run"))
+    step = models.CharField(_("step"), max_length=200)
+    attempt = models.PositiveIntegerField(_("attempt"), default=1)
+    status = models.CharField(_("status"), max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    output = models.JSONField(_("output"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error = models.JSONField(_("error"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    group = models.ForeignKey(
+        ParallelGroup,
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="branches",
+        verbose_name=_("parallel group"),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    job_id = models.CharField(_("RQ job id"), max_length=64, blank=True)
+
+    class Meta:
+        ordering = ("id",)
+        verbose_name = _("step result")
+        verbose_name_plural = _("step results")
+        indexes = [
+            models.Index(fields=["run", "step"], name="durable_step_run_step"),
+            models.Index(fields=["group", "status"], name="durable_step_group_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step} #{self.attempt} ({self.status})"
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def as_result(self) -> tuple[str, Any]:
+        """``("ok", output)`` or ``("error", error)`` for a finished attempt."""
+        return ("ok", self.output) if self.status == StepStatus.COMPLETED else ("error", self.error)

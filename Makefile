@@ -46,7 +46,7 @@ test-django6:
 	if [ ! -f $(VENV6)/.installed ] || [ pyproject.toml -nt $(VENV6)/.installed ]; then \
 	  $(NEW_PYTHON) -m venv $(VENV6); \
 	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip; \
-	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) -e '.[dev]' 'django>=6.0,<6.2'; \
+	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) -e '.[dev]' 'django>=6.0,<7'; \
 	  touch $(VENV6)/.installed; \
 	fi; \
 	$(VENV6)/bin/python -c 'import django; print("Django", django.get_version())'; \

@@ -196,7 +196,8 @@ def _transition(
     One transaction. Returns ``False`` (and writes nothing) when the run's version moved on:
     another worker advanced it, or it was cancelled.
     """
-    with transaction.atomic():
+    # No savepoint when nested (the join closes its group in the same transaction): a lost race writes nothing.
+    with transaction.atomic(savepoint=False):
         updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
             version=run.version + 1, **fields
         )
@@ -340,6 +341,9 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
 
 def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> None:
     """Write the block's group and one pending row per branch, then enqueue every branch in one batch."""
+    if ParallelGroup.objects.filter(run_id=run.pk, name=block.name, status=GroupStatus.RUNNING).exists():
+        # A duplicate run job found the run already waiting on this block; its branches are out.
+        return
     with transaction.atomic():
         updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
             version=run.version + 1

@@ -50,12 +50,10 @@ def call_workflow(
                 if child.pk != run_id:  # another execution of this step created it first
                     sink.run_ids.add(child.pk)
                     if not child.is_finished:
-                        queue = engine.queue_for(wf)
-                        sink.jobs.append(dispatch.Job(dispatch.RUN, (str(child.pk), queue), queue, child.pk))
+                        sink.jobs.extend(engine.resume_jobs(child, wf))
             else:
                 logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
-                queue = engine.queue_for(wf)
-                sink.jobs.append(dispatch.Job(dispatch.RUN, (str(child.pk), queue), queue, child.pk))
+                sink.jobs.extend(engine.resume_jobs(child, wf))
             _drain(sink)
         child.refresh_from_db()
     return _outcome(child)

@@ -160,8 +160,9 @@ def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool
     except Exception as exc:
         outcome = Outcome(ERROR, reason=exception_reason(exc))
     finished = timezone.now()
+    # A malformed return value or unstorable data is a bug in the step, not a passing fault: no retry.
     if outcome.kind == "invalid":
-        return Attempt(Outcome(ERROR, reason=outcome.reason), started, finished)
+        return Attempt(Outcome(ERROR, reason=outcome.reason), started, finished, retryable=False)
     if outcome.kind == ERROR:
         return Attempt(Outcome(ERROR, reason=_stored_reason(outcome.reason)), started, finished)
     if outcome.kind == GOTO and in_parallel:
@@ -178,7 +179,7 @@ def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool
             "type": "unserializable_output",
             "message": f"step {step.name!r} returned data that cannot be stored as JSON: {exc}",
         }
-        return Attempt(Outcome(ERROR, reason=reason), started, finished)
+        return Attempt(Outcome(ERROR, reason=reason), started, finished, retryable=False)
     return Attempt(outcome, started, finished, output=output)
 
 
@@ -508,8 +509,10 @@ def _join_into(
     queue: str,
 ) -> None:
     ctx = to_step_context(run.context)
+    # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
+    scope_ctx = {**to_step_context(run.context), RESULTS_KEY: results_to_tuples(results)}
     try:
-        with step_scope(StepScope(run.pk, group.name, ctx)):
+        with step_scope(StepScope(run.pk, group.name, scope_ctx)):
             outcome = normalize(block.into(ctx, results_to_tuples(roundtrip(results))))
     except Exception as exc:
         outcome = Outcome(ERROR, reason=exception_reason(exc, "into_error"))
@@ -565,3 +568,40 @@ def _finish_group(
                 status=StepStatus.CANCELLED, finished_at=now
             )
     return True
+
+
+def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
+    """Jobs that set an unfinished run moving again from what the database holds.
+
+    Used when a child workflow is resumed inline: its earlier executor (the calling step) is gone,
+    so branches it left running get a fresh attempt, pending ones are sent again, and a block
+    whose branches are all done gets its join.
+    """
+    group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
+    queue = queue_for(wf)
+    if group is None:
+        position = wf.position(run.current_step)
+        node = wf.steps[position] if position is not None else None
+        wanted = queue_for(wf, node if isinstance(node, Step) else None)
+        return [dispatch.Job(dispatch.RUN, (str(run.pk), wanted), wanted, run.pk)]
+    now = timezone.now()
+    lost = list(StepResult.objects.filter(group=group, status=StepStatus.RUNNING))
+    with transaction.atomic():
+        for row in lost:
+            reason = {"type": "worker_lost", "message": "the process executing this attempt went away"}
+            if StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
+                status=StepStatus.FAILED, error=reason, finished_at=now
+            ):
+                StepResult.objects.create(
+                    run=run, step=row.step, attempt=row.attempt + 1, group=group, job_id=dispatch.new_job_id()
+                )
+    block = wf.steps[wf.position(group.name)] if wf.position(group.name) is not None else None
+    jobs = []
+    for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING):
+        member = block.branch(row.step) if isinstance(block, Parallel) else None
+        branch_queue = queue_for(wf, member)
+        jobs.append(dispatch.Job(dispatch.BRANCH, (row.pk,), branch_queue, run.pk, job_id=row.job_id))
+    group.refresh_from_db(fields=["pending_count"])
+    if group.pending_count == 0:
+        jobs.append(dispatch.Job(dispatch.JOIN, (group.pk, queue), queue, run.pk))
+    return jobs

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 from rq import SimpleWorker
 
 from . import dispatch
@@ -65,6 +66,23 @@ class EmbeddedQueue:
                 soonest = score if soonest is None else min(soonest, score)
         return None if soonest is None else max(0.0, soonest - time.time())
 
+    @staticmethod
+    def run_commit_hooks() -> int:
+        """Run the on-commit callbacks waiting in an open transaction, as its commit would.
+
+        Jobs are sent only when the transaction that wrote their state commits. Inside a test
+        wrapped in a transaction that never commits (pytest-django's ``django_db``, ``TestCase``),
+        this stands in for the commit, so runs can be driven without ``transaction=True``.
+        """
+        ran = 0
+        for connection in connections.all(initialized_only=True):
+            while connection.in_atomic_block and connection.run_on_commit:
+                callbacks, connection.run_on_commit = connection.run_on_commit, []
+                for _savepoints, callback, _robust in callbacks:
+                    callback()
+                    ran += 1
+        return ran
+
     def enqueue_due_jobs(self) -> int:
         """Move scheduled jobs whose time has come onto their queue, as RQ's scheduler does."""
         moved = 0
@@ -86,11 +104,12 @@ class EmbeddedQueue:
         deadline = time.monotonic() + timeout
         passes = 0
         while True:
+            self.run_commit_hooks()
             self.enqueue_due_jobs()
             worker = SimpleWorker(self.queues(), connection=self.connection)
             worker.work(burst=True, logging_level="WARNING")
             passes += 1
-            if self.pending_jobs():
+            if self.pending_jobs() or self.run_commit_hooks():
                 continue
             wait = self.next_scheduled_in()
             if wait is None:

@@ -73,10 +73,9 @@ class RetryPolicy:
             seconds = self.base * attempt
         else:
             seconds = self.base
-        seconds = min(seconds, self.max_backoff)
         if self.jitter:
             seconds *= 0.75 + 0.5 * rand()
-        return seconds
+        return min(seconds, self.max_backoff)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -252,7 +251,8 @@ def parallel(
     else:
         seen: dict[str, str] = {}
         for member in steps:
-            if member.key in seen:
+            # Two steps of the same name are reported by workflow() as a duplicate name.
+            if member.key in seen and seen[member.key] != member.name:
                 problem = (
                     f"steps {seen[member.key]!r} and {member.name!r} both return their result "
                     f"under the key {member.key!r}"

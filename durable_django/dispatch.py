@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -162,8 +164,10 @@ def send(jobs: Iterable[Job]) -> None:
             ]
         )
     for job in delayed:
-        get_queue(job.queue).enqueue_in(
-            timedelta(seconds=job.delay),
+        # RQ's scheduler keeps whole seconds and truncates; round up so a backoff is never shorter than asked.
+        due = datetime.fromtimestamp(math.ceil(time.time() + job.delay), tz=UTC)
+        get_queue(job.queue).enqueue_at(
+            due,
             job.func,
             *job.args,
             job_timeout=timeout,

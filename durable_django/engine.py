@@ -564,9 +564,11 @@ def _finish_group(
             transaction.set_rollback(True)
             return False
         if cancel_pending:
-            StepResult.objects.filter(group=group, status=StepStatus.PENDING).update(
+            cancelled = StepResult.objects.filter(group=group, status=StepStatus.PENDING).update(
                 status=StepStatus.CANCELLED, finished_at=now
             )
+            if cancelled:
+                ParallelGroup.objects.filter(pk=group.pk).update(pending_count=F("pending_count") - cancelled)
     return True
 
 

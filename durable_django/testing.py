@@ -106,7 +106,7 @@ class EmbeddedQueue:
         while True:
             self.run_commit_hooks()
             self.enqueue_due_jobs()
-            worker = SimpleWorker(self.queues(), connection=self.connection)
+            worker = _EmbeddedWorker(self.queues(), connection=self.connection)
             worker.work(burst=True, logging_level="WARNING")
             passes += 1
             if self.pending_jobs() or self.run_commit_hooks():
@@ -117,3 +117,11 @@ class EmbeddedQueue:
             if time.monotonic() + wait > deadline:
                 raise TimeoutError(f"jobs still scheduled after {timeout} s")
             time.sleep(min(wait + 0.01, 1.0))
+
+
+class _EmbeddedWorker(SimpleWorker):
+    """A SimpleWorker that, after each job, stands in for the commit of an enclosing test transaction."""
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        super().execute_job(job, queue)
+        EmbeddedQueue.run_commit_hooks()

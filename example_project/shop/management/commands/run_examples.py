@@ -1,0 +1,192 @@
+"""``manage.py run_examples``: run every example workflow end to end and print what each run did."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.serializers.json import DjangoJSONEncoder
+
+from durable_django import start_workflow
+from durable_django.conf import durable_settings
+from durable_django.models import WorkflowRun
+
+from ...demo import Example, examples
+
+WORKERS = 2
+
+
+class Command(BaseCommand):
+    help = (
+        "Start every example workflow of the guide (once per outcome it shows), drive the runs to the "
+        "end and print each run: its status, every step attempt in order, and its final context or "
+        "error. Without REDIS_URL the runs execute in this process on an embedded queue (no Redis "
+        f"server needed). With REDIS_URL set, {WORKERS} real rqworker processes execute them and the "
+        "command waits for the database to show every run finished. Exits non-zero when a run does "
+        "not end as expected, so it doubles as a smoke test. Safe to run again on the same database."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--only",
+            action="append",
+            metavar="WORKFLOW",
+            help="Run only the examples of this workflow (repeatable), e.g. --only order_processing.",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=120.0,
+            help="Seconds to wait for every run to finish (default: 120).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.verbosity = options["verbosity"]
+        tag = uuid.uuid4().hex[:8]
+        chosen = [ex for ex in examples(tag) if not options["only"] or ex.workflow in options["only"]]
+        if not chosen:
+            raise CommandError(f"No example runs workflow {', '.join(options['only'])}.")
+        redis_url = os.environ.get("REDIS_URL")
+        mode = f"rqworker x{WORKERS} on {redis_url}" if redis_url else "embedded queue, in this process"
+        self.say(f"Running {len(chosen)} example runs ({mode}; database {settings.DATABASES['default']['NAME']})\n")
+        runs = (
+            self.run_with_workers(chosen, options["timeout"])
+            if redis_url
+            else self.run_embedded(chosen, options["timeout"])
+        )
+
+        failures = []
+        for example, run in zip(chosen, runs, strict=True):
+            run.refresh_from_db()
+            problems = example.problems(run.status, run.context, run.error)
+            self.print_run(example, run, problems)
+            if problems:
+                failures.append(f"{example.workflow} ({example.label}): {'; '.join(problems)}")
+        if failures:
+            raise CommandError(
+                f"{len(failures)} of {len(runs)} runs did not end as expected:\n  " + "\n  ".join(failures)
+            )
+        self.say(self.style.SUCCESS(f"All {len(runs)} runs ended as expected."))
+
+    # -- driving the runs -----------------------------------------------------------------------
+
+    def start(self, chosen: list[Example]) -> list[WorkflowRun]:
+        return [start_workflow(example.workflow, example.input) for example in chosen]
+
+    def run_embedded(self, chosen: list[Example], timeout: float) -> list[WorkflowRun]:
+        from durable_django.testing import EmbeddedQueue
+
+        with EmbeddedQueue() as queue:
+            runs = self.start(chosen)
+            queue.run_until_idle(timeout=timeout)
+        return runs
+
+    def run_with_workers(self, chosen: list[Example], timeout: float) -> list[WorkflowRun]:
+        # Workers inherit this process's environment (settings, DATABASE_URL, REDIS_URL), so
+        # they see the same database and queues.
+        manage = Path(settings.BASE_DIR) / "manage.py" if hasattr(settings, "BASE_DIR") else None
+        program = [str(manage)] if manage and manage.exists() else ["-m", "django"]
+        command = [sys.executable, *program, "rqworker", durable_settings.QUEUE, "--with-scheduler"]
+        if self.verbosity < 2:
+            command += ["--verbosity", "0"]
+        with tempfile.TemporaryFile() as log:
+            workers = [
+                subprocess.Popen(command, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
+                for _ in range(WORKERS)
+            ]
+            try:
+                runs = self.start(chosen)
+                self.wait_for(runs, workers, timeout, log)
+            finally:
+                self.stop(workers)
+        return runs
+
+    def wait_for(self, runs: list[WorkflowRun], workers: list[subprocess.Popen], timeout: float, log: Any) -> None:
+        """Poll the database until every run (and every child run) is finished."""
+        ids = [run.pk for run in runs]
+        deadline = time.monotonic() + timeout
+        while (
+            WorkflowRun.objects.filter(pk__in=ids).unfinished().exists()
+            or WorkflowRun.objects.filter(parent__in=ids).unfinished().exists()
+        ):
+            if all(worker.poll() is not None for worker in workers):
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                raise CommandError(f"Every rqworker exited before the runs finished. Their output:\n{tail}")
+            if time.monotonic() > deadline:
+                waiting = WorkflowRun.objects.filter(pk__in=ids).unfinished().count()
+                raise CommandError(f"{waiting} runs were still unfinished after {timeout:g} s.")
+            time.sleep(0.2)
+
+    def stop(self, workers: list[subprocess.Popen]) -> None:
+        # SIGTERM is RQ's warm shutdown: a worker finishes its current job, then exits.
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+    # -- printing -----------------------------------------------------------------------------
+
+    def say(self, text: str = "") -> None:
+        if self.verbosity > 0:
+            self.stdout.write(text)
+
+    def print_run(self, example: Example, run: WorkflowRun, problems: list[str]) -> None:
+        verdict = (
+            self.style.ERROR("UNEXPECTED: " + "; ".join(problems)) if problems else self.style.SUCCESS("as expected")
+        )
+        self.say(self.style.MIGRATE_HEADING(f"== {example.workflow}: {example.label}"))
+        self.print_details(run, indent="")
+        self.say(f"result: {verdict}\n")
+
+    def print_details(self, run: WorkflowRun, indent: str) -> None:
+        self.say(f"{indent}run {run.pk}  workflow {run.workflow}  status {run.status}")
+        self.say(f"{indent}input: {self.compact(run.input)}")
+        self.say(f"{indent}steps:")
+        for row in run.steps.select_related("group").order_by("id"):
+            name = f"{row.group.name}/{row.step}" if row.group else row.step
+            value = row.output if row.status == "completed" else row.error
+            shown = "" if value is None else self.compact(value)
+            self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
+        for child in run.children.order_by("created_at"):
+            self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r}:")
+            self.print_details(child, indent + "    ")
+        label, value = ("context", run.context) if run.status == "completed" else ("error", run.error)
+        text = json.dumps(self.readable(value), indent=2, sort_keys=True, cls=DjangoJSONEncoder)
+        self.say(f"{indent}{label}:")
+        self.say("\n".join(f"{indent}  {line}" for line in text.splitlines()))
+
+    def compact(self, value: Any) -> str:
+        text = json.dumps(self.readable(value), sort_keys=True, cls=DjangoJSONEncoder)
+        # Step outputs can hold a whole context; the final context below shows everything.
+        if self.verbosity < 2 and len(text) > 150:
+            text = text[:147] + "..."
+        return text
+
+    def readable(self, value: Any) -> Any:
+        """``value`` without stored tracebacks, unless -v 2 asks for them."""
+        if self.verbosity >= 2:
+            return value
+        if isinstance(value, dict):
+            return {
+                key: "(traceback hidden, use -v 2)" if key == "traceback" else self.readable(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.readable(item) for item in value]
+        return value

@@ -44,7 +44,7 @@ test-django6:
 	@if [ -z "$(NEW_PYTHON)" ]; then echo "No Python >= 3.12 here: skipping the Django 6 run"; exit 0; fi; \
 	set -e; \
 	if [ ! -f $(VENV6)/.installed ] || [ pyproject.toml -nt $(VENV6)/.installed ]; then \
-	  $(NEW_PYTHON) -m venv $(VENV6); \
+	  $(NEW_PYTHON) -m venv --clear $(VENV6); \
 	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip; \
 	  $(VENV6)/bin/python -m pip install $(PIP_FLAGS) -e '.[dev]' 'django>=6.0,<7'; \
 	  touch $(VENV6)/.installed; \

@@ -8,7 +8,7 @@ for v in 3.14 3.13 3.12; do
 done
 if command -v pyenv >/dev/null 2>&1; then
   root=$(pyenv root)
-  for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]\.[0-9]+$' | sort -t. -k2,2n -k3,3n -r); do
+  for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[2-9]\.[0-9]+$' | sort -t. -k2,2nr -k3,3nr); do
     if [ -x "$root/versions/$v/bin/python3" ]; then echo "$root/versions/$v/bin/python3"; exit 0; fi
   done
 fi

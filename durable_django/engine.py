@@ -401,7 +401,13 @@ def execute_branch(row_id: int) -> None:
         _record_branch(row, group, None, attempt, durable_settings.QUEUE)
         return
     attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
-    if attempt.failed and attempt.retryable and row.attempt < step.retry.max_attempts:
+    if (
+        attempt.failed
+        and attempt.retryable
+        and row.attempt < step.retry.max_attempts
+        # A block decided meanwhile (fail_fast) needs no further attempt: record this one as final.
+        and ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING).exists()
+    ):
         _retry_branch(row, wf, step, attempt)
         return
     _record_branch(row, group, block, attempt, queue_for(wf))

@@ -20,6 +20,8 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+# trylast: judge only the tests left after -m / -k deselection.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Integration tests need real PostgreSQL and Redis: skipped without them, failed under CI=true."""
     wanted = [item for item in items if item.get_closest_marker("integration")]
@@ -28,7 +30,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing = []
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         missing.append("PostgreSQL (DATABASE_URL / not DURABLE_TEST_DATABASE=sqlite)")
-    elif not _reachable(f"//{settings.DATABASES['default']['HOST'] or '127.0.0.1'}:{settings.DATABASES['default']['PORT'] or 5432}", 5432):
+    elif not _reachable(
+        f"//{settings.DATABASES['default']['HOST'] or '127.0.0.1'}:{settings.DATABASES['default']['PORT'] or 5432}",
+        5432,
+    ):
         missing.append("PostgreSQL")
     if not _reachable(settings.REDIS_URL, 6379):
         missing.append("Redis")

@@ -32,7 +32,7 @@ lint: venv
 
 check: venv
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django check --fail-level WARNING
-	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django makemigrations --check --dry-run
+	DURABLE_TEST_DATABASE=sqlite DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django makemigrations --check --dry-run
 
 pytest: venv
 	$(PY) -m pytest
@@ -50,7 +50,7 @@ test-django6:
 	  touch $(VENV6)/.installed; \
 	fi; \
 	$(VENV6)/bin/python -c 'import django; print("Django", django.get_version())'; \
-	DJANGO_SETTINGS_MODULE=tests.settings $(VENV6)/bin/python -m django makemigrations --check --dry-run; \
+	DURABLE_TEST_DATABASE=sqlite DJANGO_SETTINGS_MODULE=tests.settings $(VENV6)/bin/python -m django makemigrations --check --dry-run; \
 	$(VENV6)/bin/python -m pytest -q
 
 test: lint check pytest pytest-sqlite test-django6

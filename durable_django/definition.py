@@ -114,11 +114,12 @@ class Parallel:
     name: str = ""
     problem: str | None = field(default=None, compare=False, repr=False)
 
-    def branch(self, name: str) -> Step:
+    def branch(self, name: str) -> Step | None:
+        """The step of this block called ``name``, or ``None``."""
         for member in self.steps:
             if member.name == name:
                 return member
-        raise KeyError(name)
+        return None
 
 
 Node = Step | Parallel
@@ -330,6 +331,11 @@ def get_workflow(name: str) -> Workflow:
         return _registry[name]
     except KeyError:
         raise WorkflowNotFound(f"No workflow named {name!r} is registered.") from None
+
+
+def find_workflow(name: str) -> Workflow | None:
+    """The workflow registered under ``name``, or ``None``."""
+    return _registry.get(name)
 
 
 def registered_workflows() -> dict[str, Workflow]:

@@ -31,7 +31,7 @@ from .context import (
     step_scope,
     to_step_context,
 )
-from .definition import Parallel, Step, Workflow, get_workflow
+from .definition import Parallel, Step, Workflow, find_workflow, get_workflow
 from .exceptions import InvalidInput, WorkflowNotFound
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
@@ -369,6 +369,13 @@ def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> None:
     logger.info("run %s fanned out %d branches of %r", run.pk, count, block.name)
 
 
+def _block(wf: Workflow, name: str) -> Parallel | None:
+    """The parallel block ``name`` of ``wf`` (``None`` if the definition no longer has it)."""
+    position = wf.position(name)
+    node = wf.steps[position] if position is not None else None
+    return node if isinstance(node, Parallel) else None
+
+
 def _cancel_branch(row_id: int) -> None:
     StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
         status=StepStatus.CANCELLED, finished_at=timezone.now()
@@ -388,17 +395,16 @@ def execute_branch(row_id: int) -> None:
     if run.status != RunStatus.RUNNING or group.status != GroupStatus.RUNNING:
         _cancel_branch(row_id)
         return
-    try:
-        wf = get_workflow(run.workflow)
-        block = wf.steps[wf.position(group.name)]
-        step = block.branch(row.step)
-    except (WorkflowNotFound, TypeError, IndexError, KeyError, AttributeError):
+    wf = find_workflow(run.workflow)
+    block = _block(wf, group.name) if wf else None
+    step = block.branch(row.step) if block else None
+    if step is None:
         reason = {
             "type": "unknown_step",
             "message": f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}",
         }
         attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at, timezone.now(), retryable=False)
-        _record_branch(row, group, None, attempt, durable_settings.QUEUE)
+        _record_branch(row, group, None, attempt, queue_for(wf) if wf else durable_settings.QUEUE)
         return
     attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
     if (
@@ -474,8 +480,8 @@ def execute_join(group_id: int, queue: str) -> None:
     if wf is None:
         return
     position = wf.position(group.name)
-    block = wf.steps[position] if position is not None else None
-    if not isinstance(block, Parallel):
+    block = _block(wf, group.name)
+    if block is None:
         reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
         _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
         return
@@ -603,10 +609,10 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
                 StepResult.objects.create(
                     run=run, step=row.step, attempt=row.attempt + 1, group=group, job_id=dispatch.new_job_id()
                 )
-    block = wf.steps[wf.position(group.name)] if wf.position(group.name) is not None else None
+    block = _block(wf, group.name)
     jobs = []
     for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING):
-        member = block.branch(row.step) if isinstance(block, Parallel) else None
+        member = block.branch(row.step) if block else None
         branch_queue = queue_for(wf, member)
         jobs.append(dispatch.Job(dispatch.BRANCH, (row.pk,), branch_queue, run.pk, job_id=row.job_id))
     group.refresh_from_db(fields=["pending_count"])

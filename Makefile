@@ -29,6 +29,7 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	DURABLE_TEST_DATABASE=sqlite $(VENV)/bin/mypy
 
 check: venv
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django check --fail-level WARNING

@@ -116,4 +116,4 @@ def parallel_ok(name: str, ctx: dict[str, Any] | None = None) -> bool:
     if ctx is None:
         ctx = current_scope("parallel_ok").ctx
     result = parallel_result(name, ctx)
-    return bool(result) and result[0] == "ok"
+    return result is not None and result[0] == "ok"

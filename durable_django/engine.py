@@ -31,7 +31,7 @@ from .context import (
     step_scope,
     to_step_context,
 )
-from .definition import Parallel, Step, Workflow, find_workflow, get_workflow
+from .definition import IntoFn, Parallel, Step, Workflow, find_workflow, get_workflow
 from .exceptions import InvalidInput, WorkflowNotFound
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
@@ -117,9 +117,8 @@ class Attempt:
     outcome: Outcome
     started_at: datetime
     finished_at: datetime
-    output: dict[str, Any] | None = None
+    output: dict[str, Any] = field(default_factory=dict)
     retryable: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -316,7 +315,7 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
         job_id=dispatch.current_job_id(),
     )
     if not attempt.failed:
-        target = position + 1
+        target: int | None = position + 1
         if attempt.outcome.kind == GOTO:
             target = wf.position(attempt.outcome.target)
             if target is None:
@@ -392,18 +391,22 @@ def execute_branch(row_id: int) -> None:
         return
     row = StepResult.objects.select_related("run", "group").get(pk=row_id)
     run, group = row.run, row.group
+    if group is None:
+        logger.error("step result %s is not a branch of a parallel group; dropping its job", row_id)
+        return
     if run.status != RunStatus.RUNNING or group.status != GroupStatus.RUNNING:
         _cancel_branch(row_id)
         return
     wf = find_workflow(run.workflow)
     block = _block(wf, group.name) if wf else None
     step = block.branch(row.step) if block else None
-    if step is None:
+    if wf is None or step is None:
         reason = {
             "type": "unknown_step",
             "message": f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}",
         }
-        attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at, timezone.now(), retryable=False)
+        now = timezone.now()
+        attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at or now, now, retryable=False)
         _record_branch(row, group, None, attempt, queue_for(wf) if wf else durable_settings.QUEUE)
         return
     attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
@@ -481,7 +484,7 @@ def execute_join(group_id: int, queue: str) -> None:
         return
     position = wf.position(group.name)
     block = _block(wf, group.name)
-    if block is None:
+    if block is None or position is None:
         reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
         _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
         return
@@ -497,7 +500,7 @@ def execute_join(group_id: int, queue: str) -> None:
     results = {keys.get(name, name): list(branch.as_result()) for name, branch in latest.items()}
 
     if block.into is not None:
-        _join_into(run, wf, group, block, position, results, queue)
+        _join_into(run, wf, group, block.into, position, results, queue)
         return
     failures = [branch for branch in latest.values() if branch.status == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
@@ -515,7 +518,7 @@ def _join_into(
     run: WorkflowRun,
     wf: Workflow,
     group: ParallelGroup,
-    block: Parallel,
+    into: IntoFn,
     position: int,
     results: dict[str, Any],
     queue: str,
@@ -525,12 +528,13 @@ def _join_into(
     scope_ctx = {**to_step_context(run.context), RESULTS_KEY: results_to_tuples(results)}
     try:
         with step_scope(StepScope(run.pk, group.name, scope_ctx)):
-            outcome = normalize(block.into(ctx, results_to_tuples(roundtrip(results))))
+            outcome = normalize(into(ctx, results_to_tuples(roundtrip(results))))
     except Exception as exc:
         outcome = Outcome(ERROR, reason=exception_reason(exc, "into_error"))
     if outcome.kind == "invalid":
         outcome = Outcome(ERROR, reason=outcome.reason)
     fields: dict[str, Any]
+    context: dict[str, Any] = {}
     if outcome.kind in (OK, GOTO):
         try:
             context = roundtrip(outcome.data)
@@ -542,10 +546,9 @@ def _join_into(
                     "message": f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}",
                 },
             )
-    if outcome.kind == OK:
-        fields = _move_fields(wf, position + 1, context)
-    elif outcome.kind == GOTO and wf.position(outcome.target) is not None:
-        fields = _move_fields(wf, wf.position(outcome.target), context)
+    target = position + 1 if outcome.kind == OK else wf.position(outcome.target) if outcome.kind == GOTO else None
+    if target is not None:
+        fields = _move_fields(wf, target, context)
     else:
         reason = _goto_error(group.name, outcome.target) if outcome.kind == GOTO else _stored_reason(outcome.reason)
         _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from . import engine
 
 
@@ -20,7 +23,7 @@ def join_group(group_id: int, queue: str) -> None:
     engine.execute_join(group_id, queue)
 
 
-ENTRY_POINTS = {
+ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     "durable_django.jobs.run_workflow": run_workflow,
     "durable_django.jobs.run_branch": run_branch,
     "durable_django.jobs.join_group": join_group,

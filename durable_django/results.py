@@ -10,7 +10,7 @@ with a helper or by hand, and ``match`` statements work on them::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 OK = "ok"
@@ -38,9 +38,9 @@ class Outcome:
     """A step's return value, normalised. ``kind`` is ``ok``, ``error``, ``goto`` or ``invalid``."""
 
     kind: str
-    data: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
     reason: Any = None
-    target: str | None = None
+    target: str = ""
 
 
 def _describe(value: Any) -> str:

@@ -78,8 +78,8 @@ class EmbeddedQueue:
         for connection in connections.all(initialized_only=True):
             while connection.in_atomic_block and connection.run_on_commit:
                 callbacks, connection.run_on_commit = connection.run_on_commit, []
-                for _savepoints, callback, _robust in callbacks:
-                    callback()
+                for entry in callbacks:  # (savepoint ids, callback, robust)
+                    entry[1]()
                     ran += 1
         return ran
 

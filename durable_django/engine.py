@@ -447,7 +447,8 @@ def _record_branch(
 ) -> None:
     """Store a branch's final result and, if it is the one that decides the block, enqueue the join."""
     failed = attempt.failed
-    table = connections[router.db_for_write(ParallelGroup)].ops.quote_name(ParallelGroup._meta.db_table)
+    connection = connections[router.db_for_write(ParallelGroup)]
+    table = connection.ops.quote_name(ParallelGroup._meta.db_table)
     with transaction.atomic():
         updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
             status=StepStatus.FAILED if failed else StepStatus.COMPLETED,
@@ -459,7 +460,7 @@ def _record_branch(
         if not updated:
             return
         # The row lock of this UPDATE serialises finishing branches: each one sees its own counts.
-        with connections[router.db_for_write(ParallelGroup)].cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET pending_count = pending_count - 1, failed_count = failed_count + %s "
                 "WHERE id = %s RETURNING pending_count, failed_count",
@@ -525,7 +526,7 @@ def _join_into(
 ) -> None:
     ctx = to_step_context(run.context)
     # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
-    scope_ctx = {**to_step_context(run.context), RESULTS_KEY: results_to_tuples(results)}
+    scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(results))}
     try:
         with step_scope(StepScope(run.pk, group.name, scope_ctx)):
             outcome = normalize(into(ctx, results_to_tuples(roundtrip(results))))

@@ -32,6 +32,7 @@ lint: venv
 	DURABLE_TEST_DATABASE=sqlite $(VENV)/bin/mypy
 
 check: venv
+	$(PY) manage.py check --fail-level WARNING
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django check --fail-level WARNING
 	DURABLE_TEST_DATABASE=sqlite DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django makemigrations --check --dry-run
 

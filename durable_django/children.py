@@ -41,19 +41,20 @@ def call_workflow(
         raise TypeError(f"call_workflow ref must be a non-empty string, got {ref!r}")
 
     child = WorkflowRun.objects.filter(parent_id=scope.run_id, parent_step=scope.step, ref=ref).first()
-    if child is None or not child.is_finished:
-        run_id = child.pk if child else uuid.uuid4()
+    if child is None:
+        run_id = uuid.uuid4()
         with dispatch.inline(run_id) as sink:
-            if child is None:
-                parent = WorkflowRun(pk=scope.run_id)
-                child = engine.start_run(wf, input, parent=parent, parent_step=scope.step, ref=ref, run_id=run_id)
-                if child.pk != run_id:  # another execution of this step created it first
-                    sink.run_ids.add(child.pk)
-                    if not child.is_finished:
-                        sink.jobs.extend(engine.resume_jobs(child, wf))
-            else:
-                logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
-                sink.jobs.extend(engine.resume_jobs(child, wf))
+            parent = WorkflowRun(pk=scope.run_id)
+            child = engine.start_run(wf, input, parent=parent, parent_step=scope.step, ref=ref, run_id=run_id)
+            if child.pk == run_id:
+                _drain(sink)
+                child.refresh_from_db()
+                return _outcome(child)
+        # Another execution of this step created the child first: treat it as found.
+    if not child.is_finished:
+        logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
+        with dispatch.inline(child.pk) as sink:
+            sink.jobs.extend(engine.resume_jobs(child, wf))
             _drain(sink)
         child.refresh_from_db()
     return _outcome(child)

@@ -33,6 +33,10 @@ BRANCH = "durable_django.jobs.run_branch"
 JOIN = "durable_django.jobs.join_group"
 
 
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One unit of work for a worker: an entry point, its id arguments, a queue and an optional delay."""
@@ -42,11 +46,7 @@ class Job:
     queue: str
     run_id: Any
     delay: float = 0.0
-    job_id: str = field(default_factory=lambda: new_job_id())
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
+    job_id: str = field(default_factory=new_job_id)
 
 
 # -- connections --------------------------------------------------------------------------------

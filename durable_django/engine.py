@@ -45,6 +45,18 @@ def queue_for(wf: Workflow, node: Step | Parallel | None = None) -> str:
     return own or wf.queue or durable_settings.QUEUE
 
 
+def _run_job(run_id: Any, queue: str, delay: float = 0.0) -> dispatch.Job:
+    return dispatch.Job(dispatch.RUN, (str(run_id), queue), queue, run_id, delay=delay)
+
+
+def _branch_job(row: StepResult, queue: str, delay: float = 0.0) -> dispatch.Job:
+    return dispatch.Job(dispatch.BRANCH, (row.pk,), queue, row.run_id, delay=delay, job_id=row.job_id)
+
+
+def _join_job(group: ParallelGroup, queue: str) -> dispatch.Job:
+    return dispatch.Job(dispatch.JOIN, (group.pk, queue), queue, group.run_id)
+
+
 # -- starting -----------------------------------------------------------------------------------
 
 
@@ -96,7 +108,7 @@ def start_run(
             return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref)
         raise
     logger.info("started run %s of workflow %r", run.pk, wf.name)
-    dispatch.submit(dispatch.Job(dispatch.RUN, (str(run.pk), queue_for(wf, first)), queue_for(wf, first), run.pk))
+    dispatch.submit(_run_job(run.pk, queue_for(wf, first)))
     return run
 
 
@@ -294,7 +306,7 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
             return
         wanted = queue_for(wf, node)
         if wanted != queue:
-            dispatch.submit(dispatch.Job(dispatch.RUN, (str(run.pk), wanted), wanted, run.pk))
+            dispatch.submit(_run_job(run.pk, wanted))
             return
         if not _run_sequential_step(run, wf, node, position, queue):
             return
@@ -327,7 +339,7 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
     row.status, row.error = StepStatus.FAILED, attempt.reason
     if attempt.retryable and attempt_no < step.retry.max_attempts:
         delay = step.retry.delay(attempt_no)
-        job = dispatch.Job(dispatch.RUN, (str(run.pk), queue), queue, run.pk, delay=delay)
+        job = _run_job(run.pk, queue, delay)
         logger.info("step %r of run %s failed (attempt %d); retrying in %.2fs", step.name, run.pk, attempt_no, delay)
         _transition(run, {"current_attempt": attempt_no + 1}, [row], [job])
         return False
@@ -359,10 +371,7 @@ def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> None:
         ]
         StepResult.objects.bulk_create(rows)
         dispatch.submit(
-            *(
-                dispatch.Job(dispatch.BRANCH, (row.pk,), queue_for(wf, member), run.pk, job_id=row.job_id)
-                for row, member in zip(rows, block.steps, strict=True)
-            )
+            *(_branch_job(row, queue_for(wf, member)) for row, member in zip(rows, block.steps, strict=True))
         )
     run.version += 1
     logger.info("run %s fanned out %d branches of %r", run.pk, count, block.name)
@@ -437,8 +446,7 @@ def _retry_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attempt) -
         if not updated:
             return
         nxt.save(force_insert=True)
-        queue = queue_for(wf, step)
-        dispatch.submit(dispatch.Job(dispatch.BRANCH, (nxt.pk,), queue, row.run_id, delay=delay, job_id=nxt.job_id))
+        dispatch.submit(_branch_job(nxt, queue_for(wf, step), delay))
     logger.info("branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, row.run_id, row.attempt, delay)
 
 
@@ -471,7 +479,7 @@ def _record_branch(
         # Under fail_fast (without into) the first failure decides at once; otherwise the last branch does.
         decides = ((failed and failures == 1) or (pending == 0 and failures == 0)) if fail_fast else pending == 0
         if decides:
-            dispatch.submit(dispatch.Job(dispatch.JOIN, (group.pk, join_queue), join_queue, row.run_id))
+            dispatch.submit(_join_job(group, join_queue))
 
 
 def execute_join(group_id: int, queue: str) -> None:
@@ -596,12 +604,10 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
     whose branches are all done gets its join.
     """
     group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
-    queue = queue_for(wf)
     if group is None:
         position = wf.position(run.current_step)
         node = wf.steps[position] if position is not None else None
-        wanted = queue_for(wf, node if isinstance(node, Step) else None)
-        return [dispatch.Job(dispatch.RUN, (str(run.pk), wanted), wanted, run.pk)]
+        return [_run_job(run.pk, queue_for(wf, node))]
     now = timezone.now()
     lost = list(StepResult.objects.filter(group=group, status=StepStatus.RUNNING))
     with transaction.atomic():
@@ -614,12 +620,11 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
                     run=run, step=row.step, attempt=row.attempt + 1, group=group, job_id=dispatch.new_job_id()
                 )
     block = _block(wf, group.name)
-    jobs = []
-    for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING):
-        member = block.branch(row.step) if block else None
-        branch_queue = queue_for(wf, member)
-        jobs.append(dispatch.Job(dispatch.BRANCH, (row.pk,), branch_queue, run.pk, job_id=row.job_id))
+    jobs = [
+        _branch_job(row, queue_for(wf, block.branch(row.step) if block else None))
+        for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
+    ]
     group.refresh_from_db(fields=["pending_count"])
     if group.pending_count == 0:
-        jobs.append(dispatch.Job(dispatch.JOIN, (group.pk, queue), queue, run.pk))
+        jobs.append(_join_job(group, queue_for(wf)))
     return jobs

@@ -13,6 +13,7 @@ from .exceptions import (
     DurableError,
     InvalidInput,
     NotInStepError,
+    RunStateError,
     WorkflowDefinitionError,
     WorkflowNotFound,
 )
@@ -29,12 +30,14 @@ __all__ = [
     "NotInStepError",
     "Parallel",
     "RetryPolicy",
+    "RunStateError",
     "Step",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowNotFound",
     "assign",
     "call_workflow",
+    "cancel_run",
     "error",
     "get_workflow",
     "goto",
@@ -43,6 +46,7 @@ __all__ = [
     "parallel_ok",
     "parallel_result",
     "parallel_results",
+    "retry_run",
     "start_workflow",
     "step",
     "workflow",
@@ -54,11 +58,17 @@ from .context import assign, parallel_ok, parallel_result, parallel_results
 from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, step, workflow
 from .results import error, goto, ok
 
-_LAZY = {"call_workflow": ".children", "start_workflow": ".engine"}
+_LAZY = {
+    "call_workflow": ".children",
+    "cancel_run": ".operations",
+    "retry_run": ".operations",
+    "start_workflow": ".engine",
+}
 
 if TYPE_CHECKING:
     from .children import call_workflow
     from .engine import start_workflow
+    from .operations import cancel_run, retry_run
 
 
 def __getattr__(name: str) -> Any:

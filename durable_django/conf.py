@@ -21,6 +21,16 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_TTL": 0,
     # How long RQ keeps a failed job (an engine crash, not a failed step) for inspection.
     "FAILURE_TTL": 7 * 24 * 3600,
+    # REST API (durable_django.api): permission and authentication classes (dotted paths), page
+    # size of list endpoints and the largest request body accepted, in bytes.
+    "API_PERMISSION_CLASSES": (
+        "rest_framework.permissions.IsAdminUser",
+        "durable_django.api.permissions.CanOperateRuns",
+    ),
+    # None: session authentication, plus token authentication when rest_framework.authtoken is installed.
+    "API_AUTHENTICATION_CLASSES": None,
+    "API_PAGE_SIZE": 50,
+    "API_MAX_BODY_SIZE": 1024 * 1024,
 }
 
 
@@ -51,6 +61,23 @@ class DurableSettings:
     @property
     def FAILURE_TTL(self) -> int:
         return int(self._user().get("FAILURE_TTL", DEFAULTS["FAILURE_TTL"]))
+
+    @property
+    def API_PERMISSION_CLASSES(self) -> tuple[str, ...]:
+        return tuple(self._user().get("API_PERMISSION_CLASSES", DEFAULTS["API_PERMISSION_CLASSES"]))
+
+    @property
+    def API_AUTHENTICATION_CLASSES(self) -> tuple[str, ...] | None:
+        value = self._user().get("API_AUTHENTICATION_CLASSES", DEFAULTS["API_AUTHENTICATION_CLASSES"])
+        return None if value is None else tuple(value)
+
+    @property
+    def API_PAGE_SIZE(self) -> int:
+        return int(self._user().get("API_PAGE_SIZE", DEFAULTS["API_PAGE_SIZE"]))
+
+    @property
+    def API_MAX_BODY_SIZE(self) -> int:
+        return int(self._user().get("API_MAX_BODY_SIZE", DEFAULTS["API_MAX_BODY_SIZE"]))
 
 
 durable_settings = DurableSettings()

@@ -30,3 +30,7 @@ class NotInStepError(DurableError, RuntimeError):
 
 class DurableConfigurationError(DurableError, ImproperlyConfigured):
     """The DURABLE setting is invalid."""
+
+
+class RunStateError(DurableError):
+    """The run is not in a state that allows this operation."""

@@ -32,6 +32,7 @@ class GroupStatus(models.TextChoices):
     RUNNING = "running", _("Running")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
 
 
 class OnError(models.TextChoices):
@@ -68,6 +69,13 @@ class WorkflowRun(models.Model):
         _("current attempt"), default=1, help_text=_("Attempt number of the current sequential step.")
     )
     error = models.JSONField(_("error"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error_history = models.JSONField(
+        _("error history"),
+        default=list,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("Errors of earlier failures, each with when it failed and when it was retried."),
+    )
     parent = models.ForeignKey(
         "self", models.CASCADE, null=True, blank=True, related_name="children", verbose_name=_("parent run")
     )

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_rq",
     "rest_framework",
+    "rest_framework.authtoken",
     "durable_django",
     "example_project.shop",
     "tests.testapp",
@@ -55,6 +56,7 @@ TEMPLATES = [
     }
 ]
 
+DATABASES: dict[str, dict[str, object]]
 if os.environ.get("DURABLE_TEST_DATABASE") == "sqlite":
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 else:

@@ -249,3 +249,26 @@ duplicates = workflow(
         step("after", _after),
     ],
 )
+
+
+# -- it_repairable: a branch that fails until the test repairs it (operator retry) ----------------
+
+
+def _until_repaired(ctx: Ctx) -> tuple[str, Any]:
+    attempt = _count(ctx, "needs_repair")
+    if not redis().exists(key(ctx["token"], "repaired")):
+        return error({"attempt": attempt, "repaired": False})
+    return ok({"repaired_at_attempt": attempt})
+
+
+def _steady(ctx: Ctx) -> tuple[str, Ctx]:
+    return ok({"steady_calls": _count(ctx, "steady")})
+
+
+repairable = workflow(
+    "it_repairable",
+    [
+        parallel(step("needs_repair", _until_repaired), step("steady", _steady), name="repair_block"),
+        step("after", _after),
+    ],
+)

@@ -1,0 +1,171 @@
+"""What an operator does to a run: retry it after a failure, or cancel it.
+
+The admin, the REST API and the management commands all call these two functions; each is one
+transaction whose conditional UPDATE on the run's ``version`` and ``status`` decides, so a retry
+racing a cancel (or two retries racing each other) leaves exactly one of them in effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import dispatch
+from .conf import durable_settings
+from .definition import Parallel, Step, Workflow, find_workflow
+from .engine import _block, _branch_job, _join_job, _run_job, queue_for
+from .exceptions import RunStateError
+from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+
+logger = logging.getLogger("durable_django")
+
+RunRef = WorkflowRun | uuid.UUID | str
+
+
+def _load(run: RunRef) -> WorkflowRun:
+    """The run as stored now (raises ``WorkflowRun.DoesNotExist`` for an unknown or malformed id)."""
+    pk = run.pk if isinstance(run, WorkflowRun) else run
+    try:
+        pk = uuid.UUID(str(pk))
+    except ValueError:
+        raise WorkflowRun.DoesNotExist(f"No workflow run has the id {pk!r}.") from None
+    return WorkflowRun.objects.get(pk=pk)
+
+
+def retry_run(run: RunRef) -> WorkflowRun:
+    """Set a failed run moving again from where it failed; returns the run as it is now.
+
+    Everything recorded stays: earlier attempts keep their rows, the error moves to
+    ``error_history`` and attempt numbers continue. A failed sequential step runs once more with
+    the context it had; in a failed parallel block only the branches that failed or never ran run
+    again, then the join runs with the whole result set; a failure in ``into`` or the join runs the
+    join again. A failed child called by the failed step is retried with it. Raises
+    :class:`~durable_django.exceptions.RunStateError` when the run is not failed.
+    """
+    current = _load(run)
+    with transaction.atomic():
+        jobs = _reopen(current)
+        dispatch.submit(*jobs)
+    logger.info("run %s of workflow %r retried at %r", current.pk, current.workflow, current.current_step)
+    current.refresh_from_db()
+    return current
+
+
+def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
+    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it."""
+    if run.status != RunStatus.FAILED:
+        raise RunStateError(f"Run {run.pk} is {run.status}; only a failed run can be retried.")
+    now = timezone.now()
+    history = [*run.error_history, {"error": run.error, "failed_at": run.finished_at, "retried_at": now}]
+    wf = find_workflow(run.workflow)
+    group = (
+        ParallelGroup.objects.filter(run=run, name=run.current_step).order_by("-id").first()
+        if run.current_step
+        else None
+    )
+    fields: dict[str, Any] = {"status": RunStatus.RUNNING, "error": None, "error_history": history, "finished_at": None}
+    if group is None:
+        # A sequential step (or a run that never reached its block): one more attempt of that step.
+        fields["current_attempt"] = F("current_attempt") + 1
+    updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.FAILED).update(
+        version=F("version") + 1, **fields
+    )
+    if not updated:
+        raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
+    if group is None:
+        _reopen_children(run, run.current_step)
+        position = wf.position(run.current_step) if wf is not None else None
+        node = wf.steps[position] if wf is not None and position is not None else None
+        return [_run_job(run.pk, _queue(wf, node))]
+    return _reopen_group(run, wf, group)
+
+
+def _queue(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
+    # A run whose workflow is no longer registered still gets a job: it fails with a stored error.
+    return queue_for(wf, node) if wf is not None else durable_settings.QUEUE
+
+
+def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -> list[dispatch.Job]:
+    """Give every branch without a completed result a new attempt and reopen ``group``."""
+    latest: dict[str, StepResult] = {}
+    for branch in StepResult.objects.filter(group=group).order_by("id"):
+        latest[branch.step] = branch
+    block = _block(wf, group.name) if wf else None
+    names = [member.name for member in block.steps] if block else list(latest)
+    fresh: list[StepResult] = []
+    running = 0
+    for name in names:
+        row = latest.get(name)
+        if row is not None and row.status == StepStatus.COMPLETED:
+            continue
+        if row is not None and row.status in (StepStatus.RUNNING, StepStatus.PENDING):
+            # Still executing (or queued) from before: its result counts when it arrives.
+            running += 1
+            continue
+        attempt = row.attempt + 1 if row is not None else 1
+        fresh.append(StepResult(run=run, step=name, attempt=attempt, group=group, job_id=dispatch.new_job_id()))
+    StepResult.objects.bulk_create(fresh)
+    _reopen_children(run, *(row.step for row in fresh))
+    pending = len(fresh) + running
+    ParallelGroup.objects.filter(pk=group.pk).update(
+        status=GroupStatus.RUNNING,
+        results=None,
+        error=None,
+        finished_at=None,
+        pending_count=pending,
+        failed_count=0,
+    )
+    jobs = [_branch_job(row, _queue(wf, block.branch(row.step) if block else None)) for row in fresh]
+    if pending == 0:
+        # Every branch had completed: the failure was in into or the join, which runs again.
+        jobs.append(_join_job(group, _queue(wf)))
+    return jobs
+
+
+def _reopen_children(run: WorkflowRun, *steps: str) -> None:
+    """Reopen failed children called by ``steps`` of ``run``; the calling step resumes them inline."""
+    for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED):
+        _reopen(child)
+
+
+def cancel_run(run: RunRef) -> WorkflowRun:
+    """Cancel a pending or running run and its unfinished children; returns the run as it is now.
+
+    No further step or branch of it starts. A step already executing may finish, but its result
+    does not move the run. Raises :class:`~durable_django.exceptions.RunStateError` when the run
+    has already finished.
+    """
+    current = _load(run)
+    with transaction.atomic():
+        if not _cancel(current.pk, timezone.now()):
+            current.refresh_from_db()
+            raise RunStateError(
+                f"Run {current.pk} is {current.status}; only a pending or running run can be cancelled."
+            )
+    logger.info("run %s of workflow %r cancelled", current.pk, current.workflow)
+    current.refresh_from_db()
+    return current
+
+
+def _cancel(run_id: Any, now: Any) -> bool:
+    updated = WorkflowRun.objects.filter(pk=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING)).update(
+        status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1
+    )
+    if not updated:
+        return False
+    StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
+        status=StepStatus.CANCELLED, finished_at=now
+    )
+    ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
+        status=GroupStatus.CANCELLED, finished_at=now
+    )
+    for child_id in WorkflowRun.objects.filter(
+        parent_id=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING)
+    ).values_list("pk", flat=True):
+        _cancel(child_id, now)
+    return True

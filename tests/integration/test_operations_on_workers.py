@@ -1,0 +1,140 @@
+"""Retry and cancel against real rqworker processes and concurrent operators."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from django.db import connections
+
+from durable_django import start_workflow
+from durable_django.exceptions import RunStateError
+from durable_django.models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from durable_django.operations import cancel_run, retry_run
+from tests.testapp.workflows import calls, key
+
+from .support import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+
+def status_is(run: WorkflowRun, status: str) -> bool:
+    return WorkflowRun.objects.filter(pk=run.pk, status=status).exists()
+
+
+def rows(run: WorkflowRun) -> list[tuple[str, int, str]]:
+    return list(StepResult.objects.filter(run=run).order_by("step", "attempt").values_list("step", "attempt", "status"))
+
+
+def test_retry_on_workers_reruns_only_the_failed_branch_and_completes(workers, redis_db):
+    pool = workers(2)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_repairable", {"token": token})
+    wait_for(lambda: status_is(run, RunStatus.FAILED), 60, what="the run to fail")
+    run.refresh_from_db()
+    assert run.error == {
+        "step": "needs_repair",
+        "parallel": "repair_block",
+        "reason": {"attempt": 1, "repaired": False},
+    }
+
+    redis_db.set(key(token, "repaired"), 1)
+    retry_run(run.pk)
+    wait_for(lambda: status_is(run, RunStatus.COMPLETED), 60, what="the retried run to complete")
+    pool.wait_until_quiet()
+
+    run.refresh_from_db()
+    results = {"needs_repair": ["ok", {"repaired_at_attempt": 2}], "steady": ["ok", {"steady_calls": 1}]}
+    assert run.context == {"token": token, "__results__": results, "after_calls": 1}
+    assert rows(run) == [
+        ("after", 1, "completed"),
+        ("needs_repair", 1, "failed"),
+        ("needs_repair", 2, "completed"),
+        ("steady", 1, "completed"),
+    ]
+    assert (calls(token, "needs_repair"), calls(token, "steady"), calls(token, "after")) == (2, 1, 1)
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.results, group.pending_count, group.failed_count) == ("completed", results, 0, 0)
+    assert [entry["error"]["step"] for entry in run.error_history] == ["needs_repair"]
+    assert pool.failed_jobs() == []
+
+
+def test_cancel_while_branches_execute_on_workers_stops_the_run_where_it_is(workers, redis_db):
+    pool = workers(2)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_duplicates", {"token": token})
+    wait_for(
+        lambda: StepResult.objects.filter(run=run, status=StepStatus.RUNNING).count() >= 2,
+        60,
+        what="two branches to be executing",
+    )
+    cancelled = cancel_run(run)
+    assert cancelled.status == RunStatus.CANCELLED
+    redis_db.set(key(token, "gate"), 1)
+    wait_for(
+        lambda: not StepResult.objects.filter(run=run, status__in=(StepStatus.RUNNING, StepStatus.PENDING)).exists(),
+        60,
+        what="every branch to settle",
+    )
+    pool.wait_until_quiet()
+
+    run.refresh_from_db()
+    assert (run.status, run.current_step, run.context) == (RunStatus.CANCELLED, "gated", {"token": token})
+    statuses = sorted(StepResult.objects.filter(run=run).values_list("status", flat=True))
+    # The two branches that were executing finish and keep their results; the third never starts.
+    assert statuses in (["completed", "completed", "completed"], ["cancelled", "completed", "completed"])
+    started = sum(calls(token, f"gated_{i}") for i in range(3))
+    assert started == statuses.count("completed")
+    assert ParallelGroup.objects.get(run=run).status == "cancelled"
+    assert calls(token, "after") == 0
+    assert pool.failed_jobs() == []
+
+
+def race(operations: list[Any], run: WorkflowRun) -> list[str]:
+    """Call every operation on ``run`` at the same moment, each in its own thread and connection."""
+    barrier = threading.Barrier(len(operations))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def one(operation: Any) -> None:
+        try:
+            barrier.wait(timeout=10)
+            operation(run.pk)
+            outcome = operation.__name__
+        except RunStateError:
+            outcome = "refused"
+        finally:
+            connections.close_all()
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=one, args=(operation,)) for operation in operations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return sorted(outcomes)
+
+
+def test_concurrent_retries_of_one_failed_run_let_exactly_one_win(redis_db):
+    run = WorkflowRun.objects.create(
+        workflow="it_repairable", status=RunStatus.FAILED, current_step="after", error={"step": "after"}
+    )
+    assert race([retry_run] * 8, run) == ["refused"] * 7 + ["retry_run"]
+    run.refresh_from_db()
+    assert (run.status, run.current_attempt, run.version, len(run.error_history)) == (RunStatus.RUNNING, 2, 1, 1)
+
+
+def test_a_retry_racing_a_cancel_leaves_one_consistent_outcome(redis_db):
+    run = WorkflowRun.objects.create(
+        workflow="it_repairable", status=RunStatus.FAILED, current_step="after", error={"step": "after"}
+    )
+    outcome = race([retry_run, cancel_run], run)
+    run.refresh_from_db()
+    # Either the cancel came first (refused: the run was failed) and the retry won, or the retry
+    # won and the cancel then cancelled the running run.
+    assert outcome in (["refused", "retry_run"], ["cancel_run", "retry_run"])
+    expected = RunStatus.RUNNING if outcome == ["refused", "retry_run"] else RunStatus.CANCELLED
+    assert (run.status, len(run.error_history)) == (expected, 1)

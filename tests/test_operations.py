@@ -1,0 +1,300 @@
+"""Operator actions: retry a failed run where it failed, cancel a pending or running one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.serializers.json import DjangoJSONEncoder
+
+from durable_django import call_workflow, error, ok, parallel, step
+from durable_django.exceptions import RunStateError
+from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
+from durable_django.operations import cancel_run, retry_run
+from durable_django.testing import EmbeddedQueue
+from tests.engine_support import Definer, attempts, defining, finish
+
+runs = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
+    with defining(request.node.name) as definer:
+        yield definer
+
+
+class Switch:
+    """A step that fails until the test turns it on, recording the contexts it was called with."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.on = False
+        self.data = data
+        self.seen: list[dict[str, Any]] = []
+
+    def __call__(self, ctx: dict[str, Any]) -> Any:
+        self.seen.append(dict(ctx))
+        return ok(self.data) if self.on else error({"code": "not_yet"})
+
+
+# -- retry ----------------------------------------------------------------------------------------
+
+
+@runs
+def test_retry_runs_the_failed_step_again_with_the_context_it_had(embedded: EmbeddedQueue, define: Definer) -> None:
+    charge = Switch({"charged": True})
+    wf = define(
+        [
+            step("prepare", lambda ctx: ok({"prepared": 1})),
+            step("charge", charge),
+            step("ship", lambda ctx: ok({"shipped": ctx["charged"]})),
+        ]
+    )
+    run = finish(embedded, wf.start({"order": 5}))
+    assert (run.status, run.current_step, run.error) == (
+        "failed",
+        "charge",
+        {"step": "charge", "reason": {"code": "not_yet"}},
+    )
+    failed_at = run.finished_at
+
+    charge.on = True
+    retried = retry_run(run.pk)
+    assert (retried.status, retried.error, retried.finished_at, retried.current_attempt) == ("running", None, None, 2)
+    assert len(retried.error_history) == 1
+    entry = retried.error_history[0]
+    assert entry["error"] == {"step": "charge", "reason": {"code": "not_yet"}}
+    assert entry["failed_at"] == DjangoJSONEncoder().default(failed_at)
+    assert set(entry) == {"error", "failed_at", "retried_at"}
+
+    run = finish(embedded, run)
+    assert run.status == "completed"
+    assert run.context == {"order": 5, "prepared": 1, "charged": True, "shipped": True}
+    assert charge.seen == [{"order": 5, "prepared": 1}, {"order": 5, "prepared": 1}]
+    assert attempts(run) == [
+        ("prepare", 1, "completed"),
+        ("charge", 1, "failed"),
+        ("charge", 2, "completed"),
+        ("ship", 1, "completed"),
+    ]
+    assert StepResult.objects.get(run=run, step="charge", attempt=1).error == {"code": "not_yet"}
+
+
+@runs
+def test_retry_of_a_parallel_block_reruns_only_failed_branches_then_joins_all_results(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    flaky = Switch({"b": 2})
+    calls = {"a": 0, "c": 0}
+
+    def counted(name: str, value: int) -> Any:
+        def fn(ctx: dict[str, Any]) -> Any:
+            calls[name] += 1
+            return ok({name: value})
+
+        return fn
+
+    wf = define(
+        [
+            parallel(step("a", counted("a", 1)), step("b", flaky), step("c", counted("c", 3)), name="block"),
+            step(
+                "sum", lambda ctx: ok({"total": sum(data[k] for _, data in ctx["__results__"].values() for k in data)})
+            ),
+        ]
+    )
+    run = finish(embedded, wf.start({}))
+    assert run.status == "failed"
+    assert run.error == {"step": "b", "parallel": "block", "reason": {"code": "not_yet"}}
+
+    flaky.on = True
+    retry_run(run)
+    run = finish(embedded, run)
+    assert (run.status, run.context["total"]) == ("completed", 6)
+    assert calls == {"a": 1, "c": 1}
+    assert sorted(attempts(run)) == [
+        ("a", 1, "completed"),
+        ("b", 1, "failed"),
+        ("b", 2, "completed"),
+        ("c", 1, "completed"),
+        ("sum", 1, "completed"),
+    ]
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.failed_count, group.error) == ("completed", 0, 0, None)
+    assert group.results == {"a": ["ok", {"a": 1}], "b": ["ok", {"b": 2}], "c": ["ok", {"c": 3}]}
+
+
+@runs
+def test_retry_after_a_failed_into_runs_the_join_again_without_rerunning_branches(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    state = {"into_calls": 0, "branch_calls": 0}
+
+    def branch(ctx: dict[str, Any]) -> Any:
+        state["branch_calls"] += 1
+        return ok({"v": 1})
+
+    def into(ctx: dict[str, Any], results: dict[str, Any]) -> Any:
+        state["into_calls"] += 1
+        if state["into_calls"] == 1:
+            raise RuntimeError("into is broken")
+        return ok({**ctx, "joined": sorted(results)})
+
+    wf = define([parallel(step("x", branch), step("y", branch), name="block", on_error="complete_all", into=into)])
+    run = finish(embedded, wf.start({}))
+    assert (run.status, run.error["step"], run.error["reason"]["type"]) == ("failed", "block", "into_error")
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.error["type"]) == ("failed", "into_error")
+
+    retry_run(run)
+    run = finish(embedded, run)
+    assert (run.status, run.context) == ("completed", {"joined": ["x", "y"]})
+    assert state == {"into_calls": 2, "branch_calls": 2}
+    assert attempts(run) == [("x", 1, "completed"), ("y", 1, "completed")]
+    assert run.error_history[0]["error"]["reason"]["message"] == "into is broken"
+
+
+@runs
+def test_retry_of_a_step_retries_the_failed_child_it_called(embedded: EmbeddedQueue, define: Definer) -> None:
+    inner = Switch({"paid": True})
+    child = define([step("pay", inner)])
+
+    def call(ctx: dict[str, Any]) -> Any:
+        status, result = call_workflow(child.name, {"amount": 3})
+        return ok({"payment": result}) if status == "ok" else error({"child": result})
+
+    parent = define([step("call", call)])
+    run = finish(embedded, parent.start({}))
+    assert run.status == "failed"
+    child_run = WorkflowRun.objects.get(parent=run)
+    assert child_run.status == "failed"
+
+    inner.on = True
+    retry_run(run)
+    run = finish(embedded, run)
+    child_run.refresh_from_db()
+    assert (run.status, run.context) == ("completed", {"payment": {"amount": 3, "paid": True}})
+    assert (child_run.status, len(child_run.error_history)) == ("completed", 1)
+    assert attempts(child_run) == [("pay", 1, "failed"), ("pay", 2, "completed")]
+    assert attempts(run) == [("call", 1, "failed"), ("call", 2, "completed")]
+
+
+@runs
+@pytest.mark.parametrize("status", ["pending", "running", "completed", "cancelled"])
+def test_retry_refuses_a_run_that_is_not_failed(status: str) -> None:
+    run = WorkflowRun.objects.create(workflow="anything", status=status, current_step="s")
+    with pytest.raises(RunStateError, match=f"Run {run.pk} is {status}; only a failed run can be retried."):
+        retry_run(run)
+    run.refresh_from_db()
+    assert (run.status, run.version, run.error_history) == (status, 0, [])
+
+
+@runs
+@pytest.mark.parametrize("operation", [retry_run, cancel_run])
+@pytest.mark.parametrize("run_id", [uuid.UUID(int=1), "not-a-uuid"])
+def test_operations_on_an_unknown_run_raise_does_not_exist(operation: Any, run_id: Any) -> None:
+    with pytest.raises(WorkflowRun.DoesNotExist):
+        operation(run_id)
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+
+
+@runs
+def test_cancelling_a_pending_run_means_none_of_its_steps_run(embedded: EmbeddedQueue, define: Definer) -> None:
+    seen: list[str] = []
+    wf = define([step("only", lambda ctx: seen.append("only") or ok({}))])
+    run = wf.start({})
+    embedded.run_commit_hooks()
+    cancelled = cancel_run(run)
+    assert (cancelled.status, cancelled.finished_at is not None) == ("cancelled", True)
+    run = finish(embedded, run)
+    assert (run.status, seen, attempts(run)) == ("cancelled", [], [])
+
+
+@runs
+def test_cancel_during_a_block_stops_unstarted_branches_and_the_result_does_not_advance(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    holder: dict[str, Any] = {}
+    ran: list[str] = []
+
+    def canceller(ctx: dict[str, Any]) -> Any:
+        ran.append("a")
+        cancel_run(holder["run"])
+        return ok({"a": 1})
+
+    def other(name: str) -> Any:
+        return lambda ctx: ran.append(name) or ok({name: 1})
+
+    wf = define(
+        [
+            parallel(step("a", canceller), step("b", other("b")), step("c", other("c")), name="block"),
+            step("after", other("after")),
+        ]
+    )
+    holder["run"] = run = wf.start({})
+    run = finish(embedded, run)
+    assert (run.status, run.current_step, ran) == ("cancelled", "block", ["a"])
+    assert attempts(run) == [("a", 1, "completed"), ("b", 1, "cancelled"), ("c", 1, "cancelled")]
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.results) == ("cancelled", None)
+
+
+@runs
+def test_a_step_finishing_after_cancel_does_not_move_the_run(embedded: EmbeddedQueue, define: Definer) -> None:
+    holder: dict[str, Any] = {}
+    ran: list[str] = []
+
+    def first(ctx: dict[str, Any]) -> Any:
+        cancel_run(holder["run"])
+        return ok({"first": True})
+
+    wf = define([step("first", first), step("second", lambda ctx: ran.append("second") or ok({}))])
+    holder["run"] = run = wf.start({"x": 1})
+    run = finish(embedded, run)
+    assert (run.status, run.current_step, run.context, ran) == ("cancelled", "first", {"x": 1}, [])
+
+
+@runs
+def test_cancelling_a_parent_cancels_its_unfinished_children(embedded: EmbeddedQueue, define: Definer) -> None:
+    holder: dict[str, Any] = {}
+
+    def child_step(ctx: dict[str, Any]) -> Any:
+        cancel_run(holder["run"])
+        return ok({"child": True})
+
+    child = define([step("inner", child_step), step("never", lambda ctx: ok({"never": True}))])
+    parent = define([step("call", lambda ctx: ok({"result": call_workflow(child.name, {})}))])
+    holder["run"] = run = parent.start({})
+    run = finish(embedded, run)
+    child_run = WorkflowRun.objects.get(parent=run)
+    assert (run.status, child_run.status) == ("cancelled", "cancelled")
+    assert attempts(child_run) == []
+    assert attempts(run) == []
+
+
+@runs
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_cancel_refuses_a_finished_run(status: str) -> None:
+    run = WorkflowRun.objects.create(workflow="anything", status=status)
+    with pytest.raises(RunStateError, match=f"is {status}; only a pending or running run can be cancelled"):
+        cancel_run(run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.version) == (status, 0)
+
+
+@runs
+def test_a_cancelled_run_cannot_be_retried_and_a_retried_one_can_be_cancelled(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("fails", lambda ctx: error("no"))])
+    run = finish(embedded, wf.start({}))
+    retried = retry_run(run)
+    assert retried.status == RunStatus.RUNNING
+    cancelled = cancel_run(retried)
+    assert cancelled.status == RunStatus.CANCELLED
+    with pytest.raises(RunStateError):
+        retry_run(cancelled)
+    run = finish(embedded, run)
+    assert (run.status, attempts(run)) == ("cancelled", [("fails", 1, "failed")])

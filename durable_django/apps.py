@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 from django.utils.translation import gettext_lazy as _
@@ -16,3 +18,17 @@ class DurableConfig(AppConfig):
 
         # Like admin.py: every installed app's workflows.py registers its workflows.
         autodiscover_modules("workflows")
+
+        from .conf import durable_settings
+
+        if durable_settings.RECOVER_IN_WORKERS and is_rq_worker_process():
+            from .recovery import sweeper
+
+            # Nothing but the usual worker command is needed for a dead worker's work to resume.
+            sweeper.start()
+
+
+def is_rq_worker_process(argv: list[str] | None = None) -> bool:
+    """Whether this process is a django-rq worker (``manage.py rqworker ...``)."""
+    args = sys.argv if argv is None else argv
+    return len(args) > 1 and args[1] in ("rqworker", "rqworker-pool")

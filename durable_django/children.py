@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from . import dispatch, engine, jobs
+from . import dispatch, engine, jobs, recovery
 from .context import current_scope, to_step_context
 from .definition import Workflow, resolve
 from .models import RunStatus, WorkflowRun
@@ -54,7 +54,7 @@ def call_workflow(
     if not child.is_finished:
         logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
         with dispatch.inline(child.pk) as sink:
-            sink.jobs.extend(engine.resume_jobs(child, wf))
+            sink.jobs.extend(recovery.resume_jobs(child, wf))
             _drain(sink)
         child.refresh_from_db()
     return _outcome(child)

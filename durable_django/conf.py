@@ -21,6 +21,15 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_TTL": 0,
     # How long RQ keeps a failed job (an engine crash, not a failed step) for inspection.
     "FAILURE_TTL": 7 * 24 * 3600,
+    # Seconds a worker's lease on an executing step or branch lasts; renewed every third of it
+    # while the step runs. A lease that runs out means its worker is gone.
+    "LEASE_SECONDS": 15,
+    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`).
+    "RECOVER_INTERVAL": 5,
+    # Run the recovery sweeper in a background thread of every `manage.py rqworker` process.
+    "RECOVER_IN_WORKERS": True,
+    # A step whose worker is lost this many times in a row fails with {"type": "worker_lost"}.
+    "MAX_WORKER_LOST": 3,
     # REST API (durable_django.api): permission and authentication classes (dotted paths), page
     # size of list endpoints and the largest request body accepted, in bytes.
     "API_PERMISSION_CLASSES": (
@@ -61,6 +70,22 @@ class DurableSettings:
     @property
     def FAILURE_TTL(self) -> int:
         return int(self._user().get("FAILURE_TTL", DEFAULTS["FAILURE_TTL"]))
+
+    @property
+    def LEASE_SECONDS(self) -> float:
+        return float(self._user().get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"]))
+
+    @property
+    def RECOVER_INTERVAL(self) -> float:
+        return float(self._user().get("RECOVER_INTERVAL", DEFAULTS["RECOVER_INTERVAL"]))
+
+    @property
+    def RECOVER_IN_WORKERS(self) -> bool:
+        return bool(self._user().get("RECOVER_IN_WORKERS", DEFAULTS["RECOVER_IN_WORKERS"]))
+
+    @property
+    def MAX_WORKER_LOST(self) -> int:
+        return int(self._user().get("MAX_WORKER_LOST", DEFAULTS["MAX_WORKER_LOST"]))
 
     @property
     def API_PERMISSION_CLASSES(self) -> tuple[str, ...]:

@@ -96,6 +96,7 @@ class Step:
     retry: RetryPolicy = RetryPolicy()
     returns: str | None = None
     queue: str | None = None
+    timeout: float | None = None
     problem: str | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -159,7 +160,14 @@ class Workflow:
         """The structure as plain data (for APIs and docs)."""
 
         def one(s: Step) -> dict[str, Any]:
-            return {"type": "step", "name": s.name, "returns": s.returns, "queue": s.queue, "retry": s.retry.as_dict()}
+            return {
+                "type": "step",
+                "name": s.name,
+                "returns": s.returns,
+                "queue": s.queue,
+                "timeout": s.timeout,
+                "retry": s.retry.as_dict(),
+            }
 
         return [
             one(node)
@@ -188,7 +196,7 @@ class Workflow:
             )
 
         def step_id(s: Step) -> tuple[Any, ...]:
-            return (s.name, fn_id(s.fn), s.retry, s.returns, s.queue)
+            return (s.name, fn_id(s.fn), s.retry, s.returns, s.queue, s.timeout)
 
         return (
             self.name,
@@ -213,8 +221,13 @@ def step(
     retry: dict[str, Any] | None = None,
     returns: str | None = None,
     queue: str | None = None,
+    timeout: float | None = None,
 ) -> Step:
-    """Define a step. ``fn(ctx)`` returns ``ok(data)``, ``error(reason)`` or ``goto(step, data)``."""
+    """Define a step. ``fn(ctx)`` returns ``ok(data)``, ``error(reason)`` or ``goto(step, data)``.
+
+    ``timeout`` (seconds) fails an attempt that runs longer with ``{"type": "timeout", ...}``; the
+    retry policy then applies as to any other failure.
+    """
     problem = None
     policy = RetryPolicy()
     if not _is_name(name):
@@ -225,12 +238,16 @@ def step(
         problem = f"returns must be a non-empty string, got {returns!r}"
     elif queue is not None and not _is_name(queue):
         problem = f"queue must be a non-empty string, got {queue!r}"
+    elif timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 10**7
+    ):
+        problem = f"timeout must be a positive number of seconds, got {timeout!r}"
     else:
         try:
             policy = RetryPolicy.from_options(retry)
         except ValueError as exc:
             problem = str(exc)
-    return Step(str(name), fn, policy, returns, queue, problem)
+    return Step(str(name), fn, policy, returns, queue, float(timeout) if timeout else None, problem)
 
 
 def parallel(

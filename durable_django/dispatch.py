@@ -13,7 +13,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,8 +138,16 @@ def submit(*jobs: Job) -> None:
     transaction.on_commit(lambda: send(jobs), robust=False)
 
 
+# Called with every batch of jobs just before it is enqueued (after its transaction committed).
+# A seam for fault-injection tests, which stop a process exactly between commit and enqueue.
+before_send: list[Callable[[list[Job]], None]] = []
+
+
 def send(jobs: Iterable[Job]) -> None:
     """Enqueue ``jobs`` now: immediate ones in one pipeline, delayed ones in RQ's scheduled registry."""
+    jobs = list(jobs)
+    for hook in before_send:
+        hook(jobs)
     immediate: dict[str, list[Job]] = {}
     delayed: list[Job] = []
     for job in jobs:

@@ -9,17 +9,21 @@ while every state change happens exactly once. Jobs are sent only after their st
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import dispatch
+from . import dispatch, leases
 from .conf import durable_settings
 from .context import (
     RESULTS_KEY,
@@ -33,6 +37,7 @@ from .context import (
 )
 from .definition import IntoFn, Parallel, Step, Workflow, find_workflow, get_workflow
 from .exceptions import InvalidInput, WorkflowNotFound
+from .leases import held_fields, released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
 
@@ -45,8 +50,22 @@ def queue_for(wf: Workflow, node: Step | Parallel | None = None) -> str:
     return own or wf.queue or durable_settings.QUEUE
 
 
-def _run_job(run_id: Any, queue: str, delay: float = 0.0) -> dispatch.Job:
-    return dispatch.Job(dispatch.RUN, (str(run_id), queue), queue, run_id, delay=delay)
+def run_job_id(run_id: Any, version: int) -> str:
+    """The RQ job id of the job that executes run ``run_id`` from ``version`` on.
+
+    Derived from the row, so that recovery can tell whether that job is still in Redis.
+    """
+    return f"durable-run-{run_id}-{version}"
+
+
+def join_job_id(group_id: int) -> str:
+    return f"durable-join-{group_id}"
+
+
+def _run_job(run_id: Any, queue: str, version: int, delay: float = 0.0) -> dispatch.Job:
+    return dispatch.Job(
+        dispatch.RUN, (str(run_id), queue, version), queue, run_id, delay=delay, job_id=run_job_id(run_id, version)
+    )
 
 
 def _branch_job(row: StepResult, queue: str, delay: float = 0.0) -> dispatch.Job:
@@ -54,7 +73,7 @@ def _branch_job(row: StepResult, queue: str, delay: float = 0.0) -> dispatch.Job
 
 
 def _join_job(group: ParallelGroup, queue: str) -> dispatch.Job:
-    return dispatch.Job(dispatch.JOIN, (group.pk, queue), queue, group.run_id)
+    return dispatch.Job(dispatch.JOIN, (group.pk, queue), queue, group.run_id, job_id=join_job_id(group.pk))
 
 
 # -- starting -----------------------------------------------------------------------------------
@@ -96,6 +115,7 @@ def start_run(
         parent=parent,
         parent_step=parent_step,
         ref=ref,
+        lease_expires_at=leases.expiry(),
     )
     try:
         with transaction.atomic(using=router.db_for_write(WorkflowRun)):
@@ -108,7 +128,7 @@ def start_run(
             return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref)
         raise
     logger.info("started run %s of workflow %r", run.pk, wf.name)
-    dispatch.submit(_run_job(run.pk, queue_for(wf, first)))
+    dispatch.submit(_run_job(run.pk, queue_for(wf, first), run.version))
     return run
 
 
@@ -165,9 +185,11 @@ def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool
     """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`."""
     started = timezone.now()
     try:
-        with step_scope(StepScope(run_id, step.name, ctx)):
+        with step_scope(StepScope(run_id, step.name, ctx)), leases.time_limit(step.timeout):
             value = step.fn(ctx)
         outcome = normalize(value)
+    except leases.StepTimeout as exc:
+        outcome = Outcome(ERROR, reason={"type": "timeout", "message": f"step {step.name!r} {exc}"})
     except Exception as exc:
         outcome = Outcome(ERROR, reason=exception_reason(exc))
     finished = timezone.now()
@@ -230,6 +252,7 @@ def _fail_fields(step_name: str, reason: Any, **extra: Any) -> dict[str, Any]:
         "status": RunStatus.FAILED,
         "error": {"step": step_name, **extra, "reason": reason},
         "finished_at": timezone.now(),
+        **released_fields(),
     }
 
 
@@ -250,20 +273,39 @@ def _move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) ->
             "current_attempt": 1,
             "status": RunStatus.COMPLETED,
             "finished_at": timezone.now(),
+            **released_fields(),
         }
-    return {"context": context, "current_step": wf.steps[position].name, "current_attempt": 1}
+    # The process that moves the run on executes its next step: it holds the run's lease.
+    return {"context": context, "current_step": wf.steps[position].name, "current_attempt": 1, **held_fields()}
 
 
-def claim_run(run_id: Any) -> WorkflowRun | None:
-    """Mark a pending run running and load it; ``None`` when it is not (or no longer) running."""
-    WorkflowRun.objects.filter(pk=run_id, status=RunStatus.PENDING).update(
-        status=RunStatus.RUNNING, started_at=timezone.now(), version=F("version") + 1
-    )
-    run = WorkflowRun.objects.filter(pk=run_id).first()
-    if run is None:
-        logger.warning("run %s does not exist; dropping its job", run_id)
+def claim_run(run_id: Any, version: int | None = None) -> WorkflowRun | None:
+    """Take the lease of a run that waits for job ``version`` and load it; ``None`` if it does not.
+
+    A stale or duplicate job (the run moved on, finished, was cancelled, or another worker holds
+    it) claims nothing. ``version=None`` (jobs sent before versions were part of them) skips that check.
+    """
+    now = timezone.now()
+    try:
+        runs = WorkflowRun.objects.filter(pk=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="")
+        if version is not None:
+            runs = runs.filter(version=version)
+        claimed = runs.update(
+            status=RunStatus.RUNNING,
+            started_at=Coalesce(F("started_at"), Value(now)),
+            version=F("version") + 1,
+            **held_fields(now),
+        )
+    except (ValidationError, ValueError):
+        logger.error("run job with a malformed run id %r; dropping it", run_id)
         return None
-    return run if run.status == RunStatus.RUNNING else None
+    if not claimed:
+        if not WorkflowRun.objects.filter(pk=run_id).exists():
+            logger.warning("run %s does not exist; dropping its job", run_id)
+        else:
+            logger.debug("run %s is not waiting for job version %s; nothing to do", run_id, version)
+        return None
+    return WorkflowRun.objects.filter(pk=run_id).first()
 
 
 def _load_workflow(run: WorkflowRun) -> Workflow | None:
@@ -276,9 +318,9 @@ def _load_workflow(run: WorkflowRun) -> Workflow | None:
         return None
 
 
-def execute_run(run_id: Any, queue: str) -> None:
+def execute_run(run_id: Any, queue: str, version: int | None = None) -> None:
     """Entry point of a run job: execute the run's sequential steps from where it stands."""
-    run = claim_run(run_id)
+    run = claim_run(run_id, version)
     if run is None:
         return
     wf = _load_workflow(run)
@@ -302,11 +344,16 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
             return
         node = wf.steps[position]
         if isinstance(node, Parallel):
-            fan_out(run, wf, node)
+            if not fan_out(run, wf, node):
+                # Its branches are already out (this was a duplicate job): just let go of the run.
+                WorkflowRun.objects.filter(pk=run.pk, version=run.version, lease_owner=leases.owner()).update(
+                    **released_fields()
+                )
             return
         wanted = queue_for(wf, node)
         if wanted != queue:
-            dispatch.submit(_run_job(run.pk, wanted))
+            # Hand the run over to that queue's workers: release the lease with the job.
+            _transition(run, released_fields(leases.expiry()), jobs=[_run_job(run.pk, wanted, run.version + 1)])
             return
         if not _run_sequential_step(run, wf, node, position, queue):
             return
@@ -317,7 +364,8 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
 def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: int, queue: str) -> bool:
     """Execute one sequential step and commit its outcome; ``True`` when the run moved to another step."""
     attempt_no = run.current_attempt
-    attempt = call_step(step, to_step_context(run.context), run.pk)
+    with leases.heartbeat.hold(WorkflowRun, run.pk):
+        attempt = call_step(step, to_step_context(run.context), run.pk)
     row = StepResult(
         run=run,
         step=step.name,
@@ -337,37 +385,61 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
         row.status, row.output = StepStatus.COMPLETED, attempt.output
         return _transition(run, _move_fields(wf, target, merge(run.context, attempt.output)), [row])
     row.status, row.error = StepStatus.FAILED, attempt.reason
-    if attempt.retryable and attempt_no < step.retry.max_attempts:
+    if attempt.retryable and has_budget(step, attempt_no, lambda: lost_attempts(run.pk, step.name)):
         delay = step.retry.delay(attempt_no)
-        job = _run_job(run.pk, queue, delay)
+        job = _run_job(run.pk, queue, run.version + 1, delay)
         logger.info("step %r of run %s failed (attempt %d); retrying in %.2fs", step.name, run.pk, attempt_no, delay)
-        _transition(run, {"current_attempt": attempt_no + 1}, [row], [job])
+        deadline = leases.expiry(timezone.now() + timedelta(seconds=math.ceil(delay)))
+        _transition(run, {"current_attempt": attempt_no + 1, **released_fields(deadline)}, [row], [job])
         return False
     logger.info("run %s failed at step %r", run.pk, step.name)
     _transition(run, _fail_fields(step.name, attempt.reason), [row])
     return False
 
 
+def has_budget(step: Step, attempt_no: int, lost: Callable[[], int]) -> bool:
+    """Whether ``step`` may run again after its failed attempt ``attempt_no``.
+
+    Attempts that ended because their worker was lost do not use up the budget; they are only
+    counted (one query) when the attempt number alone would say no.
+    """
+    limit = step.retry.max_attempts
+    # Only earlier attempts can have been lost: attempt 1 never needs the query.
+    return attempt_no < limit or (attempt_no > 1 and attempt_no - lost() < limit)
+
+
+def lost_attempts(run_id: Any, step_name: str, group_id: int | None = None) -> int:
+    """How many attempts of a step (a branch of ``group_id``) ended with their worker lost."""
+    return StepResult.objects.filter(
+        run_id=run_id, step=step_name, group_id=group_id, status=StepStatus.FAILED, error__type="worker_lost"
+    ).count()
+
+
 # -- parallel blocks ----------------------------------------------------------------------------
 
 
-def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> None:
-    """Write the block's group and one pending row per branch, then enqueue every branch in one batch."""
+def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> bool:
+    """Write the block's group and one pending row per branch, then enqueue every branch in one batch.
+
+    ``False`` when the block's group is already open (a duplicate job) or the run moved on.
+    """
     if ParallelGroup.objects.filter(run_id=run.pk, name=block.name, status=GroupStatus.RUNNING).exists():
-        # A duplicate run job found the run already waiting on this block; its branches are out.
-        return
+        return False
     with transaction.atomic():
+        # The run now waits on its branches, whose rows carry their own leases.
         updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
-            version=run.version + 1
+            version=run.version + 1, **released_fields()
         )
         if not updated:
-            return
+            return False
         count = len(block.steps)
+        deadline = leases.expiry()
         group = ParallelGroup.objects.create(
             run=run, name=block.name, on_error=block.on_error, branch_count=count, pending_count=count
         )
         rows = [
-            StepResult(run=run, step=member.name, group=group, job_id=dispatch.new_job_id()) for member in block.steps
+            StepResult(run=run, step=member.name, group=group, job_id=dispatch.new_job_id(), lease_expires_at=deadline)
+            for member in block.steps
         ]
         StepResult.objects.bulk_create(rows)
         dispatch.submit(
@@ -375,6 +447,7 @@ def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> None:
         )
     run.version += 1
     logger.info("run %s fanned out %d branches of %r", run.pk, count, block.name)
+    return True
 
 
 def _block(wf: Workflow, name: str) -> Parallel | None:
@@ -386,14 +459,18 @@ def _block(wf: Workflow, name: str) -> Parallel | None:
 
 def _cancel_branch(row_id: int) -> None:
     StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
-        status=StepStatus.CANCELLED, finished_at=timezone.now()
+        status=StepStatus.CANCELLED, finished_at=timezone.now(), **released_fields()
     )
 
 
 def execute_branch(row_id: int) -> None:
     """Entry point of a branch job: run one attempt of one branch and record its result once."""
+    now = timezone.now()
     claimed = StepResult.objects.filter(pk=row_id, status=StepStatus.PENDING).update(
-        status=StepStatus.RUNNING, started_at=timezone.now(), job_id=dispatch.current_job_id() or F("job_id")
+        status=StepStatus.RUNNING,
+        started_at=now,
+        job_id=dispatch.current_job_id() or F("job_id"),
+        **held_fields(now),
     )
     if not claimed:
         logger.debug("branch %s is not pending (duplicate or cancelled job); nothing to do", row_id)
@@ -418,11 +495,12 @@ def execute_branch(row_id: int) -> None:
         attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at or now, now, retryable=False)
         _record_branch(row, group, None, attempt, queue_for(wf) if wf else durable_settings.QUEUE)
         return
-    attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
+    with leases.heartbeat.hold(StepResult, row_id):
+        attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
     if (
         attempt.failed
         and attempt.retryable
-        and row.attempt < step.retry.max_attempts
+        and has_budget(step, row.attempt, lambda: lost_attempts(row.run_id, row.step, row.group_id))
         # A block decided meanwhile (fail_fast) needs no further attempt: record this one as final.
         and ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING).exists()
     ):
@@ -431,10 +509,19 @@ def execute_branch(row_id: int) -> None:
     _record_branch(row, group, block, attempt, queue_for(wf))
 
 
-def _retry_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attempt) -> None:
-    delay = step.retry.delay(row.attempt)
+def _retry_branch(
+    row: StepResult, wf: Workflow, step: Step, attempt: Attempt, *, delay: float | None = None
+) -> StepResult | None:
+    """Record ``attempt`` as failed and create (and send) the branch's next attempt; ``None`` if it lost a race."""
+    if delay is None:
+        delay = step.retry.delay(row.attempt)
     nxt = StepResult(
-        run_id=row.run_id, step=row.step, attempt=row.attempt + 1, group_id=row.group_id, job_id=dispatch.new_job_id()
+        run_id=row.run_id,
+        step=row.step,
+        attempt=row.attempt + 1,
+        group_id=row.group_id,
+        job_id=dispatch.new_job_id(),
+        lease_expires_at=leases.expiry(timezone.now() + timedelta(seconds=math.ceil(delay))),
     )
     with transaction.atomic():
         updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
@@ -442,17 +529,19 @@ def _retry_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attempt) -
             error=attempt.reason,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            **released_fields(),
         )
         if not updated:
-            return
+            return None
         nxt.save(force_insert=True)
         dispatch.submit(_branch_job(nxt, queue_for(wf, step), delay))
     logger.info("branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, row.run_id, row.attempt, delay)
+    return nxt
 
 
 def _record_branch(
     row: StepResult, group: ParallelGroup, block: Parallel | None, attempt: Attempt, join_queue: str
-) -> None:
+) -> bool:
     """Store a branch's final result and, if it is the one that decides the block, enqueue the join."""
     failed = attempt.failed
     connection = connections[router.db_for_write(ParallelGroup)]
@@ -464,9 +553,10 @@ def _record_branch(
             error=attempt.reason if failed else None,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            **released_fields(),
         )
         if not updated:
-            return
+            return False
         # The row lock of this UPDATE serialises finishing branches: each one sees its own counts.
         with connection.cursor() as cursor:
             cursor.execute(
@@ -480,23 +570,39 @@ def _record_branch(
         decides = ((failed and failures == 1) or (pending == 0 and failures == 0)) if fail_fast else pending == 0
         if decides:
             dispatch.submit(_join_job(group, join_queue))
+    return True
 
 
 def execute_join(group_id: int, queue: str) -> None:
     """Entry point of a join job: apply the block's error strategy and ``into``, then continue the run."""
-    group = ParallelGroup.objects.select_related("run").filter(pk=group_id).first()
-    if group is None or group.status != GroupStatus.RUNNING or group.run.status != RunStatus.RUNNING:
+    # The group's lease makes a duplicate join job (or one recovery sent again) a no-op.
+    claimed = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING, lease_owner="").update(
+        **held_fields()
+    )
+    if not claimed:
+        logger.debug("group %s is closed or joined by another worker; nothing to do", group_id)
         return
+    group = ParallelGroup.objects.select_related("run").get(pk=group_id)
+    with leases.heartbeat.hold(ParallelGroup, group_id):
+        if _join(group, queue):
+            return
+    # The join did not close the group (its run was not running): leave it to whoever comes next.
+    ParallelGroup.objects.filter(pk=group_id, lease_owner=leases.owner()).update(**released_fields())
+
+
+def _join(group: ParallelGroup, queue: str) -> bool:
+    """Decide ``group``; ``True`` once it is closed (by this join or, in a lost race, another)."""
     run = group.run
+    if run.status != RunStatus.RUNNING:
+        return False
     wf = _load_workflow(run)
     if wf is None:
-        return
+        return False
     position = wf.position(group.name)
     block = _block(wf, group.name)
     if block is None or position is None:
         reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
-        _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
-        return
+        return _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
     keys = {member.name: member.key for member in block.steps}
     final = (
         StepResult.objects.filter(group=group, status__in=(StepStatus.COMPLETED, StepStatus.FAILED))
@@ -509,18 +615,20 @@ def execute_join(group_id: int, queue: str) -> None:
     results = {keys.get(name, name): list(branch.as_result()) for name, branch in latest.items()}
 
     if block.into is not None:
-        _join_into(run, wf, group, block.into, position, results, queue)
-        return
+        return _join_into(run, wf, group, block.into, position, results, queue)
     failures = [branch for branch in latest.values() if branch.status == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
         branch = min(failures, key=lambda b: (b.finished_at or timezone.now(), b.pk))
         fields = _fail_fields(branch.step, branch.error, parallel=group.name)
-        if _finish_group(run, group, GroupStatus.FAILED, results, None, fields, cancel_pending=True):
-            logger.info("run %s failed fast at branch %r of %r", run.pk, branch.step, group.name)
-        return
+        if not _finish_group(run, group, GroupStatus.FAILED, results, None, fields, cancel_pending=True):
+            return False
+        logger.info("run %s failed fast at branch %r of %r", run.pk, branch.step, group.name)
+        return True
     fields = _move_fields(wf, position + 1, {**run.context, RESULTS_KEY: results})
-    if _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
-        advance(run, wf, queue)
+    if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
+        return False
+    advance(run, wf, queue)
+    return True
 
 
 def _join_into(
@@ -531,7 +639,7 @@ def _join_into(
     position: int,
     results: dict[str, Any],
     queue: str,
-) -> None:
+) -> bool:
     ctx = to_step_context(run.context)
     # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
     scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(results))}
@@ -560,10 +668,11 @@ def _join_into(
         fields = _move_fields(wf, target, context)
     else:
         reason = _goto_error(group.name, outcome.target) if outcome.kind == GOTO else _stored_reason(outcome.reason)
-        _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason))
-        return
-    if _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
-        advance(run, wf, queue)
+        return _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason))
+    if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
+        return False
+    advance(run, wf, queue)
+    return True
 
 
 def _finish_group(
@@ -580,7 +689,7 @@ def _finish_group(
     now = timezone.now()
     with transaction.atomic():
         closed = ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING).update(
-            status=status, results=results, error=error, finished_at=now
+            status=status, results=results, error=error, finished_at=now, **released_fields()
         )
         if not closed:
             return False
@@ -589,42 +698,8 @@ def _finish_group(
             return False
         if cancel_pending:
             cancelled = StepResult.objects.filter(group=group, status=StepStatus.PENDING).update(
-                status=StepStatus.CANCELLED, finished_at=now
+                status=StepStatus.CANCELLED, finished_at=now, **released_fields()
             )
             if cancelled:
                 ParallelGroup.objects.filter(pk=group.pk).update(pending_count=F("pending_count") - cancelled)
     return True
-
-
-def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
-    """Jobs that set an unfinished run moving again from what the database holds.
-
-    Used when a child workflow is resumed inline: its earlier executor (the calling step) is gone,
-    so branches it left running get a fresh attempt, pending ones are sent again, and a block
-    whose branches are all done gets its join.
-    """
-    group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
-    if group is None:
-        position = wf.position(run.current_step)
-        node = wf.steps[position] if position is not None else None
-        return [_run_job(run.pk, queue_for(wf, node))]
-    now = timezone.now()
-    lost = list(StepResult.objects.filter(group=group, status=StepStatus.RUNNING))
-    with transaction.atomic():
-        for row in lost:
-            reason = {"type": "worker_lost", "message": "the process executing this attempt went away"}
-            if StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
-                status=StepStatus.FAILED, error=reason, finished_at=now
-            ):
-                StepResult.objects.create(
-                    run=run, step=row.step, attempt=row.attempt + 1, group=group, job_id=dispatch.new_job_id()
-                )
-    block = _block(wf, group.name)
-    jobs = [
-        _branch_job(row, queue_for(wf, block.branch(row.step) if block else None))
-        for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
-    ]
-    group.refresh_from_db(fields=["pending_count"])
-    if group.pending_count == 0:
-        jobs.append(_join_job(group, queue_for(wf)))
-    return jobs

@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from . import engine
 
-
-def run_workflow(run_id: str, queue: str) -> None:
-    """Execute run ``run_id``'s sequential steps that belong on ``queue``."""
-    engine.execute_run(run_id, queue)
+P = ParamSpec("P")
 
 
+def _fresh_connections_after_db_errors(fn: Callable[P, None]) -> Callable[P, None]:
+    """Drop the worker's database connections when a job died of a connection problem.
+
+    A restarted PostgreSQL leaves every pooled connection broken; closing them lets the next job
+    reconnect. The interrupted work itself is taken over once its lease runs out.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except (OperationalError, InterfaceError):
+            connections.close_all()
+            raise
+        except DatabaseError:
+            for connection in connections.all(initialized_only=True):
+                connection.close_if_unusable_or_obsolete()
+            raise
+
+    return wrapper
+
+
+@_fresh_connections_after_db_errors
+def run_workflow(run_id: str, queue: str, version: int | None = None) -> None:
+    """Execute run ``run_id``'s sequential steps that belong on ``queue``, if it waits for ``version``."""
+    engine.execute_run(run_id, queue, version)
+
+
+@_fresh_connections_after_db_errors
 def run_branch(step_result_id: int) -> None:
     """Execute one attempt of one parallel branch."""
     engine.execute_branch(step_result_id)
 
 
+@_fresh_connections_after_db_errors
 def join_group(group_id: int, queue: str) -> None:
     """Join a parallel group and continue its run."""
     engine.execute_join(group_id, queue)

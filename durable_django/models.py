@@ -92,6 +92,10 @@ class WorkflowRun(models.Model):
         default=0,
         help_text=_("Bumped by every state transition; a stale writer's update matches no row."),
     )
+    # Who executes the run's current step, and until when (renewed while it runs). Without an owner,
+    # the time by which a worker must have picked the run's next job up (see durable_django.recovery).
+    lease_owner = models.CharField(_("lease owner"), max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
@@ -102,7 +106,14 @@ class WorkflowRun(models.Model):
         ordering = ("-created_at",)
         verbose_name = _("workflow run")
         verbose_name_plural = _("workflow runs")
-        indexes = [models.Index(fields=["status", "created_at"], name="durable_run_status_created")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="durable_run_status_created"),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status__in=("pending", "running")),
+                name="durable_run_unfinished_lease",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["workflow", "idempotency_key"],
@@ -146,11 +157,17 @@ class ParallelGroup(models.Model):
         _("unfinished branches"), default=0, help_text=_("Branches without a final result yet.")
     )
     failed_count = models.PositiveIntegerField(_("failed branches"), default=0)
+    # The process executing the join (and into) holds this lease until the group is closed.
+    lease_owner = models.CharField(_("lease owner"), max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
 
     class Meta:
         ordering = ("created_at", "id")
+        indexes = [
+            models.Index(fields=["status", "pending_count"], name="durable_group_status_pending"),
+        ]
         verbose_name = _("parallel group")
         verbose_name_plural = _("parallel groups")
 
@@ -179,6 +196,9 @@ class StepResult(models.Model):
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     job_id = models.CharField(_("RQ job id"), max_length=64, blank=True)
+    # A running attempt's executor and its lease; a pending one's deadline to be picked up.
+    lease_owner = models.CharField(_("lease owner"), max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
 
     class Meta:
         ordering = ("id",)
@@ -187,6 +207,11 @@ class StepResult(models.Model):
         indexes = [
             models.Index(fields=["run", "step"], name="durable_step_run_step"),
             models.Index(fields=["group", "status"], name="durable_step_group_status"),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status__in=("pending", "running")),
+                name="durable_step_unfinished_lease",
+            ),
         ]
 
     def __str__(self) -> str:

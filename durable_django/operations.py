@@ -15,11 +15,12 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import dispatch
+from . import dispatch, leases
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow
 from .engine import _block, _branch_job, _join_job, _run_job, queue_for
 from .exceptions import RunStateError
+from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
@@ -68,7 +69,13 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         if run.current_step
         else None
     )
-    fields: dict[str, Any] = {"status": RunStatus.RUNNING, "error": None, "error_history": history, "finished_at": None}
+    fields: dict[str, Any] = {
+        "status": RunStatus.RUNNING,
+        "error": None,
+        "error_history": history,
+        "finished_at": None,
+        **released_fields(leases.expiry(now) if group is None else None),
+    }
     if group is None:
         # A sequential step (or a run that never reached its block): one more attempt of that step.
         fields["current_attempt"] = F("current_attempt") + 1
@@ -81,7 +88,7 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         _reopen_children(run, run.current_step)
         position = wf.position(run.current_step) if wf is not None else None
         node = wf.steps[position] if wf is not None and position is not None else None
-        return [_run_job(run.pk, _queue(wf, node))]
+        return [_run_job(run.pk, _queue(wf, node), run.version + 1)]
     return _reopen_group(run, wf, group)
 
 
@@ -108,7 +115,16 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
             running += 1
             continue
         attempt = row.attempt + 1 if row is not None else 1
-        fresh.append(StepResult(run=run, step=name, attempt=attempt, group=group, job_id=dispatch.new_job_id()))
+        fresh.append(
+            StepResult(
+                run=run,
+                step=name,
+                attempt=attempt,
+                group=group,
+                job_id=dispatch.new_job_id(),
+                lease_expires_at=leases.expiry(),
+            )
+        )
     StepResult.objects.bulk_create(fresh)
     _reopen_children(run, *(row.step for row in fresh))
     pending = len(fresh) + running
@@ -119,6 +135,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
         finished_at=None,
         pending_count=pending,
         failed_count=0,
+        **released_fields(),
     )
     jobs = [_branch_job(row, _queue(wf, block.branch(row.step) if block else None)) for row in fresh]
     if pending == 0:
@@ -154,15 +171,15 @@ def cancel_run(run: RunRef) -> WorkflowRun:
 
 def _cancel(run_id: Any, now: Any) -> bool:
     updated = WorkflowRun.objects.filter(pk=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING)).update(
-        status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1
+        status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1, **released_fields()
     )
     if not updated:
         return False
     StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
-        status=StepStatus.CANCELLED, finished_at=now
+        status=StepStatus.CANCELLED, finished_at=now, **released_fields()
     )
     ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
-        status=GroupStatus.CANCELLED, finished_at=now
+        status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
     )
     for child_id in WorkflowRun.objects.filter(
         parent_id=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING)

@@ -250,13 +250,15 @@ def test_describe_lists_steps_and_blocks(define: Definer) -> None:
     )
     default_retry = {"max_attempts": 1, "backoff": "exponential", "base": 1.0, "max_backoff": 30.0, "jitter": True}
     assert wf.describe() == [
-        {"type": "step", "name": "a", "returns": None, "queue": "priority", "retry": default_retry},
+        {"type": "step", "name": "a", "returns": None, "queue": "priority", "timeout": None, "retry": default_retry},
         {
             "type": "parallel",
             "name": "parallel_1",
             "on_error": "complete_all",
             "into": False,
-            "steps": [{"type": "step", "name": "b", "returns": "bee", "queue": None, "retry": default_retry}],
+            "steps": [
+                {"type": "step", "name": "b", "returns": "bee", "queue": None, "timeout": None, "retry": default_retry}
+            ],
         },
     ]
 

@@ -47,7 +47,7 @@ def test_start_saves_a_pending_run_and_enqueues_it(embedded: EmbeddedQueue, wf: 
     assert (stored.input, stored.context) == ({"email": "ada@example.com"}, {"email": "ada@example.com"})
     assert (stored.parent, stored.parent_step, stored.ref, stored.idempotency_key) == (None, "", "", None)
     assert (stored.error, stored.started_at, stored.finished_at) == (None, None, None)
-    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "default"))]
+    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "default", 0))]
 
 
 @runs
@@ -172,7 +172,7 @@ def test_nothing_is_enqueued_before_the_transaction_commits(embedded: EmbeddedQu
         run = wf.start({"n": 1})
         assert WorkflowRun.objects.filter(pk=run.pk).exists()
         assert embedded.pending_jobs() == 0
-    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "default"))]
+    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "default", 0))]
 
 
 @runs
@@ -193,7 +193,7 @@ def test_start_registers_exactly_one_on_commit_callback(
     assert len(callbacks) == 1
     assert embedded.pending_jobs() == 0
     callbacks[0]()
-    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "default"))]
+    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "default", 0))]
 
 
 @pytest.mark.django_db
@@ -210,5 +210,5 @@ def test_workflow_queue_is_used_for_the_first_job(embedded: EmbeddedQueue, defin
     flow = define([step("only", lambda ctx: ok())], queue="priority")
     run = flow.start()
     assert [(q.name, q.count) for q in embedded.queues()] == [("default", 0), ("priority", 1)]
-    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "priority"))]
+    assert queued_job_args(embedded) == [("durable_django.jobs.run_workflow", (str(run.pk), "priority", 0))]
     assert finish(embedded, run).status == "completed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from .support import REPO_ROOT
     ids=["ci-fails", "local-skips", "ci-deselected"],
 )
 def test_integration_tests_fail_under_ci_when_redis_is_unreachable(ci, options, exit_code, expected):
-    env = {**os.environ, "CI": ci, "REDIS_URL": "redis://127.0.0.1:6390/0", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "CI": ci, "REDIS_URL": f"redis://127.0.0.1:{unused_port()}/0", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
         [
             sys.executable,
@@ -44,3 +45,10 @@ def test_integration_tests_fail_under_ci_when_redis_is_unreachable(ci, options, 
     output = result.stdout + result.stderr
     assert result.returncode == exit_code, output
     assert expected in output
+
+
+def unused_port() -> int:
+    """A local TCP port nothing listens on (the OS just handed it out and it was closed again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

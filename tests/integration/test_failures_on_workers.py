@@ -90,7 +90,8 @@ def test_retry_waits_in_rq_scheduled_registry_until_a_scheduler_runs(workers):
         what="the retry of the first attempt to be scheduled",
     )
     retry = pool.queue.fetch_job(scheduled.get_job_ids()[0])
-    assert (retry.func_name, retry.args) == ("durable_django.jobs.run_workflow", (str(run.pk), "default"))
+    # Version 2: the claim of the first job made it 1, storing the failed attempt made it 2.
+    assert (retry.func_name, retry.args) == ("durable_django.jobs.run_workflow", (str(run.pk), "default", 2))
     run.refresh_from_db()
     assert (run.status, run.current_step, run.current_attempt) == (RunStatus.RUNNING, "flaky", 2)
     assert attempts(run, "flaky") == [(1, "failed")]

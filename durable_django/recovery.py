@@ -1,0 +1,417 @@
+"""Recovery: find work that should be moving but is not, and send it again.
+
+The database says what must happen next; Redis only carries it. :func:`recover` reads the rows,
+not RQ's registries, to find:
+
+- a sequential step or a branch whose worker's lease ran out (the worker died): the lost attempt
+  is recorded as ``worker_lost`` and a new attempt is sent, without using up the retry budget,
+  until the step has lost its worker ``DURABLE["MAX_WORKER_LOST"]`` times in a row;
+- a join whose worker's lease ran out, or a block whose branches are all done but whose join job
+  never arrived;
+- a run, branch or retry whose job should have started by now but is not in Redis (a crash
+  between commit and enqueue, a flushed or restarted Redis), or a scheduled retry that is overdue
+  because no RQ scheduler is moving it.
+
+Every action is a conditional update (or a claim that only one job can win), so two sweepers at
+once, or a sweeper next to a slow but live worker, never run a join twice or move a run twice.
+Runs of child workflows are left to their parent: the calling step resumes them inline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import close_old_connections, connections, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+from rq.job import Job as RQJob
+from rq.registry import ScheduledJobRegistry
+
+from . import dispatch, leases
+from .conf import durable_settings
+from .definition import Parallel, Step, Workflow, find_workflow
+from .engine import (
+    Attempt,
+    _block,
+    _branch_job,
+    _fail_fields,
+    _join_job,
+    _record_branch,
+    _retry_branch,
+    _run_job,
+    _transition,
+    join_job_id,
+    queue_for,
+    run_job_id,
+)
+from .leases import released_fields
+from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .results import ERROR, Outcome
+
+logger = logging.getLogger("durable_django.recovery")
+
+
+@dataclass
+class Report:
+    """What one :func:`recover` pass did."""
+
+    steps_taken_over: int = 0
+    branches_taken_over: int = 0
+    joins_taken_over: int = 0
+    runs_sent_again: int = 0
+    branches_sent_again: int = 0
+    joins_sent_again: int = 0
+    retries_released: int = 0
+    failed_worker_lost: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def __str__(self) -> str:
+        done = [f"{f.name.replace('_', ' ')}: {getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
+        return ", ".join(done) or "nothing to recover"
+
+
+def _lost(streak: int | None = None) -> dict[str, Any]:
+    """The stored reason of an attempt whose worker went away (``streak``: found by an expired lease)."""
+    if streak is None:
+        return {"type": "worker_lost", "message": "the process executing this attempt went away"}
+    return {
+        "type": "worker_lost",
+        "message": "the worker executing this attempt went away: its lease expired",
+        "lost_in_a_row": streak,
+    }
+
+
+def lost_streak(run_id: Any, step_name: str, group_id: int | None = None) -> int:
+    """How many of the latest attempts of a step ended with their worker lost, in a row."""
+    limit = durable_settings.MAX_WORKER_LOST + 1
+    latest = (
+        StepResult.objects.filter(run_id=run_id, step=step_name, group_id=group_id)
+        .exclude(status__in=(StepStatus.PENDING, StepStatus.RUNNING))
+        .order_by("-id")
+        .values_list("status", "error")[:limit]
+    )
+    streak = 0
+    for status, error in latest:
+        if status != StepStatus.FAILED or not isinstance(error, dict) or error.get("type") != "worker_lost":
+            break
+        streak += 1
+    return streak
+
+
+def _node(wf: Workflow | None, name: str) -> Step | Parallel | None:
+    position = wf.position(name) if wf is not None else None
+    return wf.steps[position] if wf is not None and position is not None else None
+
+
+def _queue(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
+    return queue_for(wf, node) if wf is not None else durable_settings.QUEUE
+
+
+# -- what Redis holds -----------------------------------------------------------------------------
+
+
+def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetime | None]:
+    """Where job ``job_id`` is: ``queued``, ``scheduled`` (with its time), ``overdue`` or ``missing``.
+
+    A job a worker took (``started``) but whose row nobody claimed counts as missing: a live worker
+    claims its row the moment it starts.
+    """
+    queue = dispatch.get_queue(queue_name)
+    status = queue.connection.hget(RQJob.key_for(job_id), "status")
+    if status is None:
+        return "missing", None
+    status = status.decode() if isinstance(status, bytes) else str(status)
+    if status == "queued":
+        return ("queued", None) if queue.get_job_position(job_id) is not None else ("missing", None)
+    if status == "scheduled":
+        due = ScheduledJobRegistry(queue=queue).get_scheduled_time(job_id)
+        grace = timedelta(seconds=durable_settings.RECOVER_INTERVAL * 2)
+        return ("overdue" if due + grace < now else "scheduled"), due
+    return "missing", None
+
+
+def _release_scheduled(queue_name: str, job_id: str) -> None:
+    """Move an overdue scheduled job onto its queue (RQ's scheduler is not doing it)."""
+    queue = dispatch.get_queue(queue_name)
+    job = queue.fetch_job(job_id)
+    if job is None:
+        return
+    ScheduledJobRegistry(queue=queue).remove(job)
+    queue.enqueue_job(job)
+
+
+def _waiting_job(queue_name: str, job_id: str, job: dispatch.Job, now: datetime) -> tuple[str, datetime]:
+    """Send ``job`` again unless it is on its way; returns what was done and the next deadline."""
+    state, due = job_state(queue_name, job_id, now)
+    if state == "queued":
+        return "waiting", leases.expiry(now)
+    if state == "scheduled" and due is not None:
+        return "waiting", leases.expiry(max(due, now))
+    if state == "overdue":
+        _release_scheduled(queue_name, job_id)
+        return "released", leases.expiry(now)
+    dispatch.send([job])
+    return "sent", leases.expiry(now)
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+
+
+def recover(now: datetime | None = None) -> Report:
+    """One recovery pass over the database; see the module docstring. Safe to run anywhere, any time."""
+    now = now or timezone.now()
+    report = Report()
+    top = Q(parent__isnull=True)
+    for run in WorkflowRun.objects.filter(top, status=RunStatus.RUNNING, lease_expires_at__lt=now).exclude(
+        lease_owner=""
+    ):
+        _take_over_run(run, now, report)
+    for run in WorkflowRun.objects.filter(
+        top, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="", lease_expires_at__lt=now
+    ):
+        _send_run_again(run, now, report)
+
+    branches = StepResult.objects.filter(
+        run__parent__isnull=True, group__isnull=False, lease_expires_at__lt=now
+    ).select_related("run", "group")
+    for row in branches.filter(status=StepStatus.RUNNING).exclude(lease_owner=""):
+        _take_over_branch(row, now, report)
+    for row in branches.filter(status=StepStatus.PENDING):
+        _send_branch_again(row, now, report)
+
+    groups = ParallelGroup.objects.filter(
+        run__parent__isnull=True, run__status=RunStatus.RUNNING, status=GroupStatus.RUNNING
+    ).select_related("run")
+    for group in groups.filter(lease_expires_at__lt=now).exclude(lease_owner=""):
+        if ParallelGroup.objects.filter(pk=group.pk, lease_owner=group.lease_owner).update(**released_fields()):
+            logger.warning("join of group %s (run %s) lost its worker; sending it again", group.pk, group.run_id)
+            dispatch.send([_join_job(group, _queue(find_workflow(group.run.workflow)))])
+            report.joins_taken_over += 1
+    settled = now - timedelta(seconds=durable_settings.LEASE_SECONDS)
+    undecided = groups.filter(lease_owner="").filter(Q(pending_count=0) | Q(failed_count__gt=0))
+    for group in undecided.annotate(last=Max("branches__finished_at")).filter(last__lt=settled):
+        _send_join_again(group, now, report)
+    if report.total:
+        logger.warning("recovery: %s", report)
+    return report
+
+
+def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
+    wf = find_workflow(run.workflow)
+    node = _node(wf, run.current_step)
+    rows: list[StepResult] = []
+    fields_: dict[str, Any] = released_fields(leases.expiry(now))
+    jobs = [_run_job(run.pk, _queue(wf, node), run.version + 1)]
+    if isinstance(node, Step):
+        streak = lost_streak(run.pk, node.name) + 1
+        reason = _lost(streak)
+        rows.append(
+            StepResult(
+                run=run,
+                step=node.name,
+                attempt=run.current_attempt,
+                status=StepStatus.FAILED,
+                error=reason,
+                finished_at=now,
+            )
+        )
+        if streak >= durable_settings.MAX_WORKER_LOST:
+            fields_, jobs = _fail_fields(node.name, reason), []
+        else:
+            fields_["current_attempt"] = run.current_attempt + 1
+    owner = run.lease_owner
+    if not _transition(run, fields_, rows, jobs):
+        return
+    if jobs:
+        logger.warning("run %s lost its worker %s at %r; sent again", run.pk, owner, run.current_step)
+        report.steps_taken_over += 1
+    else:
+        logger.error("run %s failed: its worker was lost %d times in a row at %r", run.pk, streak, node)
+        report.failed_worker_lost += 1
+
+
+def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
+    wf = find_workflow(run.workflow)
+    queue = _queue(wf, _node(wf, run.current_step))
+    job_id = run_job_id(run.pk, run.version)
+    done, deadline = _waiting_job(queue, job_id, _run_job(run.pk, queue, run.version), now)
+    WorkflowRun.objects.filter(pk=run.pk, version=run.version, lease_owner="").update(lease_expires_at=deadline)
+    if done == "sent":
+        logger.warning("run %s waited for job %s, which is not in Redis; sent it again", run.pk, job_id)
+        report.runs_sent_again += 1
+    elif done == "released":
+        logger.warning("run %s: scheduled job %s is overdue; moved it to queue %r", run.pk, job_id, queue)
+        report.retries_released += 1
+
+
+def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
+    group = row.group
+    assert group is not None
+    wf = find_workflow(row.run.workflow)
+    block = _block(wf, group.name) if wf else None
+    step = block.branch(row.step) if block else None
+    streak = lost_streak(row.run_id, row.step, row.group_id) + 1
+    reason = _lost(streak)
+    attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at or now, now, retryable=False)
+    live = row.run.status == RunStatus.RUNNING and group.status == GroupStatus.RUNNING
+    if wf is not None and step is not None and live and streak < durable_settings.MAX_WORKER_LOST:
+        if _retry_branch(row, wf, step, attempt, delay=0.0) is not None:
+            logger.warning("branch %r of run %s lost its worker %s; sent again", row.step, row.run_id, row.lease_owner)
+            report.branches_taken_over += 1
+        return
+    # Final: the block goes on without this branch (or was decided already); counters stay right.
+    if _record_branch(row, group, block, attempt, _queue(wf)):
+        report.failed_worker_lost += 1
+
+
+def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
+    group = row.group
+    assert group is not None
+    wf = find_workflow(row.run.workflow)
+    block = _block(wf, group.name) if wf else None
+    queue = _queue(wf, block.branch(row.step) if block else None)
+    done, deadline = _waiting_job(queue, row.job_id, _branch_job(row, queue), now)
+    StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(lease_expires_at=deadline)
+    if done == "sent":
+        logger.warning("branch %r of run %s: job %s is not in Redis; sent it again", row.step, row.run_id, row.job_id)
+        report.branches_sent_again += 1
+    elif done == "released":
+        report.retries_released += 1
+
+
+def _decided(group: ParallelGroup, wf: Workflow | None) -> bool:
+    if group.pending_count == 0:
+        return True
+    block = _block(wf, group.name) if wf else None
+    return block is not None and block.on_error == "fail_fast" and block.into is None and group.failed_count > 0
+
+
+def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> None:
+    wf = find_workflow(group.run.workflow)
+    if not _decided(group, wf):
+        return
+    queue = _queue(wf)
+    state, _ = job_state(queue, join_job_id(group.pk), now)
+    if state in ("queued", "scheduled"):
+        return
+    logger.warning("group %s of run %s is decided but its join never ran; sending it", group.pk, group.run_id)
+    dispatch.send([_join_job(group, queue)])
+    report.joins_sent_again += 1
+
+
+# -- resuming a child run inline ------------------------------------------------------------------
+
+
+def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
+    """Jobs that set an unfinished run moving again from what the database holds, taking over its work.
+
+    Used when a child workflow is resumed inline: its earlier executor (the calling step) is gone,
+    so whatever it left executing (a step, branches, a join) is taken over at once, without
+    waiting for leases to run out.
+    """
+    now = timezone.now()
+    jobs: list[dispatch.Job] = []
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().get(pk=run.pk)
+        group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
+        if group is None:
+            fields_: dict[str, Any] = released_fields(leases.expiry(now))
+            node = _node(wf, run.current_step)
+            if run.lease_owner and isinstance(node, Step):
+                rows = [
+                    StepResult(
+                        run=run,
+                        step=node.name,
+                        attempt=run.current_attempt,
+                        status=StepStatus.FAILED,
+                        error=_lost(),
+                        finished_at=now,
+                    )
+                ]
+                fields_["current_attempt"] = run.current_attempt + 1
+            else:
+                rows = []
+            if run.status == RunStatus.PENDING:
+                fields_["status"] = RunStatus.RUNNING
+            WorkflowRun.objects.filter(pk=run.pk).update(version=run.version + 1, **fields_)
+            StepResult.objects.bulk_create(rows)
+            return [_run_job(run.pk, _queue(wf, node), run.version + 1)]
+        ParallelGroup.objects.filter(pk=group.pk).update(**released_fields())
+    block = _block(wf, group.name)
+    for row in StepResult.objects.filter(group=group, status=StepStatus.RUNNING).select_related("run", "group"):
+        step = block.branch(row.step) if block else None
+        attempt = Attempt(Outcome(ERROR, reason=_lost()), row.started_at or now, now, retryable=False)
+        if step is not None:
+            _retry_branch(row, wf, step, attempt, delay=0.0)
+        elif row.group is not None:
+            _record_branch(row, row.group, block, attempt, _queue(wf))
+    jobs.extend(
+        _branch_job(row, _queue(wf, block.branch(row.step) if block else None))
+        for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
+    )
+    group.refresh_from_db(fields=["pending_count", "failed_count"])
+    if _decided(group, wf):
+        jobs.append(_join_job(group, _queue(wf)))
+    return jobs
+
+
+# -- the sweeper in worker processes --------------------------------------------------------------
+
+
+class Sweeper:
+    """Runs :func:`recover` every ``DURABLE["RECOVER_INTERVAL"]`` seconds in a daemon thread.
+
+    Every rqworker process starts one (see :mod:`durable_django.apps`); a Redis key taken with
+    ``SET NX PX`` lets only one of them sweep per interval, so the work does not grow with the
+    number of workers, and a dead worker's sweeps are simply done by the others.
+    """
+
+    LOCK_KEY = "durable_django:recover"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="durable-recovery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(durable_settings.RECOVER_INTERVAL):
+                self.sweep_once()
+        finally:
+            connections.close_all()
+
+    def sweep_once(self) -> Report | None:
+        """Sweep if no other process swept during this interval; ``None`` when it did not sweep."""
+        interval_ms = max(int(durable_settings.RECOVER_INTERVAL * 1000), 100)
+        try:
+            conn = dispatch.get_queue(durable_settings.QUEUE).connection
+            if not conn.set(self.LOCK_KEY, leases.owner(), nx=True, px=interval_ms):
+                return None
+            close_old_connections()
+            return recover()
+        except Exception:
+            # A database or Redis outage must not end recovery: the next interval tries again.
+            logger.exception("recovery sweep failed")
+            connections.close_all()
+            time.sleep(min(durable_settings.RECOVER_INTERVAL, 1))
+            return None
+
+
+sweeper = Sweeper()

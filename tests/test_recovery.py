@@ -1,0 +1,300 @@
+"""Recovery from the database alone: lost workers, lost jobs, lost joins, overdue retries, timeouts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+
+from durable_django import error, ok, parallel, step
+from durable_django.apps import is_rq_worker_process
+from durable_django.engine import execute_branch, execute_join, execute_run
+from durable_django.models import ParallelGroup, StepResult, WorkflowRun
+from durable_django.recovery import Report, recover
+from durable_django.testing import EmbeddedQueue
+from tests.engine_support import Definer, attempts, defining, finish
+
+runs = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
+    with defining(request.node.name) as definer:
+        yield definer
+
+
+class WorkerDied(BaseException):
+    """Raised by a step to stand for its worker process being killed mid-step: nothing after it runs."""
+
+
+def dies_then(times: int, data: dict[str, Any]) -> Any:
+    """A step whose first ``times`` executions lose their worker, then returns ``ok(data)``."""
+    calls: list[int] = []
+
+    def fn(ctx: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) <= times:
+            raise WorkerDied
+        return ok(data)
+
+    fn.calls = calls  # type: ignore[attr-defined]
+    return fn
+
+
+def later(seconds: float = 60) -> Any:
+    """A moment after every lease taken now has run out."""
+    return timezone.now() + timedelta(seconds=seconds)
+
+
+def lost_reason(streak: int) -> dict[str, Any]:
+    return {
+        "type": "worker_lost",
+        "message": "the worker executing this attempt went away: its lease expired",
+        "lost_in_a_row": streak,
+    }
+
+
+# -- lost workers ---------------------------------------------------------------------------------
+
+
+@runs
+def test_a_step_whose_worker_died_runs_again_without_using_its_retry_budget(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    # No retries at all: the lost attempt must not count as the one attempt it has.
+    wf = define([step("first", dies_then(1, {"a": 1})), step("second", lambda ctx: ok({"b": ctx["a"]}))])
+    run = finish(embedded, wf.start({}))
+    assert (run.status, run.current_step, run.lease_owner != "") == ("running", "first", True)
+    assert recover(now=timezone.now()).total == 0  # the lease has not run out yet
+
+    report = recover(now=later())
+    assert (report.steps_taken_over, report.total) == (1, 1)
+    run = finish(embedded, run)
+    assert (run.status, run.context, run.lease_owner, run.lease_expires_at) == (
+        "completed",
+        {"a": 1, "b": 1},
+        "",
+        None,
+    )
+    assert attempts(run) == [("first", 1, "failed"), ("first", 2, "completed"), ("second", 1, "completed")]
+    assert StepResult.objects.get(run=run, step="first", attempt=1).error == lost_reason(1)
+
+
+@runs
+@override_settings(DURABLE={"MAX_WORKER_LOST": 2})
+def test_a_step_that_loses_its_worker_too_often_in_a_row_fails_with_worker_lost(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("doomed", dies_then(5, {}), retry={"max_attempts": 5})])
+    run = finish(embedded, wf.start({}))
+    recover(now=later())
+    run = finish(embedded, run)
+    report = recover(now=later(120))
+    assert report.failed_worker_lost == 1
+    run.refresh_from_db()
+    assert (run.status, run.error) == ("failed", {"step": "doomed", "reason": lost_reason(2)})
+    assert attempts(run) == [("doomed", 1, "failed"), ("doomed", 2, "failed")]
+
+
+@runs
+def test_a_branch_whose_worker_died_gets_a_new_attempt_and_the_join_runs_once(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    joined: list[dict[str, Any]] = []
+
+    def into(ctx: dict[str, Any], results: dict[str, Any]) -> Any:
+        joined.append(results)
+        return ok({"joined": sorted(results)})
+
+    wf = define([parallel(step("dies", dies_then(1, {"d": 1})), step("fine", lambda ctx: ok({"f": 1})), into=into)])
+    run = finish(embedded, wf.start({}))
+    assert run.status == "running"
+    assert recover(now=later()).branches_taken_over == 1
+    run = finish(embedded, run)
+    assert (run.status, run.context) == ("completed", {"joined": ["dies", "fine"]})
+    assert len(joined) == 1
+    assert attempts(run) == [("dies", 1, "failed"), ("fine", 1, "completed"), ("dies", 2, "completed")]
+    assert recover(now=later(120)).total == 0
+
+
+@runs
+def test_a_join_whose_worker_died_is_sent_again(embedded: EmbeddedQueue, define: Definer) -> None:
+    calls: list[int] = []
+
+    def into(ctx: dict[str, Any], results: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise WorkerDied
+        return ok({"joined": True})
+
+    wf = define([parallel(step("a", lambda ctx: ok()), into=into, name="block")])
+    run = finish(embedded, wf.start({}))
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.lease_owner != "") == ("running", True)
+    assert recover(now=later()).joins_taken_over == 1
+    run = finish(embedded, run)
+    assert (run.status, run.context, len(calls)) == ("completed", {"joined": True}, 2)
+
+
+# -- lost jobs ------------------------------------------------------------------------------------
+
+
+@runs
+def test_runs_and_branches_whose_jobs_vanished_from_redis_are_sent_again(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define(
+        [step("s", lambda ctx: ok({"s": 1})), parallel(step("b1", lambda ctx: ok()), step("b2", lambda ctx: ok()))]
+    )
+    fresh = wf.start({})
+    embedded.run_commit_hooks()
+    embedded.connection.flushall()  # Redis restarted without persistence
+    assert recover(now=later()).runs_sent_again == 1
+    # The deadline moved on: a second sweep right after sends nothing twice.
+    assert recover(now=later()).total == 0
+    embedded.run_until_idle()
+
+    # The same for a block whose branch jobs were lost.
+    fresh.refresh_from_db()
+    assert fresh.status == "completed"
+    other = wf.start({})
+    execute_run(str(other.pk), "default", 0)
+    embedded.connection.flushall()
+    embedded.run_commit_hooks()
+    embedded.connection.flushall()
+    assert recover(now=later()).branches_sent_again == 2
+    other = finish(embedded, other)
+    assert other.status == "completed"
+    assert [row[0] for row in attempts(other)] == ["s", "b1", "b2"]
+
+
+@runs
+def test_queued_jobs_are_left_alone_however_late(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf = define([step("s", lambda ctx: ok())])
+    run = wf.start({})
+    embedded.run_commit_hooks()
+    assert recover(now=later(3600)) == Report()
+    assert embedded.pending_jobs() == 1
+    assert finish(embedded, run).status == "completed"
+
+
+@runs
+def test_a_decided_block_whose_join_job_was_lost_is_joined(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf = define([parallel(step("a", lambda ctx: ok({"a": 1})), name="block"), step("after", lambda ctx: ok())])
+    run = wf.start({})
+    execute_run(str(run.pk), "default", 0)
+    embedded.run_commit_hooks()
+    row = StepResult.objects.get(run=run, step="a")
+    execute_branch(row.pk)
+    embedded.connection.flushall()  # the join job never reached Redis
+    embedded.run_commit_hooks()
+    embedded.connection.flushall()
+    assert recover(now=timezone.now()).total == 0  # the last branch finished just now: not yet
+    assert recover(now=later()).joins_sent_again == 1
+    run = finish(embedded, run)
+    assert (run.status, run.context) == ("completed", {"__results__": {"a": ["ok", {"a": 1}]}})
+
+
+@runs
+def test_an_overdue_scheduled_retry_is_moved_to_its_queue(embedded: EmbeddedQueue, define: Definer) -> None:
+    calls: list[int] = []
+
+    def flaky(ctx: dict[str, Any]) -> Any:
+        calls.append(1)
+        return error("once") if len(calls) == 1 else ok()
+
+    wf = define([step("flaky", flaky, retry={"max_attempts": 2, "backoff": "constant", "base": 30, "jitter": False})])
+    run = wf.start({})
+    embedded.run_commit_hooks()
+    worker_pass(embedded)
+    assert embedded.pending_jobs() == 0
+    assert recover(now=later(20)).total == 0  # due in 30 s: not overdue
+    report = recover(now=later(120))
+    assert report.retries_released == 1
+    assert embedded.pending_jobs() == 1
+    run = finish(embedded, run)
+    assert (run.status, len(calls)) == ("completed", 2)
+
+
+def worker_pass(embedded: EmbeddedQueue) -> None:
+    """Execute what is queued now, without waiting for scheduled jobs."""
+    from durable_django.testing import _EmbeddedWorker
+
+    _EmbeddedWorker(embedded.queues(), connection=embedded.connection).work(burst=True, logging_level="WARNING")
+
+
+# -- timeouts -------------------------------------------------------------------------------------
+
+
+@runs
+def test_a_step_over_its_timeout_fails_the_attempt_and_follows_its_retry_policy(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    calls: list[int] = []
+
+    def slow_once(ctx: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(5)
+        return ok({"fast": True})
+
+    wf = define([step("slow", slow_once, timeout=0.2, retry={"max_attempts": 2, "base": 0, "jitter": False})])
+    run = finish(embedded, wf.start({}))
+    assert (run.status, run.context) == ("completed", {"fast": True})
+    assert attempts(run) == [("slow", 1, "failed"), ("slow", 2, "completed")]
+    assert StepResult.objects.get(run=run, attempt=1).error == {
+        "type": "timeout",
+        "message": "step 'slow' ran longer than its timeout of 0.2 s",
+    }
+
+
+@runs
+def test_a_branch_over_its_timeout_fails_like_any_failing_branch(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf = define([parallel(step("stuck", lambda ctx: time.sleep(5) or ok(), timeout=0.1), name="block")])
+    run = finish(embedded, wf.start({}))
+    assert run.status == "failed"
+    assert run.error["reason"]["type"] == "timeout"
+
+
+# -- poison jobs ----------------------------------------------------------------------------------
+
+
+@runs
+def test_jobs_for_rows_that_do_not_exist_end_quietly() -> None:
+    execute_run(str(uuid.uuid4()), "default", 0)
+    execute_run("not-a-uuid", "default", 0)
+    execute_branch(10**9)
+    execute_join(10**9, "default")
+    assert WorkflowRun.objects.count() == 0
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+
+@runs
+def test_durable_recover_prints_what_it_did(embedded: EmbeddedQueue, define: Definer) -> None:
+    out = StringIO()
+    call_command("durable_recover", stdout=out)
+    assert out.getvalue() == "recovery: nothing to recover\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["manage.py", "rqworker", "default"], True),
+        (["/venv/lib/django/__main__.py", "rqworker"], True),
+        (["manage.py", "rqworker-pool", "default"], True),
+        (["manage.py", "runserver"], False),
+        (["manage.py"], False),
+    ],
+)
+def test_the_sweeper_starts_only_in_worker_processes(argv: list[str], expected: bool) -> None:
+    assert is_rq_worker_process(argv) is expected

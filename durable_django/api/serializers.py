@@ -1,0 +1,284 @@
+"""Serializers of the API: runs, step results and parallel groups as stored, the body of a start
+request, the query parameters of the list endpoints, and workflow descriptions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..definition import find_workflow
+from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+
+# Deeper input is refused: steps copy and merge contexts, and the engine's JSON handling recurses.
+MAX_INPUT_DEPTH = 100
+
+_JSON_TYPES = ((dict, "object"), (list, "array"), (str, "string"), (bool, "boolean"), (int, "number"))
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of the type of ``value`` (``"array"`` for a list), for error messages."""
+    if value is None:
+        return "null"
+    for python_type, name in _JSON_TYPES:
+        if isinstance(value, python_type):
+            return name
+    return "number" if isinstance(value, float) else type(value).__name__
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which the database cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (such as \\ud800), which is not valid Unicode text"
+    return None
+
+
+def storage_problem(value: Any) -> str | None:
+    """Why the parsed JSON ``value`` cannot be stored as a run's input, or ``None``.
+
+    Walks the value with an explicit stack, so arbitrarily deep input cannot exhaust Python's.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_INPUT_DEPTH:
+                return f"is nested more than {MAX_INPUT_DEPTH} levels deep"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                problem = _text_problem(key) if isinstance(key, str) else None
+                if problem:
+                    return f"key {where}[{key!r}] {problem}"
+                stack.append((child, f"{where}[{key!r}]", depth + 1))
+        elif isinstance(item, str) and (problem := _text_problem(item)):
+            return f"value at {where or 'the top level'} {problem}"
+    return None
+
+
+class StringField(serializers.CharField):
+    """A JSON string, storable in the database; numbers are not turned into strings."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        problem = _text_problem(data)
+        if problem:
+            raise serializers.ValidationError(f"The value {problem}.")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {}})
+class JSONObjectField(serializers.Field):
+    """A JSON object (a dict), storable as a run's input."""
+
+    default_error_messages = {"not_an_object": "Must be a JSON object, got {type}."}
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("not_an_object", type=json_type(data))
+        problem = storage_problem(data)
+        if problem:
+            raise serializers.ValidationError(f"The input {problem}.")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class StepResultSerializer(serializers.ModelSerializer[StepResult]):
+    """One attempt of one step, as stored."""
+
+    duration = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="Seconds from start to finish; null until the attempt finished."
+    )
+
+    class Meta:
+        model = StepResult
+        fields = (
+            "id",
+            "run",
+            "step",
+            "attempt",
+            "status",
+            "output",
+            "error",
+            "group",
+            "job_id",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration",
+        )
+        read_only_fields = fields
+
+
+class ParallelGroupSerializer(serializers.ModelSerializer[ParallelGroup]):
+    """One execution of a parallel block, as stored."""
+
+    class Meta:
+        model = ParallelGroup
+        fields = (
+            "id",
+            "run",
+            "name",
+            "on_error",
+            "status",
+            "results",
+            "error",
+            "branch_count",
+            "pending_count",
+            "failed_count",
+            "created_at",
+            "finished_at",
+        )
+        read_only_fields = fields
+
+
+class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
+    """A run, as stored (the list endpoint's items)."""
+
+    duration = serializers.FloatField(
+        read_only=True,
+        allow_null=True,
+        help_text="Seconds from start to finish (until now while running); null until started.",
+    )
+
+    class Meta:
+        model = WorkflowRun
+        fields: tuple[str, ...] = (
+            "id",
+            "workflow",
+            "status",
+            "input",
+            "context",
+            "error",
+            "error_history",
+            "current_step",
+            "current_attempt",
+            "parent",
+            "parent_step",
+            "ref",
+            "idempotency_key",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration",
+        )
+        read_only_fields: tuple[str, ...] = fields
+
+
+class RunDetailSerializer(RunSerializer):
+    """A run with its step results and parallel groups."""
+
+    steps = StepResultSerializer(many=True, read_only=True)
+    groups = ParallelGroupSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = (*RunSerializer.Meta.fields, "steps", "groups")
+        read_only_fields = fields
+
+
+class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
+    """The body of ``POST runs/``."""
+
+    workflow = StringField(max_length=200, trim_whitespace=False, help_text="A registered workflow's name.")
+    input = JSONObjectField(required=False, help_text="The run's input: a JSON object (default {}).")
+    idempotency_key = StringField(
+        required=False,
+        allow_null=True,
+        max_length=255,
+        trim_whitespace=False,
+        help_text="Starting the workflow again with the same key returns the first run instead of a new one.",
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, Mapping):
+            unknown = sorted(map(str, set(data) - set(self.fields)))
+            if unknown:
+                expected = ", ".join(self.fields)
+                raise serializers.ValidationError({name: [f"Unknown field; expected {expected}."] for name in unknown})
+        return super().to_internal_value(data)
+
+    def validate_workflow(self, value: str) -> str:
+        if find_workflow(value) is None:
+            raise serializers.ValidationError(f"No workflow named {value!r} is registered.")
+        return value
+
+
+class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
+    """Query parameters of ``GET runs/``."""
+
+    workflow = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
+    status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
+    # DRF takes declared fields off the class, so this does not hide Field.parent (the stubs cannot tell).
+    parent = serializers.UUIDField(  # type: ignore[assignment]
+        required=False, help_text="Only the children of this run."
+    )
+
+
+class StepFilterSerializer(serializers.Serializer[dict[str, Any]]):
+    """Query parameters of ``GET steps/``."""
+
+    run = serializers.UUIDField(required=False)
+    status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
+    step = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
+
+
+class GroupFilterSerializer(serializers.Serializer[dict[str, Any]]):
+    """Query parameters of ``GET groups/``."""
+
+    run = serializers.UUIDField(required=False)
+    status = serializers.ChoiceField(choices=GroupStatus.choices, required=False)
+
+
+_RETRY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "max_attempts": {"type": "integer"},
+        "backoff": {"type": "string", "enum": ["exponential", "linear", "constant"]},
+        "base": {"type": "number"},
+        "max_backoff": {"type": "number"},
+        "jitter": {"type": "boolean"},
+    },
+}
+_STEP_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["step"]},
+        "name": {"type": "string"},
+        "returns": {"type": "string", "nullable": True},
+        "queue": {"type": "string", "nullable": True},
+        "timeout": {"type": "number", "nullable": True},
+        "retry": _RETRY_SCHEMA,
+    },
+}
+_PARALLEL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["parallel"]},
+        "name": {"type": "string"},
+        "on_error": {"type": "string", "enum": ["fail_fast", "complete_all"]},
+        "into": {"type": "boolean"},
+        "steps": {"type": "array", "items": _STEP_SCHEMA},
+    },
+}
+
+
+@extend_schema_field({"type": "array", "items": {"oneOf": [_STEP_SCHEMA, _PARALLEL_SCHEMA]}})
+class WorkflowStructureField(serializers.ListField):
+    """``Workflow.describe()``: the steps and parallel blocks, in order."""
+
+
+class WorkflowSerializer(serializers.Serializer[dict[str, Any]]):
+    """A registered workflow: its name, the queue its runs start on and its structure."""
+
+    name = serializers.CharField(read_only=True)
+    queue = serializers.CharField(
+        read_only=True, help_text='The workflow\'s own queue, else DURABLE["QUEUE"]; a step may name another.'
+    )
+    steps = WorkflowStructureField(read_only=True)

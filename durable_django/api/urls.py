@@ -1,0 +1,22 @@
+"""URLs of the API: ``path("api/durable/", include("durable_django.api.urls"))``."""
+
+from __future__ import annotations
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from .schema import DurableSchemaView
+from .views import ParallelGroupViewSet, RunViewSet, StepResultViewSet, WorkflowViewSet
+
+app_name = "durable_api"
+
+router = SimpleRouter()
+router.register("runs", RunViewSet, basename="run")
+router.register("steps", StepResultViewSet, basename="step")
+router.register("groups", ParallelGroupViewSet, basename="group")
+router.register("workflows", WorkflowViewSet, basename="workflow")
+
+urlpatterns = [
+    path("schema/", DurableSchemaView.as_view(), name="schema"),
+    *router.urls,
+]

@@ -1,0 +1,189 @@
+"""The OpenAPI schema of the API, and the API fuzzed from it with schemathesis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from django.test import override_settings
+from drf_spectacular.validation import validate_schema
+from hypothesis import strategies as st
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from durable_django import ok, step
+from durable_django.models import ParallelGroup, StepResult, WorkflowRun
+from tests.engine_support import Definer
+
+from .conftest import url
+
+pytestmark = pytest.mark.django_db
+
+PATHS = {
+    "/api/durable/runs/": ["get", "post"],
+    "/api/durable/runs/{id}/": ["get"],
+    "/api/durable/runs/{id}/retry/": ["post"],
+    "/api/durable/runs/{id}/cancel/": ["post"],
+    "/api/durable/steps/": ["get"],
+    "/api/durable/steps/{id}/": ["get"],
+    "/api/durable/groups/": ["get"],
+    "/api/durable/groups/{id}/": ["get"],
+    "/api/durable/workflows/": ["get"],
+    "/api/durable/workflows/{name}/": ["get"],
+}
+
+
+def fetch_schema(client: APIClient, **extra: Any) -> dict[str, Any]:
+    response = client.get(url("schema"), **extra)
+    assert response.status_code == 200
+    return json.loads(response.content)
+
+
+def test_schema_is_valid_openapi_3_json_listing_the_api_only(api: APIClient) -> None:
+    response = api.get(url("schema"))
+    assert response["Content-Type"] == "application/vnd.oai.openapi+json"
+    schema = json.loads(response.content)
+    validate_schema(schema)
+    assert schema["openapi"].startswith("3.")
+    assert schema["info"]["title"] == "durable_django API"
+    assert {path: sorted(operations) for path, operations in schema["paths"].items()} == PATHS
+
+
+def test_schema_is_served_as_yaml_on_request(api: APIClient) -> None:
+    response = api.get(url("schema"), {"format": "yaml"})
+    assert (response.status_code, response["Content-Type"]) == (200, "application/vnd.oai.openapi; charset=utf-8")
+    assert response.content.startswith(b"openapi: 3.")
+
+
+def test_schema_describes_retry_and_cancel_as_bodiless_with_their_responses(api: APIClient) -> None:
+    paths = fetch_schema(api)["paths"]
+    for action in ("retry", "cancel"):
+        operation = paths[f"/api/durable/runs/{{id}}/{action}/"]["post"]
+        assert "requestBody" not in operation
+        assert sorted(operation["responses"]) == ["202", "404", "409"]
+        assert operation["responses"]["409"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Detail"
+        }
+
+
+def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None:
+    schema = fetch_schema(api)
+    start = schema["paths"]["/api/durable/runs/"]["post"]
+    assert sorted(start["responses"]) == ["200", "201", "400", "413"]
+    body = schema["components"]["schemas"]["StartRun"]
+    assert (sorted(body["properties"]), body["required"]) == (["idempotency_key", "input", "workflow"], ["workflow"])
+    assert body["properties"]["input"]["type"] == "object"
+    parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
+    assert sorted(parameter["name"] for parameter in parameters) == ["page", "parent", "status", "workflow"]
+
+
+def test_schema_needs_no_drf_spectacular_app_nor_rest_framework_settings(api: APIClient) -> None:
+    assert "drf_spectacular" not in settings.INSTALLED_APPS
+    assert not hasattr(settings, "REST_FRAMEWORK")
+    assert not hasattr(settings, "SPECTACULAR_SETTINGS")
+    validate_schema(fetch_schema(api))
+
+
+@override_settings(REST_FRAMEWORK={"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"})
+def test_schema_is_the_same_when_the_project_uses_drf_spectacular_everywhere(api: APIClient) -> None:
+    configured = fetch_schema(api)
+    with override_settings(REST_FRAMEWORK={}):
+        assert fetch_schema(api) == configured
+
+
+def test_schema_is_served_to_staff_only() -> None:
+    response = APIClient().get(url("schema"))
+    assert response.status_code == 401
+
+
+# -- fuzzing -------------------------------------------------------------------------------------
+#
+# Every operation of the served schema, fuzzed by schemathesis with valid (positive) and invalid
+# (negative) requests, sent through Django's WSGI application as a superuser. Half of the cases
+# point at rows that exist and name a registered workflow, so that they reach the engine.
+# The schema is loaded inside the test (it is served to staff only, so it needs the database);
+# schemathesis' lazy ``from_fixture`` loader would do that, but it relies on a pytest internal
+# (``Node._nodeid``) that pytest 9.2 removed, so each operation is driven through its strategy.
+
+
+@pytest.fixture
+def superuser_token(superuser: User) -> str:
+    return Token.objects.create(user=superuser).key
+
+
+@pytest.fixture
+def django_wsgi_app() -> Iterator[WSGIHandler]:
+    """Django's WSGI application, keeping the test's database connection (and transaction) open.
+
+    Django closes connections at the end of each request; its test client stops that, and so do we.
+    """
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield WSGIHandler()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def existing(define: Definer) -> dict[str, str]:
+    """Path parameters and a workflow name that exist, for the cases that use them."""
+    wf = define([step("only", lambda ctx: ok({"done": True}))])
+    run = WorkflowRun.objects.create(workflow=wf.name, status="failed", error={"step": "only"})
+    group = ParallelGroup.objects.create(run=run, name="block", on_error="fail_fast")
+    row = StepResult.objects.create(run=run, step="only", status="failed", group=group)
+    return {"runs": str(run.pk), "steps": str(row.pk), "groups": str(group.pk), "workflows": wf.name}
+
+
+# A workflow's name is any string: no request to that operation is invalid by the schema.
+NOTHING_INVALID = {("GET", "/api/durable/workflows/{name}/")}
+CASES = [
+    (method.upper(), path, mode)
+    for path, methods in PATHS.items()
+    for method in methods
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if not (mode == GenerationMode.NEGATIVE and (method.upper(), path) in NOTHING_INVALID)
+]
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), CASES)
+def test_fuzzed_requests_never_get_a_server_error(
+    django_wsgi_app: WSGIHandler,
+    superuser_token: str,
+    existing: dict[str, str],
+    method: str,
+    path: str,
+    mode: GenerationMode,
+) -> None:
+    headers = {"Authorization": f"Token {superuser_token}"}
+    schema = schemathesis.openapi.from_wsgi(url("schema"), django_wsgi_app, headers=headers)
+    operation = schema[path][method]
+    resource = path.split("/")[3]
+
+    @hypothesis.given(case=operation.as_strategy(mode), use_existing=st.booleans())
+    @hypothesis.settings(
+        max_examples=15,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    def fuzz(case: Any, use_existing: bool) -> None:
+        if use_existing and case.path_parameters:
+            case.path_parameters = {**case.path_parameters, next(iter(case.path_parameters)): existing[resource]}
+        if use_existing and path == "/api/durable/runs/" and isinstance(case.body, dict):
+            case.body = {**case.body, "workflow": existing["workflows"]}
+        case.call_and_validate(headers=headers, checks=[not_a_server_error])
+
+    fuzz()

@@ -8,7 +8,9 @@ NEW_PYTHON ?= $(shell bash scripts/newest_python.sh)
 VENV6 ?= .venv-django6
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help venv demo test lint check pytest pytest-sqlite test-django6 clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: help venv chromium demo test lint check pytest pytest-sqlite test-django6 screenshots clean
 
 help:
 	@echo "make demo   run every example workflow end to end (embedded SQLite + in-process queue)"
@@ -21,6 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The admin's browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
+	fi
 
 demo: venv
 	$(PY) manage.py migrate --verbosity 0
@@ -36,13 +45,13 @@ check: venv
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django check --fail-level WARNING
 	DURABLE_TEST_DATABASE=sqlite DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django makemigrations --check --dry-run
 
-pytest: venv
+pytest: venv chromium
 	$(PY) -m pytest
 
-pytest-sqlite: venv
+pytest-sqlite: venv chromium
 	DURABLE_TEST_DATABASE=sqlite $(PY) -m pytest -m "not integration" -q
 
-test-django6:
+test-django6: chromium
 	@if [ -z "$(NEW_PYTHON)" ]; then echo "No Python >= 3.12 here: skipping the Django 6 run"; exit 0; fi; \
 	set -e; \
 	if [ ! -f $(VENV6)/.installed ] || [ pyproject.toml -nt $(VENV6)/.installed ]; then \
@@ -56,6 +65,9 @@ test-django6:
 	$(VENV6)/bin/python -m pytest -q
 
 test: lint check pytest pytest-sqlite test-django6
+
+screenshots: venv chromium
+	$(PY) scripts/admin_screenshots.py $(or $(OUT),screenshots)
 
 clean:
 	rm -rf $(VENV) $(VENV6) example.sqlite3 .pytest_cache .ruff_cache

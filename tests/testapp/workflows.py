@@ -272,3 +272,53 @@ repairable = workflow(
         step("after", _after),
     ],
 )
+
+
+# -- it_admin_*: runs the admin's tests look at, driven by the embedded queue (no Redis keys) ----
+
+#: Tokens whose failing steps succeed from now on: an admin test adds its token before a retry.
+ADMIN_FIXED: set[str] = set()
+
+
+def _charge_card(ctx: Ctx) -> tuple[str, Any]:
+    if ctx.get("decline") and ctx["token"] not in ADMIN_FIXED:
+        return error({"code": "card_declined", "amount": ctx["amount"]})
+    return ok({"charged": ctx["amount"]})
+
+
+admin_order = workflow(
+    "it_admin_order",
+    [
+        step("validate", lambda ctx: ok({"valid": True})),
+        parallel(
+            step("reserve_stock", lambda ctx: ok({"reserved": ctx["amount"] // 10})),
+            step("charge_card", _charge_card, retry={"max_attempts": 2, "backoff": "constant", "base": 0}),
+            step("send_receipt", lambda ctx: ok({"receipt": f"<b>{ctx['token']}</b>"})),
+            name="fulfil",
+        ),
+        step("ship", lambda ctx: ok({"shipped": True})),
+    ],
+)
+
+
+def _import_rows(ctx: Ctx) -> tuple[str, Any]:
+    if ctx["token"] not in ADMIN_FIXED:
+        raise RuntimeError(f"feed {ctx['feed']!r} is unreachable")
+    return ok({"imported": 3})
+
+
+admin_import = workflow(
+    "it_admin_import",
+    [
+        step("connect", lambda ctx: ok({"connected": ctx["feed"]})),
+        step("import_rows", _import_rows),
+    ],
+)
+
+
+def _call_admin_import(ctx: Ctx) -> tuple[str, Any]:
+    status, result = call_workflow("it_admin_import", {"token": ctx["token"], "feed": "prices"}, ref="prices")
+    return ok({"prices": result["imported"]}) if status == "ok" else error(result)
+
+
+admin_sync = workflow("it_admin_sync", [step("sync_prices", _call_admin_import)])

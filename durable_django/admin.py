@@ -1,0 +1,638 @@
+"""The admin: runs, their step attempts and parallel groups, read-only, with a timeline per run.
+
+Nothing here writes run state. Retrying and cancelling (the list actions and the buttons of a
+run's page) go through :mod:`durable_django.operations`, like the API and the management
+commands, and need the change permission on workflow runs. Every field is read-only; a run may
+be deleted (with the delete permission) only once it, its parent and its children are finished.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import BaseModelAdmin
+from django.contrib.admin.utils import flatten, flatten_fieldsets, quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Model, Prefetch, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.loader import render_to_string
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.dateformat import format as format_date
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
+
+from . import operations
+from .exceptions import RunStateError
+from .models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .timeline import build_timeline, format_duration, status_colour
+
+if TYPE_CHECKING:
+    _AdminBase = BaseModelAdmin[Any]
+else:
+    _AdminBase = BaseModelAdmin
+
+# One-line previews of outputs and errors in tables; the full value is on the row's own page.
+PREVIEW_CHARS = 120
+CSS = {"all": ("durable_django/admin.css",)}
+
+# Stands in for a traceback inside an error's JSON; the traceback itself is shown as text.
+TRACEBACK_NOTE = "(see Traceback)"
+
+# What each operator action calls in durable_django.operations, what it reports per run and what
+# it records in the run's admin history.
+OPERATIONS = {
+    "retry": (
+        "retry_run",
+        _("Retried %(run)s: it is running again."),
+        _("Did not retry %(run)s: %(reason)s"),
+        _("Retried."),
+    ),
+    "cancel": ("cancel_run", _("Cancelled %(run)s."), _("Did not cancel %(run)s: %(reason)s"), _("Cancelled.")),
+}
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def status_badge(status: str, label: str | None = None) -> SafeString:
+    """A coloured pill naming a run, step or group status."""
+    return format_html(
+        '<span class="durable-badge durable-status-{}" style="background-color: {}">{}</span>',
+        status,
+        status_colour(status),
+        label or status,
+    )
+
+
+def pretty_json(value: Any) -> SafeString:
+    """``value`` as indented JSON in a ``<pre>``, HTML-escaped."""
+    return format_html(
+        '<pre class="durable-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, cls=DjangoJSONEncoder)
+    )
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """``value`` as one line of JSON, cut to ``limit`` characters."""
+    if value is None:
+        return ""
+    text = json.dumps(value, ensure_ascii=False, cls=DjangoJSONEncoder)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def moment(value: datetime | None) -> str:
+    """A timestamp in the current time zone, to the millisecond: attempts often last less than a second."""
+    return format_date(timezone.localtime(value), "Y-m-d H:i:s.u")[:-3] if value else ""
+
+
+def short_id(run_id: Any) -> str:
+    return str(run_id)[:8]
+
+
+def change_url(site: admin.AdminSite, model: type[Model], pk: Any) -> str:
+    opts = model._meta
+    return reverse(f"{site.name}:{opts.app_label}_{opts.model_name}_change", args=[quote(pk)])
+
+
+def run_link(site: admin.AdminSite, run_id: Any) -> SafeString:
+    """A link to a run's page, labelled with its short id (the full id on hover)."""
+    return format_html(
+        '<a href="{}" title="{}"><code>{}</code></a>', change_url(site, WorkflowRun, run_id), run_id, short_id(run_id)
+    )
+
+
+def outcome(row: StepResult) -> str:
+    """A one-line preview of an attempt's output (completed) or error (failed)."""
+    if row.status == StepStatus.COMPLETED:
+        return preview(row.output)
+    if row.status != StepStatus.FAILED:
+        return ""
+    reason = row.error
+    if isinstance(reason, dict) and isinstance(reason.get("message"), str):
+        # A raised exception: its type and message say more in one line than the start of a traceback.
+        text = f"{reason['type']}: {reason['message']}" if reason.get("type") else reason["message"]
+        return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+    return preview(reason)
+
+
+def stored_traceback(error: Any) -> str:
+    """The first traceback stored in an error (a raised exception's ``{"traceback": ...}``, maybe nested)."""
+    if isinstance(error, dict):
+        if isinstance(error.get("traceback"), str):
+            return str(error["traceback"])
+        for value in error.values():
+            found = stored_traceback(value)
+            if found:
+                return found
+    return ""
+
+
+def without_tracebacks(error: Any) -> Any:
+    """``error`` with every stored traceback replaced by a pointer to the traceback field.
+
+    A traceback is one long string: in JSON its line breaks turn into ``\\n`` and it buries the rest.
+    """
+    if not isinstance(error, dict):
+        return error
+    return {
+        key: TRACEBACK_NOTE if key == "traceback" and isinstance(value, str) else without_tracebacks(value)
+        for key, value in error.items()
+    }
+
+
+def branch_table(branches: Iterable[StepResult], site: admin.AdminSite) -> str:
+    """Every attempt of every branch of a group: step, attempt, status, timing and its result in short."""
+    rows = [
+        {
+            "url": change_url(site, StepResult, row.pk),
+            "step": row.step,
+            "attempt": row.attempt,
+            "badge": status_badge(row.status, row.get_status_display()),
+            "started": moment(row.started_at),
+            "duration": format_duration(row.duration) if row.duration is not None else "",
+            "outcome": outcome(row),
+        }
+        for row in branches
+    ]
+    return render_to_string("admin/durable_django/branch_table.html", {"rows": rows})
+
+
+class _Display(_AdminBase):
+    """Columns shared by the run, step and group admins."""
+
+    def _or_empty(self, html: SafeString | str) -> SafeString | str:
+        return html or self.get_empty_value_display()
+
+    def _json(self, value: Any) -> SafeString | str:
+        return pretty_json(value) if value is not None else self.get_empty_value_display()
+
+    def _error(self, error: Any) -> SafeString | str:
+        return self._json(without_tracebacks(error))
+
+    def _traceback(self, error: Any) -> SafeString | str:
+        text = stored_traceback(error)
+        return format_html('<pre class="durable-traceback">{}</pre>', text) if text else self.get_empty_value_display()
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: WorkflowRun | StepResult | ParallelGroup) -> SafeString:
+        return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description=_("duration"))
+    def duration_display(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
+        if isinstance(obj, ParallelGroup):
+            return format_duration(((obj.finished_at or timezone.now()) - obj.created_at).total_seconds())
+        return self._or_empty(format_duration(obj.duration) if obj.duration is not None else "")
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
+        return moment(obj.created_at)
+
+    @admin.display(description=_("started at"))
+    def started(self, obj: WorkflowRun | StepResult) -> str:
+        return self._or_empty(moment(obj.started_at))
+
+    @admin.display(description=_("finished at"))
+    def finished(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
+        return self._or_empty(moment(obj.finished_at))
+
+
+class _ReadOnly(_AdminBase):
+    """No adding, changing or deleting: these rows are written by the engine only."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# -- inlines of a run's page ---------------------------------------------------------------------
+
+
+class _RunPartInline(_ReadOnly, _Display):
+    """An inline of a run's page, shown to whoever may see the run."""
+
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        user = request.user
+        return user.has_perm("durable_django.view_workflowrun") or user.has_perm("durable_django.change_workflowrun")
+
+
+class StepResultInline(_RunPartInline, admin.TabularInline):
+    model = StepResult
+    verbose_name = _("step attempt")
+    verbose_name_plural = _("step attempts, in execution order")
+    fields = ("step_link", "group_name", "attempt", "status_badge", "started", "finished", "duration_display", "result")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
+        return super().get_queryset(request).select_related("group").order_by("id")
+
+    @admin.display(description=_("step"))
+    def step_link(self, obj: StepResult) -> SafeString:
+        return format_html('<a href="{}">{}</a>', change_url(self.admin_site, StepResult, obj.pk), obj.step)
+
+    @admin.display(description=_("parallel group"))
+    def group_name(self, obj: StepResult) -> str:
+        return obj.group.name if obj.group else ""
+
+    @admin.display(description=_("output or error"))
+    def result(self, obj: StepResult) -> SafeString:
+        return format_html("<code>{}</code>", outcome(obj))
+
+
+class ParallelGroupInline(_RunPartInline, admin.StackedInline):
+    model = ParallelGroup
+    show_change_link = True
+    verbose_name = _("parallel group")
+    verbose_name_plural = _("parallel groups")
+    fields = (
+        "status_badge",
+        "on_error",
+        "counts",
+        "created",
+        "finished",
+        "duration_display",
+        "branch_list",
+        "error_json",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ParallelGroup]:
+        branches = Prefetch("branches", queryset=StepResult.objects.order_by("id"))
+        return super().get_queryset(request).prefetch_related(branches)
+
+    @admin.display(description=_("branches"))
+    def counts(self, obj: ParallelGroup) -> str:
+        return gettext("%(all)d in all, %(failed)d failed, %(pending)d without a final result") % {
+            "all": obj.branch_count,
+            "failed": obj.failed_count,
+            "pending": obj.pending_count,
+        }
+
+    @admin.display(description=_("outcome of each branch"))
+    def branch_list(self, obj: ParallelGroup) -> str:
+        return branch_table(obj.branches.all(), self.admin_site)
+
+    @admin.display(description=_("error"))
+    def error_json(self, obj: ParallelGroup) -> SafeString | str:
+        return self._json(obj.error)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(_Display, admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "workflow_display",
+        "status_badge",
+        "current_step_display",
+        "created_when",
+        "duration_display",
+    )
+    list_display_links = ("short_id",)
+    list_filter = ("status", "workflow")
+    search_fields = ("^id", "idempotency_key")
+    search_help_text = _("A run's id (whole, or its first characters) or its idempotency key.")
+    date_hierarchy = "created_at"
+    # Counting every run on each page load is a full scan of a big table.
+    show_full_result_count = False
+    actions = ("retry_selected", "cancel_selected")
+    inlines = (ParallelGroupInline, StepResultInline)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "workflow",
+                    "status_badge",
+                    ("current_step", "current_attempt"),
+                    "idempotency_key",
+                    "parent_link",
+                    ("parent_step", "ref"),
+                    "children_links",
+                )
+            },
+        ),
+        (_("Timing"), {"fields": ("created", "started", "finished", "duration_display")}),
+        (_("Data"), {"fields": ("input_json", "context_json", "error_json", "traceback", "error_history_json")}),
+    )
+    readonly_fields = flatten_fieldsets(fieldsets)
+
+    class Media:
+        css = CSS
+
+    @admin.display(description=_("run"), ordering="id")
+    def short_id(self, obj: WorkflowRun) -> SafeString:
+        return format_html('<code class="durable-run-id" title="{}">{}</code>', obj.pk, short_id(obj.pk))
+
+    @admin.display(description=_("workflow"), ordering="workflow")
+    def workflow_display(self, obj: WorkflowRun) -> SafeString | str:
+        if obj.parent_id is None:
+            return obj.workflow
+        # parent_id only: no query per row of the list.
+        return format_html(
+            '{} <small class="durable-parent">{} {}</small>',
+            obj.workflow,
+            gettext("child of"),
+            run_link(self.admin_site, obj.parent_id),
+        )
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created_when(self, obj: WorkflowRun) -> str:
+        return format_date(timezone.localtime(obj.created_at), "Y-m-d H:i:s")
+
+    @admin.display(description=_("current step"), ordering="current_step")
+    def current_step_display(self, obj: WorkflowRun) -> str:
+        if obj.current_attempt > 1:
+            return gettext("%(step)s (attempt %(attempt)d)") % {
+                "step": obj.current_step,
+                "attempt": obj.current_attempt,
+            }
+        return obj.current_step
+
+    @admin.display(description=_("parent run"))
+    def parent_link(self, obj: WorkflowRun) -> SafeString | str:
+        return run_link(self.admin_site, obj.parent_id) if obj.parent_id else self.get_empty_value_display()
+
+    @admin.display(description=_("child runs"))
+    def children_links(self, obj: WorkflowRun) -> SafeString | str:
+        children = [
+            {
+                "link": run_link(self.admin_site, child.pk),
+                "workflow": child.workflow,
+                "badge": status_badge(child.status, child.get_status_display()),
+                "called_by": child.parent_step,
+                "ref": child.ref,
+            }
+            for child in obj.children.order_by("created_at").only("id", "workflow", "status", "parent_step", "ref")
+        ]
+        if not children:
+            return self.get_empty_value_display()
+        return render_to_string("admin/durable_django/children.html", {"children": children})
+
+    @admin.display(description=_("input"))
+    def input_json(self, obj: WorkflowRun) -> SafeString | str:
+        return self._json(obj.input)
+
+    @admin.display(description=_("context"))
+    def context_json(self, obj: WorkflowRun) -> SafeString | str:
+        return self._json(obj.context)
+
+    @admin.display(description=_("error"))
+    def error_json(self, obj: WorkflowRun) -> SafeString | str:
+        return self._error(obj.error)
+
+    @admin.display(description=_("traceback"))
+    def traceback(self, obj: WorkflowRun) -> SafeString | str:
+        return self._traceback(obj.error)
+
+    @admin.display(description=_("earlier errors"))
+    def error_history_json(self, obj: WorkflowRun) -> SafeString | str:
+        return self._json(obj.error_history or None)
+
+    # -- permissions: read-only; a run is deleted only once it is finished ------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or _deletable(obj)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        # Bulk deletion would take unfinished runs down with the rest; runs are deleted one by one.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A run's attempts and groups go with it, although their own admins are read-only.
+        parts = {str(StepResult._meta.verbose_name), str(ParallelGroup._meta.verbose_name)}
+        return deleted, counts, {name for name in perms_needed if str(name) not in parts}, protected
+
+    # -- search: a whole id is an index lookup ---------------------------------------------------
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[WorkflowRun], search_term: str
+    ) -> tuple[QuerySet[WorkflowRun], bool]:
+        term = search_term.strip()
+        try:
+            run_id = uuid.UUID(term)
+        except ValueError:
+            # The first characters of an id, or part of an idempotency key.
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(Q(pk=run_id) | Q(idempotency_key=term)), False
+
+    # -- the run's page --------------------------------------------------------------------------
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            # Saving the form would write a stale copy of every field over what the engine stored.
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: WorkflowRun | None = None,
+    ) -> HttpResponse:
+        context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
+        if obj is not None:
+            can_operate = self.has_change_permission(request, obj)
+            context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
+            context["can_cancel"] = can_operate and not obj.is_finished
+            context["timeline"] = build_timeline(obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now())
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # -- retry and cancel ------------------------------------------------------------------------
+
+    @admin.action(description=_("Retry selected failed runs"), permissions=["change"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        for run in queryset:
+            self._operate(request, run, "retry")
+
+    @admin.action(description=_("Cancel selected runs"), permissions=["change"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        for run in queryset:
+            self._operate(request, run, "cancel")
+
+    def _operate(self, request: HttpRequest, run: WorkflowRun, operation: str) -> None:
+        """Retry or cancel ``run`` through :mod:`durable_django.operations`; say what happened."""
+        function, done, refused, logged = OPERATIONS[operation]
+        name = gettext("%(workflow)s run %(id)s") % {"workflow": run.workflow, "id": run.pk}
+        try:
+            getattr(operations, function)(run)
+        except RunStateError as exc:
+            self.message_user(request, refused % {"run": name, "reason": exc}, messages.WARNING)
+        except WorkflowRun.DoesNotExist:
+            reason = gettext("it no longer exists.")
+            self.message_user(request, refused % {"run": name, "reason": reason}, messages.WARNING)
+        else:
+            self.log_change(request, run, str(logged))
+            self.message_user(request, done % {"run": name}, messages.SUCCESS)
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        buttons = [
+            path(
+                f"<path:object_id>/{operation}/",
+                self.admin_site.admin_view(view),
+                name="{}_{}_{}".format(*info, operation),
+            )
+            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view))
+        ]
+        # Before the default patterns: their catch-all "<object_id>/" would swallow these.
+        return buttons + super().get_urls()
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Retry button of a run's page (POST only)."""
+        return self._button(request, object_id, "retry")
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Cancel button of a run's page (POST only)."""
+        return self._button(request, object_id, "cancel")
+
+    def _button(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            raise Http404(gettext("No workflow run has the id %(id)s.") % {"id": object_id})
+        if not self.has_change_permission(request, run):
+            raise PermissionDenied
+        self._operate(request, run, operation)
+        return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk))
+
+
+def _deletable(run: WorkflowRun) -> bool:
+    """Finished, and so are its parent and children: deleting it pulls the rug from under no worker."""
+    if not run.is_finished or run.children.unfinished().exists():
+        return False
+    return run.parent_id is None or WorkflowRun.objects.filter(pk=run.parent_id).finished().exists()
+
+
+# -- attempts and groups on their own pages ------------------------------------------------------
+
+
+class _RunRowsAdmin(_ReadOnly, _Display, admin.ModelAdmin):
+    """Rows that belong to a run: searchable by the run's whole id as well."""
+
+    show_full_result_count = False
+
+    class Media:
+        css = CSS
+
+    @admin.display(description=_("run"), ordering="run")
+    def run_link(self, obj: StepResult | ParallelGroup) -> SafeString:
+        return run_link(self.admin_site, obj.run_id)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        try:
+            run_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(run_id=run_id), False
+
+
+@admin.register(StepResult)
+class StepResultAdmin(_RunRowsAdmin):
+    list_display = ("id", "run_link", "step", "group", "attempt", "status_badge", "created_at", "duration_display")
+    list_filter = ("status",)
+    list_select_related = ("group",)
+    search_fields = ("step",)
+    search_help_text = _("A step name, or a run's whole id.")
+    fields = (
+        "run_link",
+        "step",
+        "group",
+        "attempt",
+        "status_badge",
+        "created",
+        "started",
+        "finished",
+        "duration_display",
+        "job_id",
+        "output_json",
+        "error_json",
+        "traceback",
+    )
+    readonly_fields = fields
+
+    @admin.display(description=_("output"))
+    def output_json(self, obj: StepResult) -> SafeString | str:
+        return self._json(obj.output)
+
+    @admin.display(description=_("error"))
+    def error_json(self, obj: StepResult) -> SafeString | str:
+        return self._error(obj.error)
+
+    @admin.display(description=_("traceback"))
+    def traceback(self, obj: StepResult) -> SafeString | str:
+        return self._traceback(obj.error)
+
+
+@admin.register(ParallelGroup)
+class ParallelGroupAdmin(_RunRowsAdmin):
+    list_display = ("id", "run_link", "name", "status_badge", "on_error", "branch_count", "failed_count", "created_at")
+    list_filter = ("status", "on_error")
+    search_fields = ("name",)
+    search_help_text = _("A parallel block's name, or a run's whole id.")
+    fields = (
+        "run_link",
+        "name",
+        "status_badge",
+        "on_error",
+        ("branch_count", "failed_count", "pending_count"),
+        "created",
+        "finished",
+        "duration_display",
+        "branch_list",
+        "results_json",
+        "error_json",
+    )
+    readonly_fields = flatten(fields)
+
+    @admin.display(description=_("outcome of each branch"))
+    def branch_list(self, obj: ParallelGroup) -> str:
+        return branch_table(obj.branches.order_by("id"), self.admin_site)
+
+    @admin.display(description=_("results"))
+    def results_json(self, obj: ParallelGroup) -> SafeString | str:
+        return self._json(obj.results)
+
+    @admin.display(description=_("error"))
+    def error_json(self, obj: ParallelGroup) -> SafeString | str:
+        return self._json(obj.error)

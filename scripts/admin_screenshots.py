@@ -1,0 +1,177 @@
+"""Screenshots of the admin: the run list, and run pages with a parallel group and their timeline.
+
+    python scripts/admin_screenshots.py OUTPUT_DIR [--chromium /usr/bin/chromium] [--width 1440]
+
+Everything happens in a throwaway SQLite database in a temporary directory: the example
+project's workflows run to the end on the embedded queue (``manage.py run_examples``, no Redis
+needed), the admin is served on a free local port, and a headless Chromium (Debian's package,
+driven by Playwright) logs in and photographs it. Writes ``run-list.png``, ``run-detail.png`` (the
+completed run with the most attempts in one parallel block), ``run-timeline.png`` (its timeline alone), ``run-failed.png``
+(a failed run with its Retry button) and ``run-detail-dark.png`` (the run page in the dark theme)
+into OUTPUT_DIR, and prints their paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+# No sandbox (containers, root), no GPU, and nothing that reaches out to the network on its own.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+USERNAME = "screenshots"
+
+
+def prepare_django(database: Path) -> None:
+    """Point the example project at a fresh SQLite file and set Django up."""
+    sys.path.insert(0, str(ROOT))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
+    os.environ["DATABASE_URL"] = f"sqlite:///{database}"
+    os.environ.pop("REDIS_URL", None)  # run_examples: the embedded queue, not real workers
+    import django
+
+    django.setup()
+
+
+def create_runs() -> dict[str, Any]:
+    """Run every example workflow; return the ids of the runs worth photographing."""
+    from django.core.management import CommandError, call_command
+    from django.db.models import Count
+
+    from durable_django.models import ParallelGroup, WorkflowRun
+
+    call_command("migrate", verbosity=0)
+    try:
+        call_command("run_examples", stdout=io.StringIO())
+    except CommandError as exc:  # the pages are still worth a look; say what went wrong
+        print(f"warning: some example runs did not end as expected:\n{exc}", file=sys.stderr)
+    # The most attempts in one parallel block: a completed run for the detail, a failed one for Retry.
+    groups = ParallelGroup.objects.annotate(attempts=Count("branches")).order_by("-attempts", "id")
+    detail = groups.filter(run__status="completed").first() or groups.first()
+    failed_runs = sorted(
+        WorkflowRun.objects.filter(status="failed").annotate(attempts=Count("steps")),
+        # Prefer a failure with a raised exception, which shows a traceback.
+        key=lambda run: ("traceback" not in json.dumps(run.error), -run.attempts, run.created_at),
+    )
+    if detail is None or not failed_runs:
+        raise SystemExit("the examples left no run with a parallel group, or no failed run, to photograph")
+    return {"detail": detail.run_id, "failed": failed_runs[0].pk}
+
+
+def create_user() -> str:
+    from django.contrib.auth import get_user_model
+
+    password = secrets.token_urlsafe(12)
+    get_user_model().objects.create_superuser(USERNAME, "screenshots@example.com", password)
+    return password
+
+
+@contextmanager
+def serve() -> Iterator[str]:
+    """The project (admin and static files) on a free local port, in a thread; yields its base URL."""
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+    from django.core.wsgi import get_wsgi_application
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler, allow_reuse_address=False)
+    server.set_app(StaticFilesHandler(get_wsgi_application()))
+    # After get_wsgi_application(), which configures logging again: the browser's /favicon.ico is a 404.
+    logging.getLogger("django.request").setLevel(logging.ERROR)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def log_in(page: Any, base_url: str, username: str, password: str) -> None:
+    """Log in through the admin's login page."""
+    page.goto(f"{base_url}/admin/login/?next=/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#user-tools")
+
+
+def photograph(base_url: str, password: str, runs: dict[str, Any], out: Path, chromium: str, width: int) -> list[Path]:
+    """Log in and save the screenshots; returns their paths."""
+    from playwright.sync_api import sync_playwright
+
+    runs_url = f"{base_url}/admin/durable_django/workflowrun/"
+    shots = [
+        ("run-list.png", runs_url, "light"),
+        ("run-detail.png", f"{runs_url}{runs['detail']}/change/", "light"),
+        ("run-failed.png", f"{runs_url}{runs['failed']}/change/", "light"),
+        ("run-detail-dark.png", f"{runs_url}{runs['detail']}/change/", "dark"),
+    ]
+    saved = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for scheme in ("light", "dark"):
+                context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
+                page = context.new_page()
+                log_in(page, base_url, USERNAME, password)
+                for name, url, wanted in shots:
+                    if wanted != scheme:
+                        continue
+                    page.goto(url)
+                    page.wait_for_load_state("networkidle")
+                    path = out / name
+                    page.screenshot(path=str(path), full_page=True, animations="disabled")
+                    saved.append(path)
+                    if name == "run-detail.png":
+                        path = out / "run-timeline.png"
+                        page.locator(".durable-timeline-module").screenshot(path=str(path), animations="disabled")
+                        saved.append(path)
+                context.close()
+        finally:
+            browser.close()
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", type=Path, help="directory the PNG files are written to (created if missing)")
+    parser.add_argument("--chromium", default=CHROMIUM, help=f"Chromium executable (default: {CHROMIUM})")
+    parser.add_argument("--width", type=int, default=1440, help="viewport width in pixels (default: 1440)")
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="durable-screenshots-") as scratch:
+        prepare_django(Path(scratch) / "db.sqlite3")
+        runs = create_runs()
+        password = create_user()
+        with serve() as base_url:
+            for path in photograph(base_url, password, runs, args.output, args.chromium, args.width):
+                print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The admin in a real headless Chromium (Debian's package) driven by Playwright, on a live server.
+
+Skipped when Chromium or Playwright is missing, and failing instead under ``CI=true`` (see
+``conftest.py``). Runs are created and driven in the test's thread on the embedded queue; the
+browser talks to pytest-django's live server, which shares the test database.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from durable_django.models import WorkflowRun
+from durable_django.testing import EmbeddedQueue
+from tests.admin.conftest import CHROMIUM
+from tests.admin.support import CHANGELIST, change_url, fix, order
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "browser-pw"
+
+
+def _screenshots_module() -> Any:
+    spec = importlib.util.spec_from_file_location("admin_screenshots", ROOT / "scripts" / "admin_screenshots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the module, launched as the screenshot script launches it."""
+    from playwright.sync_api import sync_playwright
+
+    screenshots = _screenshots_module()
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls of the tests (and of
+    # the fixtures' teardown) run between browser calls, never inside one.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=screenshots.CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_server: Any, django_user_model: Any) -> Iterator[Any]:
+    """A page logged in to the admin through its login page."""
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/admin/")
+    assert page.url.endswith("/admin/login/?next=/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#user-tools")
+    yield page
+    context.close()
+
+
+def shown_statuses(page: Any) -> list[str]:
+    return [text.strip() for text in page.locator("#result_list .field-status_badge").all_inner_texts()]
+
+
+def test_run_list_shows_runs_with_their_status_and_filters_by_status(embedded: EmbeddedQueue, page: Any) -> None:
+    failed = order(embedded, "browser-list-1", decline=True)
+    completed = order(embedded, "browser-list-2")
+    page.click("text=Workflow runs")
+    page.wait_for_url(f"**{CHANGELIST}")
+    assert page.locator("#result_list .durable-run-id").evaluate_all("codes => codes.map(c => c.title)") == [
+        str(completed.pk),
+        str(failed.pk),
+    ]
+    assert shown_statuses(page) == ["Completed", "Failed"]
+    badge = page.locator("#result_list .durable-badge").first
+    assert badge.evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(21, 128, 61)"
+
+    page.locator("#changelist-filter").get_by_role("link", name="Failed", exact=True).click()
+    page.wait_for_url("**status__exact=failed**")
+    assert shown_statuses(page) == ["Failed"]
+    assert page.locator("#result_list .durable-run-id").get_attribute("title") == str(failed.pk)
+
+
+def test_run_page_draws_the_timeline_of_a_parallel_group(embedded: EmbeddedQueue, page: Any) -> None:
+    run = order(embedded, "browser-timeline", decline=True)
+    page.goto(change_url(run))
+    timeline = page.locator(".durable-timeline")
+    timeline.scroll_into_view_if_needed()
+    bars = page.locator(".dt-bar rect")
+    assert bars.count() == 5
+    track = page.locator(".dt-row:not(.dt-axis) .dt-track").first.bounding_box()
+    boxes = [bars.nth(i).bounding_box() for i in range(bars.count())]
+    # Every bar is drawn, inside the track's horizontal extent.
+    for box in boxes:
+        assert box["width"] >= 1 and box["height"] >= 10
+        assert track["x"] - 1 <= box["x"] <= track["x"] + track["width"]
+    # Branches stacked inside their group: reserve_stock, charge_card (two attempts, one row), send_receipt.
+    rows = sorted({round(box["y"]) for box in boxes})
+    assert len(rows) == 4
+    group = page.locator(".dt-group-header")
+    assert group.get_attribute("data-group") == "fulfil"
+    assert "3 branches, 1 failed" in group.inner_text()
+    labels = page.locator(".dt-group .dt-row:not(.dt-group-header) .dt-label").all_inner_texts()
+    assert [label.strip() for label in labels] == ["reserve_stock", "charge_card 2 attempts", "send_receipt"]
+    fills = bars.evaluate_all("rects => rects.map(r => r.getAttribute('fill'))")
+    assert fills == ["#15803d", "#15803d", "#b91c1c", "#b91c1c", "#15803d"]
+
+
+def test_retry_button_retries_a_failed_run(embedded: EmbeddedQueue, page: Any) -> None:
+    run = order(embedded, "browser-retry", decline=True)
+    fix("browser-retry")
+    page.goto(change_url(run))
+    page.get_by_role("button", name="Retry").click()
+    page.wait_for_selector(".messagelist .success")
+    assert page.locator(".messagelist .success").inner_text().strip() == (
+        f"Retried it_admin_order run {run.pk}: it is running again."
+    )
+    assert page.url.endswith(change_url(run))
+    assert page.get_by_role("button", name="Retry").count() == 0
+    assert WorkflowRun.objects.get(pk=run.pk).status == "running"
+
+    embedded.run_until_idle(timeout=30)
+    page.reload()
+    assert page.locator(".field-status_badge .durable-badge").first.inner_text().strip().lower() == "completed"
+    assert page.locator(".dt-bar").count() == 7
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG file's header."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_screenshot_script_writes_the_list_and_run_pages(tmp_path: Path) -> None:
+    # The script sets up its own settings and database: nothing of the test run's may leak in.
+    env = {key: value for key, value in os.environ.items() if key not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "admin_screenshots.py"), str(tmp_path), "--chromium", str(CHROMIUM)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    names = ["run-list.png", "run-detail.png", "run-timeline.png", "run-failed.png", "run-detail-dark.png"]
+    assert result.stdout.split() == [str(tmp_path / name) for name in names]
+    for name in names:
+        width, height = png_size(tmp_path / name)
+        assert width >= 800 and height >= 150, (name, width, height)

@@ -21,6 +21,10 @@ DEFAULTS: dict[str, Any] = {
     "RESULT_TTL": 0,
     # How long RQ keeps a failed job (an engine crash, not a failed step) for inspection.
     "FAILURE_TTL": 7 * 24 * 3600,
+    # The most RQ jobs a parallel block's branches are spread over, per queue. Each such job
+    # executes branches in batches until none is left, so this bounds how many workers one block
+    # keeps busy at once: raise it when more workers should share blocks of many slow branches.
+    "PARALLEL_JOBS": 16,
     # Seconds a worker's lease on an executing step or branch lasts; renewed every third of it
     # while the step runs. A lease that runs out means its worker is gone.
     "LEASE_SECONDS": 15,
@@ -70,6 +74,10 @@ class DurableSettings:
     @property
     def FAILURE_TTL(self) -> int:
         return int(self._user().get("FAILURE_TTL", DEFAULTS["FAILURE_TTL"]))
+
+    @property
+    def PARALLEL_JOBS(self) -> int:
+        return int(self._user().get("PARALLEL_JOBS", DEFAULTS["PARALLEL_JOBS"]))
 
     @property
     def LEASE_SECONDS(self) -> float:

@@ -31,6 +31,7 @@ logger = logging.getLogger("durable_django.dispatch")
 RUN = "durable_django.jobs.run_workflow"
 BRANCH = "durable_django.jobs.run_branch"
 JOIN = "durable_django.jobs.join_group"
+DRAIN = "durable_django.jobs.run_branches"
 
 
 def new_job_id() -> str:

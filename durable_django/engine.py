@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from . import dispatch, leases
@@ -230,21 +231,53 @@ def _transition(
     One transaction. Returns ``False`` (and writes nothing) when the run's version moved on:
     another worker advanced it, or it was cancelled.
     """
-    # No savepoint when nested (the join closes its group in the same transaction): a lost race writes nothing.
-    with transaction.atomic(savepoint=False):
-        updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
-            version=run.version + 1, **fields
-        )
-        if not updated:
+    connection = connections[router.db_for_write(WorkflowRun)]
+    if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block:
+        # The common case, a sequential step: one statement, one round trip, one commit.
+        if not _transition_statement(run, fields, rows[0] if rows else None, connection):
             logger.info("run %s moved on while this worker held version %s; dropping its update", run.pk, run.version)
             return False
-        if rows:
-            StepResult.objects.bulk_create(rows)
-        dispatch.submit(*(jobs or ()))
+        dispatch.submit(*(jobs or ()))  # committed already: sent at once
+    else:
+        # No savepoint when nested (the join closes its group in the same transaction): a lost race writes nothing.
+        with transaction.atomic(savepoint=False):
+            updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
+                version=run.version + 1, **fields
+            )
+            if not updated:
+                logger.info(
+                    "run %s moved on while this worker held version %s; dropping its update", run.pk, run.version
+                )
+                return False
+            if rows:
+                StepResult.objects.bulk_create(rows)
+            dispatch.submit(*(jobs or ()))
     run.version += 1
     for name, value in fields.items():
         setattr(run, name, value)
     return True
+
+
+def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepResult | None, connection: Any) -> bool:
+    """``_transition`` as one PostgreSQL statement: the conditional UPDATE and the row's INSERT in one CTE."""
+    query = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).query
+    update = cast(UpdateQuery, query.chain(UpdateQuery))
+    update.add_update_values({"version": run.version + 1, **fields})
+    update_sql, update_params = update.get_compiler(connection.alias).as_sql()
+    sql = f"WITH moved AS ({update_sql} RETURNING 1)"
+    params = list(update_params)
+    if row is not None:
+        columns = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+        qn = connection.ops.quote_name
+        select = ", ".join(f"%s::{f.db_type(connection)}" for f in columns)
+        sql += (
+            f", inserted AS (INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(f.column) for f in columns)}) "
+            f"SELECT {select} FROM moved)"
+        )
+        params += [f.get_db_prep_save(f.pre_save(row, True), connection) for f in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " SELECT count(*) FROM moved", params)
+        return bool(cursor.fetchone()[0])
 
 
 def _fail_fields(step_name: str, reason: Any, **extra: Any) -> dict[str, Any]:
@@ -419,7 +452,7 @@ def lost_attempts(run_id: Any, step_name: str, group_id: int | None = None) -> i
 
 
 def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> bool:
-    """Write the block's group and one pending row per branch, then enqueue every branch in one batch.
+    """Write the block's group and one pending row per branch, then send the drain jobs that execute them.
 
     ``False`` when the block's group is already open (a duplicate job) or the run moved on.
     """
@@ -433,18 +466,12 @@ def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> bool:
         if not updated:
             return False
         count = len(block.steps)
-        deadline = leases.expiry()
         group = ParallelGroup.objects.create(
             run=run, name=block.name, on_error=block.on_error, branch_count=count, pending_count=count
         )
-        rows = [
-            StepResult(run=run, step=member.name, group=group, job_id=dispatch.new_job_id(), lease_expires_at=deadline)
-            for member in block.steps
-        ]
-        StepResult.objects.bulk_create(rows)
-        dispatch.submit(
-            *(_branch_job(row, queue_for(wf, member)) for row, member in zip(rows, block.steps, strict=True))
-        )
+        from .batches import plan
+
+        dispatch.submit(*plan(group, wf, block))
     run.version += 1
     logger.info("run %s fanned out %d branches of %r", run.pk, count, block.name)
     return True
@@ -604,25 +631,29 @@ def _join(group: ParallelGroup, queue: str) -> bool:
         reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
         return _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
     keys = {member.name: member.key for member in block.steps}
+    # One batched read of the final attempts, as plain tuples: a block may have thousands of branches.
     final = (
         StepResult.objects.filter(group=group, status__in=(StepStatus.COMPLETED, StepStatus.FAILED))
         .order_by("id")
-        .only("step", "status", "output", "error", "finished_at")
+        .values_list("pk", "step", "status", "output", "error", "finished_at")
     )
-    latest: dict[str, StepResult] = {}
+    latest: dict[str, tuple[Any, ...]] = {}
     for branch in final:  # ordered by id: a later attempt replaces an earlier one
-        latest[branch.step] = branch
-    results = {keys.get(name, name): list(branch.as_result()) for name, branch in latest.items()}
+        latest[branch[1]] = branch
+    results = {
+        keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
+        for name, (_, _, status, output, error, _) in latest.items()
+    }
 
     if block.into is not None:
         return _join_into(run, wf, group, block.into, position, results, queue)
-    failures = [branch for branch in latest.values() if branch.status == StepStatus.FAILED]
+    failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
-        branch = min(failures, key=lambda b: (b.finished_at or timezone.now(), b.pk))
-        fields = _fail_fields(branch.step, branch.error, parallel=group.name)
+        _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
+        fields = _fail_fields(name, error, parallel=group.name)
         if not _finish_group(run, group, GroupStatus.FAILED, results, None, fields, cancel_pending=True):
             return False
-        logger.info("run %s failed fast at branch %r of %r", run.pk, branch.step, group.name)
+        logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
         return True
     fields = _move_fields(wf, position + 1, {**run.context, RESULTS_KEY: results})
     if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):

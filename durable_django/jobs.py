@@ -48,6 +48,14 @@ def run_branch(step_result_id: int) -> None:
 
 
 @_fresh_connections_after_db_errors
+def run_branches(group_id: int, queue: str, index: int = 0) -> None:
+    """Execute the pending first attempts of a parallel group's branches on ``queue``, in batches."""
+    from . import batches
+
+    batches.execute_drain(group_id, queue, index)
+
+
+@_fresh_connections_after_db_errors
 def join_group(group_id: int, queue: str) -> None:
     """Join a parallel group and continue its run."""
     engine.execute_join(group_id, queue)
@@ -56,5 +64,6 @@ def join_group(group_id: int, queue: str) -> None:
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     "durable_django.jobs.run_workflow": run_workflow,
     "durable_django.jobs.run_branch": run_branch,
+    "durable_django.jobs.run_branches": run_branches,
     "durable_django.jobs.join_group": join_group,
 }

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -85,6 +85,14 @@ class Heartbeat:
                     self._held.pop(key, None)
                 else:
                     self._held[key] -= 1
+
+    @contextmanager
+    def hold_many(self, model: type[Model], pks: list[Any]) -> Iterator[None]:
+        """Keep the leases of several rows alive for the duration of the block (a batch of branches)."""
+        with ExitStack() as stack:
+            for pk in pks:
+                stack.enter_context(self.hold(model, pk))
+            yield
 
     def _ensure_thread(self) -> None:
         # After a fork (rq's work horse) the parent's thread does not exist in the child.

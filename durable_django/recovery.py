@@ -33,6 +33,7 @@ from rq.job import Job as RQJob
 from rq.registry import ScheduledJobRegistry
 
 from . import dispatch, leases
+from .batches import drain_job
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow
 from .engine import (
@@ -54,6 +55,8 @@ from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatu
 from .results import ERROR, Outcome
 
 logger = logging.getLogger("durable_django.recovery")
+
+DRAIN_PREFIX = "durable-drain-"
 
 
 @dataclass
@@ -184,8 +187,15 @@ def recover(now: datetime | None = None) -> Report:
     ).select_related("run", "group")
     for row in branches.filter(status=StepStatus.RUNNING).exclude(lease_owner=""):
         _take_over_branch(row, now, report)
+    drains_seen: set[str] = set()
     for row in branches.filter(status=StepStatus.PENDING):
-        _send_branch_again(row, now, report)
+        if row.job_id.startswith(DRAIN_PREFIX):
+            # Many rows share one drain job: look at (and send) each such job once.
+            if row.job_id not in drains_seen:
+                drains_seen.add(row.job_id)
+                _send_drain_again(row, now, report)
+        else:
+            _send_branch_again(row, now, report)
 
     groups = ParallelGroup.objects.filter(
         run__parent__isnull=True, run__status=RunStatus.RUNNING, status=GroupStatus.RUNNING
@@ -285,6 +295,24 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
         report.branches_sent_again += 1
     elif done == "released":
         report.retries_released += 1
+
+
+def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
+    group = row.group
+    assert group is not None
+    wf = find_workflow(row.run.workflow)
+    block = _block(wf, group.name) if wf else None
+    queue = _queue(wf, block.branch(row.step) if block else None)
+    job = drain_job(group.pk, row.run_id, queue)
+    done, deadline = _waiting_job(queue, row.job_id, job, now)
+    StepResult.objects.filter(group=group, job_id=row.job_id, status=StepStatus.PENDING).update(
+        lease_expires_at=deadline
+    )
+    if done == "sent":
+        logger.warning(
+            "branches of group %s (run %s): job %s is not in Redis; sent it again", group.pk, row.run_id, row.job_id
+        )
+        report.branches_sent_again += 1
 
 
 def _decided(group: ParallelGroup, wf: Workflow | None) -> bool:

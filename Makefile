@@ -10,11 +10,16 @@ export PYTHONPATH := $(CURDIR)
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: help venv chromium demo test lint check pytest pytest-sqlite test-django6 screenshots clean
+VENV_BENCH ?= .venv-bench
+# e.g. make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
+
+.PHONY: help venv chromium demo test lint check pytest pytest-sqlite test-django6 screenshots bench clean
 
 help:
 	@echo "make demo   run every example workflow end to end (embedded SQLite + in-process queue)"
 	@echo "make test   install and run the whole suite: lint, checks, tests (PostgreSQL, Redis, rqworker)"
+	@echo "make bench  measure durable_django next to Celery, RQ and DBOS (BENCH_ARGS=--quick for a short run)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +70,16 @@ test-django6: chromium
 	$(VENV6)/bin/python -m pytest -q
 
 test: lint check pytest pytest-sqlite test-django6
+
+# The benchmark's peers (Celery, DBOS) live in a virtualenv of their own, never in the app's.
+$(VENV_BENCH)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV_BENCH)/bin/python -m pip install $(PIP_FLAGS) -e '.[bench,embedded]'
+	touch $@
+
+bench: $(VENV_BENCH)/.installed
+	$(VENV_BENCH)/bin/python -m benchmarks.runner $(BENCH_ARGS)
 
 screenshots: venv chromium
 	$(PY) scripts/admin_screenshots.py $(or $(OUT),screenshots)

@@ -1,0 +1,123 @@
+"""Celery under measurement: a chord for fan-out/fan-in, a chain for sequential steps.
+
+Broker and result backend are Redis (databases 10 and 11). Each worker is
+``celery -A benchmarks.celery_peer worker --pool=solo`` (one process, one task at a time). The last
+task of a measurement stores the time it ran in Redis: that, not the moment the client notices,
+is the end of the measurement.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, chain, chord, group
+
+from . import common
+from .common import Peer
+
+BROKER_DB = 10
+BACKEND_DB = 11
+QUEUE = "bench_celery"
+
+app = Celery("benchmarks", broker=common.redis_url(BROKER_DB), backend=common.redis_url(BACKEND_DB))
+app.conf.update(
+    task_default_queue=QUEUE,
+    broker_connection_retry_on_startup=True,
+    # Keep the default JSON serializer, acknowledgement and prefetch: Celery as it ships.
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name="bench.noop")
+def noop(*args: Any) -> None:
+    """A task that does nothing."""
+
+
+@app.task(name="bench.join")
+def join(results: list[Any], token: str) -> int:
+    """The chord's body: it receives every header result; records when it ran."""
+    common.record_done(_done_redis(), token)
+    return len(results)
+
+
+@app.task(name="bench.finish")
+def finish(token: str) -> None:
+    """The last link of a chain: records when it ran."""
+    common.record_done(_done_redis(), token)
+
+
+_redis: Any = None
+
+
+def _done_redis() -> Any:
+    global _redis
+    if _redis is None:
+        _redis = common.redis_client(BROKER_DB)
+    return _redis
+
+
+def _forget(result: Any) -> None:
+    """Stop waiting for a result nobody reads; left to Celery, it happens at interpreter exit, noisily."""
+    while result is not None:
+        result.backend.remove_pending_result(result)
+        result = result.parent
+
+
+class CeleryPeer(Peer):
+    label = "Celery"
+    fanout_variants = {"Celery chord": "chord"}
+
+    def worker_command(self, name: str) -> tuple[list[str], dict[str, str]]:
+        celery = str(Path(sys.executable).with_name("celery"))
+        command = [celery, "-A", "benchmarks.celery_peer", "worker", "--pool=solo", "-c", "1"]
+        command += ["-Q", QUEUE, "-n", f"{name}@%h", "--loglevel", "WARNING"]
+        return command, common.bench_env()
+
+    def reset(self) -> None:
+        common.redis_client(BROKER_DB).flushdb()
+        common.redis_client(BACKEND_DB).flushdb()
+
+    def warm_up(self) -> None:
+        self.fanout(10, "chord")
+
+    def _finish(self, tokens: list[str], started: float) -> float:
+        end = common.wait_done(_done_redis(), tokens, self.timeout, self)
+        return end - started
+
+    def fanout(self, size: int, variant: str) -> float:
+        self.reset()
+        token = uuid.uuid4().hex
+        started = time.time()
+        result = chord(noop.si() for _ in range(size))(join.s(token))
+        try:
+            return self._finish([token], started)
+        finally:
+            _forget(result)
+
+    def sequential(self, steps: int) -> float:
+        self.reset()
+        token = uuid.uuid4().hex
+        started = time.time()
+        result = chain(*(noop.si() for _ in range(steps - 1)), finish.si(token)).apply_async()
+        try:
+            return self._finish([token], started)
+        finally:
+            _forget(result)
+
+    def throughput(self, runs: int) -> float:
+        self.reset()
+        tokens = [uuid.uuid4().hex for _ in range(runs)]
+        started = time.time()
+        results = [
+            chain(noop.si(), chord(group(noop.si(), noop.si(), noop.si()), join.s(token))).apply_async()
+            for token in tokens
+        ]
+        try:
+            return self._finish(tokens, started)
+        finally:
+            for result in results:
+                _forget(result)

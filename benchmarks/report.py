@@ -1,0 +1,220 @@
+"""The markdown report of a benchmark run: one table per scenario, then durable_django's ratios."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .common import Result
+
+DURABLE = "durable_django"
+
+
+def cell(result: Result | None) -> str:
+    """``median (min-max)`` of a measurement, or why there is none."""
+    if result is None:
+        return "-"
+    if result.note and not result.samples:
+        return result.note
+    if result.error and not result.samples:
+        return f"error: {result.error}"
+    digits = 1 if result.unit == "runs/s" else 2 if (result.median or 0) >= 10 else 3
+    text = f"{result.median:.{digits}f} {result.unit}"
+    if len(result.samples) > 1:
+        text += f" ({min(result.samples):.{digits}f}-{max(result.samples):.{digits}f})"
+    if result.error:
+        text += f", then error: {result.error}"
+    return text
+
+
+def ratio(ours: Result | None, theirs: Result | None) -> str:
+    if ours is None or theirs is None or ours.median is None or theirs.median in (None, 0):
+        return "-"
+    return f"{ours.median / theirs.median:.2f}x"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _systems(results: list[Result]) -> list[str]:
+    seen: list[str] = []
+    for result in results:
+        if result.system not in seen:
+            seen.append(result.system)
+    return seen
+
+
+def _find(results: list[Result], system: str, **params: Any) -> Result | None:
+    for result in results:
+        if result.system == system and all(result.params.get(k) == v for k, v in params.items()):
+            return result
+    return None
+
+
+def _scenario_tables(results: list[Result], scenario: str, keys: list[str], note: str) -> list[str]:
+    """The measurements of ``scenario`` (rows: parameter values, columns: systems) and the ratios."""
+    chosen = [r for r in results if r.scenario == scenario]
+    if not chosen:
+        return []
+    systems = _systems(chosen)
+    combos: list[tuple[Any, ...]] = []
+    for result in chosen:
+        combo = tuple(result.params.get(key) for key in keys)
+        if combo not in combos:
+            combos.append(combo)
+    lines = _table(
+        [*keys, *systems],
+        (
+            [*(f"{value:,}" if isinstance(value, int) else str(value) for value in combo)]
+            + [cell(_find(chosen, system, **dict(zip(keys, combo, strict=True)))) for system in systems]
+            for combo in combos
+        ),
+    )
+    ours = [system for system in systems if system.startswith(DURABLE)]
+    peers = [system for system in systems if not system.startswith(DURABLE)]
+    if ours and peers:
+        lines += ["", note, ""]
+        header = [*keys, *(f"{o.removeprefix(DURABLE).strip()} / {p}" for o in ours for p in peers)]
+        lines += _table(
+            header,
+            (
+                [*(f"{value:,}" if isinstance(value, int) else str(value) for value in combo)]
+                + [
+                    ratio(
+                        _find(chosen, o, **dict(zip(keys, combo, strict=True))),
+                        _find(chosen, p, **dict(zip(keys, combo, strict=True))),
+                    )
+                    for o in ours
+                    for p in peers
+                ]
+                for combo in combos
+            ),
+        )
+    return lines
+
+
+TIME_NOTE = "durable_django's time / the peer's time (below 1x: durable_django is faster):"
+
+
+def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], memory: dict[str, Any]) -> str:
+    """The whole report as markdown."""
+    lines = [f"# Benchmark run of {meta['started']}", ""]
+    lines += [
+        f"Machine: {meta['machine']}. PostgreSQL {meta['servers']['postgresql']} "
+        f"(fsync={meta['servers']['fsync']}, synchronous_commit={meta['servers']['synchronous_commit']}), "
+        f"Redis {meta['servers']['redis']}, Python {meta['servers']['python']}. "
+        f"Repetitions: {meta['repetitions']} (median, min-max). The whole run took {meta['duration']}.",
+        "",
+        "Versions: " + ", ".join(f"{name} {version}" for name, version in meta["versions"].items()) + ".",
+        "",
+        "Settings: " + "; ".join(meta["settings"]) + ".",
+        "",
+    ]
+    sections = [
+        ("Fan-out/fan-in: N no-op branches, then a join that reads every result", "fanout", ["workers", "N"]),
+        ("Sequential: 100 no-op steps, one worker process", "sequential", ["workers", "steps"]),
+    ]
+    for title, scenario, keys in sections:
+        body = _scenario_tables(results, scenario, keys, TIME_NOTE)
+        if body:
+            lines += [f"## {title}", "", *body, ""]
+    body = _scenario_tables(
+        results,
+        "throughput",
+        ["workers", "runs"],
+        "durable_django's runs per second / the peer's (above 1x: durable_django is faster):",
+    )
+    if body:
+        lines += ["## Throughput: onboarding-shaped runs (1 step, 3 in parallel, 1 step)", "", *body, ""]
+    if costs:
+        lines += ["## durable_django: cost per unit of work", "", *render_costs(costs), ""]
+    if memory:
+        lines += ["## durable_django: worker resident memory (RSS)", "", *render_memory(memory), ""]
+    return "\n".join(lines)
+
+
+def render_costs(costs: dict[str, Any]) -> list[str]:
+    rows = []
+    for label, entry in costs.items():
+        if "error" in entry:
+            rows.append([label, f"error: {entry['error']}", "", "", ""])
+            continue
+        for unit in ("per sequential step", "per branch"):
+            numbers = entry.get(unit, {})
+            rows.append(
+                [
+                    label,
+                    unit,
+                    _number(numbers.get("transactions")),
+                    _number(numbers.get("statements")),
+                    _number(numbers.get("redis_commands")),
+                ]
+            )
+    lines = _table(["measured with", "unit", "PostgreSQL transactions", "SQL statements", "Redis commands"], rows)
+    lines += [
+        "",
+        "Each figure is the difference between two runs divided by the steps or branches between them "
+        "(100 steps vs 1; 100 branches vs 10), so a run's fixed cost is left out. Transactions are "
+        "`pg_stat_database.xact_commit` deltas of the benchmark database (every statement outside a "
+        "transaction block is one); statements come from Django's query log in the in-process run; "
+        "Redis commands are those `MONITOR` saw on the benchmark's Redis database (rq's own "
+        "bookkeeping included).",
+    ]
+    idle = [
+        f"{label}: {entry['idle transactions per minute']:.0f}"
+        for label, entry in costs.items()
+        if "idle transactions per minute" in entry
+    ]
+    if idle:
+        lines += [
+            "",
+            "Measured with the workers' recovery sweep turned off: its transactions come with time, not "
+            "with work. Idle workers with the sweep on (the default) commit, per minute: " + "; ".join(idle) + ".",
+        ]
+    breakdown = costs.get("in process (SimpleWorker)", {}).get("runs", {})
+    if breakdown:
+        lines += ["", "Statements by kind and Redis commands by name of the in-process runs:", ""]
+        lines += _table(
+            ["workflow", "statements", "Redis commands (top 8)"],
+            (
+                [
+                    workflow,
+                    ", ".join(f"{k} {v}" for k, v in sorted(data["statements_by_kind"].items())),
+                    ", ".join(
+                        f"{k} {v}" for k, v in sorted(data["redis_commands_by_name"].items(), key=lambda kv: -kv[1])[:8]
+                    ),
+                ]
+                for workflow, data in breakdown.items()
+            ),
+        )
+    return lines
+
+
+def render_memory(memory: dict[str, Any]) -> list[str]:
+    checkpoints: list[str] = []
+    for entry in memory.values():
+        for key in entry.get("rss_kib", {}):
+            if key not in checkpoints:
+                checkpoints.append(key)
+    rows = []
+    for label, entry in memory.items():
+        if "error" in entry:
+            rows.append([label, *(["error: " + entry["error"]] + [""] * (len(checkpoints) - 1))])
+            continue
+        rss = entry["rss_kib"]
+        rows.append([label, *(f"{rss[key] / 1024:.1f} MiB" if key in rss else "-" for key in checkpoints)])
+    header = ["worker", *("after warm-up" if key == "0" else f"after {int(key):,} runs" for key in checkpoints)]
+    return [
+        *_table(header, rows),
+        "",
+        "The worker's main process (VmRSS of /proc/<pid>/status), one worker running the one-step "
+        "workflow `bench_single`. rq's forking Worker executes each job in a short-lived child, so its "
+        "main process does not grow with the work it hands out.",
+    ]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,366 @@
+"""Run the benchmarks side by side and write the report: ``python -m benchmarks.runner``.
+
+Every peer gets the same Redis and PostgreSQL servers and the same number of worker processes.
+A peer that fails is reported as ``error: ...`` in its cells; the others carry on. ``--quick``
+measures fan-outs of 100 and 1,000 only, with fewer throughput and memory runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from . import common, durable, report
+from .common import BenchmarkError, Peer, Result
+
+PEERS = ("durable", "celery", "rq", "dbos")
+SCENARIOS = ("fanout", "sequential", "throughput", "cost", "memory")
+PACKAGES = ("durable-django", "django", "rq", "django-rq", "redis", "psycopg", "celery", "kombu", "dbos", "sqlalchemy")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.runner", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fan-outs of 100 and 1,000; fewer throughput/memory runs")
+    parser.add_argument("--sizes", type=_ints, help="fan-out sizes (of 10, 100, 1000, 10000); default 100,1000,10000")
+    parser.add_argument("--repetitions", "-r", type=int, default=3, help="repetitions of each measurement (3)")
+    parser.add_argument("--workers", type=_ints, default=[1, 2], help="worker processes for fan-out (1,2)")
+    parser.add_argument(
+        "--worker-class",
+        action="append",
+        choices=sorted(durable.WORKER_CLASSES),
+        help="rq worker class of durable_django and RQ, repeatable (default: both)",
+    )
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"systems to measure ({','.join(PEERS)})")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"what to measure ({','.join(SCENARIOS)})")
+    parser.add_argument("--throughput-runs", type=int, help="onboarding runs for throughput (1000; 200 with --quick)")
+    parser.add_argument(
+        "--memory-runs", type=_ints, help="cumulative runs after which RSS is read (100,10000; 100,1000 with --quick)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one repetition may take (900)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="skip a fan-out whose repetition is expected to take longer than this many seconds, "
+        "extrapolated from the smaller sizes (300)",
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results"), help="where reports go")
+    parser.add_argument("--machine", default="", help="how the report names this machine")
+    args = parser.parse_args(argv)
+    args.sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10000])
+    args.throughput_runs = args.throughput_runs or (200 if args.quick else 1000)
+    args.memory_runs = args.memory_runs or ([100, 1000] if args.quick else [100, 10000])
+    args.worker_class = args.worker_class or ["Worker", "SimpleWorker"]
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for name in args.peers:
+        if name not in PEERS:
+            parser.error(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+    for name in args.scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    return args
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_peers(args: argparse.Namespace, log_dir: Path) -> list[Peer | BenchmarkError]:
+    """The peers to measure, in order; one that cannot even be imported becomes its error."""
+    peers: list[Peer | BenchmarkError] = []
+    for name in args.peers:
+        try:
+            if name == "durable":
+                for short in args.worker_class:
+                    peers.append(durable.DurablePeer(log_dir, args.timeout, durable.WORKER_CLASSES[short]))
+            elif name == "celery":
+                from .celery_peer import CeleryPeer
+
+                peers.append(CeleryPeer(log_dir, args.timeout))
+            elif name == "rq":
+                from .rq_peer import RQPeer
+
+                for short in args.worker_class:
+                    peers.append(RQPeer(log_dir, args.timeout, durable.WORKER_CLASSES[short]))
+            elif name == "dbos":
+                from .dbos_peer import DBOSPeer
+
+                peers.append(DBOSPeer(log_dir, args.timeout))
+        except Exception as exc:  # an uninstalled peer must not stop the others
+            peers.append(BenchmarkError(f"{name}: {type(exc).__name__}: {exc}"))
+    return peers
+
+
+def expected_seconds(previous: list[tuple[int, float]], size: int) -> float | None:
+    """Extrapolate a repetition's time at ``size`` from the medians at smaller sizes.
+
+    With two sizes the growth exponent is taken from them (kept between 1 and 2), so a fan-in
+    that is quadratic in N is predicted as such; with one, linear growth is assumed.
+    """
+    if not previous:
+        return None
+    (n2, t2) = previous[-1]
+    exponent = 1.0
+    if len(previous) >= 2:
+        (n1, t1) = previous[-2]
+        if t1 > 0 and t2 > 0 and n2 != n1:
+            exponent = min(2.0, max(1.0, math.log(t2 / t1) / math.log(n2 / n1)))
+    return t2 * (size / n2) ** exponent
+
+
+class Run:
+    """One benchmark run: the peers, what they measured, and the report."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results: list[Result] = []
+        self.costs: dict[str, Any] = {}
+        self.memory: dict[str, Any] = {}
+        self.started = datetime.now(UTC)
+        self.stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
+        self.log_dir = args.output_dir / f"logs-{self.stamp}"
+
+    def measure(
+        self, scenario: str, system: str, params: dict[str, Any], unit: str, once: Callable[[], float]
+    ) -> Result:
+        result = common.measure(scenario, system, params, unit, self.args.repetitions, once, log=log)
+        self.results.append(result)
+        return result
+
+    def fail(self, scenario: str, system: str, params: dict[str, Any], unit: str, error: str) -> None:
+        self.results.append(Result(scenario, system, params, unit, error=error))
+
+    def planned(self, peer: Peer, workers: int) -> list[tuple[str, str, dict[str, Any], str]]:
+        """Every cell ``peer`` fills with ``workers`` workers, to mark them all if its workers fail."""
+        cells = []
+        if "fanout" in self.args.scenarios:
+            for size in self.args.sizes:
+                for label in peer.fanout_variants:
+                    cells.append(("fanout", label, {"workers": workers, "N": size}, "s"))
+        if "sequential" in self.args.scenarios and workers == 1:
+            cells.append(("sequential", peer.label, {"workers": 1, "steps": 100}, "s"))
+        if "throughput" in self.args.scenarios and workers == 2:
+            cells.append(("throughput", peer.label, {"workers": 2, "runs": self.args.throughput_runs}, "runs/s"))
+        return cells
+
+    def run_peer(self, peer: Peer) -> None:
+        log(f"== {peer.label}")
+        try:
+            peer.setup()
+        except Exception as exc:
+            for workers in self.args.workers:
+                for cell in self.planned(peer, workers):
+                    self.fail(*cell, f"setup: {type(exc).__name__}: {exc}")
+            log(f"{peer.label}: setup failed: {exc}")
+            return
+        counts = sorted(set(self.args.workers) | ({2} if "throughput" in self.args.scenarios else set()))
+        for workers in counts:
+            cells = self.planned(peer, workers)
+            if not cells:
+                continue
+            try:
+                peer.start_workers(workers)
+            except Exception as exc:
+                for cell in cells:
+                    self.fail(*cell, f"workers: {type(exc).__name__}: {exc}".splitlines()[0][:200])
+                log(f"{peer.label}: {workers} worker(s) failed to start: {exc}")
+                peer.stop_workers()
+                continue
+            try:
+                self.run_scenarios(peer, workers)
+            finally:
+                peer.stop_workers()
+
+    def run_scenarios(self, peer: Peer, workers: int) -> None:
+        args = self.args
+        if "fanout" in args.scenarios and workers in args.workers:
+            for label, variant in peer.fanout_variants.items():
+                previous: list[tuple[int, float]] = []
+                for size in args.sizes:
+                    params = {"workers": workers, "N": size}
+                    expected = expected_seconds(previous, size)
+                    if expected is not None and expected > args.budget:
+                        note = (
+                            f"skipped: ~{expected / 60:.0f} min per repetition expected "
+                            f"(from N={previous[-1][0]:,}; budget {args.budget / 60:.0f} min)"
+                        )
+                        self.results.append(Result("fanout", label, params, "s", note=note))
+                        log(f"  fanout {label} {params}: {note}")
+                        continue
+                    result = self.measure("fanout", label, params, "s", partial(peer.fanout, size, variant))
+                    if result.median is not None:
+                        previous.append((size, result.median))
+                    elif result.error:
+                        self._recover(peer, workers)
+        if "sequential" in args.scenarios and workers == 1:
+            result = self.measure(
+                "sequential", peer.label, {"workers": 1, "steps": 100}, "s", lambda: peer.sequential(100)
+            )
+            if result.error:
+                self._recover(peer, workers)
+        if "throughput" in args.scenarios and workers == 2:
+            runs = args.throughput_runs
+            self.measure(
+                "throughput", peer.label, {"workers": 2, "runs": runs}, "runs/s", lambda: runs / peer.throughput(runs)
+            )
+
+    def _recover(self, peer: Peer, workers: int) -> None:
+        """After a failed measurement, fresh workers, so leftovers do not slow down the next one."""
+        try:
+            peer.start_workers(workers)
+        except Exception as exc:
+            log(f"{peer.label}: could not restart workers: {exc}")
+
+    def run_durable_extras(self, peers: list[Peer]) -> None:
+        """Cost per step and branch, and worker memory: durable_django only."""
+        ours = [peer for peer in peers if isinstance(peer, durable.DurablePeer)]
+        if not ours:
+            return
+        if "cost" in self.args.scenarios:
+            workflows = ["bench_single", "bench_sequential", "bench_fanout_10", "bench_fanout_100"]
+            log("== cost per unit of work (in process)")
+            try:
+                durable.prepare_database()
+                self.costs["in process (SimpleWorker)"] = self._costs(durable.cost_in_process(workflows))
+            except Exception as exc:
+                self.costs["in process (SimpleWorker)"] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(traceback.format_exc())
+            for peer in ours:
+                short = peer.worker_class.rsplit(".", 1)[-1]
+                log(f"== cost per unit of work ({peer.label}, 1 worker)")
+                try:
+                    peer.extra_env = {"BENCH_RECOVER_IN_WORKERS": "0"}
+                    peer.start_workers(1)
+                    self.costs[f"1 worker process ({short})"] = self._costs(durable.cost_with_workers(peer, workflows))
+                    peer.stop_workers()
+                    peer.extra_env = {}
+                    peer.start_workers(1)
+                    rate = durable.idle_transactions_per_minute(peer)
+                    self.costs[f"1 worker process ({short})"]["idle transactions per minute"] = rate
+                    log(f"  idle: {rate:.1f} transactions per minute")
+                except Exception as exc:
+                    self.costs[f"1 worker process ({short})"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    log(traceback.format_exc())
+                finally:
+                    peer.extra_env = {}
+                    peer.stop_workers()
+        if "memory" in self.args.scenarios:
+            for peer in ours:
+                log(f"== memory ({peer.label})")
+                try:
+                    self.memory[peer.label] = durable.memory(peer, self.args.memory_runs)
+                    log(f"  {self.memory[peer.label]}")
+                except Exception as exc:
+                    self.memory[peer.label] = {"error": f"{type(exc).__name__}: {exc}"}
+                    log(traceback.format_exc())
+
+    @staticmethod
+    def _costs(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        for workflow, data in runs.items():
+            log(f"  {workflow}: {json.dumps({k: v for k, v in data.items() if not isinstance(v, dict)})}")
+        return {
+            "per sequential step": durable.per_unit(runs["bench_single"], runs["bench_sequential"], 99),
+            "per branch": durable.per_unit(runs["bench_fanout_10"], runs["bench_fanout_100"], 90),
+            "runs": runs,
+        }
+
+    def write(self, finished: float) -> Path:
+        minutes, seconds = divmod(int(finished), 60)
+        args = self.args
+        from .dbos_peer import POLLING_INTERVAL, WORKER_CONCURRENCY
+
+        meta = {
+            "started": self.started.strftime("%Y-%m-%d %H:%M UTC"),
+            "duration": f"{minutes} min {seconds} s",
+            "machine": args.machine or f"{platform.machine()}, {common.cpu_count()} cores",
+            "servers": common.server_versions(),
+            "versions": versions(),
+            "repetitions": args.repetitions,
+            "settings": [
+                "every system on the same PostgreSQL and Redis servers, fsync on",
+                "durable_django: `rqworker` processes without scheduler, one Django connection per process "
+                "(per job with the forking Worker)",
+                "Celery: `worker --pool=solo` (one process each), Redis broker and result backend, defaults",
+                "RQ: `rq worker` of the same worker class as durable_django's column",
+                f"DBOS: queue polling interval {POLLING_INTERVAL:g} s, worker concurrency {WORKER_CONCURRENCY} "
+                "workflows per process",
+                "times run from the client's dispatch until the finishing time the system stored "
+                "(durable_django: the run's finished_at; Celery and RQ: a timestamp the join task writes "
+                "to Redis; DBOS: the workflow status row's updated_at)",
+            ],
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        }
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        markdown = report.render(meta, self.results, self.costs, self.memory)
+        path = args.output_dir / f"bench-{self.stamp}.md"
+        path.write_text(markdown + "\n")
+        data = {
+            "meta": meta,
+            "results": [r.as_dict() for r in self.results],
+            "costs": self.costs,
+            "memory": self.memory,
+        }
+        path.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.install_cleanup()
+    run = Run(args)
+    begin = time.monotonic()
+    log(f"servers: {common.server_versions()}")
+    log(f"versions: {versions()}")
+    # durable_django's runner side (start_workflow, reading runs) needs Django set up in this process.
+    durable.configure()
+    peers = build_peers(args, run.log_dir)
+    for peer in peers:
+        if isinstance(peer, BenchmarkError):
+            log(f"cannot measure {peer}")
+            run.fail(
+                "fanout", str(peer).split(":", 1)[0], {"workers": args.workers[0], "N": args.sizes[0]}, "s", str(peer)
+            )
+            continue
+        try:
+            run.run_peer(peer)
+        except Exception as exc:
+            log(f"{peer.label} aborted: {exc}\n{traceback.format_exc()}")
+            for workers in args.workers:
+                for cell in run.planned(peer, workers):
+                    if not any(r.system == cell[1] and r.params == cell[2] for r in run.results):
+                        run.fail(*cell, f"{type(exc).__name__}: {exc}")
+    run.run_durable_extras([peer for peer in peers if isinstance(peer, Peer)])
+    path = run.write(time.monotonic() - begin)
+    log(f"report: {path} (and {path.with_suffix('.json').name}); logs in {run.log_dir}")
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The benchmark workflows, registered when Django starts (``benchmarks`` is an installed app).
+
+Every step is a no-op: the benchmarks measure what the engine costs around a step, not the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from durable_django import error, ok, parallel, step, workflow
+
+# Fan-out sizes with a workflow of their own; the runner accepts only these.
+FANOUT_SIZES = (10, 100, 1000, 10000)
+SEQUENTIAL_STEPS = 100
+
+
+def noop(ctx: dict[str, Any]) -> Any:
+    """A step that does nothing and adds nothing to the context."""
+    return ok()
+
+
+def read_results(ctx: dict[str, Any]) -> Any:
+    """The join: read every branch's result, as a real fan-in would."""
+    results = ctx["__results__"]
+    failed = [name for name, (kind, _) in results.items() if kind != "ok"]
+    if failed:
+        return error(f"{len(failed)} branches failed")
+    return ok({"joined": len(results)})
+
+
+def fanout_name(size: int) -> str:
+    """Name of the workflow with one parallel block of ``size`` no-op branches."""
+    return f"bench_fanout_{size}"
+
+
+for _size in FANOUT_SIZES:
+    workflow(
+        fanout_name(_size),
+        [
+            parallel(*(step(f"b{i}", noop) for i in range(_size)), name="fan"),
+            step("join", read_results),
+        ],
+    )
+
+sequential = workflow("bench_sequential", [step(f"s{i}", noop) for i in range(SEQUENTIAL_STEPS)])
+
+# The shape of the README's onboarding example: one step, a parallel block of three, one step.
+onboarding = workflow(
+    "bench_onboarding",
+    [
+        step("create_user", noop),
+        parallel(step("send_welcome_email", noop), step("provision_workspace", noop), step("setup_billing", noop)),
+        step("complete", read_results),
+    ],
+)
+
+# The smallest workflow a worker can run: what its memory is measured with.
+single = workflow("bench_single", [step("only", noop)])

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import close_old_connections, connections, transaction
@@ -124,8 +125,8 @@ def _queue(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
 def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetime | None]:
     """Where job ``job_id`` is: ``queued``, ``scheduled`` (with its time), ``overdue`` or ``missing``.
 
-    A job a worker took (``started``) but whose row nobody claimed counts as missing: a live worker
-    claims its row the moment it starts.
+    A job a worker took (``started``) more than a lease ago but whose row nobody claimed counts as
+    missing: a live worker claims its row the moment it starts.
     """
     queue = dispatch.get_queue(queue_name)
     status = queue.connection.hget(RQJob.key_for(job_id), "status")
@@ -133,7 +134,21 @@ def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetim
         return "missing", None
     status = status.decode() if isinstance(status, bytes) else str(status)
     if status == "queued":
-        return ("queued", None) if queue.get_job_position(job_id) is not None else ("missing", None)
+        # In the queue, or in rq's hand-over list between a worker taking it and marking it started.
+        waiting = queue.get_job_position(job_id) is not None
+        handed_over = queue.connection.lpos(queue.intermediate_queue_key, job_id) is not None
+        return ("queued", None) if waiting or handed_over else ("missing", None)
+    if status == "started":
+        # A worker took it: it claims its row at once, unless it died right after taking it.
+        started = queue.connection.hget(RQJob.key_for(job_id), "started_at")
+        try:
+            when = datetime.fromisoformat((started or b"").decode().replace("Z", "+00:00"))
+        except ValueError:
+            return "missing", None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        alive = when > now - timedelta(seconds=durable_settings.LEASE_SECONDS)
+        return ("queued" if alive else "missing"), None
     if status == "scheduled":
         due = ScheduledJobRegistry(queue=queue).get_scheduled_time(job_id)
         grace = timedelta(seconds=durable_settings.RECOVER_INTERVAL * 2)
@@ -151,18 +166,29 @@ def _release_scheduled(queue_name: str, job_id: str) -> None:
     queue.enqueue_job(job)
 
 
-def _waiting_job(queue_name: str, job_id: str, job: dispatch.Job, now: datetime) -> tuple[str, datetime]:
-    """Send ``job`` again unless it is on its way; returns what was done and the next deadline."""
+def _waiting_job(
+    queue_name: str, job_id: str, job: dispatch.Job, now: datetime, postpone: Callable[[datetime], bool]
+) -> str:
+    """Send ``job`` again unless it is on its way; returns what was done.
+
+    ``postpone(deadline)`` moves the waiting row's deadline with a conditional update that matches
+    only while the row still waits as it did when the sweep read it: nothing is sent for a row
+    that moved on meanwhile (its job ran), and of two sweepers only one sends.
+    """
     state, due = job_state(queue_name, job_id, now)
     if state == "queued":
-        return "waiting", leases.expiry(now)
+        postpone(leases.expiry(now))
+        return "waiting"
     if state == "scheduled" and due is not None:
-        return "waiting", leases.expiry(max(due, now))
+        postpone(leases.expiry(max(due, now)))
+        return "waiting"
+    if not postpone(leases.expiry(now)):
+        return "moved on"
     if state == "overdue":
         _release_scheduled(queue_name, job_id)
-        return "released", leases.expiry(now)
+        return "released"
     dispatch.send([job])
-    return "sent", leases.expiry(now)
+    return "sent"
 
 
 # -- the sweep ------------------------------------------------------------------------------------
@@ -200,13 +226,17 @@ def recover(now: datetime | None = None) -> Report:
     groups = ParallelGroup.objects.filter(
         run__parent__isnull=True, run__status=RunStatus.RUNNING, status=GroupStatus.RUNNING
     ).select_related("run")
+    taken_over: list[int] = []
     for group in groups.filter(lease_expires_at__lt=now).exclude(lease_owner=""):
+        taken_over.append(group.pk)
         if ParallelGroup.objects.filter(pk=group.pk, lease_owner=group.lease_owner).update(**released_fields()):
             logger.warning("join of group %s (run %s) lost its worker; sending it again", group.pk, group.run_id)
             dispatch.send([_join_job(group, _queue(find_workflow(group.run.workflow)))])
             report.joins_taken_over += 1
     settled = now - timedelta(seconds=durable_settings.LEASE_SECONDS)
-    undecided = groups.filter(lease_owner="").filter(Q(pending_count=0) | Q(failed_count__gt=0))
+    undecided = (
+        groups.filter(lease_owner="").filter(Q(pending_count=0) | Q(failed_count__gt=0)).exclude(pk__in=taken_over)
+    )
     for group in undecided.annotate(last=Max("branches__finished_at")).filter(last__lt=settled):
         _send_join_again(group, now, report)
     if report.total:
@@ -252,8 +282,16 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     wf = find_workflow(run.workflow)
     queue = _queue(wf, _node(wf, run.current_step))
     job_id = run_job_id(run.pk, run.version)
-    done, deadline = _waiting_job(queue, job_id, _run_job(run.pk, queue, run.version), now)
-    WorkflowRun.objects.filter(pk=run.pk, version=run.version, lease_owner="").update(lease_expires_at=deadline)
+    waiting = WorkflowRun.objects.filter(
+        pk=run.pk, version=run.version, lease_owner="", lease_expires_at=run.lease_expires_at
+    )
+    done = _waiting_job(
+        queue,
+        job_id,
+        _run_job(run.pk, queue, run.version),
+        now,
+        lambda until: bool(waiting.update(lease_expires_at=until)),
+    )
     if done == "sent":
         logger.warning("run %s waited for job %s, which is not in Redis; sent it again", run.pk, job_id)
         report.runs_sent_again += 1
@@ -288,8 +326,10 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
     wf = find_workflow(row.run.workflow)
     block = _block(wf, group.name) if wf else None
     queue = _queue(wf, block.branch(row.step) if block else None)
-    done, deadline = _waiting_job(queue, row.job_id, _branch_job(row, queue), now)
-    StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING).update(lease_expires_at=deadline)
+    waiting = StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING, lease_expires_at=row.lease_expires_at)
+    done = _waiting_job(
+        queue, row.job_id, _branch_job(row, queue), now, lambda until: bool(waiting.update(lease_expires_at=until))
+    )
     if done == "sent":
         logger.warning("branch %r of run %s: job %s is not in Redis; sent it again", row.step, row.run_id, row.job_id)
         report.branches_sent_again += 1
@@ -304,9 +344,22 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
     block = _block(wf, group.name) if wf else None
     queue = _queue(wf, block.branch(row.step) if block else None)
     job = drain_job(group.pk, row.run_id, queue)
-    done, deadline = _waiting_job(queue, row.job_id, job, now)
-    StepResult.objects.filter(group=group, job_id=row.job_id, status=StepStatus.PENDING).update(
-        lease_expires_at=deadline
+    waiting = StepResult.objects.filter(group=group, job_id=row.job_id, status=StepStatus.PENDING)
+    busy = StepResult.objects.filter(
+        Q(lease_expires_at__gte=now) | Q(started_at__gte=now - timedelta(seconds=durable_settings.LEASE_SECONDS)),
+        group=group,
+        status=StepStatus.RUNNING,
+    )
+    if busy.exists():
+        # A drain job of this block is at work (its branches hold live leases): it takes these too.
+        waiting.update(lease_expires_at=leases.expiry(now))
+        return
+    done = _waiting_job(
+        queue,
+        row.job_id,
+        job,
+        now,
+        lambda until: bool(waiting.filter(lease_expires_at__lt=now).update(lease_expires_at=until)),
     )
     if done == "sent":
         logger.warning(
@@ -329,6 +382,9 @@ def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> Non
     queue = _queue(wf)
     state, _ = job_state(queue, join_job_id(group.pk), now)
     if state in ("queued", "scheduled"):
+        return
+    # Joined meanwhile (its job ran while this sweep looked)? Then there is nothing to send.
+    if not ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING, lease_owner="").exists():
         return
     logger.warning("group %s of run %s is decided but its join never ran; sending it", group.pk, group.run_id)
     dispatch.send([_join_job(group, queue)])

@@ -3,11 +3,14 @@
 PostgreSQL by default (``DATABASE_URL``, default ``postgres://postgres@127.0.0.1:5432/durable_django``);
 ``DURABLE_TEST_DATABASE=sqlite`` runs the unit tests on SQLite instead. Redis for the
 integration tests comes from ``REDIS_URL`` (default database 15 of the local server).
+``DURABLE_LEASE_SECONDS``, ``DURABLE_RECOVER_INTERVAL``, ``DURABLE_MAX_WORKER_LOST`` and
+``DURABLE_RECOVER_IN_WORKERS`` (``1`` or ``0``) set the ``DURABLE`` entry of the same name.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 
 from example_project.settings import database_from_url
 
@@ -72,6 +75,21 @@ RQ_QUEUES = {
     "priority": {"URL": REDIS_URL},
 }
 
-DURABLE: dict[str, object] = {}
+
+def durable_from_environ(environ: Mapping[str, str]) -> dict[str, object]:
+    """``DURABLE`` entries given as ``DURABLE_<NAME>`` variables; none by default.
+
+    The fault-injection tests start their workers with short leases and sweeps this way.
+    """
+    parsers: dict[str, Callable[[str], object]] = {
+        "LEASE_SECONDS": float,
+        "RECOVER_INTERVAL": float,
+        "MAX_WORKER_LOST": int,
+        "RECOVER_IN_WORKERS": lambda value: value == "1",
+    }
+    return {name: parse(environ[f"DURABLE_{name}"]) for name, parse in parsers.items() if f"DURABLE_{name}" in environ}
+
+
+DURABLE: dict[str, object] = durable_from_environ(os.environ)
 
 STATIC_URL = "static/"

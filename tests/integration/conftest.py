@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,9 @@ def workers(
 
     They use the test database (so they see what the test commits) and the test's Redis database.
     Calling it again adds workers to the same pool (``with_scheduler=False`` starts workers that
-    never move scheduled jobs). Whatever happens, they are stopped before the database is flushed.
+    never move scheduled jobs; ``env`` adds environment variables, such as ``DURABLE_LEASE_SECONDS``
+    read by the test settings; ``worker_class`` picks rq's worker class). Whatever happens, they
+    are stopped before the database is flushed.
     """
     env = {
         **os.environ,
@@ -58,8 +60,14 @@ def workers(
     pool = WorkerPool(env, tmp_path, redis_db)
     request.node.stash[POOL] = pool
 
-    def start(count: int, *, with_scheduler: bool = True) -> WorkerPool:
-        pool.start(count, with_scheduler=with_scheduler)
+    def start(
+        count: int,
+        *,
+        with_scheduler: bool = True,
+        env: Mapping[str, str] | None = None,
+        worker_class: str | None = None,
+    ) -> WorkerPool:
+        pool.start(count, with_scheduler=with_scheduler, env=env, worker_class=worker_class)
         return pool
 
     try:

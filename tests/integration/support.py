@@ -8,14 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +71,20 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` no longer runs (a zombie nobody reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def lease_pid(lease_owner: str) -> int:
+    """The pid in a ``lease_owner`` (``host:pid:token``): the process that executes the leased work."""
+    return int(lease_owner.rsplit(":", 2)[1])
+
+
 @dataclass
 class WorkerProcess:
     """One ``rqworker`` process and the file its output goes to."""
@@ -78,6 +94,7 @@ class WorkerProcess:
     log_path: Path
     log_file: IO[bytes]
     with_scheduler: bool
+    killed: bool = False
 
     @property
     def pid(self) -> int:
@@ -103,8 +120,20 @@ class WorkerPool:
     def pids(self) -> set[int]:
         return {worker.pid for worker in self.workers}
 
-    def start(self, count: int, *, with_scheduler: bool = True, timeout: float = 60.0) -> list[WorkerProcess]:
-        """Start ``count`` more workers and wait until each has registered itself in Redis."""
+    def start(
+        self,
+        count: int,
+        *,
+        with_scheduler: bool = True,
+        env: Mapping[str, str] | None = None,
+        worker_class: str | None = None,
+        timeout: float = 60.0,
+    ) -> list[WorkerProcess]:
+        """Start ``count`` more workers and wait until each has registered itself in Redis.
+
+        ``env`` adds variables to the pool's environment; ``worker_class`` is rq's ``--worker-class``
+        (``rq.worker.SimpleWorker`` executes jobs in the worker process itself, without forking).
+        """
         started = []
         for _ in range(count):
             number = len(self.workers) + 1
@@ -114,10 +143,12 @@ class WorkerPool:
             command = [sys.executable, "-m", "django", "rqworker", self.queue.name, "--name", name]
             if with_scheduler:
                 command.append("--with-scheduler")
+            if worker_class:
+                command.extend(["--worker-class", worker_class])
             process = subprocess.Popen(
                 command,
                 cwd=REPO_ROOT,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -136,16 +167,55 @@ class WorkerPool:
         wait_for(registered, timeout, what=f"{count} rq worker(s) to register")
         return started
 
+    def worker_of(self, pid: int) -> WorkerProcess:
+        """The live worker that is process ``pid`` or runs it (a work horse executing a job)."""
+        for worker in self.workers:
+            if not worker.killed and (worker.pid == pid or pid in _descendants(worker.pid)):
+                return worker
+        raise LookupError(f"no worker of this pool runs process {pid}")
+
+    def kill(self, worker: WorkerProcess, sig: signal.Signals = signal.SIGKILL) -> datetime:
+        """Kill ``worker`` and every process below it at once, as when its machine dies; returns when.
+
+        Then do what a supervisor of that machine would: take the worker and the job it was executing
+        out of RQ's registries (RQ itself notices only after its own timeouts of minutes), so that
+        :meth:`quiet` tells when the remaining work is done. The database is left as the kill left it.
+        """
+        rq_worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker.name, connection=self.connection)
+        job_id = rq_worker.get_current_job_id() if rq_worker is not None else None
+        # Collected first: once the worker is dead, its children belong to init.
+        victims = [worker.pid, *_descendants(worker.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        killed_at = datetime.now(UTC)
+        worker.killed = True
+        worker.process.wait()
+        wait_for(lambda: all(map(_gone, victims)), 10, what=f"the processes of worker {worker.name} to die")
+        if rq_worker is not None:
+            rq_worker.register_death()
+        if job_id:
+            started = StartedJobRegistry(queue=self.queue)
+            entries = [
+                entry for entry in self.connection.zrange(started.key, 0, -1) if started.parse_job_id(entry) == job_id
+            ]
+            if entries:
+                self.connection.zrem(started.key, *entries)
+        return killed_at
+
     def quiet(self) -> bool:
         """Whether no job is queued, being handed to a worker, executing or scheduled.
 
         A job always sits in one of these Redis structures until it has finished (rq moves it
         between them atomically), so a quiet pool has no work left that could still change a row.
+        An id handed to a worker after its job was deleted (a job id enqueued twice, the first copy
+        done) stays in the hand-over list without being work: rq drops it at its next maintenance.
         """
         queue = self.queue
+        handed_over = self.connection.lrange(queue.intermediate_queue_key, 0, -1)
         return (
             queue.count == 0
-            and self.connection.llen(queue.intermediate_queue_key) == 0
+            and not any(Job.exists(job_id.decode(), connection=self.connection) for job_id in handed_over)
             and StartedJobRegistry(queue=queue).count == 0
             and ScheduledJobRegistry(queue=queue).count == 0
         )
@@ -166,6 +236,8 @@ class WorkerPool:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every worker: SIGTERM, then SIGKILL (with its children) once ``timeout`` has passed."""
         for worker in self.workers:
+            if worker.killed:
+                continue
             if worker.process.poll() is not None:
                 self.problems.append(
                     f"worker {worker.name} died during the test (exit code {worker.process.returncode})"
@@ -174,6 +246,9 @@ class WorkerPool:
                 worker.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for worker in self.workers:
+            if worker.killed:
+                worker.log_file.close()
+                continue
             try:
                 worker.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -191,7 +266,9 @@ class WorkerPool:
         sections = []
         for worker in self.workers:
             code = worker.process.poll()
-            status = "running" if code is None else f"exit code {code}"
+            status = (
+                "running" if code is None else f"killed by the test ({code})" if worker.killed else f"exit code {code}"
+            )
             text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
             sections.append(f"----- {worker.name} (pid {worker.pid}, {status}) -----\n{text}")
         return "\n".join(sections + self.problems)

@@ -1,4 +1,8 @@
-"""Jobs delivered more than once to real rqworker processes change nothing twice."""
+"""Jobs delivered more than once to real rqworker processes change nothing twice.
+
+Copies are sent under new job ids, as RQ would deliver a job again; a copy of a join that arrives
+while the join executes finds the group's lease taken and does nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from rq.job import Job as RQJob
 
 from durable_django import dispatch, start_workflow
 from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
+from tests.testapp.recovery_workflows import executions
 from tests.testapp.workflows import calls, key
 
 from .support import WorkerPool, wait_for
@@ -110,4 +115,47 @@ def test_duplicate_run_job_while_block_is_open_does_not_fan_out_again(workers, r
     pool.wait_until_quiet()
 
     assert_everything_happened_once(run, token)
+    assert pool.failed_jobs() == []
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_join_and_branch_copies_delivered_while_the_join_executes_change_nothing(workers, redis_db):
+    pool = workers(2)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_killed_join", {"token": token})
+    # One worker holds the join (its into waits at a gate); the other is free for the copies.
+    wait_for(lambda: executions(token).get("into") == 1, 30, what="the join's into to execute")
+    group = ParallelGroup.objects.get(run=run)
+    joined_by = group.lease_owner
+    assert (group.status, group.pending_count, joined_by != "") == ("running", 0, True)
+
+    copies = [
+        *(copy_of(dispatch.JOIN, (group.pk, "default"), run) for _ in range(2)),
+        *(copy_of(dispatch.BRANCH, (row.pk,), run) for row in StepResult.objects.filter(group=group)),
+    ]
+    dispatch.send(copies)
+    for copy in copies:
+        wait_until_executed(pool, redis_db, copy.job_id)
+    group.refresh_from_db()
+    assert (group.status, group.lease_owner) == ("running", joined_by)
+    assert executions(token) == {"j_0": 1, "j_1": 1, "j_2": 1, "into": 1}
+
+    redis_db.set(key(token, "into_gate"), 1)
+    wait_for(lambda: WorkflowRun.objects.filter(pk=run.pk).finished().exists(), 30, what="the run to finish")
+    pool.wait_until_quiet()
+
+    run.refresh_from_db()
+    assert (run.status, run.error) == (RunStatus.COMPLETED, None)
+    assert run.context == {"token": token, "into_executions": 1, "joined": ["j_0", "j_1", "j_2"], "after": True}
+    assert executions(token) == {"j_0": 1, "j_1": 1, "j_2": 1, "into": 1, "after": 1}
+    assert sorted(StepResult.objects.filter(run=run).values_list("step", "attempt", "status")) == [
+        ("after", 1, "completed"),
+        ("j_0", 1, "completed"),
+        ("j_1", 1, "completed"),
+        ("j_2", 1, "completed"),
+    ]
+    group.refresh_from_db()
+    assert (group.status, group.lease_owner) == ("completed", "")
     assert pool.failed_jobs() == []

@@ -1,3 +1,5 @@
+import os
+
 from django.apps import AppConfig
 
 
@@ -5,3 +7,14 @@ class TestAppConfig(AppConfig):
     name = "tests.testapp"
     label = "testapp"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import recovery_workflows  # noqa: F401 - registers the fault-injection tests' workflows
+
+        kind = os.environ.get("DURABLE_IT_CRASH_BEFORE_SEND")
+        if kind:
+            from durable_django import dispatch
+
+            from .faults import crash_before_send
+
+            dispatch.before_send.append(crash_before_send(kind))

@@ -1,0 +1,40 @@
+"""Faults the fault-injection tests inject into worker processes.
+
+``DURABLE_IT_CRASH_BEFORE_SEND=<run|drain|branch|join>`` in a worker's environment installs
+:func:`crash_before_send`: the first process about to enqueue a job of that kind for a run dies
+right after the database commit and before the job reaches Redis, once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import django_rq
+
+from durable_django import dispatch
+
+KINDS = {"run": dispatch.RUN, "drain": dispatch.DRAIN, "branch": dispatch.BRANCH, "join": dispatch.JOIN}
+
+
+def crash_key(run_id: object) -> str:
+    """The Redis key that records the crash of run ``run_id``: when, in which process, which jobs were lost."""
+    return f"durable_it:crashed_before_send:{run_id}"
+
+
+def crash_before_send(kind: str) -> Callable[[list[dispatch.Job]], None]:
+    """A ``dispatch.before_send`` hook that kills the process before it enqueues a ``kind`` job, once per run."""
+    func = KINDS[kind]
+
+    def hook(jobs: list[dispatch.Job]) -> None:
+        for job in jobs:
+            if job.func != func:
+                continue
+            record = {"at": time.time(), "pid": os.getpid(), "jobs": [lost.job_id for lost in jobs]}
+            if django_rq.get_connection("default").set(crash_key(job.run_id), json.dumps(record), nx=True):
+                # Like a power cut: no exception handler, no atexit, no rq bookkeeping runs.
+                os._exit(1)
+
+    return hook

@@ -142,7 +142,8 @@ def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetim
         # A worker took it: it claims its row at once, unless it died right after taking it.
         started = queue.connection.hget(RQJob.key_for(job_id), "started_at")
         try:
-            when = datetime.fromisoformat((started or b"").decode().replace("Z", "+00:00"))
+            text = started.decode() if isinstance(started, bytes) else str(started or "")
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             return "missing", None
         if when.tzinfo is None:

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-
-from durable_django.exceptions import RunStateError
+from durable_django.management.run_operation import RunOperationCommand
 from durable_django.models import WorkflowRun
 from durable_django.operations import cancel_run
 
 
-class Command(BaseCommand):
+class Command(RunOperationCommand):
     help = (
         "Cancel pending or running workflow runs and their unfinished child runs. No further step starts; "
         "a step already executing may finish but does not move the run. Finished runs are refused."
     )
+    operation = staticmethod(cancel_run)
+    run_help = "id (UUID) of a pending or running run"
+    done = "cancelled"
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="id (UUID) of a pending or running run")
-
-    def handle(self, *args: Any, run_ids: list[str], **options: Any) -> None:
-        refused = 0
-        for run_id in run_ids:
-            try:
-                run = cancel_run(run_id)
-            except WorkflowRun.DoesNotExist:
-                refused += 1
-                self.stderr.write(f"{run_id}: no such run")
-            except RunStateError as exc:
-                refused += 1
-                self.stderr.write(f"{run_id}: refused: {exc}")
-            else:
-                self.stdout.write(self.style.SUCCESS(f"{run.pk}: cancelled {run.workflow}"))
-        if refused:
-            raise CommandError(f"{refused} of {len(run_ids)} runs were not cancelled.")
+    def describe(self, run: WorkflowRun) -> str:
+        return f"cancelled {run.workflow}"

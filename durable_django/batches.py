@@ -351,4 +351,4 @@ def _fail_unknown(group: ParallelGroup, wf: Workflow | None, queue: str) -> None
             status=StepStatus.FAILED, error=reason, finished_at=timezone.now(), **released_fields()
         )
         if failed:
-            _count(group, None, failed, failed, queue_for(wf) if wf else durable_settings.QUEUE)
+            _count(group, None, failed, failed, queue_for(wf))

@@ -45,8 +45,14 @@ from .results import ERROR, GOTO, OK, Outcome, normalize
 logger = logging.getLogger("durable_django")
 
 
-def queue_for(wf: Workflow, node: Step | Parallel | None = None) -> str:
-    """The queue a step runs on: the step's own, else the workflow's, else ``DURABLE["QUEUE"]``."""
+def queue_for(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
+    """The queue a step runs on: the step's own, else the workflow's, else ``DURABLE["QUEUE"]``.
+
+    A run whose workflow is no longer registered (``wf`` is None) still gets a job on the default
+    queue: it ends with a stored error there.
+    """
+    if wf is None:
+        return durable_settings.QUEUE
     own = node.queue if isinstance(node, Step) else None
     return own or wf.queue or durable_settings.QUEUE
 
@@ -520,7 +526,7 @@ def execute_branch(row_id: int) -> None:
         }
         now = timezone.now()
         attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at or now, now, retryable=False)
-        _record_branch(row, group, None, attempt, queue_for(wf) if wf else durable_settings.QUEUE)
+        _record_branch(row, group, None, attempt, queue_for(wf))
         return
     with leases.heartbeat.hold(StepResult, row_id):
         attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)

@@ -16,8 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import dispatch, leases
-from .conf import durable_settings
-from .definition import Parallel, Step, Workflow, find_workflow
+from .definition import Workflow, find_workflow
 from .engine import _block, _branch_job, _join_job, _run_job, queue_for
 from .exceptions import RunStateError
 from .leases import released_fields
@@ -88,13 +87,8 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         _reopen_children(run, run.current_step)
         position = wf.position(run.current_step) if wf is not None else None
         node = wf.steps[position] if wf is not None and position is not None else None
-        return [_run_job(run.pk, _queue(wf, node), run.version + 1)]
+        return [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
     return _reopen_group(run, wf, group)
-
-
-def _queue(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
-    # A run whose workflow is no longer registered still gets a job: it fails with a stored error.
-    return queue_for(wf, node) if wf is not None else durable_settings.QUEUE
 
 
 def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -> list[dispatch.Job]:
@@ -137,10 +131,10 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
         failed_count=0,
         **released_fields(),
     )
-    jobs = [_branch_job(row, _queue(wf, block.branch(row.step) if block else None)) for row in fresh]
+    jobs = [_branch_job(row, queue_for(wf, block.branch(row.step) if block else None)) for row in fresh]
     if pending == 0:
         # Every branch had completed: the failure was in into or the join, which runs again.
-        jobs.append(_join_job(group, _queue(wf)))
+        jobs.append(_join_job(group, queue_for(wf)))
     return jobs
 
 

@@ -115,10 +115,6 @@ def _node(wf: Workflow | None, name: str) -> Step | Parallel | None:
     return wf.steps[position] if wf is not None and position is not None else None
 
 
-def _queue(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
-    return queue_for(wf, node) if wf is not None else durable_settings.QUEUE
-
-
 # -- what Redis holds -----------------------------------------------------------------------------
 
 
@@ -232,7 +228,7 @@ def recover(now: datetime | None = None) -> Report:
         taken_over.append(group.pk)
         if ParallelGroup.objects.filter(pk=group.pk, lease_owner=group.lease_owner).update(**released_fields()):
             logger.warning("join of group %s (run %s) lost its worker; sending it again", group.pk, group.run_id)
-            dispatch.send([_join_job(group, _queue(find_workflow(group.run.workflow)))])
+            dispatch.send([_join_job(group, queue_for(find_workflow(group.run.workflow)))])
             report.joins_taken_over += 1
     settled = now - timedelta(seconds=durable_settings.LEASE_SECONDS)
     undecided = (
@@ -250,7 +246,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     node = _node(wf, run.current_step)
     rows: list[StepResult] = []
     fields_: dict[str, Any] = released_fields(leases.expiry(now))
-    jobs = [_run_job(run.pk, _queue(wf, node), run.version + 1)]
+    jobs = [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
     if isinstance(node, Step):
         streak = lost_streak(run.pk, node.name) + 1
         reason = _lost(streak)
@@ -281,7 +277,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
 
 def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     wf = find_workflow(run.workflow)
-    queue = _queue(wf, _node(wf, run.current_step))
+    queue = queue_for(wf, _node(wf, run.current_step))
     job_id = run_job_id(run.pk, run.version)
     waiting = WorkflowRun.objects.filter(
         pk=run.pk, version=run.version, lease_owner="", lease_expires_at=run.lease_expires_at
@@ -301,11 +297,16 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
         report.retries_released += 1
 
 
-def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
+def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Parallel | None]:
+    """The group of branch ``row``, its run's workflow and the block (None when no longer defined)."""
     group = row.group
     assert group is not None
     wf = find_workflow(row.run.workflow)
-    block = _block(wf, group.name) if wf else None
+    return group, wf, _block(wf, group.name) if wf else None
+
+
+def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
+    group, wf, block = _branch_place(row)
     step = block.branch(row.step) if block else None
     streak = lost_streak(row.run_id, row.step, row.group_id) + 1
     reason = _lost(streak)
@@ -317,16 +318,13 @@ def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
             report.branches_taken_over += 1
         return
     # Final: the block goes on without this branch (or was decided already); counters stay right.
-    if _record_branch(row, group, block, attempt, _queue(wf)):
+    if _record_branch(row, group, block, attempt, queue_for(wf)):
         report.failed_worker_lost += 1
 
 
 def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
-    group = row.group
-    assert group is not None
-    wf = find_workflow(row.run.workflow)
-    block = _block(wf, group.name) if wf else None
-    queue = _queue(wf, block.branch(row.step) if block else None)
+    _, wf, block = _branch_place(row)
+    queue = queue_for(wf, block.branch(row.step) if block else None)
     waiting = StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING, lease_expires_at=row.lease_expires_at)
     done = _waiting_job(
         queue, row.job_id, _branch_job(row, queue), now, lambda until: bool(waiting.update(lease_expires_at=until))
@@ -339,11 +337,8 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
 
 
 def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
-    group = row.group
-    assert group is not None
-    wf = find_workflow(row.run.workflow)
-    block = _block(wf, group.name) if wf else None
-    queue = _queue(wf, block.branch(row.step) if block else None)
+    group, wf, block = _branch_place(row)
+    queue = queue_for(wf, block.branch(row.step) if block else None)
     job = drain_job(group.pk, row.run_id, queue)
     waiting = StepResult.objects.filter(group=group, job_id=row.job_id, status=StepStatus.PENDING)
     busy = StepResult.objects.filter(
@@ -380,7 +375,7 @@ def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> Non
     wf = find_workflow(group.run.workflow)
     if not _decided(group, wf):
         return
-    queue = _queue(wf)
+    queue = queue_for(wf)
     state, _ = job_state(queue, join_job_id(group.pk), now)
     if state in ("queued", "scheduled"):
         return
@@ -428,7 +423,7 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
                 fields_["status"] = RunStatus.RUNNING
             WorkflowRun.objects.filter(pk=run.pk).update(version=run.version + 1, **fields_)
             StepResult.objects.bulk_create(rows)
-            return [_run_job(run.pk, _queue(wf, node), run.version + 1)]
+            return [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
         ParallelGroup.objects.filter(pk=group.pk).update(**released_fields())
     block = _block(wf, group.name)
     for row in StepResult.objects.filter(group=group, status=StepStatus.RUNNING).select_related("run", "group"):
@@ -437,14 +432,14 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
         if step is not None:
             _retry_branch(row, wf, step, attempt, delay=0.0)
         elif row.group is not None:
-            _record_branch(row, row.group, block, attempt, _queue(wf))
+            _record_branch(row, row.group, block, attempt, queue_for(wf))
     jobs.extend(
-        _branch_job(row, _queue(wf, block.branch(row.step) if block else None))
+        _branch_job(row, queue_for(wf, block.branch(row.step) if block else None))
         for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
     )
     group.refresh_from_db(fields=["pending_count", "failed_count"])
     if _decided(group, wf):
-        jobs.append(_join_job(group, _queue(wf)))
+        jobs.append(_join_job(group, queue_for(wf)))
     return jobs
 
 

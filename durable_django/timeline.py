@@ -129,20 +129,12 @@ class Tick:
         return "end" if self.offset >= 95 else "middle"
 
 
-@dataclass(frozen=True)
-class Bar:
-    """One step attempt: ``offset`` and ``width`` are percent of the axis."""
+class _Span:
+    """Drawing helpers of anything placed on the axis: a bar or a group's span."""
 
-    step: str
-    attempt: int
     status: str
-    state: BarState
     offset: float
     width: float
-    label: str
-    title: str
-    label_position: LabelPosition
-    duration: float | None
 
     @property
     def colour(self) -> str:
@@ -155,6 +147,22 @@ class Bar:
     @property
     def w(self) -> str:
         return _pct(self.width)
+
+
+@dataclass(frozen=True)
+class Bar(_Span):
+    """One step attempt: ``offset`` and ``width`` are percent of the axis."""
+
+    step: str
+    attempt: int
+    status: str
+    state: BarState
+    offset: float
+    width: float
+    label: str
+    title: str
+    label_position: LabelPosition
+    duration: float | None
 
     @property
     def end(self) -> str:
@@ -187,7 +195,7 @@ class Row:
 
 
 @dataclass(frozen=True)
-class GroupHeader:
+class GroupHeader(_Span):
     """The header row of a parallel group: its name, outcome and the span it was open."""
 
     name: str
@@ -198,18 +206,6 @@ class GroupHeader:
     width: float
     label: str
     title: str
-
-    @property
-    def colour(self) -> str:
-        return status_colour(self.status)
-
-    @property
-    def x(self) -> str:
-        return _pct(self.offset)
-
-    @property
-    def w(self) -> str:
-        return _pct(self.width)
 
 
 @dataclass(frozen=True)

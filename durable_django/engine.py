@@ -617,25 +617,29 @@ def execute_join(group_id: int, queue: str) -> None:
         return
     group = ParallelGroup.objects.select_related("run").get(pk=group_id)
     with leases.heartbeat.hold(ParallelGroup, group_id):
-        if _join(group, queue):
-            return
-    # The join did not close the group (its run was not running): leave it to whoever comes next.
-    ParallelGroup.objects.filter(pk=group_id, lease_owner=leases.owner()).update(**released_fields())
+        closed, then = _join(group, queue)
+    if then is not None:
+        # The group is closed and its lease let go: the run goes on under its own lease.
+        advance(group.run, then, queue)
+    elif not closed:
+        # The join did not close the group (its run was not running): leave it to whoever comes next.
+        ParallelGroup.objects.filter(pk=group_id, lease_owner=leases.owner()).update(**released_fields())
 
 
-def _join(group: ParallelGroup, queue: str) -> bool:
-    """Decide ``group``; ``True`` once it is closed (by this join or, in a lost race, another)."""
+def _join(group: ParallelGroup, queue: str) -> tuple[bool, Workflow | None]:
+    """Decide ``group``: whether it is closed (by this join or, in a lost race, another), and the
+    workflow to advance ``group.run`` in when this join moved the run on to its next step."""
     run = group.run
     if run.status != RunStatus.RUNNING:
-        return False
+        return False, None
     wf = _load_workflow(run)
     if wf is None:
-        return False
+        return False, None
     position = wf.position(group.name)
     block = _block(wf, group.name)
     if block is None or position is None:
         reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
-        return _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason))
+        return _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason)), None
     keys = {member.name: member.key for member in block.steps}
     # One batched read of the final attempts, as plain tuples: a block may have thousands of branches.
     final = (
@@ -652,20 +656,19 @@ def _join(group: ParallelGroup, queue: str) -> bool:
     }
 
     if block.into is not None:
-        return _join_into(run, wf, group, block.into, position, results, queue)
+        return _join_into(run, wf, group, block.into, position, results)
     failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
         _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
         fields = _fail_fields(name, error, parallel=group.name)
         if not _finish_group(run, group, GroupStatus.FAILED, results, None, fields, cancel_pending=True):
-            return False
+            return False, None
         logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
-        return True
+        return True, None
     fields = _move_fields(wf, position + 1, {**run.context, RESULTS_KEY: results})
     if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
-        return False
-    advance(run, wf, queue)
-    return True
+        return False, None
+    return True, wf
 
 
 def _join_into(
@@ -675,8 +678,7 @@ def _join_into(
     into: IntoFn,
     position: int,
     results: dict[str, Any],
-    queue: str,
-) -> bool:
+) -> tuple[bool, Workflow | None]:
     ctx = to_step_context(run.context)
     # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
     scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(results))}
@@ -705,11 +707,10 @@ def _join_into(
         fields = _move_fields(wf, target, context)
     else:
         reason = _goto_error(group.name, outcome.target) if outcome.kind == GOTO else _stored_reason(outcome.reason)
-        return _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason))
+        return _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason)), None
     if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
-        return False
-    advance(run, wf, queue)
-    return True
+        return False, None
+    return True, wf
 
 
 def _finish_group(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,12 +26,58 @@ class Unserializable(TypeError):
     """A value that cannot be stored as JSON."""
 
 
+# In JSON text (ASCII-escaped), the escapes that may stand for a character PostgreSQL's jsonb refuses
+# (NUL) or for half of a surrogate pair; only a text holding one needs the full walk below.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
+
+
 def dumps(value: Any) -> str:
-    """Serialize ``value`` as stored JSON (DjangoJSONEncoder types allowed)."""
+    """Serialize ``value`` as stored JSON (DjangoJSONEncoder types allowed).
+
+    Text the database cannot store (a NUL character, a lone surrogate) is refused here, on every
+    database alike, rather than by PostgreSQL halfway through a transaction.
+    """
     try:
-        return json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
+        text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise Unserializable(str(exc)) from exc
+    if _SUSPECT_ESCAPE.search(text) and (problem := storage_problem(json.loads(text))):
+        raise Unserializable(problem)
+    return text
+
+
+def text_problem(text: str) -> str | None:
+    """Why the string ``text`` cannot be stored, or ``None``."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which the database cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (such as \\ud800), which is not valid Unicode text"
+    return None
+
+
+def storage_problem(value: Any, max_depth: int | None = None) -> str | None:
+    """Why the JSON ``value`` (dicts, lists, scalars) cannot be stored, or ``None``.
+
+    The message names where: ``value at ['items'][0] contains a NUL character ...``. Walks the
+    value with an explicit stack, so arbitrarily deep input cannot exhaust Python's.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if max_depth is not None and depth > max_depth:
+                return f"is nested more than {max_depth} levels deep"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                problem = text_problem(key) if isinstance(key, str) else None
+                if problem:
+                    return f"key {where}[{key!r}] {problem}"
+                stack.append((child, f"{where}[{key!r}]", depth + 1))
+        elif isinstance(item, str) and (problem := text_problem(item)):
+            return f"value at {where or 'the top level'} {problem}"
+    return None
 
 
 def roundtrip(value: Any) -> Any:

@@ -172,9 +172,14 @@ def exception_reason(exc: BaseException, type_name: str | None = None) -> dict[s
     """How a raised exception is stored: its class name, message and traceback."""
     return {
         "type": type_name or type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "message": _storable(str(exc)),
+        "traceback": _storable("".join(traceback.format_exception(exc))),
     }
+
+
+def _storable(text: str) -> str:
+    """``text`` with what the database cannot store (NUL, lone surrogates) written as escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _stored_reason(reason: Any) -> Any:

@@ -271,6 +271,22 @@ def test_exception_is_stored_with_type_message_and_traceback(embedded: EmbeddedQ
     assert StepResult.objects.get(run=run, step="validate").error == reason
 
 
+def explode_with_unstorable_text(ctx: dict[str, Any]) -> Any:
+    raise ValueError("bad byte \x00 and half a pair \ud800")
+
+
+@runs
+def test_an_exception_message_the_database_cannot_store_is_stored_with_escapes(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("validate", explode_with_unstorable_text)])
+    run = finish(embedded, wf.start({"order": 7}))
+    reason = run.error["reason"]
+    assert (reason["type"], reason["message"]) == ("ValueError", "bad byte \\x00 and half a pair \\ud800")
+    assert reason["traceback"].endswith("ValueError: bad byte \\x00 and half a pair \\ud800\n")
+    assert StepResult.objects.get(run=run, step="validate").error == reason
+
+
 @runs
 @pytest.mark.parametrize(
     ("returned", "message"),
@@ -313,6 +329,35 @@ def test_unserializable_output_fails_the_run_with_the_context_intact(
     }
     assert run.context == {"order": 1, "ready": True}
     assert StepResult.objects.get(run=run, step="load").output is None
+
+
+@runs
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"label": "a\x00b"}, "value at ['label'] contains a NUL character (\\u0000), which the database cannot store"),
+        (
+            {"rows": [{"n": "\udfff"}]},
+            "value at ['rows'][0]['n'] contains a lone surrogate (such as \\ud800), which is not valid Unicode text",
+        ),
+    ],
+    ids=["nul", "lone-surrogate"],
+)
+def test_output_with_text_the_database_cannot_store_fails_the_step_with_a_stored_error(
+    embedded: EmbeddedQueue, define: Definer, value: dict[str, Any], problem: str
+) -> None:
+    wf = define([step("prepare", lambda ctx: ok({"ready": True})), step("load", lambda ctx: ok(value))])
+    run = finish(embedded, wf.start({"order": 1}))
+    assert run.status == "failed"
+    assert run.error == {
+        "step": "load",
+        "reason": {
+            "type": "unserializable_output",
+            "message": f"step 'load' returned data that cannot be stored as JSON: {problem}",
+        },
+    }
+    assert run.context == {"order": 1, "ready": True}
+    assert attempts(run) == [("prepare", 1, "completed"), ("load", 1, "failed")]
 
 
 @runs

@@ -100,8 +100,23 @@ def test_input_with_django_json_types_is_stored_as_strings(embedded: EmbeddedQue
         (5, "must be a dict, got int."),
         ({"user": object()}, "is not JSON-serializable: Object of type object is not JSON serializable"),
         ({"tags": {"a", "b"}}, "is not JSON-serializable: Object of type set is not JSON serializable"),
+        (
+            {"user": {"name": "a\x00b"}},
+            "is not JSON-serializable: value at ['user']['name'] contains a NUL character (\\u0000), "
+            "which the database cannot store",
+        ),
+        (
+            {"notes": ["fine", "\ud800"]},
+            "is not JSON-serializable: value at ['notes'][1] contains a lone surrogate (such as \\ud800), "
+            "which is not valid Unicode text",
+        ),
+        (
+            {"a\x00": 1},
+            "is not JSON-serializable: key ['a\\x00'] contains a NUL character (\\u0000), "
+            "which the database cannot store",
+        ),
     ],
-    ids=["list", "str", "int", "object", "set"],
+    ids=["list", "str", "int", "object", "set", "nul", "lone-surrogate", "nul-key"],
 )
 def test_invalid_input_raises_and_saves_nothing(embedded: EmbeddedQueue, wf: Any, value: Any, message: str) -> None:
     with pytest.raises(InvalidInput) as excinfo:
@@ -112,6 +127,16 @@ def test_invalid_input_raises_and_saves_nothing(embedded: EmbeddedQueue, wf: Any
         start_workflow(wf.name, value)
     assert WorkflowRun.objects.count() == 0
     assert embedded.pending_jobs() == 0
+
+
+@runs
+def test_text_that_only_looks_like_an_escape_is_stored_as_given(embedded: EmbeddedQueue, wf: Any) -> None:
+    # A backslash and "u0000" typed as text, and characters outside the BMP (surrogate pairs in
+    # escaped JSON), are ordinary text.
+    value = {"path": "C:\\u0000", "emoji": "\U0001f600 done", "pair": "\ud83d\ude00"}
+    run = wf.start(value)
+    run.refresh_from_db()
+    assert run.input == {"path": "C:\\u0000", "emoji": "\U0001f600 done", "pair": "\U0001f600"}
 
 
 @runs

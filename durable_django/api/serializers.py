@@ -9,6 +9,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from .. import context
 from ..definition import find_workflow
 from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -28,36 +29,9 @@ def json_type(value: Any) -> str:
     return "number" if isinstance(value, float) else type(value).__name__
 
 
-def _text_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "contains a NUL character (\\u0000), which the database cannot store"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "contains a lone surrogate (such as \\ud800), which is not valid Unicode text"
-    return None
-
-
 def storage_problem(value: Any) -> str | None:
-    """Why the parsed JSON ``value`` cannot be stored as a run's input, or ``None``.
-
-    Walks the value with an explicit stack, so arbitrarily deep input cannot exhaust Python's.
-    """
-    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
-    while stack:
-        item, where, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > MAX_INPUT_DEPTH:
-                return f"is nested more than {MAX_INPUT_DEPTH} levels deep"
-            children = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in children:
-                problem = _text_problem(key) if isinstance(key, str) else None
-                if problem:
-                    return f"key {where}[{key!r}] {problem}"
-                stack.append((child, f"{where}[{key!r}]", depth + 1))
-        elif isinstance(item, str) and (problem := _text_problem(item)):
-            return f"value at {where or 'the top level'} {problem}"
-    return None
+    """Why the parsed JSON ``value`` cannot be stored as a run's input, or ``None``."""
+    return context.storage_problem(value, MAX_INPUT_DEPTH)
 
 
 class StringField(serializers.CharField):
@@ -66,7 +40,7 @@ class StringField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
-        problem = _text_problem(data)
+        problem = context.text_problem(data)
         if problem:
             raise serializers.ValidationError(f"The value {problem}.")
         return super().to_internal_value(data)

@@ -97,6 +97,24 @@ def start_run(
     run_id: Any = None,
 ) -> WorkflowRun:
     """Save a run of ``wf`` and dispatch it after the surrounding transaction commits."""
+    run, _ = get_or_start_run(
+        wf, input, idempotency_key=idempotency_key, parent=parent, parent_step=parent_step, ref=ref, run_id=run_id
+    )
+    return run
+
+
+def get_or_start_run(
+    wf: Workflow,
+    input: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    parent: WorkflowRun | None = None,
+    parent_step: str = "",
+    ref: str = "",
+    run_id: Any = None,
+) -> tuple[WorkflowRun, bool]:
+    """:func:`start_run`, also telling whether this call created the run (``True``) or found the
+    one already started with the same idempotency key or child reference (``False``)."""
     if input is None:
         input = {}
     if not isinstance(input, dict):
@@ -110,7 +128,7 @@ def start_run(
             raise InvalidInput("idempotency_key must be a non-empty string of at most 255 characters.")
         existing = WorkflowRun.objects.filter(workflow=wf.name, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing
+            return existing, False
     first = wf.steps[0]
     run = WorkflowRun(
         id=run_id or uuid.uuid4(),
@@ -130,13 +148,13 @@ def start_run(
     except IntegrityError:
         # Lost a race against a run with the same idempotency key (or child ref): that one wins.
         if idempotency_key is not None:
-            return WorkflowRun.objects.get(workflow=wf.name, idempotency_key=idempotency_key)
+            return WorkflowRun.objects.get(workflow=wf.name, idempotency_key=idempotency_key), False
         if parent is not None:
-            return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref)
+            return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref), False
         raise
     logger.info("started run %s of workflow %r", run.pk, wf.name)
     dispatch.submit(_run_job(run.pk, queue_for(wf, first), run.version))
-    return run
+    return run, True
 
 
 def start_workflow(

@@ -17,8 +17,8 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from .. import operations
-from ..definition import Workflow, find_workflow, registered_workflows
-from ..engine import queue_for, start_workflow
+from ..definition import Workflow, find_workflow, get_workflow, registered_workflows
+from ..engine import get_or_start_run, queue_for
 from ..exceptions import InvalidInput, RunStateError, WorkflowNotFound
 from ..models import ParallelGroup, StepResult, WorkflowRun
 from .base import DurableAPIMixin, document
@@ -124,15 +124,16 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         body = StartRunSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         name, key = body.validated_data["workflow"], body.validated_data.get("idempotency_key")
-        # The engine returns the existing run for a known key; only the status code tells them apart.
-        existed = key is not None and WorkflowRun.objects.filter(workflow=name, idempotency_key=key).exists()
         try:
-            run = start_workflow(name, body.validated_data.get("input", {}), idempotency_key=key)
+            run, created = get_or_start_run(
+                get_workflow(name), body.validated_data.get("input", {}), idempotency_key=key
+            )
         except WorkflowNotFound as exc:
             raise ValidationError({"workflow": [str(exc)]}) from None
         except InvalidInput as exc:
             raise ValidationError({"input": [str(exc)]}) from None
-        return self._respond(run, status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
+        # Of requests racing with one new idempotency key, exactly one created the run: 201; the others 200.
+        return self._respond(run, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     def _operate(self, operation: Callable[[WorkflowRun], WorkflowRun]) -> Response:
         run = self.get_object()

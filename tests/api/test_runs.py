@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime
 from typing import Any
 
 import pytest
+from django.db import connection, connections
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -15,7 +17,7 @@ from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer
 
-from .conftest import url
+from .conftest import client_for, url
 
 pytestmark = pytest.mark.django_db
 
@@ -258,6 +260,37 @@ def test_start_with_a_known_idempotency_key_returns_the_existing_run_with_200(ap
     assert (again.json()["input"], again.json()["idempotency_key"]) == ({"n": 1}, "order-1")
     assert other.json()["id"] != first.json()["id"]
     assert WorkflowRun.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_racing_with_one_new_idempotency_key_get_one_201_and_the_same_run(
+    superuser: Any, embedded: EmbeddedQueue, two_steps: Any
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("threads racing for one row need PostgreSQL's concurrent transactions")
+    body = {"workflow": two_steps.name, "input": {"n": 1}, "idempotency_key": "order-race"}
+    barrier = threading.Barrier(8)
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def post() -> None:
+        client = client_for(superuser)
+        try:
+            barrier.wait(timeout=10)
+            response = client.post(url("run-list"), body, format="json")
+            with lock:
+                answers.append((response.status_code, response.json()["id"]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    run = WorkflowRun.objects.get()
+    assert sorted(answers) == sorted([(201, str(run.pk))] + [(200, str(run.pk))] * 7)
+    assert embedded.pending_jobs() == 1
 
 
 def test_start_with_a_null_idempotency_key_starts_a_new_run_each_time(api: APIClient, two_steps: Any) -> None:

@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 
 from durable_django.testing import EmbeddedQueue
+from tests.engine_support import Definer, defining
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -51,3 +52,10 @@ def embedded() -> Iterator[EmbeddedQueue]:
     """RQ on fakeredis with an in-process worker: ``embedded.run_until_idle()`` drives runs."""
     with EmbeddedQueue() as queue:
         yield queue
+
+
+@pytest.fixture
+def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
+    """Define workflows under names of this test only; they are unregistered afterwards."""
+    with defining(request.node.name) as definer:
+        yield definer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,15 +20,9 @@ from durable_django import (
 )
 from durable_django.models import StepResult
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, defining, finish, recorder
+from tests.engine_support import Definer, finish, recorder
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 # -- helpers with an explicit context -------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,7 @@ from durable_django import (
     workflow,
 )
 from durable_django.definition import registered_workflows, unregister
-from tests.engine_support import Definer, defining
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
+from tests.engine_support import Definer
 
 
 def first(ctx: dict[str, Any]) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,15 +15,9 @@ from durable_django.definition import unregister
 from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import IMMEDIATE, Definer, attempts, defining, finish
+from tests.engine_support import IMMEDIATE, Definer, attempts, finish
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 def counting(calls: list[str], name: str, data: dict[str, Any] | None = None) -> Any:

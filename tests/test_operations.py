@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,15 +13,9 @@ from durable_django.exceptions import RunStateError
 from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
 from durable_django.operations import cancel_run, retry_run
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, attempts, defining, finish
+from tests.engine_support import Definer, attempts, finish
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 class Switch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,15 +9,9 @@ import pytest
 from durable_django import error, goto, ok, parallel, step
 from durable_django.models import ParallelGroup, StepResult
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, attempts, defining, finish, recorder
+from tests.engine_support import Definer, attempts, finish, recorder
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 def branch_rows(run: Any) -> dict[str, tuple[str, int | None]]:

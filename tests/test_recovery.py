@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -20,15 +19,9 @@ from durable_django.engine import execute_branch, execute_join, execute_run
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.recovery import Report, recover
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, attempts, defining, finish
+from tests.engine_support import Definer, attempts, finish
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 class WorkerDied(BaseException):

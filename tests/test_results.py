@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,17 +13,11 @@ from durable_django import error, goto, ok, parallel, step
 from durable_django.models import StepResult
 from durable_django.results import EXPECTED, Outcome, normalize
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, attempts, defining, finish, recorder
+from tests.engine_support import Definer, attempts, finish, recorder
 
 # Steps run in RQ jobs that commit their own transactions, and jobs are only enqueued on commit:
 # these tests need real commits.
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 # -- normalisation ------------------------------------------------------------------------------

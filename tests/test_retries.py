@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,15 +10,9 @@ from rq import SimpleWorker
 from durable_django import RetryPolicy, error, goto, ok, parallel, step
 from durable_django.models import ParallelGroup, StepResult
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import IMMEDIATE, Definer, attempts, defining, finish
+from tests.engine_support import IMMEDIATE, Definer, attempts, finish
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 def flaky(failures: int, calls: list[int], data: dict[str, Any] | None = None) -> Any:

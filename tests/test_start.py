@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,15 +11,9 @@ from django.db import transaction
 from durable_django import InvalidInput, ok, parallel, start_workflow, step
 from durable_django.models import WorkflowRun
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, defining, finish
+from tests.engine_support import Definer, finish
 
 runs = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def define(request: pytest.FixtureRequest) -> Iterator[Definer]:
-    with defining(request.node.name) as definer:
-        yield definer
 
 
 @pytest.fixture

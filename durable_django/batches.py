@@ -9,7 +9,7 @@ without ever taking the same branch, and a batch grows while its branches are qu
 spread over every worker while a thousand no-op branches cost a handful of commits.
 
 A retry of a branch, and a branch that recovery or an operator sends again, is its own job
-(:func:`durable_django.engine.execute_branch`): its row is claimed by id.
+(:func:`durable_django.blocks.execute_branch`): its row is claimed by id.
 """
 
 from __future__ import annotations
@@ -28,19 +28,11 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import dispatch, leases
+from .blocks import _block
 from .conf import durable_settings
 from .context import dumps, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow
-from .engine import (
-    Attempt,
-    _block,
-    _branch_job,
-    _join_job,
-    call_step,
-    has_budget,
-    lost_attempts,
-    queue_for,
-)
+from .engine import Attempt, _branch_job, _join_job, call_step, has_budget, lost_attempts, queue_for
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 

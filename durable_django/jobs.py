@@ -8,7 +8,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import engine
+from . import blocks, engine
 
 P = ParamSpec("P")
 
@@ -44,7 +44,7 @@ def run_workflow(run_id: str, queue: str, version: int | None = None) -> None:
 @_fresh_connections_after_db_errors
 def run_branch(step_result_id: int) -> None:
     """Execute one attempt of one parallel branch."""
-    engine.execute_branch(step_result_id)
+    blocks.execute_branch(step_result_id)
 
 
 @_fresh_connections_after_db_errors
@@ -58,7 +58,7 @@ def run_branches(group_id: int, queue: str, index: int = 0) -> None:
 @_fresh_connections_after_db_errors
 def join_group(group_id: int, queue: str) -> None:
     """Join a parallel group and continue its run."""
-    engine.execute_join(group_id, queue)
+    blocks.execute_join(group_id, queue)
 
 
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {

@@ -16,8 +16,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import dispatch, leases
+from .blocks import _block
 from .definition import Workflow, find_workflow
-from .engine import _block, _branch_job, _join_job, _run_job, queue_for
+from .engine import _branch_job, _join_job, _run_job, queue_for
 from .exceptions import RunStateError
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun

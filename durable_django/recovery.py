@@ -35,16 +35,14 @@ from rq.registry import ScheduledJobRegistry
 
 from . import dispatch, leases
 from .batches import drain_job
+from .blocks import _block, _record_branch, _retry_branch
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow
 from .engine import (
     Attempt,
-    _block,
     _branch_job,
     _fail_fields,
     _join_job,
-    _record_branch,
-    _retry_branch,
     _run_job,
     _transition,
     join_job_id,

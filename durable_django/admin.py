@@ -8,21 +8,17 @@ be deleted (with the delete permission) only once it, its parent and its childre
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import BaseModelAdmin
-from django.contrib.admin.utils import flatten, flatten_fieldsets, quote, unquote
+from django.contrib.admin.utils import flatten, flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied
-from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Model, Prefetch, Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.loader import render_to_string
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
 from django.utils.html import format_html
@@ -31,21 +27,28 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from . import operations
+from .admin_display import (
+    branch_table,
+    change_url,
+    moment,
+    outcome,
+    pretty_json,
+    run_link,
+    short_id,
+    status_badge,
+    stored_traceback,
+    without_tracebacks,
+)
 from .exceptions import RunStateError
-from .models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from .timeline import build_timeline, format_duration, status_colour
+from .models import ParallelGroup, RunStatus, StepResult, WorkflowRun
+from .timeline import build_timeline, format_duration
 
 if TYPE_CHECKING:
     _AdminBase = BaseModelAdmin[Any]
 else:
     _AdminBase = BaseModelAdmin
 
-# One-line previews of outputs and errors in tables; the full value is on the row's own page.
-PREVIEW_CHARS = 120
 CSS = {"all": ("durable_django/admin.css",)}
-
-# Stands in for a traceback inside an error's JSON; the traceback itself is shown as text.
-TRACEBACK_NOTE = "(see Traceback)"
 
 # What each operator action calls in durable_django.operations, what it reports per run and what
 # it records in the run's admin history.
@@ -58,111 +61,6 @@ OPERATIONS = {
     ),
     "cancel": ("cancel_run", _("Cancelled %(run)s."), _("Did not cancel %(run)s: %(reason)s"), _("Cancelled.")),
 }
-
-
-# -- rendering -----------------------------------------------------------------------------------
-
-
-def status_badge(status: str, label: str | None = None) -> SafeString:
-    """A coloured pill naming a run, step or group status."""
-    return format_html(
-        '<span class="durable-badge durable-status-{}" style="background-color: {}">{}</span>',
-        status,
-        status_colour(status),
-        label or status,
-    )
-
-
-def pretty_json(value: Any) -> SafeString:
-    """``value`` as indented JSON in a ``<pre>``, HTML-escaped."""
-    return format_html(
-        '<pre class="durable-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, cls=DjangoJSONEncoder)
-    )
-
-
-def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
-    """``value`` as one line of JSON, cut to ``limit`` characters."""
-    if value is None:
-        return ""
-    text = json.dumps(value, ensure_ascii=False, cls=DjangoJSONEncoder)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def moment(value: datetime | None) -> str:
-    """A timestamp in the current time zone, to the millisecond: attempts often last less than a second."""
-    return format_date(timezone.localtime(value), "Y-m-d H:i:s.u")[:-3] if value else ""
-
-
-def short_id(run_id: Any) -> str:
-    return str(run_id)[:8]
-
-
-def change_url(site: admin.AdminSite, model: type[Model], pk: Any) -> str:
-    opts = model._meta
-    return reverse(f"{site.name}:{opts.app_label}_{opts.model_name}_change", args=[quote(pk)])
-
-
-def run_link(site: admin.AdminSite, run_id: Any) -> SafeString:
-    """A link to a run's page, labelled with its short id (the full id on hover)."""
-    return format_html(
-        '<a href="{}" title="{}"><code>{}</code></a>', change_url(site, WorkflowRun, run_id), run_id, short_id(run_id)
-    )
-
-
-def outcome(row: StepResult) -> str:
-    """A one-line preview of an attempt's output (completed) or error (failed)."""
-    if row.status == StepStatus.COMPLETED:
-        return preview(row.output)
-    if row.status != StepStatus.FAILED:
-        return ""
-    reason = row.error
-    if isinstance(reason, dict) and isinstance(reason.get("message"), str):
-        # A raised exception: its type and message say more in one line than the start of a traceback.
-        text = f"{reason['type']}: {reason['message']}" if reason.get("type") else reason["message"]
-        return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-    return preview(reason)
-
-
-def stored_traceback(error: Any) -> str:
-    """The first traceback stored in an error (a raised exception's ``{"traceback": ...}``, maybe nested)."""
-    if isinstance(error, dict):
-        if isinstance(error.get("traceback"), str):
-            return str(error["traceback"])
-        for value in error.values():
-            found = stored_traceback(value)
-            if found:
-                return found
-    return ""
-
-
-def without_tracebacks(error: Any) -> Any:
-    """``error`` with every stored traceback replaced by a pointer to the traceback field.
-
-    A traceback is one long string: in JSON its line breaks turn into ``\\n`` and it buries the rest.
-    """
-    if not isinstance(error, dict):
-        return error
-    return {
-        key: TRACEBACK_NOTE if key == "traceback" and isinstance(value, str) else without_tracebacks(value)
-        for key, value in error.items()
-    }
-
-
-def branch_table(branches: Iterable[StepResult], site: admin.AdminSite) -> str:
-    """Every attempt of every branch of a group: step, attempt, status, timing and its result in short."""
-    rows = [
-        {
-            "url": change_url(site, StepResult, row.pk),
-            "step": row.step,
-            "attempt": row.attempt,
-            "badge": status_badge(row.status, row.get_status_display()),
-            "started": moment(row.started_at),
-            "duration": format_duration(row.duration) if row.duration is not None else "",
-            "outcome": outcome(row),
-        }
-        for row in branches
-    ]
-    return render_to_string("admin/durable_django/branch_table.html", {"rows": rows})
 
 
 class _Display(_AdminBase):

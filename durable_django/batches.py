@@ -17,10 +17,9 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import connections, router, transaction
@@ -28,7 +27,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import dispatch, leases
-from .blocks import _block
+from .blocks import _block, next_attempt
 from .conf import durable_settings
 from .context import dumps, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow
@@ -242,15 +241,7 @@ def _record(
             continue
         if row.pk in retry_of:
             step, delay = retry_of[row.pk]
-            nxt = StepResult(
-                run_id=run.pk,
-                step=row.step,
-                attempt=row.attempt + 1,
-                group_id=group.pk,
-                job_id=dispatch.new_job_id(),
-                lease_expires_at=leases.expiry(timezone.now() + timedelta(seconds=math.ceil(delay))),
-            )
-            retries.append((nxt, step, delay))
+            retries.append((next_attempt(run.pk, group.pk, row.step, row.attempt + 1, delay), step, delay))
             continue
         finals += 1
         failures += int(attempt.failed)

@@ -139,20 +139,25 @@ def execute_branch(row_id: int) -> None:
     _record_branch(row, group, block, attempt, queue_for(wf))
 
 
+def next_attempt(run_id: Any, group_id: int | None, step: str, attempt: int, delay: float) -> StepResult:
+    """The unsaved row of attempt ``attempt`` of branch ``step``, due in ``delay`` seconds (its own job)."""
+    return StepResult(
+        run_id=run_id,
+        step=step,
+        attempt=attempt,
+        group_id=group_id,
+        job_id=dispatch.new_job_id(),
+        lease_expires_at=leases.expiry(timezone.now() + timedelta(seconds=math.ceil(delay))),
+    )
+
+
 def _retry_branch(
     row: StepResult, wf: Workflow, step: Step, attempt: Attempt, *, delay: float | None = None
 ) -> StepResult | None:
     """Record ``attempt`` as failed and create (and send) the branch's next attempt; ``None`` if it lost a race."""
     if delay is None:
         delay = step.retry.delay(row.attempt)
-    nxt = StepResult(
-        run_id=row.run_id,
-        step=row.step,
-        attempt=row.attempt + 1,
-        group_id=row.group_id,
-        job_id=dispatch.new_job_id(),
-        lease_expires_at=leases.expiry(timezone.now() + timedelta(seconds=math.ceil(delay))),
-    )
+    nxt = next_attempt(row.run_id, row.group_id, row.step, row.attempt + 1, delay)
     with transaction.atomic():
         updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
             status=StepStatus.FAILED,

@@ -45,7 +45,7 @@ def call_workflow(
         run_id = uuid.uuid4()
         with dispatch.inline(run_id) as sink:
             parent = WorkflowRun(pk=scope.run_id)
-            child = engine.start_run(wf, input, parent=parent, parent_step=scope.step, ref=ref, run_id=run_id)
+            child, _ = engine.get_or_start_run(wf, input, parent=parent, parent_step=scope.step, ref=ref, run_id=run_id)
             if child.pk == run_id:
                 _drain(sink)
                 child.refresh_from_db()

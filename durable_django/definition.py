@@ -152,9 +152,10 @@ class Workflow:
 
     def start(self, input: dict[str, Any] | None = None, *, idempotency_key: str | None = None) -> WorkflowRun:
         """Save a new run of this workflow and dispatch it once the surrounding transaction commits."""
-        from .engine import start_run
+        from .engine import get_or_start_run
 
-        return start_run(self, input, idempotency_key=idempotency_key)
+        run, _ = get_or_start_run(self, input, idempotency_key=idempotency_key)
+        return run
 
     def describe(self) -> list[dict[str, Any]]:
         """The structure as plain data (for APIs and docs)."""

@@ -84,23 +84,6 @@ def _join_job(group: ParallelGroup, queue: str) -> dispatch.Job:
 # -- starting -----------------------------------------------------------------------------------
 
 
-def start_run(
-    wf: Workflow,
-    input: dict[str, Any] | None = None,
-    *,
-    idempotency_key: str | None = None,
-    parent: WorkflowRun | None = None,
-    parent_step: str = "",
-    ref: str = "",
-    run_id: Any = None,
-) -> WorkflowRun:
-    """Save a run of ``wf`` and dispatch it after the surrounding transaction commits."""
-    run, _ = get_or_start_run(
-        wf, input, idempotency_key=idempotency_key, parent=parent, parent_step=parent_step, ref=ref, run_id=run_id
-    )
-    return run
-
-
 def get_or_start_run(
     wf: Workflow,
     input: dict[str, Any] | None = None,
@@ -111,8 +94,11 @@ def get_or_start_run(
     ref: str = "",
     run_id: Any = None,
 ) -> tuple[WorkflowRun, bool]:
-    """:func:`start_run`, also telling whether this call created the run (``True``) or found the
-    one already started with the same idempotency key or child reference (``False``)."""
+    """Save a run of ``wf`` and dispatch it after the surrounding transaction commits.
+
+    Returns the run and whether this call created it (``True``), or found the one already started
+    with the same idempotency key or child reference (``False``), like ``get_or_create``.
+    """
     if input is None:
         input = {}
     if not isinstance(input, dict):

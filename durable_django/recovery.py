@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -198,10 +198,22 @@ def recover(now: datetime | None = None) -> Report:
         lease_owner=""
     ):
         _take_over_run(run, now, report)
-    for run in WorkflowRun.objects.filter(
+    waiting = WorkflowRun.objects.filter(
         top, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="", lease_expires_at__lt=now
-    ):
-        _send_run_again(run, now, report)
+    ).order_by("lease_expires_at")
+    queued = _QueuedJobs()
+    for chunk in _chunks(waiting.iterator(chunk_size=SWEEP_CHUNK), SWEEP_CHUNK):
+        # A backlog: every run whose job still waits in its queue is put off in one statement.
+        jobs = {run.pk: _run_place(run) for run in chunk}
+        on_queue = queued.among(list(jobs.values()))
+        later = [run.pk for run in chunk if jobs[run.pk] in on_queue]
+        if later:
+            WorkflowRun.objects.filter(pk__in=later, lease_owner="", lease_expires_at__lt=now).update(
+                lease_expires_at=leases.expiry(now)
+            )
+        for run in chunk:
+            if jobs[run.pk] not in on_queue:
+                _send_run_again(run, now, report)
 
     branches = StepResult.objects.filter(
         run__parent__isnull=True, group__isnull=False, lease_expires_at__lt=now
@@ -273,10 +285,71 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
         report.failed_worker_lost += 1
 
 
-def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
+# Waiting runs are looked at this many at a time: one read of their jobs' states from Redis and
+# one UPDATE for those still queued, however long the backlog.
+SWEEP_CHUNK = 500
+
+
+def _chunks(rows: Iterator[WorkflowRun], size: int) -> Iterator[list[WorkflowRun]]:
+    chunk: list[WorkflowRun] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_place(run: WorkflowRun) -> tuple[str, str]:
+    """The queue and the id of the job that run ``run`` waits for."""
     wf = find_workflow(run.workflow)
-    queue = queue_for(wf, _node(wf, run.current_step))
-    job_id = run_job_id(run.pk, run.version)
+    return queue_for(wf, _node(wf, run.current_step)), run_job_id(run.pk, run.version)
+
+
+class _QueuedJobs:
+    """Which jobs wait in their queues, read from Redis a chunk at a time during one sweep.
+
+    Only a job whose hash says ``queued`` and whose id is in its queue's list counts: anything
+    else (started, scheduled, missing) is looked at one by one by :func:`_waiting_job`.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[str, set[str]] = {}
+
+    def _ids(self, queue_name: str) -> set[str]:
+        # Read once per sweep: a job that leaves the list later is being executed (its run moves
+        # on); one that joins it later is looked at one by one, and found then.
+        if queue_name not in self._lists:
+            queue = dispatch.get_queue(queue_name)
+            pipe = queue.connection.pipeline(transaction=False)
+            pipe.lrange(queue.key, 0, -1)
+            pipe.lrange(queue.intermediate_queue_key, 0, -1)
+            self._lists[queue_name] = {
+                job_id.decode() if isinstance(job_id, bytes) else str(job_id)
+                for listed in pipe.execute()
+                for job_id in listed
+            }
+        return self._lists[queue_name]
+
+    def among(self, jobs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(queue, job id)`` pairs of ``jobs`` that wait in their queues."""
+        by_queue: dict[str, list[str]] = {}
+        for queue_name, job_id in jobs:
+            by_queue.setdefault(queue_name, []).append(job_id)
+        found = set()
+        for queue_name, job_ids in by_queue.items():  # queues may live on different Redis servers
+            pipe = dispatch.get_queue(queue_name).connection.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(RQJob.key_for(job_id), "status")
+            for job_id, status in zip(job_ids, pipe.execute(), strict=True):
+                if status in (b"queued", "queued") and job_id in self._ids(queue_name):
+                    found.add((queue_name, job_id))
+        return found
+
+
+def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
+    queue, job_id = _run_place(run)
     waiting = WorkflowRun.objects.filter(
         pk=run.pk, version=run.version, lease_owner="", lease_expires_at=run.lease_expires_at
     )

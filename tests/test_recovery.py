@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from durable_django import error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process
 from durable_django.blocks import execute_branch, execute_join
-from durable_django.engine import execute_run
+from durable_django.engine import execute_run, run_job_id
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.recovery import Report, recover
 from durable_django.testing import EmbeddedQueue
@@ -179,6 +181,31 @@ def test_queued_jobs_are_left_alone_however_late(embedded: EmbeddedQueue, define
     assert recover(now=later(3600)) == Report()
     assert embedded.pending_jobs() == 1
     assert finish(embedded, run).status == "completed"
+
+
+@runs
+@pytest.mark.parametrize("backlog", [3, 30])
+def test_a_backlog_of_queued_runs_is_put_off_in_one_statement_whatever_its_size(
+    embedded: EmbeddedQueue, define: Definer, backlog: int
+) -> None:
+    wf = define([step("s", lambda ctx: ok())])
+    runs = [wf.start({}) for _ in range(backlog)]
+    embedded.run_commit_hooks()
+    lost = runs.pop()
+    embedded.queues()[0].remove(run_job_id(lost.pk, 0))  # one job lost from the queue
+    when = later()
+    with CaptureQueriesContext(connection) as queries:
+        report = recover(now=when)
+    assert report == Report(runs_sent_again=1)
+    # The sweep's reads, one UPDATE for the whole backlog, and the lost run's conditional UPDATE.
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 2
+    deadlines = set(
+        WorkflowRun.objects.filter(pk__in=[run.pk for run in runs]).values_list("lease_expires_at", flat=True)
+    )
+    assert deadlines == {when + timedelta(seconds=15)}
+    assert embedded.pending_jobs() == backlog
+    assert recover(now=when) == Report()
 
 
 @runs

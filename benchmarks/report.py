@@ -211,8 +211,9 @@ def render_memory(memory: dict[str, Any]) -> list[str]:
         *_table(header, rows),
         "",
         "The worker's main process (VmRSS of /proc/<pid>/status), one worker running the one-step "
-        "workflow `bench_single`. rq's forking Worker executes each job in a short-lived child, so its "
-        "main process does not grow with the work it hands out.",
+        "workflow `bench_single`, the runs after each checkpoint started at once. rq's forking Worker "
+        "executes each job in a short-lived child; its main process holds the recovery sweep and rq's "
+        "own bookkeeping.",
     ]
 
 

@@ -315,8 +315,10 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
             return False
         return obj is None or _deletable(obj)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 says where the actions are shown (change list or change form); 5.2 does not.
+        where = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **where)
         # Bulk deletion would take unfinished runs down with the rest; runs are deleted one by one.
         actions.pop("delete_selected", None)
         return actions

@@ -26,12 +26,13 @@ from django.db import connections, router, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from . import dispatch, leases
+from . import dispatch, leases, results
+from .attempts import Attempt, call_step, has_budget, lost_attempts
 from .blocks import _block, next_attempt
 from .conf import durable_settings
 from .context import dumps, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow
-from .engine import Attempt, _branch_job, _join_job, call_step, has_budget, lost_attempts, queue_for
+from .engine import _branch_job, _join_job, queue_for
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -325,10 +326,9 @@ def _count(group: ParallelGroup, block: Parallel | None, finals: int, failures: 
 
 def _fail_unknown(group: ParallelGroup, wf: Workflow | None, queue: str) -> None:
     """The definition lost this block: every pending branch fails with ``unknown_step``, then the join decides."""
-    reason = {
-        "type": "unknown_step",
-        "message": f"workflow {group.run.workflow!r} has no parallel block {group.name!r} with these branches",
-    }
+    reason = results.unknown_step(
+        f"workflow {group.run.workflow!r} has no parallel block {group.name!r} with these branches"
+    )
     with transaction.atomic():
         failed = StepResult.objects.filter(group=group, status=StepStatus.PENDING, attempt=1).update(
             status=StepStatus.FAILED, error=reason, finished_at=timezone.now(), **released_fields()

@@ -19,7 +19,8 @@ from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import dispatch, leases
+from . import dispatch, leases, results
+from .attempts import Attempt, call_step, has_budget, lost_attempts
 from .context import (
     RESULTS_KEY,
     StepScope,
@@ -31,20 +32,13 @@ from .context import (
 )
 from .definition import IntoFn, Parallel, Step, Workflow, find_workflow
 from .engine import (
-    Attempt,
     _branch_job,
     _fail_fields,
-    _goto_error,
     _join_job,
     _load_workflow,
     _move_fields,
-    _stored_reason,
     _transition,
     advance,
-    call_step,
-    exception_reason,
-    has_budget,
-    lost_attempts,
     queue_for,
 )
 from .leases import held_fields, released_fields
@@ -117,12 +111,8 @@ def execute_branch(row_id: int) -> None:
     block = _block(wf, group.name) if wf else None
     step = block.branch(row.step) if block else None
     if wf is None or step is None:
-        reason = {
-            "type": "unknown_step",
-            "message": f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}",
-        }
-        now = timezone.now()
-        attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at or now, now, retryable=False)
+        reason = results.unknown_step(f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}")
+        attempt = Attempt.failure(reason, row.started_at)
         _record_branch(row, group, None, attempt, queue_for(wf))
         return
     with leases.heartbeat.hold(StepResult, row_id):
@@ -240,7 +230,7 @@ def _join(group: ParallelGroup, queue: str) -> tuple[bool, Workflow | None]:
     position = wf.position(group.name)
     block = _block(wf, group.name)
     if block is None or position is None:
-        reason = {"type": "unknown_step", "message": f"workflow {wf.name!r} has no parallel block {group.name!r}"}
+        reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
         return _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason)), None
     keys = {member.name: member.key for member in block.steps}
     # One batched read of the final attempts, as plain tuples: a block may have thousands of branches.
@@ -252,23 +242,23 @@ def _join(group: ParallelGroup, queue: str) -> tuple[bool, Workflow | None]:
     latest: dict[str, tuple[Any, ...]] = {}
     for branch in final:  # ordered by id: a later attempt replaces an earlier one
         latest[branch[1]] = branch
-    results = {
+    collected = {
         keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
         for name, (_, _, status, output, error, _) in latest.items()
     }
 
     if block.into is not None:
-        return _join_into(run, wf, group, block.into, position, results)
+        return _join_into(run, wf, group, block.into, position, collected)
     failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
         _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
         fields = _fail_fields(name, error, parallel=group.name)
-        if not _finish_group(run, group, GroupStatus.FAILED, results, None, fields, cancel_pending=True):
+        if not _finish_group(run, group, GroupStatus.FAILED, collected, None, fields, cancel_pending=True):
             return False, None
         logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
         return True, None
-    fields = _move_fields(wf, position + 1, {**run.context, RESULTS_KEY: results})
-    if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
+    fields = _move_fields(wf, position + 1, {**run.context, RESULTS_KEY: collected})
+    if not _finish_group(run, group, GroupStatus.COMPLETED, collected, None, fields):
         return False, None
     return True, wf
 
@@ -279,16 +269,16 @@ def _join_into(
     group: ParallelGroup,
     into: IntoFn,
     position: int,
-    results: dict[str, Any],
+    collected: dict[str, Any],
 ) -> tuple[bool, Workflow | None]:
     ctx = to_step_context(run.context)
     # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
-    scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(results))}
+    scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(collected))}
     try:
         with step_scope(StepScope(run.pk, group.name, scope_ctx)):
-            outcome = normalize(into(ctx, results_to_tuples(roundtrip(results))))
+            outcome = normalize(into(ctx, results_to_tuples(roundtrip(collected))))
     except Exception as exc:
-        outcome = Outcome(ERROR, reason=exception_reason(exc, "into_error"))
+        outcome = Outcome(ERROR, reason=results.exception_reason(exc, "into_error"))
     if outcome.kind == "invalid":
         outcome = Outcome(ERROR, reason=outcome.reason)
     fields: dict[str, Any]
@@ -297,20 +287,19 @@ def _join_into(
         try:
             context = roundtrip(outcome.data)
         except Unserializable as exc:
-            outcome = Outcome(
-                ERROR,
-                reason={
-                    "type": "unserializable_output",
-                    "message": f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}",
-                },
-            )
+            message = f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}"
+            outcome = Outcome(ERROR, reason=results.unserializable_output(message))
     target = position + 1 if outcome.kind == OK else wf.position(outcome.target) if outcome.kind == GOTO else None
     if target is not None:
         fields = _move_fields(wf, target, context)
     else:
-        reason = _goto_error(group.name, outcome.target) if outcome.kind == GOTO else _stored_reason(outcome.reason)
-        return _finish_group(run, group, GroupStatus.FAILED, results, reason, _fail_fields(group.name, reason)), None
-    if not _finish_group(run, group, GroupStatus.COMPLETED, results, None, fields):
+        reason = (
+            results.goto_error(group.name, outcome.target)
+            if outcome.kind == GOTO
+            else results.stored_reason(outcome.reason)
+        )
+        return _finish_group(run, group, GroupStatus.FAILED, collected, reason, _fail_fields(group.name, reason)), None
+    if not _finish_group(run, group, GroupStatus.COMPLETED, collected, None, fields):
         return False, None
     return True, wf
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from . import dispatch, engine, jobs, recovery
+from . import dispatch, engine, jobs, recovery, results
 from .context import current_scope, to_step_context
 from .definition import Workflow, resolve
 from .models import RunStatus, WorkflowRun
@@ -75,11 +75,4 @@ def _outcome(child: WorkflowRun) -> tuple[str, Any]:
         return ("ok", to_step_context(child.context))
     if child.status == RunStatus.FAILED:
         return ("error", child.error)
-    return (
-        "error",
-        {
-            "type": "child_incomplete",
-            "message": f"child run {child.pk} of workflow {child.workflow!r} ended {child.status}",
-            "run": str(child.pk),
-        },
-    )
+    return ("error", results.child_incomplete(child.pk, child.workflow, child.status))

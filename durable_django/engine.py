@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 from django.core.exceptions import ValidationError
@@ -24,21 +21,15 @@ from django.db.models.functions import Coalesce
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
-from . import dispatch, leases
+from . import dispatch, leases, results
+from .attempts import call_step, has_budget, lost_attempts
 from .conf import durable_settings
-from .context import (
-    StepScope,
-    Unserializable,
-    merge,
-    roundtrip,
-    step_scope,
-    to_step_context,
-)
+from .context import Unserializable, merge, roundtrip, to_step_context
 from .definition import Parallel, Step, Workflow, get_workflow
 from .exceptions import InvalidInput, WorkflowNotFound
 from .leases import held_fields, released_fields
 from .models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from .results import ERROR, GOTO, OK, Outcome, normalize
+from .results import GOTO
 
 logger = logging.getLogger("durable_django")
 
@@ -148,88 +139,6 @@ def start_workflow(
     return get_workflow(name).start(input, idempotency_key=idempotency_key)
 
 
-# -- executing a step ---------------------------------------------------------------------------
-
-
-@dataclass
-class Attempt:
-    """What one execution of a step produced, ready to be stored."""
-
-    outcome: Outcome
-    started_at: datetime
-    finished_at: datetime
-    output: dict[str, Any] = field(default_factory=dict)
-    retryable: bool = True
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome.kind not in (OK, GOTO)
-
-    @property
-    def reason(self) -> Any:
-        return self.outcome.reason
-
-
-def exception_reason(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
-    """How a raised exception is stored: its class name, message and traceback."""
-    return {
-        "type": type_name or type(exc).__name__,
-        "message": _storable(str(exc)),
-        "traceback": _storable("".join(traceback.format_exception(exc))),
-    }
-
-
-def _storable(text: str) -> str:
-    """``text`` with what the database cannot store (NUL, lone surrogates) written as escapes."""
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _stored_reason(reason: Any) -> Any:
-    try:
-        return roundtrip(reason)
-    except Unserializable as exc:
-        return {
-            "type": "unserializable_output",
-            "message": f"the error reason cannot be stored as JSON: {exc}",
-            "repr": repr(reason)[:2000],
-        }
-
-
-def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool = False) -> Attempt:
-    """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`."""
-    started = timezone.now()
-    try:
-        with step_scope(StepScope(run_id, step.name, ctx)), leases.time_limit(step.timeout):
-            value = step.fn(ctx)
-        outcome = normalize(value)
-    except leases.StepTimeout as exc:
-        outcome = Outcome(ERROR, reason={"type": "timeout", "message": f"step {step.name!r} {exc}"})
-    except Exception as exc:
-        outcome = Outcome(ERROR, reason=exception_reason(exc))
-    finished = timezone.now()
-    # A malformed return value or unstorable data is a bug in the step, not a passing fault: no retry.
-    if outcome.kind == "invalid":
-        return Attempt(Outcome(ERROR, reason=outcome.reason), started, finished, retryable=False)
-    if outcome.kind == ERROR:
-        return Attempt(Outcome(ERROR, reason=_stored_reason(outcome.reason)), started, finished)
-    if outcome.kind == GOTO and in_parallel:
-        reason = {
-            "type": "goto_error",
-            "message": f"step {step.name!r} returned goto({outcome.target!r}) inside a parallel block; "
-            "a branch can only return ok or error (use the block's into= callback to jump).",
-        }
-        return Attempt(Outcome(ERROR, reason=reason), started, finished, retryable=False)
-    try:
-        output = roundtrip(outcome.data)
-    except Unserializable as exc:
-        reason = {
-            "type": "unserializable_output",
-            "message": f"step {step.name!r} returned data that cannot be stored as JSON: {exc}",
-        }
-        return Attempt(Outcome(ERROR, reason=reason), started, finished, retryable=False)
-    return Attempt(outcome, started, finished, output=output)
-
-
 # -- run transitions ----------------------------------------------------------------------------
 
 
@@ -296,17 +205,9 @@ def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepRes
 def _fail_fields(step_name: str, reason: Any, **extra: Any) -> dict[str, Any]:
     return {
         "status": RunStatus.FAILED,
-        "error": {"step": step_name, **extra, "reason": reason},
+        "error": results.run_error(step_name, reason, **extra),
         "finished_at": timezone.now(),
         **released_fields(),
-    }
-
-
-def _goto_error(source: str, target: str) -> dict[str, Any]:
-    return {
-        "type": "goto_error",
-        "message": f"{source!r} jumped to {target!r}, which is not a top-level step or parallel block of this workflow",
-        "target": target,
     }
 
 
@@ -358,8 +259,7 @@ def _load_workflow(run: WorkflowRun) -> Workflow | None:
     try:
         return get_workflow(run.workflow)
     except WorkflowNotFound as exc:
-        reason = {"type": "workflow_not_found", "message": str(exc)}
-        _transition(run, _fail_fields(run.current_step, reason))
+        _transition(run, _fail_fields(run.current_step, results.workflow_not_found(run.workflow)))
         logger.error("run %s failed: %s", run.pk, exc)
         return None
 
@@ -382,10 +282,9 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
     while run.status == RunStatus.RUNNING:
         position = wf.position(run.current_step)
         if position is None:
-            reason = {
-                "type": "unknown_step",
-                "message": f"workflow {wf.name!r} has no step {run.current_step!r} (was the definition changed?)",
-            }
+            reason = results.unknown_step(
+                f"workflow {wf.name!r} has no step {run.current_step!r} (was the definition changed?)"
+            )
             _transition(run, _fail_fields(run.current_step, reason))
             return
         node = wf.steps[position]
@@ -427,7 +326,7 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
         if attempt.outcome.kind == GOTO:
             target = wf.position(attempt.outcome.target)
             if target is None:
-                row.status, row.error = StepStatus.FAILED, _goto_error(step.name, attempt.outcome.target)
+                row.status, row.error = StepStatus.FAILED, results.goto_error(step.name, attempt.outcome.target)
                 _transition(run, _fail_fields(step.name, row.error), [row])
                 return False
         row.status, row.output = StepStatus.COMPLETED, attempt.output
@@ -443,21 +342,3 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
     logger.info("run %s failed at step %r", run.pk, step.name)
     _transition(run, _fail_fields(step.name, attempt.reason), [row])
     return False
-
-
-def has_budget(step: Step, attempt_no: int, lost: Callable[[], int]) -> bool:
-    """Whether ``step`` may run again after its failed attempt ``attempt_no``.
-
-    Attempts that ended because their worker was lost do not use up the budget; they are only
-    counted (one query) when the attempt number alone would say no.
-    """
-    limit = step.retry.max_attempts
-    # Only earlier attempts can have been lost: attempt 1 never needs the query.
-    return attempt_no < limit or (attempt_no > 1 and attempt_no - lost() < limit)
-
-
-def lost_attempts(run_id: Any, step_name: str, group_id: int | None = None) -> int:
-    """How many attempts of a step (a branch of ``group_id``) ended with their worker lost."""
-    return StepResult.objects.filter(
-        run_id=run_id, step=step_name, group_id=group_id, status=StepStatus.FAILED, error__type="worker_lost"
-    ).count()

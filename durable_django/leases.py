@@ -1,4 +1,4 @@
-"""Leases on executing work, their renewal, and step time limits.
+"""Leases on executing work: who holds one, until when, and the heartbeat that renews them.
 
 A worker that executes a sequential step holds a lease on the run row; one that executes a branch
 holds it on the branch's row: ``lease_owner`` names the process, ``lease_expires_at`` says until
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
-from types import FrameType
 from typing import Any
 
 from django.db import connections
@@ -138,45 +135,3 @@ class Heartbeat:
 
 
 heartbeat = Heartbeat()
-
-
-# -- time limits ------------------------------------------------------------------------------------
-
-
-class StepTimeout(Exception):
-    """A step ran longer than its ``timeout``."""
-
-
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise :class:`StepTimeout` inside the block once it has run ``seconds``.
-
-    Uses ``SIGALRM`` like RQ's own job timeout, whose pending alarm is put back afterwards. Outside
-    the main thread (where signals cannot be delivered) the limit is not enforced.
-    """
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    started = time.monotonic()
-    outer_handler = signal.getsignal(signal.SIGALRM)
-    outer_remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-    fire_in = seconds if not outer_remaining else min(seconds, outer_remaining)
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        if time.monotonic() - started >= seconds - 0.001:
-            raise StepTimeout(f"ran longer than its timeout of {seconds:g} s")
-        # The enclosing alarm (RQ's job timeout) is due first: hand over to its handler.
-        signal.signal(signal.SIGALRM, outer_handler)
-        if callable(outer_handler):
-            outer_handler(signum, frame)
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, fire_in)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, outer_handler)
-        if outer_remaining:
-            left = outer_remaining - (time.monotonic() - started)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))

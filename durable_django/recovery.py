@@ -33,13 +33,13 @@ from django.utils import timezone
 from rq.job import Job as RQJob
 from rq.registry import ScheduledJobRegistry
 
-from . import dispatch, leases
+from . import dispatch, leases, results
+from .attempts import Attempt
 from .batches import drain_job
 from .blocks import _block, _record_branch, _retry_branch
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow
 from .engine import (
-    Attempt,
     _branch_job,
     _fail_fields,
     _join_job,
@@ -51,7 +51,6 @@ from .engine import (
 )
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from .results import ERROR, Outcome
 
 logger = logging.getLogger("durable_django.recovery")
 
@@ -78,17 +77,6 @@ class Report:
     def __str__(self) -> str:
         done = [f"{f.name.replace('_', ' ')}: {getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
         return ", ".join(done) or "nothing to recover"
-
-
-def _lost(streak: int | None = None) -> dict[str, Any]:
-    """The stored reason of an attempt whose worker went away (``streak``: found by an expired lease)."""
-    if streak is None:
-        return {"type": "worker_lost", "message": "the process executing this attempt went away"}
-    return {
-        "type": "worker_lost",
-        "message": "the worker executing this attempt went away: its lease expired",
-        "lost_in_a_row": streak,
-    }
 
 
 def lost_streak(run_id: Any, step_name: str, group_id: int | None = None) -> int:
@@ -259,7 +247,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     jobs = [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
     if isinstance(node, Step):
         streak = lost_streak(run.pk, node.name) + 1
-        reason = _lost(streak)
+        reason = results.worker_lost(streak)
         rows.append(
             StepResult(
                 run=run,
@@ -380,8 +368,8 @@ def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
     group, wf, block = _branch_place(row)
     step = block.branch(row.step) if block else None
     streak = lost_streak(row.run_id, row.step, row.group_id) + 1
-    reason = _lost(streak)
-    attempt = Attempt(Outcome(ERROR, reason=reason), row.started_at or now, now, retryable=False)
+    reason = results.worker_lost(streak)
+    attempt = Attempt.failure(reason, row.started_at or now)
     live = row.run.status == RunStatus.RUNNING and group.status == GroupStatus.RUNNING
     if wf is not None and step is not None and live and streak < durable_settings.MAX_WORKER_LOST:
         if _retry_branch(row, wf, step, attempt, delay=0.0) is not None:
@@ -483,7 +471,7 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
                         step=node.name,
                         attempt=run.current_attempt,
                         status=StepStatus.FAILED,
-                        error=_lost(),
+                        error=results.worker_lost(),
                         finished_at=now,
                     )
                 ]
@@ -499,7 +487,7 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
     block = _block(wf, group.name)
     for row in StepResult.objects.filter(group=group, status=StepStatus.RUNNING).select_related("run", "group"):
         step = block.branch(row.step) if block else None
-        attempt = Attempt(Outcome(ERROR, reason=_lost()), row.started_at or now, now, retryable=False)
+        attempt = Attempt.failure(results.worker_lost(), row.started_at or now)
         if step is not None:
             _retry_branch(row, wf, step, attempt, delay=0.0)
         elif row.group is not None:

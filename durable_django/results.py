@@ -1,4 +1,5 @@
-"""What a step returns: ``ok`` / ``error`` / ``goto`` and the normalisation of every accepted form.
+"""What a step returns: ``ok`` / ``error`` / ``goto``, the normalisation of every accepted form, and
+the reasons the engine stores when an attempt fails.
 
 The three constructors return plain tuples, so results read the same whether a step built them
 with a helper or by hand, and ``match`` statements work on them::
@@ -10,8 +11,11 @@ with a helper or by hand, and ``match`` statements work on them::
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
+
+from .context import Unserializable, roundtrip
 
 OK = "ok"
 ERROR = "error"
@@ -50,6 +54,9 @@ def _describe(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+# Marks an argument that was not given (``None`` is a value).
+_ABSENT: Any = object()
+
 EXPECTED = "ok(dict), error(reason), goto(step, dict), a dict, or one of the tuples ('ok', dict), ('error', reason), ('goto', step, dict)"
 
 
@@ -80,4 +87,103 @@ def normalize(value: Any) -> Outcome:
 
 
 def _invalid(message: str) -> Outcome:
-    return Outcome("invalid", reason={"type": "invalid_step_return", "message": message})
+    return Outcome("invalid", reason=invalid_step_return(message))
+
+
+# -- stored reasons ---------------------------------------------------------------------------
+#
+# Every reason the engine itself stores (as a failed attempt's ``error``, inside a run's error)
+# is built by one function here, so each ``type`` has one shape wherever it is written.
+
+
+def invalid_step_return(message: str) -> dict[str, Any]:
+    """A step (or ``into``) returned something that is not a result: a bug in it, never retried."""
+    return {"type": "invalid_step_return", "message": message}
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what the database cannot store (NUL, lone surrogates) written as escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def exception_reason(exc: BaseException, type_name: str | None = None) -> dict[str, Any]:
+    """How a raised exception is stored: its class name (or ``type_name``), message and traceback."""
+    return {
+        "type": type_name or type(exc).__name__,
+        "message": storable_text(str(exc)),
+        "traceback": storable_text("".join(traceback.format_exception(exc))),
+    }
+
+
+def step_timeout(step_name: str, detail: str) -> dict[str, Any]:
+    """An attempt ran past its step's ``timeout``."""
+    return {"type": "timeout", "message": f"step {step_name!r} {detail}"}
+
+
+def goto_error(source: str, target: str) -> dict[str, Any]:
+    """``source`` (a step or a block's ``into``) jumped to a name that is no top-level step or block."""
+    return {
+        "type": "goto_error",
+        "message": f"{source!r} jumped to {target!r}, which is not a top-level step or parallel block of this workflow",
+        "target": target,
+    }
+
+
+def goto_in_branch(step_name: str, target: str) -> dict[str, Any]:
+    """A branch of a parallel block returned ``goto``, which only a sequential step or ``into`` may."""
+    return {
+        "type": "goto_error",
+        "message": f"step {step_name!r} returned goto({target!r}) inside a parallel block; "
+        "a branch can only return ok or error (use the block's into= callback to jump).",
+    }
+
+
+def unserializable_output(message: str, *, value: Any = _ABSENT) -> dict[str, Any]:
+    """What a step or ``into`` returned cannot be stored as JSON (``value``: shown as its repr)."""
+    reason: dict[str, Any] = {"type": "unserializable_output", "message": message}
+    if value is not _ABSENT:
+        reason["repr"] = repr(value)[:2000]
+    return reason
+
+
+def stored_reason(reason: Any) -> Any:
+    """``reason`` as it will read back from the database, or why it cannot be stored."""
+    try:
+        return roundtrip(reason)
+    except Unserializable as exc:
+        return unserializable_output(f"the error reason cannot be stored as JSON: {exc}", value=reason)
+
+
+def workflow_not_found(workflow: str) -> dict[str, Any]:
+    """The run's workflow is no longer registered (a deploy removed or renamed it)."""
+    return {"type": "workflow_not_found", "message": f"No workflow named {workflow!r} is registered."}
+
+
+def unknown_step(message: str) -> dict[str, Any]:
+    """The run stands at (or a row names) a step or block its definition no longer has."""
+    return {"type": "unknown_step", "message": message}
+
+
+def worker_lost(streak: int | None = None) -> dict[str, Any]:
+    """The process executing an attempt went away; ``streak``: found by an expired lease, the n-th in a row."""
+    if streak is None:
+        return {"type": "worker_lost", "message": "the process executing this attempt went away"}
+    return {
+        "type": "worker_lost",
+        "message": "the worker executing this attempt went away: its lease expired",
+        "lost_in_a_row": streak,
+    }
+
+
+def child_incomplete(run_id: Any, workflow: str, status: str) -> dict[str, Any]:
+    """A child run the calling step waited for ended neither completed nor failed (it was cancelled)."""
+    return {
+        "type": "child_incomplete",
+        "message": f"child run {run_id} of workflow {workflow!r} ended {status}",
+        "run": str(run_id),
+    }
+
+
+def run_error(step_name: str, reason: Any, **where: Any) -> dict[str, Any]:
+    """A failed run's ``error``: the step (or block) that failed it, where exactly, and why."""
+    return {"step": step_name, **where, "reason": reason}

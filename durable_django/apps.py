@@ -14,7 +14,13 @@ class DurableConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core.signals import setting_changed
+
         from . import checks  # noqa: F401 - registers the system checks
+        from .dispatch import clear_queue_cache
+
+        # Tests that override RQ_QUEUES get queues on the new connections.
+        setting_changed.connect(clear_queue_cache, dispatch_uid="durable_django.dispatch.clear_queue_cache")
 
         # Like admin.py: every installed app's workflows.py registers its workflows.
         autodiscover_modules("workflows")

@@ -28,11 +28,10 @@ from django.utils import timezone
 
 from . import dispatch, leases, results
 from .attempts import Attempt, call_step, has_budget, lost_attempts
-from .blocks import _block, next_attempt
+from .blocks import next_attempt
 from .conf import durable_settings
 from .context import dumps, to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow
-from .engine import _branch_job, _join_job, queue_for
+from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -41,15 +40,6 @@ logger = logging.getLogger("durable_django")
 # A batch grows while executing it takes less than half of TARGET_SECONDS and shrinks above twice.
 TARGET_SECONDS = 0.05
 MAX_BATCH = 500
-
-
-def drain_job_id(group_id: int, queue: str, index: int) -> str:
-    return f"durable-drain-{group_id}-{queue}-{index}"
-
-
-def drain_job(group_id: int, run_id: Any, queue: str, index: int = 0) -> dispatch.Job:
-    job_id = drain_job_id(group_id, queue, index)
-    return dispatch.Job(dispatch.DRAIN, (group_id, queue, index), queue, run_id, job_id=job_id)
 
 
 def plan(group: ParallelGroup, wf: Workflow, block: Parallel) -> list[dispatch.Job]:
@@ -61,7 +51,7 @@ def plan(group: ParallelGroup, wf: Workflow, block: Parallel) -> list[dispatch.J
     jobs: list[dispatch.Job] = []
     for queue, members in by_queue.items():
         # One drain job per queue to begin with; it brings in more while there is work left for them.
-        jobs.append(drain_job(group.pk, group.run_id, queue))
+        jobs.append(dispatch.run_branches_job(group.pk, group.run_id, queue))
         rows.extend((member.name, jobs[-1].job_id) for member in members)
     _insert_pending(group, rows, leases.expiry())
     return jobs
@@ -174,7 +164,7 @@ def execute_drain(group_id: int, queue: str, index: int = 0) -> None:
         return
     run = group.run
     wf = find_workflow(run.workflow)
-    block = _block(wf, group.name) if wf else None
+    block = wf.block(group.name) if wf else None
     if wf is None or block is None:
         _fail_unknown(group, wf, queue)
         return
@@ -186,7 +176,7 @@ def execute_drain(group_id: int, queue: str, index: int = 0) -> None:
     size = 1
     batch = _claim(group, names, size)
     if batch and index + 1 < durable_settings.PARALLEL_JOBS and _unclaimed(group, names):
-        dispatch.submit(drain_job(group.pk, run.pk, queue, index + 1))
+        dispatch.submit(dispatch.run_branches_job(group.pk, run.pk, queue, index + 1))
     while batch:
         started = time.monotonic()
         outcomes: list[tuple[Claimed, Step, Attempt]] = []
@@ -248,7 +238,12 @@ def _record(
         failures += int(attempt.failed)
     if retries:
         StepResult.objects.bulk_create([nxt for nxt, _, _ in retries])
-        dispatch.submit(*(_branch_job(nxt, queue_for(wf, step), delay) for nxt, step, delay in retries))
+        dispatch.submit(
+            *(
+                dispatch.run_branch_job(nxt.pk, nxt.run_id, nxt.job_id, queue_for(wf, step), delay)
+                for nxt, step, delay in retries
+            )
+        )
     if finals:
         _count(group, block, finals, failures, queue_for(wf))
 
@@ -321,7 +316,7 @@ def _count(group: ParallelGroup, block: Parallel | None, finals: int, failures: 
     first_failure = failures > 0 and failed == failures
     decides = (first_failure or (pending == 0 and failed == 0)) if fail_fast else pending == 0
     if decides:
-        dispatch.submit(_join_job(group, join_queue))
+        dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, join_queue))
 
 
 def _fail_unknown(group: ParallelGroup, wf: Workflow | None, queue: str) -> None:

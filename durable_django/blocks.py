@@ -30,16 +30,13 @@ from .context import (
     step_scope,
     to_step_context,
 )
-from .definition import IntoFn, Parallel, Step, Workflow, find_workflow
+from .definition import IntoFn, Parallel, Step, Workflow, find_workflow, queue_for
 from .engine import (
-    _branch_job,
     _fail_fields,
-    _join_job,
     _load_workflow,
     _move_fields,
     _transition,
     advance,
-    queue_for,
 )
 from .leases import held_fields, released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
@@ -74,13 +71,6 @@ def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> bool:
     return True
 
 
-def _block(wf: Workflow, name: str) -> Parallel | None:
-    """The parallel block ``name`` of ``wf`` (``None`` if the definition no longer has it)."""
-    position = wf.position(name)
-    node = wf.steps[position] if position is not None else None
-    return node if isinstance(node, Parallel) else None
-
-
 def _cancel_branch(row_id: int) -> None:
     StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
         status=StepStatus.CANCELLED, finished_at=timezone.now(), **released_fields()
@@ -108,7 +98,7 @@ def execute_branch(row_id: int) -> None:
         _cancel_branch(row_id)
         return
     wf = find_workflow(run.workflow)
-    block = _block(wf, group.name) if wf else None
+    block = wf.block(group.name) if wf else None
     step = block.branch(row.step) if block else None
     if wf is None or step is None:
         reason = results.unknown_step(f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}")
@@ -159,7 +149,7 @@ def _retry_branch(
         if not updated:
             return None
         nxt.save(force_insert=True)
-        dispatch.submit(_branch_job(nxt, queue_for(wf, step), delay))
+        dispatch.submit(dispatch.run_branch_job(nxt.pk, nxt.run_id, nxt.job_id, queue_for(wf, step), delay))
     logger.info("branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, row.run_id, row.attempt, delay)
     return nxt
 
@@ -194,7 +184,7 @@ def _record_branch(
         # Under fail_fast (without into) the first failure decides at once; otherwise the last branch does.
         decides = ((failed and failures == 1) or (pending == 0 and failures == 0)) if fail_fast else pending == 0
         if decides:
-            dispatch.submit(_join_job(group, join_queue))
+            dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, join_queue))
     return True
 
 
@@ -228,7 +218,7 @@ def _join(group: ParallelGroup, queue: str) -> tuple[bool, Workflow | None]:
     if wf is None:
         return False, None
     position = wf.position(group.name)
-    block = _block(wf, group.name)
+    block = wf.block(group.name)
     if block is None or position is None:
         reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
         return _finish_group(run, group, GroupStatus.FAILED, None, reason, _fail_fields(group.name, reason)), None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .conf import durable_settings
 from .exceptions import WorkflowDefinitionError, WorkflowNotFound
 
 if TYPE_CHECKING:
@@ -142,6 +143,16 @@ class Workflow:
         """Index of the top-level step or parallel block called ``name``, or ``None``."""
         return self._index.get(name)
 
+    def node(self, name: str) -> Node | None:
+        """The top-level step or parallel block called ``name``, or ``None``."""
+        position = self._index.get(name)
+        return None if position is None else self.steps[position]
+
+    def block(self, name: str) -> Parallel | None:
+        """The parallel block called ``name``, or ``None`` (also when ``name`` is a sequential step)."""
+        node = self.node(name)
+        return node if isinstance(node, Parallel) else None
+
     def find_branch(self, name: str) -> tuple[Parallel, Step] | None:
         for node in self.steps:
             if isinstance(node, Parallel):
@@ -152,6 +163,8 @@ class Workflow:
 
     def start(self, input: dict[str, Any] | None = None, *, idempotency_key: str | None = None) -> WorkflowRun:
         """Save a new run of this workflow and dispatch it once the surrounding transaction commits."""
+        # The one deliberate lazy import of the package: definitions load before the app registry
+        # (workflows modules may be imported early), the engine needs the models.
         from .engine import get_or_start_run
 
         run, _ = get_or_start_run(self, input, idempotency_key=idempotency_key)
@@ -365,6 +378,18 @@ def unregister(name: str) -> None:
     """Remove a workflow from the registry (for tests and reloads)."""
     with _lock:
         _registry.pop(name, None)
+
+
+def queue_for(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
+    """The queue a step runs on: the step's own, else the workflow's, else ``DURABLE["QUEUE"]``.
+
+    A run whose workflow is no longer registered (``wf`` is None) still gets a job on the default
+    queue: it ends with a stored error there.
+    """
+    if wf is None:
+        return durable_settings.QUEUE
+    own = node.queue if isinstance(node, Step) else None
+    return own or wf.queue or durable_settings.QUEUE
 
 
 def resolve(workflow_or_name: Workflow | str) -> Workflow:

@@ -1,8 +1,10 @@
-"""The only module that talks to RQ.
+"""The only module that knows RQ and Redis: job kinds, sending after commit, what Redis holds.
 
 The engine describes work as :class:`Job` values; :func:`submit` sends them once the
 surrounding transaction commits, every immediate job of one commit in one Redis round trip.
-Jobs carry ids only, never pickled callables: the database holds everything else.
+Jobs carry ids only, never pickled callables: the database holds everything else. Recovery
+asks this module where a job is (:func:`job_state`, :class:`QueuedJobs`) and never reads RQ's
+structures itself.
 """
 
 from __future__ import annotations
@@ -16,22 +18,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.db import transaction
 from rq import Queue
+from rq.job import Job as RQJob
+from rq.registry import ScheduledJobRegistry
 
 from .conf import durable_settings
 
 logger = logging.getLogger("durable_django.dispatch")
-
-# Entry points the workers import; see durable_django.jobs.
-RUN = "durable_django.jobs.run_workflow"
-BRANCH = "durable_django.jobs.run_branch"
-JOIN = "durable_django.jobs.join_group"
-DRAIN = "durable_django.jobs.run_branches"
 
 
 def new_job_id() -> str:
@@ -50,18 +47,67 @@ class Job:
     job_id: str = field(default_factory=new_job_id)
 
 
+# -- job kinds ----------------------------------------------------------------------------------
+#
+# Each kind is named once, after its entry point in durable_django.jobs (which calls the decision
+# function of the same name), with its id and its constructor here. Ids are derived from rows
+# wherever recovery must tell whether a job is still in Redis.
+
+RUN_WORKFLOW = "durable_django.jobs.run_workflow"
+RUN_BRANCHES = "durable_django.jobs.run_branches"
+RUN_BRANCH = "durable_django.jobs.run_branch"
+JOIN_GROUP = "durable_django.jobs.join_group"
+
+# The ids of run_branches jobs ("drain jobs"), which pending branch rows name as their job.
+DRAIN_PREFIX = "durable-drain-"
+
+
+def run_job_id(run_id: Any, version: int) -> str:
+    """The id of the job that executes run ``run_id`` from ``version`` on."""
+    return f"durable-run-{run_id}-{version}"
+
+
+def run_workflow_job(run_id: Any, queue: str, version: int, delay: float = 0.0) -> Job:
+    """Execute the sequential steps of a run that waits at ``version``, on ``queue``."""
+    return Job(
+        RUN_WORKFLOW, (str(run_id), queue, version), queue, run_id, delay=delay, job_id=run_job_id(run_id, version)
+    )
+
+
+def drain_job_id(group_id: int, queue: str, index: int) -> str:
+    """The id of drain job ``index`` of a group on ``queue``."""
+    return f"{DRAIN_PREFIX}{group_id}-{queue}-{index}"
+
+
+def run_branches_job(group_id: int, run_id: Any, queue: str, index: int = 0) -> Job:
+    """Execute a group's pending first attempts on ``queue`` in batches (drain job ``index``)."""
+    return Job(RUN_BRANCHES, (group_id, queue, index), queue, run_id, job_id=drain_job_id(group_id, queue, index))
+
+
+def run_branch_job(row_id: int, run_id: Any, job_id: str, queue: str, delay: float = 0.0) -> Job:
+    """Execute the one attempt of a branch that row ``row_id`` is (a retry, or a branch sent again)."""
+    return Job(RUN_BRANCH, (row_id,), queue, run_id, delay=delay, job_id=job_id)
+
+
+def join_job_id(group_id: int) -> str:
+    return f"durable-join-{group_id}"
+
+
+def join_group_job(group_id: int, run_id: Any, queue: str) -> Job:
+    """Join a decided group and continue its run on ``queue``."""
+    return Job(JOIN_GROUP, (group_id, queue), queue, run_id, job_id=join_job_id(group_id))
+
+
 # -- connections --------------------------------------------------------------------------------
 
 _connection_override: Any = None
 _queues: dict[str, Queue] = {}
 
 
-def _clear_queue_cache(**kwargs: Any) -> None:
+def clear_queue_cache(**kwargs: Any) -> None:
+    """Forget cached queues when ``RQ_QUEUES`` changes (a ``setting_changed`` receiver; see apps.py)."""
     if kwargs.get("setting") in (None, "RQ_QUEUES", "RQ"):
         _queues.clear()
-
-
-setting_changed.connect(_clear_queue_cache, dispatch_uid="durable_django.dispatch.clear_queue_cache")
 
 
 def use_connection(connection: Any) -> None:
@@ -190,3 +236,100 @@ def send(jobs: Iterable[Job]) -> None:
 
 def _describe(job: Job) -> str:
     return f"durable {job.func.rsplit('.', 1)[-1]}({', '.join(map(str, job.args))})"
+
+
+# -- what Redis holds -----------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetime | None]:
+    """Where job ``job_id`` is: ``queued``, ``scheduled`` (with its time), ``overdue`` or ``missing``.
+
+    A job a worker took (``started``) more than a lease ago but whose row nobody claimed counts as
+    missing: a live worker claims its row the moment it starts.
+    """
+    queue = get_queue(queue_name)
+    status = queue.connection.hget(RQJob.key_for(job_id), "status")
+    if status is None:
+        return "missing", None
+    status = _text(status)
+    if status == "queued":
+        # In the queue, or in rq's hand-over list between a worker taking it and marking it started.
+        waiting = queue.get_job_position(job_id) is not None
+        handed_over = queue.connection.lpos(queue.intermediate_queue_key, job_id) is not None
+        return ("queued", None) if waiting or handed_over else ("missing", None)
+    if status == "started":
+        # A worker took it: it claims its row at once, unless it died right after taking it.
+        started = queue.connection.hget(RQJob.key_for(job_id), "started_at")
+        try:
+            when = datetime.fromisoformat(_text(started or "").replace("Z", "+00:00"))
+        except ValueError:
+            return "missing", None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        alive = when > now - timedelta(seconds=durable_settings.LEASE_SECONDS)
+        return ("queued" if alive else "missing"), None
+    if status == "scheduled":
+        due = ScheduledJobRegistry(queue=queue).get_scheduled_time(job_id)
+        grace = timedelta(seconds=durable_settings.RECOVER_INTERVAL * 2)
+        return ("overdue" if due + grace < now else "scheduled"), due
+    return "missing", None
+
+
+def release_scheduled(queue_name: str, job_id: str) -> None:
+    """Move an overdue scheduled job onto its queue (RQ's scheduler is not doing it)."""
+    queue = get_queue(queue_name)
+    job = queue.fetch_job(job_id)
+    if job is None:
+        return
+    ScheduledJobRegistry(queue=queue).remove(job)
+    queue.enqueue_job(job)
+
+
+class QueuedJobs:
+    """Which jobs wait in their queues, read from Redis a chunk at a time during one sweep.
+
+    Only a job whose hash says ``queued`` and whose id is in its queue's list counts: anything
+    else (started, scheduled, missing) is for :func:`job_state` to look at one by one.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[str, set[str]] = {}
+
+    def _ids(self, queue_name: str) -> set[str]:
+        # Read once per sweep: a job that leaves the list later is being executed (its run moves
+        # on); one that joins it later is looked at one by one, and found then.
+        if queue_name not in self._lists:
+            queue = get_queue(queue_name)
+            pipe = queue.connection.pipeline(transaction=False)
+            pipe.lrange(queue.key, 0, -1)
+            pipe.lrange(queue.intermediate_queue_key, 0, -1)
+            self._lists[queue_name] = {_text(job_id) for listed in pipe.execute() for job_id in listed}
+        return self._lists[queue_name]
+
+    def among(self, jobs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(queue, job id)`` pairs of ``jobs`` that wait in their queues."""
+        by_queue: dict[str, list[str]] = {}
+        for queue_name, job_id in jobs:
+            by_queue.setdefault(queue_name, []).append(job_id)
+        found = set()
+        for queue_name, job_ids in by_queue.items():  # queues may live on different Redis servers
+            pipe = get_queue(queue_name).connection.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(RQJob.key_for(job_id), "status")
+            for job_id, status in zip(job_ids, pipe.execute(), strict=True):
+                if status in (b"queued", "queued") and job_id in self._ids(queue_name):
+                    found.add((queue_name, job_id))
+        return found
+
+
+SWEEP_LOCK_KEY = "durable_django:recover"
+
+
+def take_sweep_turn(owner: str, interval: float) -> bool:
+    """Whether this process may sweep now: a key taken with ``SET NX PX`` lets one process per interval."""
+    connection = get_queue(durable_settings.QUEUE).connection
+    return bool(connection.set(SWEEP_LOCK_KEY, owner, nx=True, px=max(int(interval * 1000), 100)))

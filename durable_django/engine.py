@@ -23,53 +23,14 @@ from django.utils import timezone
 
 from . import dispatch, leases, results
 from .attempts import call_step, has_budget, lost_attempts
-from .conf import durable_settings
 from .context import Unserializable, merge, roundtrip, to_step_context
-from .definition import Parallel, Step, Workflow, get_workflow
+from .definition import Parallel, Step, Workflow, get_workflow, queue_for
 from .exceptions import InvalidInput, WorkflowNotFound
 from .leases import held_fields, released_fields
-from .models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .models import RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import GOTO
 
 logger = logging.getLogger("durable_django")
-
-
-def queue_for(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
-    """The queue a step runs on: the step's own, else the workflow's, else ``DURABLE["QUEUE"]``.
-
-    A run whose workflow is no longer registered (``wf`` is None) still gets a job on the default
-    queue: it ends with a stored error there.
-    """
-    if wf is None:
-        return durable_settings.QUEUE
-    own = node.queue if isinstance(node, Step) else None
-    return own or wf.queue or durable_settings.QUEUE
-
-
-def run_job_id(run_id: Any, version: int) -> str:
-    """The RQ job id of the job that executes run ``run_id`` from ``version`` on.
-
-    Derived from the row, so that recovery can tell whether that job is still in Redis.
-    """
-    return f"durable-run-{run_id}-{version}"
-
-
-def join_job_id(group_id: int) -> str:
-    return f"durable-join-{group_id}"
-
-
-def _run_job(run_id: Any, queue: str, version: int, delay: float = 0.0) -> dispatch.Job:
-    return dispatch.Job(
-        dispatch.RUN, (str(run_id), queue, version), queue, run_id, delay=delay, job_id=run_job_id(run_id, version)
-    )
-
-
-def _branch_job(row: StepResult, queue: str, delay: float = 0.0) -> dispatch.Job:
-    return dispatch.Job(dispatch.BRANCH, (row.pk,), queue, row.run_id, delay=delay, job_id=row.job_id)
-
-
-def _join_job(group: ParallelGroup, queue: str) -> dispatch.Job:
-    return dispatch.Job(dispatch.JOIN, (group.pk, queue), queue, group.run_id, job_id=join_job_id(group.pk))
 
 
 # -- starting -----------------------------------------------------------------------------------
@@ -128,7 +89,7 @@ def get_or_start_run(
             return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref), False
         raise
     logger.info("started run %s of workflow %r", run.pk, wf.name)
-    dispatch.submit(_run_job(run.pk, queue_for(wf, first), run.version))
+    dispatch.submit(dispatch.run_workflow_job(run.pk, queue_for(wf, first), run.version))
     return run, True
 
 
@@ -300,7 +261,9 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
         wanted = queue_for(wf, node)
         if wanted != queue:
             # Hand the run over to that queue's workers: release the lease with the job.
-            _transition(run, released_fields(leases.expiry()), jobs=[_run_job(run.pk, wanted, run.version + 1)])
+            _transition(
+                run, released_fields(leases.expiry()), jobs=[dispatch.run_workflow_job(run.pk, wanted, run.version + 1)]
+            )
             return
         if not _run_sequential_step(run, wf, node, position, queue):
             return
@@ -334,7 +297,7 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, position: i
     row.status, row.error = StepStatus.FAILED, attempt.reason
     if attempt.retryable and has_budget(step, attempt_no, lambda: lost_attempts(run.pk, step.name)):
         delay = step.retry.delay(attempt_no)
-        job = _run_job(run.pk, queue, run.version + 1, delay)
+        job = dispatch.run_workflow_job(run.pk, queue, run.version + 1, delay)
         logger.info("step %r of run %s failed (attempt %d); retrying in %.2fs", step.name, run.pk, attempt_no, delay)
         deadline = leases.expiry(timezone.now() + timedelta(seconds=math.ceil(delay)))
         _transition(run, {"current_attempt": attempt_no + 1, **released_fields(deadline)}, [row], [job])

@@ -8,7 +8,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, engine
+from . import blocks, dispatch, engine
 
 P = ParamSpec("P")
 
@@ -62,8 +62,8 @@ def join_group(group_id: int, queue: str) -> None:
 
 
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {
-    "durable_django.jobs.run_workflow": run_workflow,
-    "durable_django.jobs.run_branch": run_branch,
-    "durable_django.jobs.run_branches": run_branches,
-    "durable_django.jobs.join_group": join_group,
+    dispatch.RUN_WORKFLOW: run_workflow,
+    dispatch.RUN_BRANCH: run_branch,
+    dispatch.RUN_BRANCHES: run_branches,
+    dispatch.JOIN_GROUP: join_group,
 }

@@ -16,9 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import dispatch, leases
-from .blocks import _block
-from .definition import Workflow, find_workflow
-from .engine import _branch_job, _join_job, _run_job, queue_for
+from .definition import Workflow, find_workflow, queue_for
 from .exceptions import RunStateError
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
@@ -86,9 +84,8 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
     if group is None:
         _reopen_children(run, run.current_step)
-        position = wf.position(run.current_step) if wf is not None else None
-        node = wf.steps[position] if wf is not None and position is not None else None
-        return [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
+        node = wf.node(run.current_step) if wf is not None else None
+        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version + 1)]
     return _reopen_group(run, wf, group)
 
 
@@ -97,7 +94,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
     latest: dict[str, StepResult] = {}
     for branch in StepResult.objects.filter(group=group).order_by("id"):
         latest[branch.step] = branch
-    block = _block(wf, group.name) if wf else None
+    block = wf.block(group.name) if wf else None
     names = [member.name for member in block.steps] if block else list(latest)
     fresh: list[StepResult] = []
     running = 0
@@ -132,10 +129,15 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
         failed_count=0,
         **released_fields(),
     )
-    jobs = [_branch_job(row, queue_for(wf, block.branch(row.step) if block else None)) for row in fresh]
+    jobs = [
+        dispatch.run_branch_job(
+            row.pk, row.run_id, row.job_id, queue_for(wf, block.branch(row.step) if block else None)
+        )
+        for row in fresh
+    ]
     if pending == 0:
         # Every branch had completed: the failure was in into or the join, which runs again.
-        jobs.append(_join_job(group, queue_for(wf)))
+        jobs.append(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
     return jobs
 
 

@@ -24,37 +24,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import close_old_connections, connections, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
-from rq.job import Job as RQJob
-from rq.registry import ScheduledJobRegistry
 
 from . import dispatch, leases, results
 from .attempts import Attempt
-from .batches import drain_job
-from .blocks import _block, _record_branch, _retry_branch
+from .blocks import _record_branch, _retry_branch
 from .conf import durable_settings
-from .definition import Parallel, Step, Workflow, find_workflow
-from .engine import (
-    _branch_job,
-    _fail_fields,
-    _join_job,
-    _run_job,
-    _transition,
-    join_job_id,
-    queue_for,
-    run_job_id,
-)
+from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .engine import _fail_fields, _transition
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django.recovery")
-
-DRAIN_PREFIX = "durable-drain-"
 
 
 @dataclass
@@ -96,59 +82,6 @@ def lost_streak(run_id: Any, step_name: str, group_id: int | None = None) -> int
     return streak
 
 
-def _node(wf: Workflow | None, name: str) -> Step | Parallel | None:
-    position = wf.position(name) if wf is not None else None
-    return wf.steps[position] if wf is not None and position is not None else None
-
-
-# -- what Redis holds -----------------------------------------------------------------------------
-
-
-def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetime | None]:
-    """Where job ``job_id`` is: ``queued``, ``scheduled`` (with its time), ``overdue`` or ``missing``.
-
-    A job a worker took (``started``) more than a lease ago but whose row nobody claimed counts as
-    missing: a live worker claims its row the moment it starts.
-    """
-    queue = dispatch.get_queue(queue_name)
-    status = queue.connection.hget(RQJob.key_for(job_id), "status")
-    if status is None:
-        return "missing", None
-    status = status.decode() if isinstance(status, bytes) else str(status)
-    if status == "queued":
-        # In the queue, or in rq's hand-over list between a worker taking it and marking it started.
-        waiting = queue.get_job_position(job_id) is not None
-        handed_over = queue.connection.lpos(queue.intermediate_queue_key, job_id) is not None
-        return ("queued", None) if waiting or handed_over else ("missing", None)
-    if status == "started":
-        # A worker took it: it claims its row at once, unless it died right after taking it.
-        started = queue.connection.hget(RQJob.key_for(job_id), "started_at")
-        try:
-            text = started.decode() if isinstance(started, bytes) else str(started or "")
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return "missing", None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        alive = when > now - timedelta(seconds=durable_settings.LEASE_SECONDS)
-        return ("queued" if alive else "missing"), None
-    if status == "scheduled":
-        due = ScheduledJobRegistry(queue=queue).get_scheduled_time(job_id)
-        grace = timedelta(seconds=durable_settings.RECOVER_INTERVAL * 2)
-        return ("overdue" if due + grace < now else "scheduled"), due
-    return "missing", None
-
-
-def _release_scheduled(queue_name: str, job_id: str) -> None:
-    """Move an overdue scheduled job onto its queue (RQ's scheduler is not doing it)."""
-    queue = dispatch.get_queue(queue_name)
-    job = queue.fetch_job(job_id)
-    if job is None:
-        return
-    ScheduledJobRegistry(queue=queue).remove(job)
-    queue.enqueue_job(job)
-
-
 def _waiting_job(
     queue_name: str, job_id: str, job: dispatch.Job, now: datetime, postpone: Callable[[datetime], bool]
 ) -> str:
@@ -158,7 +91,7 @@ def _waiting_job(
     only while the row still waits as it did when the sweep read it: nothing is sent for a row
     that moved on meanwhile (its job ran), and of two sweepers only one sends.
     """
-    state, due = job_state(queue_name, job_id, now)
+    state, due = dispatch.job_state(queue_name, job_id, now)
     if state == "queued":
         postpone(leases.expiry(now))
         return "waiting"
@@ -168,7 +101,7 @@ def _waiting_job(
     if not postpone(leases.expiry(now)):
         return "moved on"
     if state == "overdue":
-        _release_scheduled(queue_name, job_id)
+        dispatch.release_scheduled(queue_name, job_id)
         return "released"
     dispatch.send([job])
     return "sent"
@@ -189,7 +122,7 @@ def recover(now: datetime | None = None) -> Report:
     waiting = WorkflowRun.objects.filter(
         top, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="", lease_expires_at__lt=now
     ).order_by("lease_expires_at")
-    queued = _QueuedJobs()
+    queued = dispatch.QueuedJobs()
     for chunk in _chunks(waiting.iterator(chunk_size=SWEEP_CHUNK), SWEEP_CHUNK):
         # A backlog: every run whose job still waits in its queue is put off in one statement.
         jobs = {run.pk: _run_place(run) for run in chunk}
@@ -210,7 +143,7 @@ def recover(now: datetime | None = None) -> Report:
         _take_over_branch(row, now, report)
     drains_seen: set[str] = set()
     for row in branches.filter(status=StepStatus.PENDING):
-        if row.job_id.startswith(DRAIN_PREFIX):
+        if row.job_id.startswith(dispatch.DRAIN_PREFIX):
             # Many rows share one drain job: look at (and send) each such job once.
             if row.job_id not in drains_seen:
                 drains_seen.add(row.job_id)
@@ -226,7 +159,9 @@ def recover(now: datetime | None = None) -> Report:
         taken_over.append(group.pk)
         if ParallelGroup.objects.filter(pk=group.pk, lease_owner=group.lease_owner).update(**released_fields()):
             logger.warning("join of group %s (run %s) lost its worker; sending it again", group.pk, group.run_id)
-            dispatch.send([_join_job(group, queue_for(find_workflow(group.run.workflow)))])
+            dispatch.send(
+                [dispatch.join_group_job(group.pk, group.run_id, queue_for(find_workflow(group.run.workflow)))]
+            )
             report.joins_taken_over += 1
     settled = now - timedelta(seconds=durable_settings.LEASE_SECONDS)
     undecided = (
@@ -241,10 +176,10 @@ def recover(now: datetime | None = None) -> Report:
 
 def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     wf = find_workflow(run.workflow)
-    node = _node(wf, run.current_step)
+    node = wf.node(run.current_step) if wf else None
     rows: list[StepResult] = []
     fields_: dict[str, Any] = released_fields(leases.expiry(now))
-    jobs = [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
+    jobs = [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version + 1)]
     if isinstance(node, Step):
         streak = lost_streak(run.pk, node.name) + 1
         reason = results.worker_lost(streak)
@@ -292,48 +227,7 @@ def _chunks(rows: Iterator[WorkflowRun], size: int) -> Iterator[list[WorkflowRun
 def _run_place(run: WorkflowRun) -> tuple[str, str]:
     """The queue and the id of the job that run ``run`` waits for."""
     wf = find_workflow(run.workflow)
-    return queue_for(wf, _node(wf, run.current_step)), run_job_id(run.pk, run.version)
-
-
-class _QueuedJobs:
-    """Which jobs wait in their queues, read from Redis a chunk at a time during one sweep.
-
-    Only a job whose hash says ``queued`` and whose id is in its queue's list counts: anything
-    else (started, scheduled, missing) is looked at one by one by :func:`_waiting_job`.
-    """
-
-    def __init__(self) -> None:
-        self._lists: dict[str, set[str]] = {}
-
-    def _ids(self, queue_name: str) -> set[str]:
-        # Read once per sweep: a job that leaves the list later is being executed (its run moves
-        # on); one that joins it later is looked at one by one, and found then.
-        if queue_name not in self._lists:
-            queue = dispatch.get_queue(queue_name)
-            pipe = queue.connection.pipeline(transaction=False)
-            pipe.lrange(queue.key, 0, -1)
-            pipe.lrange(queue.intermediate_queue_key, 0, -1)
-            self._lists[queue_name] = {
-                job_id.decode() if isinstance(job_id, bytes) else str(job_id)
-                for listed in pipe.execute()
-                for job_id in listed
-            }
-        return self._lists[queue_name]
-
-    def among(self, jobs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """The ``(queue, job id)`` pairs of ``jobs`` that wait in their queues."""
-        by_queue: dict[str, list[str]] = {}
-        for queue_name, job_id in jobs:
-            by_queue.setdefault(queue_name, []).append(job_id)
-        found = set()
-        for queue_name, job_ids in by_queue.items():  # queues may live on different Redis servers
-            pipe = dispatch.get_queue(queue_name).connection.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hget(RQJob.key_for(job_id), "status")
-            for job_id, status in zip(job_ids, pipe.execute(), strict=True):
-                if status in (b"queued", "queued") and job_id in self._ids(queue_name):
-                    found.add((queue_name, job_id))
-        return found
+    return queue_for(wf, (wf.node(run.current_step) if wf else None)), dispatch.run_job_id(run.pk, run.version)
 
 
 def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
@@ -344,7 +238,7 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     done = _waiting_job(
         queue,
         job_id,
-        _run_job(run.pk, queue, run.version),
+        dispatch.run_workflow_job(run.pk, queue, run.version),
         now,
         lambda until: bool(waiting.update(lease_expires_at=until)),
     )
@@ -361,7 +255,7 @@ def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Para
     group = row.group
     assert group is not None
     wf = find_workflow(row.run.workflow)
-    return group, wf, _block(wf, group.name) if wf else None
+    return group, wf, wf.block(group.name) if wf else None
 
 
 def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
@@ -386,7 +280,11 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
     queue = queue_for(wf, block.branch(row.step) if block else None)
     waiting = StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING, lease_expires_at=row.lease_expires_at)
     done = _waiting_job(
-        queue, row.job_id, _branch_job(row, queue), now, lambda until: bool(waiting.update(lease_expires_at=until))
+        queue,
+        row.job_id,
+        dispatch.run_branch_job(row.pk, row.run_id, row.job_id, queue),
+        now,
+        lambda until: bool(waiting.update(lease_expires_at=until)),
     )
     if done == "sent":
         logger.warning("branch %r of run %s: job %s is not in Redis; sent it again", row.step, row.run_id, row.job_id)
@@ -398,7 +296,7 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
 def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
     group, wf, block = _branch_place(row)
     queue = queue_for(wf, block.branch(row.step) if block else None)
-    job = drain_job(group.pk, row.run_id, queue)
+    job = dispatch.run_branches_job(group.pk, row.run_id, queue)
     waiting = StepResult.objects.filter(group=group, job_id=row.job_id, status=StepStatus.PENDING)
     busy = StepResult.objects.filter(
         Q(lease_expires_at__gte=now) | Q(started_at__gte=now - timedelta(seconds=durable_settings.LEASE_SECONDS)),
@@ -426,7 +324,7 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
 def _decided(group: ParallelGroup, wf: Workflow | None) -> bool:
     if group.pending_count == 0:
         return True
-    block = _block(wf, group.name) if wf else None
+    block = wf.block(group.name) if wf else None
     return block is not None and block.on_error == "fail_fast" and block.into is None and group.failed_count > 0
 
 
@@ -435,14 +333,14 @@ def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> Non
     if not _decided(group, wf):
         return
     queue = queue_for(wf)
-    state, _ = job_state(queue, join_job_id(group.pk), now)
+    state, _ = dispatch.job_state(queue, dispatch.join_job_id(group.pk), now)
     if state in ("queued", "scheduled"):
         return
     # Joined meanwhile (its job ran while this sweep looked)? Then there is nothing to send.
     if not ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING, lease_owner="").exists():
         return
     logger.warning("group %s of run %s is decided but its join never ran; sending it", group.pk, group.run_id)
-    dispatch.send([_join_job(group, queue)])
+    dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
     report.joins_sent_again += 1
 
 
@@ -463,7 +361,7 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
         group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
         if group is None:
             fields_: dict[str, Any] = released_fields(leases.expiry(now))
-            node = _node(wf, run.current_step)
+            node = wf.node(run.current_step) if wf else None
             if run.lease_owner and isinstance(node, Step):
                 rows = [
                     StepResult(
@@ -482,9 +380,9 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
                 fields_["status"] = RunStatus.RUNNING
             WorkflowRun.objects.filter(pk=run.pk).update(version=run.version + 1, **fields_)
             StepResult.objects.bulk_create(rows)
-            return [_run_job(run.pk, queue_for(wf, node), run.version + 1)]
+            return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version + 1)]
         ParallelGroup.objects.filter(pk=group.pk).update(**released_fields())
-    block = _block(wf, group.name)
+    block = wf.block(group.name)
     for row in StepResult.objects.filter(group=group, status=StepStatus.RUNNING).select_related("run", "group"):
         step = block.branch(row.step) if block else None
         attempt = Attempt.failure(results.worker_lost(), row.started_at or now)
@@ -493,12 +391,14 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
         elif row.group is not None:
             _record_branch(row, row.group, block, attempt, queue_for(wf))
     jobs.extend(
-        _branch_job(row, queue_for(wf, block.branch(row.step) if block else None))
+        dispatch.run_branch_job(
+            row.pk, row.run_id, row.job_id, queue_for(wf, block.branch(row.step) if block else None)
+        )
         for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
     )
     group.refresh_from_db(fields=["pending_count", "failed_count"])
     if _decided(group, wf):
-        jobs.append(_join_job(group, queue_for(wf)))
+        jobs.append(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
     return jobs
 
 
@@ -509,11 +409,10 @@ class Sweeper:
     """Runs :func:`recover` every ``DURABLE["RECOVER_INTERVAL"]`` seconds in a daemon thread.
 
     Every rqworker process starts one (see :mod:`durable_django.apps`); a Redis key taken with
-    ``SET NX PX`` lets only one of them sweep per interval, so the work does not grow with the
-    number of workers, and a dead worker's sweeps are simply done by the others.
+    ``SET NX PX`` (:func:`durable_django.dispatch.take_sweep_turn`) lets only one of them sweep per
+    interval, so the work does not grow with the number of workers, and a dead worker's sweeps are
+    simply done by the others.
     """
-
-    LOCK_KEY = "durable_django:recover"
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -538,10 +437,8 @@ class Sweeper:
 
     def sweep_once(self) -> Report | None:
         """Sweep if no other process swept during this interval; ``None`` when it did not sweep."""
-        interval_ms = max(int(durable_settings.RECOVER_INTERVAL * 1000), 100)
         try:
-            conn = dispatch.get_queue(durable_settings.QUEUE).connection
-            if not conn.set(self.LOCK_KEY, leases.owner(), nx=True, px=interval_ms):
+            if not dispatch.take_sweep_turn(leases.owner(), durable_settings.RECOVER_INTERVAL):
                 return None
             close_old_connections()
             return recover()

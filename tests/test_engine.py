@@ -71,7 +71,7 @@ def test_duplicate_run_job_does_not_fan_out_a_block_twice(embedded: EmbeddedQueu
     )
     run = wf.start()
     # The same run job delivered twice (RQ delivers at least once): the copy runs first, in this process.
-    run_workflow(str(run.pk), "default")
+    run_workflow(str(run.pk), "default", 0)
     assert ParallelGroup.objects.filter(run=run).count() == 1
     run = finish(embedded, run)
     assert run.status == "completed"
@@ -100,7 +100,7 @@ def test_jobs_delivered_again_after_the_run_finished_change_nothing(embedded: Em
     branch = StepResult.objects.get(run=run, step="b")
     before = (run.status, run.context, run.version, group.status, group.results)
 
-    run_workflow(str(run.pk), "default")
+    run_workflow(str(run.pk), "default", 0)
     run_branch(branch.pk)
     join_group(group.pk, "default")
 
@@ -115,7 +115,7 @@ def test_jobs_delivered_again_after_the_run_finished_change_nothing(embedded: Em
 
 @runs
 def test_run_job_for_a_missing_run_is_dropped(embedded: EmbeddedQueue) -> None:
-    run_workflow("00000000-0000-0000-0000-000000000000", "default")
+    run_workflow("00000000-0000-0000-0000-000000000000", "default", 0)
     assert WorkflowRun.objects.count() == 0
 
 

@@ -18,7 +18,8 @@ from django.utils import timezone
 from durable_django import error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process
 from durable_django.blocks import execute_branch, execute_join
-from durable_django.engine import execute_run, run_job_id
+from durable_django.dispatch import run_job_id
+from durable_django.engine import execute_run
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.recovery import Report, recover
 from durable_django.testing import EmbeddedQueue

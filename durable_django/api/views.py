@@ -17,8 +17,8 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from .. import operations
-from ..definition import Workflow, find_workflow, get_workflow, registered_workflows
-from ..engine import get_or_start_run, queue_for
+from ..definition import Workflow, find_workflow, get_workflow, queue_for, registered_workflows
+from ..engine import get_or_start_run
 from ..exceptions import InvalidInput, RunStateError, WorkflowNotFound
 from ..models import ParallelGroup, StepResult, WorkflowRun
 from .base import DurableAPIMixin, document

@@ -6,6 +6,7 @@ while the join executes finds the group's lease taken and does nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 
@@ -28,9 +29,9 @@ def branch_statuses(run: WorkflowRun) -> Counter[str]:
     return Counter(StepResult.objects.filter(run=run, group__isnull=False).values_list("status", flat=True))
 
 
-def copy_of(func: str, args: tuple[object, ...], run: WorkflowRun) -> dispatch.Job:
-    """A new delivery of the job ``func(*args)`` (what RQ would send again)."""
-    return dispatch.Job(func, args, "default", run.pk)
+def again(job: dispatch.Job) -> dispatch.Job:
+    """Another delivery of ``job``, the job production sends, under a new id (as RQ may deliver it twice)."""
+    return dataclasses.replace(job, job_id=dispatch.new_job_id())
 
 
 def assert_everything_happened_once(run: WorkflowRun, token: str) -> None:
@@ -69,12 +70,12 @@ def test_duplicate_branch_and_join_jobs_record_one_result_and_join_once(workers,
 
     for row in rows:
         # One copy jumps the queue, so that a copy claims the pending branch before its original.
-        pool.queue.enqueue_call(dispatch.BRANCH, args=(row.pk,), at_front=True, result_ttl=0)
-        dispatch.send([copy_of(dispatch.BRANCH, (row.pk,), run)])
+        pool.queue.enqueue_call(dispatch.RUN_BRANCH, args=(row.pk,), at_front=True, result_ttl=0)
+        dispatch.send([again(dispatch.run_branch_job(row.pk, run.pk, row.job_id, "default"))])
     redis_db.set(key(token, "gate"), 1)
     wait_for(lambda: branch_statuses(run) == {"completed": 3}, 30, what="every branch to complete")
     # These race the join job the last branch sent.
-    dispatch.send([copy_of(dispatch.JOIN, (group_id, "default"), run) for _ in range(2)])
+    dispatch.send([again(dispatch.join_group_job(group_id, run.pk, "default")) for _ in range(2)])
     wait_for(lambda: WorkflowRun.objects.filter(pk=run.pk).finished().exists(), 30, what="the run to finish")
     pool.wait_until_quiet()
 
@@ -85,9 +86,9 @@ def test_duplicate_branch_and_join_jobs_record_one_result_and_join_once(workers,
     version = run.version
     dispatch.send(
         [
-            *(copy_of(dispatch.BRANCH, (row.pk,), run) for row in rows),
-            copy_of(dispatch.JOIN, (group_id, "default"), run),
-            copy_of(dispatch.RUN, (str(run.pk), "default"), run),
+            *(again(dispatch.run_branch_job(row.pk, run.pk, row.job_id, "default")) for row in rows),
+            again(dispatch.join_group_job(group_id, run.pk, "default")),
+            again(dispatch.run_workflow_job(run.pk, "default", 0)),
         ]
     )
     pool.wait_until_quiet()
@@ -107,7 +108,7 @@ def test_duplicate_run_job_while_block_is_open_does_not_fan_out_again(workers, r
     # Three workers hold the three branches at the gate; the fourth is idle.
     wait_for(lambda: branch_statuses(run) == {"running": 3}, 30, what="every branch to start")
 
-    copy = copy_of(dispatch.RUN, (str(run.pk), "default"), run)
+    copy = again(dispatch.run_workflow_job(run.pk, "default", 0))
     dispatch.send([copy])
     wait_until_executed(pool, redis_db, copy.job_id)
     redis_db.set(key(token, "gate"), 1)
@@ -132,8 +133,11 @@ def test_join_and_branch_copies_delivered_while_the_join_executes_change_nothing
     assert (group.status, group.pending_count, joined_by != "") == ("running", 0, True)
 
     copies = [
-        *(copy_of(dispatch.JOIN, (group.pk, "default"), run) for _ in range(2)),
-        *(copy_of(dispatch.BRANCH, (row.pk,), run) for row in StepResult.objects.filter(group=group)),
+        *(again(dispatch.join_group_job(group.pk, run.pk, "default")) for _ in range(2)),
+        *(
+            again(dispatch.run_branch_job(row.pk, run.pk, row.job_id, "default"))
+            for row in StepResult.objects.filter(group=group)
+        ),
     ]
     dispatch.send(copies)
     for copy in copies:

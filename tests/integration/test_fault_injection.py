@@ -33,8 +33,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 import durable_django
 from durable_django import recovery, start_workflow
-from durable_django.batches import drain_job_id
-from durable_django.engine import join_job_id, run_job_id
+from durable_django.dispatch import drain_job_id, join_job_id, run_job_id
 from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
 from durable_django.recovery import Report, recover
 from tests.testapp.faults import crash_key

@@ -16,7 +16,12 @@ import django_rq
 
 from durable_django import dispatch
 
-KINDS = {"run": dispatch.RUN, "drain": dispatch.DRAIN, "branch": dispatch.BRANCH, "join": dispatch.JOIN}
+KINDS = {
+    "run": dispatch.RUN_WORKFLOW,
+    "drain": dispatch.RUN_BRANCHES,
+    "branch": dispatch.RUN_BRANCH,
+    "join": dispatch.JOIN_GROUP,
+}
 
 
 def crash_key(run_id: object) -> str:

@@ -1,4 +1,5 @@
-"""Child workflows: ``call_workflow`` runs a workflow inline, inside the calling step.
+"""Child workflows: ``call_workflow`` runs a workflow inline, inside the calling step, and resumes
+an unfinished one.
 
 The child is a run of its own, linked to its parent, so it can be inspected like any other. Its
 jobs (branches, joins, retries) execute in the calling process, one after another; the step
@@ -14,10 +15,11 @@ import time
 import uuid
 from typing import Any
 
-from . import dispatch, engine, jobs, recovery, results
+from . import blocks, dispatch, engine, jobs, results, store
+from .attempts import Attempt
 from .context import current_scope, to_step_context
-from .definition import Workflow, resolve
-from .models import RunStatus, WorkflowRun
+from .definition import Step, Workflow, queue_for, resolve
+from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
 
@@ -54,10 +56,46 @@ def call_workflow(
     if not child.is_finished:
         logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
         with dispatch.inline(child.pk) as sink:
-            sink.jobs.extend(recovery.resume_jobs(child, wf))
+            sink.jobs.extend(resume_jobs(child, wf))
             _drain(sink)
         child.refresh_from_db()
     return _outcome(child)
+
+
+def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
+    """Set an unfinished child moving again from what the database holds, taking over its work.
+
+    Its earlier executor (the calling step) is gone, so whatever it left executing (a step,
+    branches, a join) is taken over at once, without waiting for leases to run out. The jobs it
+    needs are collected by the inline sink of the calling step, or returned.
+    """
+    run.refresh_from_db()
+    group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
+    if group is None:
+        node = wf.node(run.current_step)
+        lost = node.name if run.lease_owner and isinstance(node, Step) else None
+        store.take_over_child(run, lost, queue_for(wf, node))
+        return []
+    if group.lease_owner:
+        store.release_join(group.pk, owner=group.lease_owner)
+    block = wf.block(group.name)
+    for row in StepResult.objects.filter(group=group, status=StepStatus.RUNNING).select_related("run"):
+        step = block.branch(row.step) if block else None
+        attempt = Attempt.failure(results.worker_lost(), row.started_at)
+        if step is not None:
+            blocks.retry_lost_branch(row, wf, step, attempt)
+        else:
+            blocks.finish_branch(row, group, wf, block, attempt)
+    jobs = [
+        dispatch.run_branch_job(
+            row.pk, row.run_id, row.job_id, queue_for(wf, block.branch(row.step) if block else None)
+        )
+        for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
+    ]
+    group.refresh_from_db(fields=["pending_count", "failed_count"])
+    if blocks.decided(block, group.pending_count, group.failed_count):
+        jobs.append(dispatch.join_group_job(group.pk, run.pk, queue_for(wf)))
+    return jobs
 
 
 def _drain(sink: dispatch.InlineSink) -> None:

@@ -1,4 +1,8 @@
-"""Entry points that RQ workers import. Each takes ids only and hands over to the engine."""
+"""Entry points that RQ workers import: each takes ids only and composes the decision modules.
+
+Each is named in :mod:`durable_django.dispatch` (its job kind, id and constructor) and calls the
+decision function of the same name.
+"""
 
 from __future__ import annotations
 
@@ -36,29 +40,30 @@ def _fresh_connections_after_db_errors(fn: Callable[P, None]) -> Callable[P, Non
 
 
 @_fresh_connections_after_db_errors
-def run_workflow(run_id: str, queue: str, version: int | None = None) -> None:
+def run_workflow(run_id: str, queue: str, version: int) -> None:
     """Execute run ``run_id``'s sequential steps that belong on ``queue``, if it waits for ``version``."""
-    engine.execute_run(run_id, queue, version)
+    engine.run_workflow(run_id, queue, version)
 
 
 @_fresh_connections_after_db_errors
 def run_branch(step_result_id: int) -> None:
     """Execute one attempt of one parallel branch."""
-    blocks.execute_branch(step_result_id)
+    blocks.run_branch(step_result_id)
 
 
 @_fresh_connections_after_db_errors
 def run_branches(group_id: int, queue: str, index: int = 0) -> None:
     """Execute the pending first attempts of a parallel group's branches on ``queue``, in batches."""
-    from . import batches
-
-    batches.execute_drain(group_id, queue, index)
+    blocks.run_branches(group_id, queue, index)
 
 
 @_fresh_connections_after_db_errors
 def join_group(group_id: int, queue: str) -> None:
-    """Join a parallel group and continue its run."""
-    blocks.execute_join(group_id, queue)
+    """Join a parallel group, then continue its run with the steps after the block."""
+    moved = blocks.join_group(group_id)
+    if moved is not None:
+        run, wf = moved
+        engine.advance(run, wf, queue)
 
 
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {

@@ -5,16 +5,17 @@ holds it on the branch's row: ``lease_owner`` names the process, ``lease_expires
 when it counts. While a step runs, a heartbeat thread of the process renews every lease it holds
 each third of ``DURABLE["LEASE_SECONDS"]``, so a short step never costs an extra write. A lease
 that runs out means its worker is gone; :mod:`durable_django.recovery` takes the work over.
+The renewal's statement is :func:`durable_django.store.renew_leases`, like every other write.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,8 +25,6 @@ from django.db.models import Model
 from django.utils import timezone
 
 from .conf import durable_settings
-
-logger = logging.getLogger("durable_django.leases")
 
 _identity: tuple[int, str] | None = None
 
@@ -44,6 +43,11 @@ def expiry(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) + timedelta(seconds=durable_settings.LEASE_SECONDS)
 
 
+def retry_deadline(delay: float) -> datetime:
+    """By when a worker must have picked up a job sent now with ``delay`` seconds (RQ keeps whole seconds)."""
+    return expiry(timezone.now() + timedelta(seconds=math.ceil(delay)))
+
+
 def held_fields(now: datetime | None = None) -> dict[str, Any]:
     """Fields of a row whose work this process executes from ``now`` on."""
     return {"lease_owner": owner(), "lease_expires_at": expiry(now)}
@@ -57,10 +61,15 @@ def released_fields(deadline: datetime | None = None) -> dict[str, Any]:
 # -- heartbeat --------------------------------------------------------------------------------------
 
 
+# Renews the leases of ``{model: [pk, ...]}`` held by this process (see store.renew_leases).
+Renew = Callable[[dict[type[Model], list[Any]]], None]
+
+
 class Heartbeat:
     """Renews the leases this process holds while their steps run, from a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, renew: Renew) -> None:
+        self._renew = renew
         self._held: dict[tuple[type[Model], Any], int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -105,33 +114,11 @@ class Heartbeat:
                 with self._lock:
                     held = list(self._held)
                 if held:
-                    self.renew(held)
+                    by_model: dict[type[Model], list[Any]] = {}
+                    for model, pk in held:
+                        by_model.setdefault(model, []).append(pk)
+                    self._renew(by_model)
                     # Renewals are rare (only steps longer than a third of a lease): hold no idle connection.
                     connections.close_all()
         finally:
             connections.close_all()
-
-    def renew(self, held: list[tuple[type[Model], Any]]) -> None:
-        me = owner()
-        until = expiry()
-        by_model: dict[type[Model], list[Any]] = {}
-        for model, pk in held:
-            by_model.setdefault(model, []).append(pk)
-        for model, pks in by_model.items():
-            try:
-                renewed = model._default_manager.filter(pk__in=pks, lease_owner=me).update(lease_expires_at=until)
-            except Exception:
-                # A dropped connection must not kill the heartbeat: reconnect on the next beat.
-                logger.exception("could not renew %d lease(s) of %s", len(pks), model.__name__)
-                connections.close_all()
-                continue
-            if renewed < len(pks):
-                # Rows released on purpose (a finished join) are fine; another owner means a takeover.
-                taken = model._default_manager.filter(pk__in=pks).exclude(lease_owner__in=("", me)).count()
-                if taken:
-                    logger.warning(
-                        "%d of %d lease(s) of %s were taken over while their step ran", taken, len(pks), model.__name__
-                    )
-
-
-heartbeat = Heartbeat()

@@ -2,7 +2,8 @@
 
 The admin, the REST API and the management commands all call these two functions; each is one
 transaction whose conditional UPDATE on the run's ``version`` and ``status`` decides, so a retry
-racing a cancel (or two retries racing each other) leaves exactly one of them in effect.
+racing a cancel (or two retries racing each other) leaves exactly one of them in effect. What
+to reopen is decided here; the writes are :mod:`durable_django.store`'s.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import uuid
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from . import dispatch, leases
+from . import dispatch, leases, store
 from .definition import Workflow, find_workflow, queue_for
 from .exceptions import RunStateError
 from .leases import released_fields
-from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
 
@@ -68,7 +68,6 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         else None
     )
     fields: dict[str, Any] = {
-        "status": RunStatus.RUNNING,
         "error": None,
         "error_history": history,
         "finished_at": None,
@@ -76,16 +75,13 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     }
     if group is None:
         # A sequential step (or a run that never reached its block): one more attempt of that step.
-        fields["current_attempt"] = F("current_attempt") + 1
-    updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.FAILED).update(
-        version=F("version") + 1, **fields
-    )
-    if not updated:
+        fields["current_attempt"] = run.current_attempt + 1
+    if not store.reopen_run(run, fields):
         raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
     if group is None:
         _reopen_children(run, run.current_step)
         node = wf.node(run.current_step) if wf is not None else None
-        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version + 1)]
+        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version)]
     return _reopen_group(run, wf, group)
 
 
@@ -96,7 +92,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
         latest[branch.step] = branch
     block = wf.block(group.name) if wf else None
     names = [member.name for member in block.steps] if block else list(latest)
-    fresh: list[StepResult] = []
+    fresh: list[store.NextAttempt] = []
     running = 0
     for name in names:
         row = latest.get(name)
@@ -107,37 +103,15 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
             running += 1
             continue
         attempt = row.attempt + 1 if row is not None else 1
-        fresh.append(
-            StepResult(
-                run=run,
-                step=name,
-                attempt=attempt,
-                group=group,
-                job_id=dispatch.new_job_id(),
-                lease_expires_at=leases.expiry(),
-            )
-        )
-    StepResult.objects.bulk_create(fresh)
-    _reopen_children(run, *(row.step for row in fresh))
+        queue = queue_for(wf, block.branch(name) if block else None)
+        fresh.append(store.next_attempt(run.pk, group.pk, name, attempt, queue, 0.0))
     pending = len(fresh) + running
-    ParallelGroup.objects.filter(pk=group.pk).update(
-        status=GroupStatus.RUNNING,
-        results=None,
-        error=None,
-        finished_at=None,
-        pending_count=pending,
-        failed_count=0,
-        **released_fields(),
-    )
-    jobs = [
-        dispatch.run_branch_job(
-            row.pk, row.run_id, row.job_id, queue_for(wf, block.branch(row.step) if block else None)
-        )
-        for row in fresh
-    ]
+    store.reopen_group(group.pk, [nxt.row for nxt in fresh], pending)
+    _reopen_children(run, *(nxt.row.step for nxt in fresh))
+    jobs = [nxt.job() for nxt in fresh]
     if pending == 0:
         # Every branch had completed: the failure was in into or the join, which runs again.
-        jobs.append(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
+        jobs.append(dispatch.join_group_job(group.pk, run.pk, queue_for(wf)))
     return jobs
 
 
@@ -167,19 +141,8 @@ def cancel_run(run: RunRef) -> WorkflowRun:
 
 
 def _cancel(run_id: Any, now: Any) -> bool:
-    updated = WorkflowRun.objects.filter(pk=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING)).update(
-        status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1, **released_fields()
-    )
-    if not updated:
+    if not store.cancel_run(run_id, now):
         return False
-    StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
-        status=StepStatus.CANCELLED, finished_at=now, **released_fields()
-    )
-    ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
-        status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
-    )
-    for child_id in WorkflowRun.objects.filter(
-        parent_id=run_id, status__in=(RunStatus.PENDING, RunStatus.RUNNING)
-    ).values_list("pk", flat=True):
+    for child_id in WorkflowRun.objects.filter(parent_id=run_id).unfinished().values_list("pk", flat=True):
         _cancel(child_id, now)
     return True

@@ -27,16 +27,14 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import close_old_connections, connections, transaction
+from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import dispatch, leases, results
+from . import blocks, dispatch, leases, results, store
 from .attempts import Attempt
-from .blocks import _record_branch, _retry_branch
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
-from .engine import _fail_fields, _transition
 from .leases import released_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -129,9 +127,7 @@ def recover(now: datetime | None = None) -> Report:
         on_queue = queued.among(list(jobs.values()))
         later = [run.pk for run in chunk if jobs[run.pk] in on_queue]
         if later:
-            WorkflowRun.objects.filter(pk__in=later, lease_owner="", lease_expires_at__lt=now).update(
-                lease_expires_at=leases.expiry(now)
-            )
+            store.postpone_runs(later, now, leases.expiry(now))
         for run in chunk:
             if jobs[run.pk] not in on_queue:
                 _send_run_again(run, now, report)
@@ -157,11 +153,10 @@ def recover(now: datetime | None = None) -> Report:
     taken_over: list[int] = []
     for group in groups.filter(lease_expires_at__lt=now).exclude(lease_owner=""):
         taken_over.append(group.pk)
-        if ParallelGroup.objects.filter(pk=group.pk, lease_owner=group.lease_owner).update(**released_fields()):
+        if store.release_join(group.pk, owner=group.lease_owner):
             logger.warning("join of group %s (run %s) lost its worker; sending it again", group.pk, group.run_id)
-            dispatch.send(
-                [dispatch.join_group_job(group.pk, group.run_id, queue_for(find_workflow(group.run.workflow)))]
-            )
+            queue = queue_for(find_workflow(group.run.workflow))
+            dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
             report.joins_taken_over += 1
     settled = now - timedelta(seconds=durable_settings.LEASE_SECONDS)
     undecided = (
@@ -177,35 +172,27 @@ def recover(now: datetime | None = None) -> Report:
 def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     wf = find_workflow(run.workflow)
     node = wf.node(run.current_step) if wf else None
-    rows: list[StepResult] = []
-    fields_: dict[str, Any] = released_fields(leases.expiry(now))
-    jobs = [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version + 1)]
-    if isinstance(node, Step):
-        streak = lost_streak(run.pk, node.name) + 1
-        reason = results.worker_lost(streak)
-        rows.append(
-            StepResult(
-                run=run,
-                step=node.name,
-                attempt=run.current_attempt,
-                status=StepStatus.FAILED,
-                error=reason,
-                finished_at=now,
-            )
-        )
-        if streak >= durable_settings.MAX_WORKER_LOST:
-            fields_, jobs = _fail_fields(node.name, reason), []
-        else:
-            fields_["current_attempt"] = run.current_attempt + 1
     owner = run.lease_owner
-    if not _transition(run, fields_, rows, jobs):
+    if not isinstance(node, Step):
+        # A run lost at a block (its fan-out) or at a step its definition no longer has: send it again.
+        if store.transition(run, released_fields(leases.expiry(now)), resume_on=queue_for(wf, node)):
+            logger.warning("run %s lost its worker %s at %r; sent again", run.pk, owner, run.current_step)
+            report.steps_taken_over += 1
         return
-    if jobs:
+    streak = lost_streak(run.pk, node.name) + 1
+    reason = results.worker_lost(streak)
+    lost = StepResult(
+        run=run, step=node.name, attempt=run.current_attempt, status=StepStatus.FAILED, error=reason, finished_at=now
+    )
+    if streak >= durable_settings.MAX_WORKER_LOST:
+        if store.fail_run(run, node.name, reason, [lost]):
+            logger.error("run %s failed: its worker was lost %d times in a row at %r", run.pk, streak, node)
+            report.failed_worker_lost += 1
+        return
+    fields_ = {"current_attempt": run.current_attempt + 1, **released_fields(leases.expiry(now))}
+    if store.transition(run, fields_, [lost], resume_on=queue_for(wf, node)):
         logger.warning("run %s lost its worker %s at %r; sent again", run.pk, owner, run.current_step)
         report.steps_taken_over += 1
-    else:
-        logger.error("run %s failed: its worker was lost %d times in a row at %r", run.pk, streak, node)
-        report.failed_worker_lost += 1
 
 
 # Waiting runs are looked at this many at a time: one read of their jobs' states from Redis and
@@ -227,21 +214,13 @@ def _chunks(rows: Iterator[WorkflowRun], size: int) -> Iterator[list[WorkflowRun
 def _run_place(run: WorkflowRun) -> tuple[str, str]:
     """The queue and the id of the job that run ``run`` waits for."""
     wf = find_workflow(run.workflow)
-    return queue_for(wf, (wf.node(run.current_step) if wf else None)), dispatch.run_job_id(run.pk, run.version)
+    return queue_for(wf, wf.node(run.current_step) if wf else None), dispatch.run_job_id(run.pk, run.version)
 
 
 def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     queue, job_id = _run_place(run)
-    waiting = WorkflowRun.objects.filter(
-        pk=run.pk, version=run.version, lease_owner="", lease_expires_at=run.lease_expires_at
-    )
-    done = _waiting_job(
-        queue,
-        job_id,
-        dispatch.run_workflow_job(run.pk, queue, run.version),
-        now,
-        lambda until: bool(waiting.update(lease_expires_at=until)),
-    )
+    job = dispatch.run_workflow_job(run.pk, queue, run.version)
+    done = _waiting_job(queue, job_id, job, now, lambda until: store.postpone_run(run, until))
     if done == "sent":
         logger.warning("run %s waited for job %s, which is not in Redis; sent it again", run.pk, job_id)
         report.runs_sent_again += 1
@@ -262,30 +241,23 @@ def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
     group, wf, block = _branch_place(row)
     step = block.branch(row.step) if block else None
     streak = lost_streak(row.run_id, row.step, row.group_id) + 1
-    reason = results.worker_lost(streak)
-    attempt = Attempt.failure(reason, row.started_at or now)
+    attempt = Attempt.failure(results.worker_lost(streak), row.started_at or now)
     live = row.run.status == RunStatus.RUNNING and group.status == GroupStatus.RUNNING
     if wf is not None and step is not None and live and streak < durable_settings.MAX_WORKER_LOST:
-        if _retry_branch(row, wf, step, attempt, delay=0.0) is not None:
+        if blocks.retry_lost_branch(row, wf, step, attempt):
             logger.warning("branch %r of run %s lost its worker %s; sent again", row.step, row.run_id, row.lease_owner)
             report.branches_taken_over += 1
         return
     # Final: the block goes on without this branch (or was decided already); counters stay right.
-    if _record_branch(row, group, block, attempt, queue_for(wf)):
+    if blocks.finish_branch(row, group, wf, block, attempt):
         report.failed_worker_lost += 1
 
 
 def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
     _, wf, block = _branch_place(row)
     queue = queue_for(wf, block.branch(row.step) if block else None)
-    waiting = StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING, lease_expires_at=row.lease_expires_at)
-    done = _waiting_job(
-        queue,
-        row.job_id,
-        dispatch.run_branch_job(row.pk, row.run_id, row.job_id, queue),
-        now,
-        lambda until: bool(waiting.update(lease_expires_at=until)),
-    )
+    job = dispatch.run_branch_job(row.pk, row.run_id, row.job_id, queue)
+    done = _waiting_job(queue, row.job_id, job, now, lambda until: store.postpone_branch(row, until))
     if done == "sent":
         logger.warning("branch %r of run %s: job %s is not in Redis; sent it again", row.step, row.run_id, row.job_id)
         report.branches_sent_again += 1
@@ -297,7 +269,6 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
     group, wf, block = _branch_place(row)
     queue = queue_for(wf, block.branch(row.step) if block else None)
     job = dispatch.run_branches_job(group.pk, row.run_id, queue)
-    waiting = StepResult.objects.filter(group=group, job_id=row.job_id, status=StepStatus.PENDING)
     busy = StepResult.objects.filter(
         Q(lease_expires_at__gte=now) | Q(started_at__gte=now - timedelta(seconds=durable_settings.LEASE_SECONDS)),
         group=group,
@@ -305,14 +276,10 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
     )
     if busy.exists():
         # A drain job of this block is at work (its branches hold live leases): it takes these too.
-        waiting.update(lease_expires_at=leases.expiry(now))
+        store.postpone_drain(group.pk, row.job_id, leases.expiry(now))
         return
     done = _waiting_job(
-        queue,
-        row.job_id,
-        job,
-        now,
-        lambda until: bool(waiting.filter(lease_expires_at__lt=now).update(lease_expires_at=until)),
+        queue, row.job_id, job, now, lambda until: store.postpone_drain(group.pk, row.job_id, until, overdue_at=now)
     )
     if done == "sent":
         logger.warning(
@@ -321,16 +288,9 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
         report.branches_sent_again += 1
 
 
-def _decided(group: ParallelGroup, wf: Workflow | None) -> bool:
-    if group.pending_count == 0:
-        return True
-    block = wf.block(group.name) if wf else None
-    return block is not None and block.on_error == "fail_fast" and block.into is None and group.failed_count > 0
-
-
 def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> None:
     wf = find_workflow(group.run.workflow)
-    if not _decided(group, wf):
+    if not blocks.decided(wf.block(group.name) if wf else None, group.pending_count, group.failed_count):
         return
     queue = queue_for(wf)
     state, _ = dispatch.job_state(queue, dispatch.join_job_id(group.pk), now)
@@ -342,64 +302,6 @@ def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> Non
     logger.warning("group %s of run %s is decided but its join never ran; sending it", group.pk, group.run_id)
     dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
     report.joins_sent_again += 1
-
-
-# -- resuming a child run inline ------------------------------------------------------------------
-
-
-def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
-    """Jobs that set an unfinished run moving again from what the database holds, taking over its work.
-
-    Used when a child workflow is resumed inline: its earlier executor (the calling step) is gone,
-    so whatever it left executing (a step, branches, a join) is taken over at once, without
-    waiting for leases to run out.
-    """
-    now = timezone.now()
-    jobs: list[dispatch.Job] = []
-    with transaction.atomic():
-        run = WorkflowRun.objects.select_for_update().get(pk=run.pk)
-        group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
-        if group is None:
-            fields_: dict[str, Any] = released_fields(leases.expiry(now))
-            node = wf.node(run.current_step) if wf else None
-            if run.lease_owner and isinstance(node, Step):
-                rows = [
-                    StepResult(
-                        run=run,
-                        step=node.name,
-                        attempt=run.current_attempt,
-                        status=StepStatus.FAILED,
-                        error=results.worker_lost(),
-                        finished_at=now,
-                    )
-                ]
-                fields_["current_attempt"] = run.current_attempt + 1
-            else:
-                rows = []
-            if run.status == RunStatus.PENDING:
-                fields_["status"] = RunStatus.RUNNING
-            WorkflowRun.objects.filter(pk=run.pk).update(version=run.version + 1, **fields_)
-            StepResult.objects.bulk_create(rows)
-            return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version + 1)]
-        ParallelGroup.objects.filter(pk=group.pk).update(**released_fields())
-    block = wf.block(group.name)
-    for row in StepResult.objects.filter(group=group, status=StepStatus.RUNNING).select_related("run", "group"):
-        step = block.branch(row.step) if block else None
-        attempt = Attempt.failure(results.worker_lost(), row.started_at or now)
-        if step is not None:
-            _retry_branch(row, wf, step, attempt, delay=0.0)
-        elif row.group is not None:
-            _record_branch(row, row.group, block, attempt, queue_for(wf))
-    jobs.extend(
-        dispatch.run_branch_job(
-            row.pk, row.run_id, row.job_id, queue_for(wf, block.branch(row.step) if block else None)
-        )
-        for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
-    )
-    group.refresh_from_db(fields=["pending_count", "failed_count"])
-    if _decided(group, wf):
-        jobs.append(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
-    return jobs
 
 
 # -- the sweeper in worker processes --------------------------------------------------------------

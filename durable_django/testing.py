@@ -96,6 +96,11 @@ class EmbeddedQueue:
                     moved += 1
         return moved
 
+    def run_queued(self) -> None:
+        """Execute the jobs queued now (and those they queue), leaving scheduled ones for later."""
+        worker = _EmbeddedWorker(self.queues(), connection=self.connection)
+        worker.work(burst=True, logging_level="WARNING")
+
     def run_until_idle(self, timeout: float = 60.0) -> int:
         """Execute jobs, including retries once their backoff is due, until nothing is left.
 
@@ -106,8 +111,7 @@ class EmbeddedQueue:
         while True:
             self.run_commit_hooks()
             self.enqueue_due_jobs()
-            worker = _EmbeddedWorker(self.queues(), connection=self.connection)
-            worker.work(burst=True, logging_level="WARNING")
+            self.run_queued()
             passes += 1
             if self.pending_jobs() or self.run_commit_hooks():
                 continue

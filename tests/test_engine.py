@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rq import SimpleWorker
 
-from durable_django import batches, error, ok, parallel, step
+from durable_django import blocks, error, ok, parallel, step
 from durable_django.definition import unregister
 from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
@@ -191,7 +191,7 @@ DRAIN_START = ["SELECT parallelgroup", "UPDATE stepresult", "SELECT stepresult"]
 @pytest.fixture
 def quick_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches always count as quick, so that their sizes (and the statements) do not depend on timing."""
-    monkeypatch.setattr(batches, "TARGET_SECONDS", 3600.0)
+    monkeypatch.setattr(blocks, "TARGET_SECONDS", 3600.0)
 
 
 def record(*, claim_next: bool) -> list[str]:

@@ -17,9 +17,8 @@ from django.utils import timezone
 
 from durable_django import error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process
-from durable_django.blocks import execute_branch, execute_join
 from durable_django.dispatch import run_job_id
-from durable_django.engine import execute_run
+from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.recovery import Report, recover
 from durable_django.testing import EmbeddedQueue
@@ -163,7 +162,7 @@ def test_runs_and_branches_whose_jobs_vanished_from_redis_are_sent_again(
     fresh.refresh_from_db()
     assert fresh.status == "completed"
     other = wf.start({})
-    execute_run(str(other.pk), "default", 0)
+    run_workflow(str(other.pk), "default", 0)
     embedded.connection.flushall()
     embedded.run_commit_hooks()
     embedded.connection.flushall()
@@ -213,10 +212,10 @@ def test_a_backlog_of_queued_runs_is_put_off_in_one_statement_whatever_its_size(
 def test_a_decided_block_whose_join_job_was_lost_is_joined(embedded: EmbeddedQueue, define: Definer) -> None:
     wf = define([parallel(step("a", lambda ctx: ok({"a": 1})), name="block"), step("after", lambda ctx: ok())])
     run = wf.start({})
-    execute_run(str(run.pk), "default", 0)
+    run_workflow(str(run.pk), "default", 0)
     embedded.run_commit_hooks()
     row = StepResult.objects.get(run=run, step="a")
-    execute_branch(row.pk)
+    run_branch(row.pk)
     embedded.connection.flushall()  # the join job never reached Redis
     embedded.run_commit_hooks()
     embedded.connection.flushall()
@@ -249,9 +248,7 @@ def test_an_overdue_scheduled_retry_is_moved_to_its_queue(embedded: EmbeddedQueu
 
 def worker_pass(embedded: EmbeddedQueue) -> None:
     """Execute what is queued now, without waiting for scheduled jobs."""
-    from durable_django.testing import _EmbeddedWorker
-
-    _EmbeddedWorker(embedded.queues(), connection=embedded.connection).work(burst=True, logging_level="WARNING")
+    embedded.run_queued()
 
 
 # -- timeouts -------------------------------------------------------------------------------------
@@ -292,10 +289,10 @@ def test_a_branch_over_its_timeout_fails_like_any_failing_branch(embedded: Embed
 
 @runs
 def test_jobs_for_rows_that_do_not_exist_end_quietly() -> None:
-    execute_run(str(uuid.uuid4()), "default", 0)
-    execute_run("not-a-uuid", "default", 0)
-    execute_branch(10**9)
-    execute_join(10**9, "default")
+    run_workflow(str(uuid.uuid4()), "default", 0)
+    run_workflow("not-a-uuid", "default", 0)
+    run_branch(10**9)
+    join_group(10**9, "default")
     assert WorkflowRun.objects.count() == 0
 
 

@@ -1,0 +1,107 @@
+"""Every change of state, named by intent: the catalogue of the engine's writes.
+
+Nothing else in the package writes a run, a step result or a group. Each function is one
+transaction (or one statement that is its own) and says who won: a conditional ``UPDATE`` whose
+row count decides (on a run's ``version``, on a row's ``status`` or ``lease_owner``), so that of
+two workers, sweepers or operators racing for the same change exactly one makes it. A run's
+``version`` is bumped here and nowhere else; a function that moved a run leaves the new version
+on the ``WorkflowRun`` it was given. Jobs handed to a function are sent once its transaction
+commits (:func:`durable_django.dispatch.submit`).
+
+- :mod:`.runs`: create, claim, :func:`transition` (every move of a run), fail, release, reopen,
+  cancel, take over a child, and the deadlines of waiting runs;
+- :mod:`.groups`: open a group with its pending rows, :func:`count_finals`, the join's lease,
+  close a group, reopen one;
+- :mod:`.branches`: claim a batch or one attempt, record a batch or one result, the next attempt
+  of a branch, and the deadlines of waiting branches;
+- :mod:`.heartbeat`: renewing the leases this process holds.
+
+The hand-written statements are PostgreSQL fast paths (with a portable fallback where needed):
+
+- :func:`transition` of a sequential step: the run's conditional ``UPDATE`` and the step's
+  ``INSERT`` in one CTE, one round trip and one commit;
+- :func:`open_group`: every pending branch row in one ``INSERT ... SELECT FROM unnest(...)``;
+- :func:`claim_batch`: ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)``;
+- :func:`record_batch`: a batch's results in one ``UPDATE ... FROM unnest(...)`` (``VALUES`` elsewhere);
+- :func:`count_finals`: the group's counters, ``UPDATE ... RETURNING``: its row lock serialises
+  finishing branches, so each sees the counts its own results made.
+"""
+
+from __future__ import annotations
+
+from .branches import (
+    Claimed,
+    NextAttempt,
+    Recorded,
+    cancel_branch,
+    claim_batch,
+    claim_branch,
+    next_attempt,
+    postpone_branch,
+    postpone_drain,
+    record_batch,
+    record_branch,
+    retry_branch,
+)
+from .groups import (
+    Counts,
+    claim_join,
+    close_group,
+    count_finals,
+    fail_pending_branches,
+    open_group,
+    release_join,
+    reopen_group,
+)
+from .heartbeat import heartbeat, renew_leases
+from .runs import (
+    cancel_run,
+    claim_run,
+    create_run,
+    fail_fields,
+    fail_run,
+    move_fields,
+    postpone_run,
+    postpone_runs,
+    release_run,
+    reopen_run,
+    take_over_child,
+    transition,
+)
+
+__all__ = [
+    "Claimed",
+    "Counts",
+    "NextAttempt",
+    "Recorded",
+    "cancel_branch",
+    "cancel_run",
+    "claim_batch",
+    "claim_branch",
+    "claim_join",
+    "claim_run",
+    "close_group",
+    "count_finals",
+    "create_run",
+    "fail_fields",
+    "fail_pending_branches",
+    "fail_run",
+    "heartbeat",
+    "move_fields",
+    "next_attempt",
+    "open_group",
+    "postpone_branch",
+    "postpone_drain",
+    "postpone_run",
+    "postpone_runs",
+    "record_batch",
+    "record_branch",
+    "release_join",
+    "release_run",
+    "renew_leases",
+    "reopen_group",
+    "reopen_run",
+    "retry_branch",
+    "take_over_child",
+    "transition",
+]

@@ -1,0 +1,253 @@
+"""Writes of branch attempts: claiming a batch or one attempt, recording results, next attempts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .. import dispatch, leases
+from ..attempts import Attempt
+from ..context import dumps
+from ..leases import held_fields, released_fields
+from ..models import StepResult, StepStatus
+from .groups import Counts, count_finals
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A branch attempt a drain job took: its row, step and attempt number."""
+
+    pk: int
+    step: str
+    attempt: int
+
+
+def claim_batch(group_id: int, names: list[str] | None, size: int) -> list[Claimed]:
+    """Take up to ``size`` pending first attempts of a group (among ``names``): one statement."""
+    connection = connections[router.db_for_write(StepResult)]
+    qn = connection.ops.quote_name
+    table = qn(StepResult._meta.db_table)
+    now = timezone.now()
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    only: list[Any] = []
+    among = ""
+    if names is not None:
+        # A block whose branches use several queues: each queue's drain jobs take their own branches.
+        among = f" AND {qn('step')} IN ({', '.join(['%s'] * len(names))})"
+        only = list(names)
+    sql = (
+        f"UPDATE {table} SET {qn('status')} = %s, {qn('started_at')} = %s, {qn('lease_owner')} = %s, "
+        f"{qn('lease_expires_at')} = %s WHERE {qn('id')} IN (SELECT {qn('id')} FROM {table} "
+        f"WHERE {qn('group_id')} = %s AND {qn('status')} = %s AND {qn('attempt')} = 1{among} "
+        f"ORDER BY {qn('id')} LIMIT %s{lock}) RETURNING {qn('id')}, {qn('step')}, {qn('attempt')}"
+    )
+    time_field = StepResult._meta.get_field("started_at")
+    stamp = time_field.get_db_prep_value(now, connection)
+    expires = time_field.get_db_prep_value(leases.expiry(now), connection)
+    params = [StepStatus.RUNNING.value, stamp, leases.owner(), expires, group_id, StepStatus.PENDING.value]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *only, size])
+        rows = cursor.fetchall()
+    return sorted((Claimed(pk, step, attempt) for pk, step, attempt in rows), key=lambda row: row.pk)
+
+
+@dataclass
+class Recorded:
+    """What :func:`record_batch` did: the rows it recorded, the counters it left, the next batch."""
+
+    mine: set[int]
+    counts: Counts | None = None
+    next_batch: list[Claimed] = field(default_factory=list)
+
+
+def record_batch(
+    group_id: int,
+    outcomes: list[tuple[Claimed, Attempt]],
+    retries: dict[int, NextAttempt],
+    claim_next: tuple[list[str] | None, int] | None,
+) -> Recorded:
+    """Store a batch of attempts, count its final ones and claim the next batch: one transaction.
+
+    ``retries`` maps a row to its next attempt: those rows are not final. Rows recovery took over meanwhile (this worker looked dead) are no longer
+    this worker's to record: they are left out, as are their retries.
+    """
+    with transaction.atomic():
+        recorded = Recorded(_store_batch(outcomes))
+        finals = failures = 0
+        again: list[NextAttempt] = []
+        for row, attempt in outcomes:
+            if row.pk not in recorded.mine:
+                continue
+            if row.pk in retries:
+                again.append(retries[row.pk])
+                continue
+            finals += 1
+            failures += int(attempt.failed)
+        if again:
+            StepResult.objects.bulk_create([nxt.row for nxt in again])
+            dispatch.submit(*(nxt.job() for nxt in again))
+        if finals:
+            recorded.counts = count_finals(group_id, finals, failures)
+        if claim_next is not None:
+            recorded.next_batch = claim_batch(group_id, *claim_next)
+    return recorded
+
+
+def _store_batch(outcomes: list[tuple[Claimed, Attempt]]) -> set[int]:
+    """Write a batch of results in one statement; returns the ids of the rows this worker still held."""
+    connection = connections[router.db_for_write(StepResult)]
+    qn = connection.ops.quote_name
+    table = qn(StepResult._meta.db_table)
+    json_field = StepResult._meta.get_field("output")
+    time_field = StepResult._meta.get_field("started_at")
+    postgres = connection.vendor == "postgresql"
+
+    def as_json(value: Any) -> Any:
+        if value is None:
+            return None
+        # PostgreSQL takes JSON text and casts it (cheaper to send than jsonb values in an array).
+        return dumps(value) if postgres else json_field.get_db_prep_value(value, connection)
+
+    values = [
+        (
+            row.pk,
+            StepStatus.FAILED.value if attempt.failed else StepStatus.COMPLETED.value,
+            None if attempt.failed else as_json(attempt.output),
+            as_json(attempt.reason) if attempt.failed else None,
+            time_field.get_db_prep_value(attempt.started_at, connection),
+            time_field.get_db_prep_value(attempt.finished_at, connection),
+        )
+        for row, attempt in outcomes
+    ]
+    columns = ("status", "output", "error", "started_at", "finished_at")
+    if postgres:
+        # One array per column: the statement's size does not grow with the batch.
+        source = (
+            "(SELECT id, status, output::jsonb, error::jsonb, started_at, finished_at FROM "
+            "unnest(%s::bigint[], %s::varchar[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+            f"AS u (id, status, output, error, started_at, finished_at)) AS v (id, {', '.join(qn(c) for c in columns)})"
+        )
+        params: list[Any] = [list(column) for column in zip(*values, strict=True)]
+    else:
+        rows_sql = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(values))
+        names = ", ".join(f"column{index + 1} AS {name}" for index, name in enumerate(("id", *columns)))
+        source = f"(SELECT {names} FROM (VALUES {rows_sql})) AS v"
+        params = [value for row in values for value in row]
+    sql = (
+        f"UPDATE {table} SET {', '.join(f'{qn(c)} = v.{qn(c)}' for c in columns)}, "
+        f"{qn('lease_owner')} = '', {qn('lease_expires_at')} = NULL FROM {source} "
+        f"WHERE {table}.{qn('id')} = v.id AND {table}.{qn('status')} = %s AND {table}.{qn('lease_owner')} = %s "
+        f"RETURNING {table}.{qn('id')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, StepStatus.RUNNING.value, leases.owner()])
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+def claim_branch(row_id: int, job_id: str) -> bool:
+    """Take the pending attempt ``row_id`` by id (its own job ``job_id``, when in a worker)."""
+    now = timezone.now()
+    return bool(
+        StepResult.objects.filter(pk=row_id, status=StepStatus.PENDING).update(
+            status=StepStatus.RUNNING, started_at=now, job_id=job_id or F("job_id"), **held_fields(now)
+        )
+    )
+
+
+def cancel_branch(row_id: int) -> None:
+    """A claimed branch whose run or block is no longer running is not executed: it is cancelled."""
+    StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
+        status=StepStatus.CANCELLED, finished_at=timezone.now(), **released_fields()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NextAttempt:
+    """A branch's next attempt, not saved yet: its row, the queue of its job and the job's delay."""
+
+    row: StepResult
+    queue: str
+    delay: float
+
+    def job(self) -> dispatch.Job:
+        """The attempt's own job (once the row is saved)."""
+        return dispatch.run_branch_job(self.row.pk, self.row.run_id, self.row.job_id, self.queue, self.delay)
+
+
+def next_attempt(run_id: Any, group_id: int | None, step: str, attempt: int, queue: str, delay: float) -> NextAttempt:
+    """Attempt ``attempt`` of branch ``step``, due in ``delay`` seconds with a job of its own on ``queue``.
+
+    Its row's deadline (by when a worker must have picked the job up) is the delay plus a lease.
+    """
+    deadline = leases.retry_deadline(delay)
+    row = StepResult(
+        run_id=run_id,
+        step=step,
+        attempt=attempt,
+        group_id=group_id,
+        job_id=dispatch.new_job_id(),
+        lease_expires_at=deadline,
+    )
+    return NextAttempt(row, queue, delay)
+
+
+def retry_branch(row_id: int, attempt: Attempt, nxt: NextAttempt) -> bool:
+    """Record the running attempt ``row_id`` as failed and insert its next attempt ``nxt``, sending its job.
+
+    ``False`` (nothing written) when the attempt is no longer running: somebody recorded it first.
+    """
+    with transaction.atomic():
+        updated = StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
+            status=StepStatus.FAILED,
+            error=attempt.reason,
+            started_at=attempt.started_at,
+            finished_at=attempt.finished_at,
+            **released_fields(),
+        )
+        if not updated:
+            return False
+        nxt.row.save(force_insert=True)
+        dispatch.submit(nxt.job())
+    return True
+
+
+def record_branch(row_id: int, group_id: int, attempt: Attempt) -> Counts | None:
+    """Store the final result of the running attempt ``row_id`` and count it; ``None`` if recorded already."""
+    failed = attempt.failed
+    with transaction.atomic():
+        updated = StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
+            status=StepStatus.FAILED if failed else StepStatus.COMPLETED,
+            output=None if failed else attempt.output,
+            error=attempt.reason if failed else None,
+            started_at=attempt.started_at,
+            finished_at=attempt.finished_at,
+            **released_fields(),
+        )
+        if not updated:
+            return None
+        return count_finals(group_id, 1, int(failed))
+
+
+# -- recovery: deadlines of waiting branches ----------------------------------------------------
+
+
+def postpone_branch(row: StepResult, until: datetime) -> bool:
+    """Move the deadline of the pending attempt ``row`` if it still waits as when it was read."""
+    return bool(
+        StepResult.objects.filter(pk=row.pk, status=StepStatus.PENDING, lease_expires_at=row.lease_expires_at).update(
+            lease_expires_at=until
+        )
+    )
+
+
+def postpone_drain(group_id: int, job_id: str, until: datetime, overdue_at: datetime | None = None) -> bool:
+    """Move the deadline of the pending rows that drain job ``job_id`` takes (only overdue ones, if given)."""
+    waiting = StepResult.objects.filter(group_id=group_id, job_id=job_id, status=StepStatus.PENDING)
+    if overdue_at is not None:
+        waiting = waiting.filter(lease_expires_at__lt=overdue_at)
+    return bool(waiting.update(lease_expires_at=until))

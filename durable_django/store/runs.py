@@ -1,0 +1,252 @@
+"""Writes of runs: starting, claiming, moving, failing, reopening and cancelling one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, cast
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
+from django.db.models.sql import UpdateQuery
+from django.utils import timezone
+
+from .. import dispatch, leases, results
+from ..definition import Workflow
+from ..leases import held_fields, released_fields
+from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+
+logger = logging.getLogger("durable_django")
+
+UNFINISHED = (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+# -- fields of a run ------------------------------------------------------------------------------
+
+
+def fail_fields(step_name: str, reason: Any, **where: Any) -> dict[str, Any]:
+    """Fields of a run that failed at ``step_name`` (``where``: e.g. the parallel block)."""
+    return {
+        "status": RunStatus.FAILED,
+        "error": results.run_error(step_name, reason, **where),
+        "finished_at": timezone.now(),
+        **released_fields(),
+    }
+
+
+def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> dict[str, Any]:
+    """Fields that put a run at step ``position`` of ``wf`` (completing it past the last step)."""
+    if position is None or position >= len(wf.steps):
+        return {
+            "context": context,
+            "current_step": "",
+            "current_attempt": 1,
+            "status": RunStatus.COMPLETED,
+            "finished_at": timezone.now(),
+            **released_fields(),
+        }
+    # The process that moves the run on executes its next step: it holds the run's lease.
+    return {"context": context, "current_step": wf.steps[position].name, "current_attempt": 1, **held_fields()}
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+def create_run(run: WorkflowRun, queue: str) -> bool:
+    """Insert the new ``run`` and send its first job on ``queue``; ``False`` if a unique key was taken."""
+    try:
+        with transaction.atomic(using=router.db_for_write(WorkflowRun)):
+            run.save(force_insert=True)
+    except IntegrityError:
+        return False
+    dispatch.submit(dispatch.run_workflow_job(run.pk, queue, run.version))
+    return True
+
+
+def claim_run(run_id: Any, version: int) -> WorkflowRun | None:
+    """Take the lease of a run that waits for job ``version`` and load it; ``None`` if it does not.
+
+    A stale or duplicate job (the run moved on, finished, was cancelled, or another worker holds
+    it) claims nothing.
+    """
+    now = timezone.now()
+    try:
+        claimed = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED, lease_owner="", version=version).update(
+            status=RunStatus.RUNNING,
+            started_at=Coalesce(F("started_at"), Value(now)),
+            version=F("version") + 1,
+            **held_fields(now),
+        )
+    except (ValidationError, ValueError):
+        logger.error("run job with a malformed run id %r; dropping it", run_id)
+        return None
+    if not claimed:
+        if not WorkflowRun.objects.filter(pk=run_id).exists():
+            logger.warning("run %s does not exist; dropping its job", run_id)
+        else:
+            logger.debug("run %s is not waiting for job version %s; nothing to do", run_id, version)
+        return None
+    return WorkflowRun.objects.filter(pk=run_id).first()
+
+
+def transition(
+    run: WorkflowRun,
+    fields: dict[str, Any],
+    rows: list[StepResult] | None = None,
+    jobs: Iterable[dispatch.Job] = (),
+    *,
+    resume_on: str | None = None,
+    delay: float = 0.0,
+) -> bool:
+    """Apply ``fields`` to ``run`` if nobody moved it since it was read; store ``rows``, send ``jobs``.
+
+    ``resume_on``: also send the job that executes the run from its new version on that queue
+    (after ``delay`` seconds). One transaction; ``False`` (and nothing written) when the run's
+    version moved on: another worker advanced it, or it was cancelled.
+    """
+    new_version = run.version + 1
+    sent = [*jobs]
+    if resume_on is not None:
+        sent.append(dispatch.run_workflow_job(run.pk, resume_on, new_version, delay))
+    connection = connections[router.db_for_write(WorkflowRun)]
+    if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block:
+        # The common case, a sequential step: one statement, one round trip, one commit.
+        if not _transition_statement(run, fields, rows[0] if rows else None, connection):
+            logger.info("run %s moved on while this worker held version %s; dropping its update", run.pk, run.version)
+            return False
+        dispatch.submit(*sent)  # committed already: sent at once
+    else:
+        # No savepoint when nested (a join closes its group in the same transaction): a lost race writes nothing.
+        with transaction.atomic(savepoint=False):
+            updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
+                version=new_version, **fields
+            )
+            if not updated:
+                logger.info(
+                    "run %s moved on while this worker held version %s; dropping its update", run.pk, run.version
+                )
+                return False
+            if rows:
+                StepResult.objects.bulk_create(rows)
+            dispatch.submit(*sent)
+    run.version = new_version
+    for name, value in fields.items():
+        setattr(run, name, value)
+    return True
+
+
+def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepResult | None, connection: Any) -> bool:
+    """:func:`transition` as one PostgreSQL statement: the conditional UPDATE and the row's INSERT in one CTE."""
+    query = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).query
+    update = cast(UpdateQuery, query.chain(UpdateQuery))
+    update.add_update_values({"version": run.version + 1, **fields})
+    update_sql, update_params = update.get_compiler(connection.alias).as_sql()
+    sql = f"WITH moved AS ({update_sql} RETURNING 1)"
+    params = list(update_params)
+    if row is not None:
+        columns = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+        qn = connection.ops.quote_name
+        select = ", ".join(f"%s::{f.db_type(connection)}" for f in columns)
+        sql += (
+            f", inserted AS (INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(f.column) for f in columns)}) "
+            f"SELECT {select} FROM moved)"
+        )
+        params += [f.get_db_prep_save(f.pre_save(row, True), connection) for f in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " SELECT count(*) FROM moved", params)
+        return bool(cursor.fetchone()[0])
+
+
+def fail_run(run: WorkflowRun, step_name: str, reason: Any, rows: list[StepResult] | None = None) -> bool:
+    """Fail ``run`` at ``step_name`` with ``reason`` (storing ``rows`` with it)."""
+    return transition(run, fail_fields(step_name, reason), rows)
+
+
+def release_run(run: WorkflowRun) -> None:
+    """Let go of the lease this process holds on ``run`` without moving it (its work is out already)."""
+    WorkflowRun.objects.filter(pk=run.pk, version=run.version, lease_owner=leases.owner()).update(**released_fields())
+
+
+def take_over_child(run: WorkflowRun, lost_step: str | None, queue: str) -> bool:
+    """Set an unfinished child run moving again from version ``run.version``, its executor being gone.
+
+    ``lost_step``: the step it was executing, whose attempt is recorded as ``worker_lost``. Sends
+    the run's job on ``queue`` (the calling step collects it: it executes the child inline).
+    """
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": RunStatus.RUNNING, **released_fields(leases.expiry(now))}
+    if lost_step is not None:
+        fields["current_attempt"] = run.current_attempt + 1
+    with transaction.atomic():
+        moved = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status__in=UNFINISHED).update(
+            version=run.version + 1, **fields
+        )
+        if not moved:
+            return False
+        if lost_step is not None:
+            StepResult.objects.create(
+                run=run,
+                step=lost_step,
+                attempt=run.current_attempt,
+                status=StepStatus.FAILED,
+                error=results.worker_lost(),
+                finished_at=now,
+            )
+        run.version += 1
+        dispatch.submit(dispatch.run_workflow_job(run.pk, queue, run.version))
+    return True
+
+
+# -- retry and cancel -------------------------------------------------------------------
+
+
+def reopen_run(run: WorkflowRun, fields: dict[str, Any]) -> bool:
+    """Put the failed ``run`` back to running with ``fields``, if nobody moved it since it was read."""
+    moved = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.FAILED).update(
+        version=run.version + 1, status=RunStatus.RUNNING, **fields
+    )
+    if moved:
+        run.version += 1
+    return bool(moved)
+
+
+def cancel_run(run_id: Any, now: datetime) -> bool:
+    """Cancel a pending or running run, its branches not started and its open groups (not its children)."""
+    updated = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED).update(
+        status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1, **released_fields()
+    )
+    if not updated:
+        return False
+    StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
+        status=StepStatus.CANCELLED, finished_at=now, **released_fields()
+    )
+    ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
+        status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
+    )
+    return True
+
+
+# -- recovery: deadlines of waiting runs ---------------------------------------------------------
+#
+# Work nobody executes carries a deadline in ``lease_expires_at``: by when a worker must have
+# picked its job up. Recovery moves it out while the job is on its way; each move is conditional
+# on the row still waiting exactly as the sweep read it, so of two sweepers only one acts.
+
+
+def postpone_runs(run_ids: list[Any], now: datetime, until: datetime) -> int:
+    """Move the deadline of waiting runs whose jobs are still queued: one statement for a chunk."""
+    return WorkflowRun.objects.filter(pk__in=run_ids, lease_owner="", lease_expires_at__lt=now).update(
+        lease_expires_at=until
+    )
+
+
+def postpone_run(run: WorkflowRun, until: datetime) -> bool:
+    """Move the deadline of ``run`` if it still waits for the same job as when it was read."""
+    return bool(
+        WorkflowRun.objects.filter(
+            pk=run.pk, version=run.version, lease_owner="", lease_expires_at=run.lease_expires_at
+        ).update(lease_expires_at=until)
+    )

@@ -184,4 +184,4 @@ def test_the_deliberate_lazy_imports_are_the_only_ones() -> None:
 @pytest.mark.parametrize("module", sorted(modules()))
 def test_modules_stay_small_enough_to_read_in_one_sitting(module: str) -> None:
     lines = modules()[module].read_text().count("\n")
-    assert lines <= 600, f"{PACKAGE}.{module} has {lines} lines; split it by concern"
+    assert lines <= 550, f"{PACKAGE}.{module} has {lines} lines; split it by concern"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS, durable_settings
+from .conf import DEFAULTS, TABLE, durable_settings
 from .definition import Step, registered_workflows
 
 
@@ -35,50 +34,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     for key, value in raw.items():
-        if key not in _VALID:
+        setting = TABLE.get(key)
+        if setting is None:
             continue
-        accepts, expected = _VALID[key]
-        if not accepts(value):
+        if not setting.accepts(value):
             errors.append(
                 Error(
-                    f"settings.DURABLE[{key!r}] must be {expected}, not {value!r}.",
-                    hint=f"The default is {DEFAULTS[key]!r}.",
+                    f"settings.DURABLE[{key!r}] must be {setting.must_be}, not {value!r}.",
+                    hint=f"The default is {setting.default!r}.",
                     id="durable_django.E004",
                 )
             )
-        elif key in ("API_PERMISSION_CLASSES", "API_AUTHENTICATION_CLASSES") and value is not None:
+        elif setting.importable and value is not None:
             errors.extend(_unimportable(key, value))
     return errors
-
-
-def _whole(low: int) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
-def _paths(value: Any) -> bool:
-    return isinstance(value, list | tuple) and all(isinstance(path, str) and path for path in value)
-
-
-# What each DURABLE value may be, and how the error says it.
-_VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "QUEUE": (lambda value: isinstance(value, str) and bool(value), "a queue name (a non-empty string)"),
-    "JOB_TIMEOUT": (lambda value: _whole(1)(value) or value == -1, "a positive number of seconds or -1"),
-    "RESULT_TTL": (_whole(-1), "a number of seconds (0 or more; -1 keeps results forever)"),
-    "FAILURE_TTL": (_whole(1), "a positive number of seconds"),
-    "PARALLEL_JOBS": (_whole(1), "a positive integer"),
-    "LEASE_SECONDS": (_positive, "a positive number of seconds"),
-    "RECOVER_INTERVAL": (_positive, "a positive number of seconds"),
-    "RECOVER_IN_WORKERS": (lambda value: isinstance(value, bool), "True or False"),
-    "MAX_WORKER_LOST": (_whole(1), "a positive integer"),
-    "API_PERMISSION_CLASSES": (_paths, "a list or tuple of dotted paths"),
-    "API_AUTHENTICATION_CLASSES": (lambda value: value is None or _paths(value), "None or a list of dotted paths"),
-    "API_PAGE_SIZE": (_whole(1), "a positive integer"),
-    "API_MAX_BODY_SIZE": (_whole(1), "a positive number of bytes"),
-}
 
 
 def _unimportable(key: str, paths: list[str] | tuple[str, ...]) -> list[Error]:

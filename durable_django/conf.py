@@ -1,116 +1,177 @@
 """The ``DURABLE`` settings dict, read through one object at access time.
 
-Reading at access time (never at import time) keeps ``override_settings`` working in tests.
+Each key is declared once, as a :class:`Setting` on :class:`DurableSettings`: its default, how its
+value is read, and what the system check accepts. Reading at access time (never at import time)
+keeps ``override_settings`` working in tests.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, Never, TypeVar, cast, overload
 
 from django.conf import settings as django_settings
 
 from .exceptions import DurableConfigurationError
 
-DEFAULTS: dict[str, Any] = {
-    # django-rq queue used for runs and branches unless a workflow or a step names another.
-    "QUEUE": "default",
-    # RQ job timeout (seconds) of the jobs that execute steps; -1 means no limit.
-    "JOB_TIMEOUT": 3600,
-    # How long RQ keeps a finished job's return value. The database holds every result,
-    # so RQ's copy is dropped at once by default.
-    "RESULT_TTL": 0,
-    # How long RQ keeps a failed job (an engine crash, not a failed step) for inspection.
-    "FAILURE_TTL": 7 * 24 * 3600,
-    # The most RQ jobs a parallel block's branches are spread over, per queue. Each such job
-    # executes branches in batches until none is left, so this bounds how many workers one block
-    # keeps busy at once: raise it when more workers should share blocks of many slow branches.
-    "PARALLEL_JOBS": 16,
-    # Seconds a worker's lease on an executing step or branch lasts; renewed every third of it
-    # while the step runs. A lease that runs out means its worker is gone.
-    "LEASE_SECONDS": 15,
-    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`).
-    "RECOVER_INTERVAL": 5,
-    # Run the recovery sweeper in a background thread of every `manage.py rqworker` process.
-    "RECOVER_IN_WORKERS": True,
-    # A step whose worker is lost this many times in a row fails with {"type": "worker_lost"}.
-    "MAX_WORKER_LOST": 3,
-    # REST API (durable_django.api): permission and authentication classes (dotted paths), page
-    # size of list endpoints and the largest request body accepted, in bytes.
-    "API_PERMISSION_CLASSES": (
-        "rest_framework.permissions.IsAdminUser",
-        "durable_django.api.permissions.CanOperateRuns",
-    ),
-    # None: session authentication, plus token authentication when rest_framework.authtoken is installed.
-    "API_AUTHENTICATION_CLASSES": None,
-    "API_PAGE_SIZE": 50,
-    "API_MAX_BODY_SIZE": 1024 * 1024,
-}
+T = TypeVar("T")
+
+TABLE: dict[str, Setting[Any]] = {}
+"""Every key of ``settings.DURABLE``, in declaration order, filled as :class:`DurableSettings` is defined."""
+
+
+def _user() -> dict[str, Any]:
+    value = getattr(django_settings, "DURABLE", {}) or {}
+    if not isinstance(value, dict):
+        raise DurableConfigurationError(f"settings.DURABLE must be a dict, not {type(value).__name__}.")
+    return value
+
+
+class Setting(Generic[T]):
+    """One key of ``settings.DURABLE``, named by the attribute it is assigned to.
+
+    ``default`` is written as a user would configure it, and goes through ``convert`` like a
+    configured value: ``convert`` turns either into what the code uses; ``accepts``
+    and ``must_be`` are the system check's rule and how its error words it
+    ("settings.DURABLE[key] must be <must_be>"). ``importable`` values are dotted paths that the
+    check also imports.
+    """
+
+    key: str
+
+    def __init__(
+        self,
+        default: Any,
+        convert: Callable[[Any], T],
+        *,
+        accepts: Callable[[Any], bool],
+        must_be: str,
+        importable: bool = False,
+    ) -> None:
+        self.default = default
+        self.convert = convert
+        self.accepts = accepts
+        self.must_be = must_be
+        self.importable = importable
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # A second Setting of the same name (on a subclass, say) would silently replace the first in the check.
+        if name in TABLE:
+            raise TypeError(f"settings.DURABLE[{name!r}] is declared twice.")
+        self.key = name
+        TABLE[name] = self
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Setting[T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> Setting[T] | T:
+        if instance is None:
+            return self
+        return self.convert(_user().get(self.key, self.default))
+
+    def __set__(self, instance: object, value: Never) -> None:
+        # Read-only, and Never makes mypy reject an assignment too: a value set on the object would
+        # shadow settings.DURABLE and outlive override_settings.
+        raise AttributeError(f"{self.key} is read from settings.DURABLE; set it there.")
+
+
+def _whole(low: int) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _paths(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(path, str) and path for path in value)
+
+
+def _optional_paths(value: Any) -> bool:
+    return value is None or _paths(value)
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _timeout(value: Any) -> bool:
+    return _whole(1)(value) or value == -1
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _as_is(value: Any) -> str:
+    # Not str(value): a queue name of another type is the check's to report, not to be renamed here.
+    return cast(str, value)
+
+
+def _path_tuple(value: Any) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _optional_path_tuple(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
 
 
 class DurableSettings:
     """Typed access to ``settings.DURABLE`` with defaults; unknown keys are a configuration error."""
 
-    def _user(self) -> dict[str, Any]:
-        value = getattr(django_settings, "DURABLE", {}) or {}
-        if not isinstance(value, dict):
-            raise DurableConfigurationError(f"settings.DURABLE must be a dict, not {type(value).__name__}.")
-        return value
-
     def unknown_keys(self) -> list[str]:
-        return sorted(set(self._user()) - set(DEFAULTS))
+        """The configured keys that are not settings, sorted."""
+        return sorted(set(_user()) - set(TABLE))
 
-    @property
-    def QUEUE(self) -> str:
-        return self._user().get("QUEUE", DEFAULTS["QUEUE"])
+    # django-rq queue used for runs and branches unless a workflow or a step names another.
+    QUEUE = Setting("default", _as_is, accepts=_name, must_be="a queue name (a non-empty string)")
+    # RQ job timeout (seconds) of the jobs that execute steps; -1 means no limit.
+    JOB_TIMEOUT = Setting(3600, int, accepts=_timeout, must_be="a positive number of seconds or -1")
+    # How long RQ keeps a finished job's return value. The database holds every result,
+    # so RQ's copy is dropped at once by default.
+    RESULT_TTL = Setting(
+        0, int, accepts=_whole(-1), must_be="a number of seconds (0 or more; -1 keeps results forever)"
+    )
+    # How long RQ keeps a failed job (an engine crash, not a failed step) for inspection.
+    FAILURE_TTL = Setting(7 * 24 * 3600, int, accepts=_whole(1), must_be="a positive number of seconds")
+    # The most RQ jobs a parallel block's branches are spread over, per queue. Each such job
+    # executes branches in batches until none is left, so this bounds how many workers one block
+    # keeps busy at once: raise it when more workers should share blocks of many slow branches.
+    PARALLEL_JOBS = Setting(16, int, accepts=_whole(1), must_be="a positive integer")
+    # Seconds a worker's lease on an executing step or branch lasts; renewed every third of it
+    # while the step runs. A lease that runs out means its worker is gone.
+    LEASE_SECONDS = Setting(15, float, accepts=_positive, must_be="a positive number of seconds")
+    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`).
+    RECOVER_INTERVAL = Setting(5, float, accepts=_positive, must_be="a positive number of seconds")
+    # Run the recovery sweeper in a background thread of every `manage.py rqworker` process.
+    RECOVER_IN_WORKERS = Setting(True, bool, accepts=_flag, must_be="True or False")
+    # A step whose worker is lost this many times in a row fails with {"type": "worker_lost"}.
+    MAX_WORKER_LOST = Setting(3, int, accepts=_whole(1), must_be="a positive integer")
+    # REST API (durable_django.api): permission and authentication classes (dotted paths), page
+    # size of list endpoints and the largest request body accepted, in bytes.
+    API_PERMISSION_CLASSES = Setting(
+        ("rest_framework.permissions.IsAdminUser", "durable_django.api.permissions.CanOperateRuns"),
+        _path_tuple,
+        accepts=_paths,
+        must_be="a list or tuple of dotted paths",
+        importable=True,
+    )
+    # None: session authentication, plus token authentication when rest_framework.authtoken is installed.
+    API_AUTHENTICATION_CLASSES = Setting(
+        None,
+        _optional_path_tuple,
+        accepts=_optional_paths,
+        must_be="None or a list of dotted paths",
+        importable=True,
+    )
+    API_PAGE_SIZE = Setting(50, int, accepts=_whole(1), must_be="a positive integer")
+    API_MAX_BODY_SIZE = Setting(1024 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
 
-    @property
-    def JOB_TIMEOUT(self) -> int:
-        return int(self._user().get("JOB_TIMEOUT", DEFAULTS["JOB_TIMEOUT"]))
 
-    @property
-    def RESULT_TTL(self) -> int:
-        return int(self._user().get("RESULT_TTL", DEFAULTS["RESULT_TTL"]))
-
-    @property
-    def FAILURE_TTL(self) -> int:
-        return int(self._user().get("FAILURE_TTL", DEFAULTS["FAILURE_TTL"]))
-
-    @property
-    def PARALLEL_JOBS(self) -> int:
-        return int(self._user().get("PARALLEL_JOBS", DEFAULTS["PARALLEL_JOBS"]))
-
-    @property
-    def LEASE_SECONDS(self) -> float:
-        return float(self._user().get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"]))
-
-    @property
-    def RECOVER_INTERVAL(self) -> float:
-        return float(self._user().get("RECOVER_INTERVAL", DEFAULTS["RECOVER_INTERVAL"]))
-
-    @property
-    def RECOVER_IN_WORKERS(self) -> bool:
-        return bool(self._user().get("RECOVER_IN_WORKERS", DEFAULTS["RECOVER_IN_WORKERS"]))
-
-    @property
-    def MAX_WORKER_LOST(self) -> int:
-        return int(self._user().get("MAX_WORKER_LOST", DEFAULTS["MAX_WORKER_LOST"]))
-
-    @property
-    def API_PERMISSION_CLASSES(self) -> tuple[str, ...]:
-        return tuple(self._user().get("API_PERMISSION_CLASSES", DEFAULTS["API_PERMISSION_CLASSES"]))
-
-    @property
-    def API_AUTHENTICATION_CLASSES(self) -> tuple[str, ...] | None:
-        value = self._user().get("API_AUTHENTICATION_CLASSES", DEFAULTS["API_AUTHENTICATION_CLASSES"])
-        return None if value is None else tuple(value)
-
-    @property
-    def API_PAGE_SIZE(self) -> int:
-        return int(self._user().get("API_PAGE_SIZE", DEFAULTS["API_PAGE_SIZE"]))
-
-    @property
-    def API_MAX_BODY_SIZE(self) -> int:
-        return int(self._user().get("API_MAX_BODY_SIZE", DEFAULTS["API_MAX_BODY_SIZE"]))
-
+DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in TABLE.items()}
+"""Each key of ``settings.DURABLE`` and its default, in declaration order."""
 
 durable_settings = DurableSettings()

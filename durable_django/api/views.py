@@ -9,12 +9,12 @@ from django.db.models import Model, QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
-from rest_framework import mixins, serializers, status
+from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.viewsets import GenericViewSet
+from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
 
 from .. import operations
 from ..definition import Workflow, find_workflow, get_workflow, queue_for, registered_workflows
@@ -52,8 +52,8 @@ class DurableViewSet(DurableAPIMixin, GenericViewSet[M]):
     filter_backends = ()
 
 
-class RowViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, DurableViewSet[M]):
-    """List and read the rows of one model.
+class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
+    """List and read the rows of one model: DRF's ``ReadOnlyModelViewSet`` with the API's base and pagination.
 
     The list is filtered by the query parameters that ``filters_class`` validates (a 400 names each
     invalid one); a missing or malformed id is a 404 that names it.

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,8 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from durable_django.models import WorkflowRun
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +225,26 @@ class WorkerPool:
     def wait_until_quiet(self, timeout: float = 60.0) -> None:
         """Wait until every job sent so far (and every job those sent) has been executed."""
         wait_for(self.quiet, timeout, what="the rq queue to drain")
+
+    def finish(self, run: WorkflowRun, timeout: float = 60.0) -> WorkflowRun:
+        """Wait until ``run`` has finished and the pool is quiet; ``run``, refreshed from the database.
+
+        Finished is any final status (completed, failed or cancelled): the caller asserts which.
+        """
+        wait_for(lambda: WorkflowRun.objects.filter(pk=run.pk).finished().exists(), timeout, what="the run to finish")
+        self.wait_until_quiet()
+        run.refresh_from_db()
+        return run
+
+    def finish_all(self, runs: Iterable[Any], timeout: float = 60.0) -> None:
+        """Wait until every run of ``runs`` (runs or their ids) has finished and the pool is quiet."""
+        ids = {getattr(run, "pk", run) for run in runs}
+        wait_for(
+            lambda: WorkflowRun.objects.filter(pk__in=ids).finished().count() == len(ids),
+            timeout,
+            what=f"{len(ids)} runs to finish",
+        )
+        self.wait_until_quiet()
 
     def failed_jobs(self) -> list[str]:
         """Jobs that crashed the engine (a failing step is not a failed job)."""

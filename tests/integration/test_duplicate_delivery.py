@@ -76,8 +76,7 @@ def test_duplicate_branch_and_join_jobs_record_one_result_and_join_once(workers,
     wait_for(lambda: branch_statuses(run) == {"completed": 3}, 30, what="every branch to complete")
     # These race the join job the last branch sent.
     dispatch.send([again(dispatch.join_group_job(group_id, run.pk, "default")) for _ in range(2)])
-    wait_for(lambda: WorkflowRun.objects.filter(pk=run.pk).finished().exists(), 30, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run, timeout=30)
 
     assert_everything_happened_once(run, token)
     assert pool.failed_jobs() == []
@@ -112,8 +111,7 @@ def test_duplicate_run_job_while_block_is_open_does_not_fan_out_again(workers, r
     dispatch.send([copy])
     wait_until_executed(pool, redis_db, copy.job_id)
     redis_db.set(key(token, "gate"), 1)
-    wait_for(lambda: WorkflowRun.objects.filter(pk=run.pk).finished().exists(), 30, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run, timeout=30)
 
     assert_everything_happened_once(run, token)
     assert pool.failed_jobs() == []
@@ -147,10 +145,8 @@ def test_join_and_branch_copies_delivered_while_the_join_executes_change_nothing
     assert executions(token) == {"j_0": 1, "j_1": 1, "j_2": 1, "into": 1}
 
     redis_db.set(key(token, "into_gate"), 1)
-    wait_for(lambda: WorkflowRun.objects.filter(pk=run.pk).finished().exists(), 30, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run, timeout=30)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     assert run.context == {"token": token, "into_executions": 1, "joined": ["j_0", "j_1", "j_2"], "after": True}
     assert executions(token) == {"j_0": 1, "j_1": 1, "j_2": 1, "into": 1, "after": 1}

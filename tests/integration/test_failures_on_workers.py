@@ -14,10 +14,6 @@ from tests.testapp.workflows import calls, key
 from .support import wait_for
 
 
-def finished(run: WorkflowRun) -> bool:
-    return WorkflowRun.objects.filter(pk=run.pk).finished().exists()
-
-
 def attempts(run: WorkflowRun, step: str) -> list[tuple[int, str]]:
     return list(StepResult.objects.filter(run=run, step=step).order_by("attempt").values_list("attempt", "status"))
 
@@ -66,8 +62,7 @@ def test_step_and_branch_retry_with_backoff_through_the_rq_scheduler(workers):
     token = uuid.uuid4().hex
     run = start_workflow("it_retry", {"token": token})
 
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
     assert_retried_twice_then_completed(run, token)
     assert pool.failed_jobs() == []
@@ -98,8 +93,7 @@ def test_retry_waits_in_rq_scheduled_registry_until_a_scheduler_runs(workers):
     assert calls(token, "flaky") == 1
 
     workers(1)  # this one runs RQ's scheduler
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
     assert_retried_twice_then_completed(run, token)
     assert pool.failed_jobs() == []

@@ -133,10 +133,8 @@ def test_a_branch_whose_worker_is_killed_runs_again_and_its_block_joins_once(
     batch = set(StepResult.objects.filter(run=run, lease_owner=held.lease_owner).values_list("step", flat=True))
     executed = executions(token)
     killed_at = pool.kill(pool.worker_of(lease_pid(held.lease_owner)))
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     names = [f"b_{i:02}" for i in range(FAN_WIDTH)]
     assert name in batch
@@ -195,10 +193,8 @@ def test_a_sequential_step_whose_worker_is_killed_resumes_at_that_step(
     held_until = run.lease_expires_at
     assert (run.status, run.current_step, run.current_attempt) == (RunStatus.RUNNING, "slow", 1)
     killed_at = pool.kill(pool.worker_of(lease_pid(run.lease_owner)))
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     assert rows(run) == [
         ("first", 1, "completed"),
@@ -230,10 +226,8 @@ def test_a_join_whose_worker_is_killed_is_joined_again_and_the_run_moves_on_once
     group = ParallelGroup.objects.get(run=run)
     assert group.status == "running"
     killed_at = pool.kill(pool.worker_of(lease_pid(group.lease_owner)))
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     assert rows(run) == [
         ("after", 1, "completed"),
@@ -266,8 +260,7 @@ def test_one_sweep_sends_the_join_of_a_killed_worker_once(workers: Any, short_le
 
     # The other worker is idle: it takes whatever this pass enqueues at once.
     report = recover()
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
     assert executions(token) == {"j_0": 1, "j_1": 1, "j_2": 1, "into": 2, "after": 1}
     assert report == Report(joins_taken_over=1)
@@ -281,10 +274,8 @@ def test_a_step_that_kills_its_process_every_time_fails_with_worker_lost_after_t
     token = uuid.uuid4().hex
     run = start_workflow("it_poison", {"token": token})
 
-    wait_for(lambda: finished(run), 90, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run, timeout=90)
 
-    run.refresh_from_db()
     # Lost workers do not use up its 5 attempts: MAX_WORKER_LOST (3) losses in a row end it.
     assert (run.status, run.error) == (RunStatus.FAILED, {"step": "poison", "reason": lost_reason(3)})
     attempts = StepResult.objects.filter(run=run).order_by("attempt")
@@ -359,10 +350,8 @@ def test_work_committed_by_a_process_that_died_before_enqueueing_it_is_sent_by_t
     token = uuid.uuid4().hex
     run = start_workflow("it_crash_points", {"token": token})
 
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     assert rows(run) == [
         ("begin", 1, "failed"),
@@ -426,10 +415,8 @@ def test_a_run_completes_when_every_database_connection_is_cut_twice_while_it_ex
     wait_for(lambda: executions(token).get("held_step") == 1, 60, what="the held step to execute")
     cuts.append(cut_database_connections())
     redis_db.set(key(token, "step_gate"), 1)
-    wait_for(lambda: finished(run), 90, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run, timeout=90)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     # The attempts whose commit met a dead connection lost their job; their leases ran out.
     assert rows(run) == [
@@ -524,8 +511,7 @@ def test_sweepers_racing_over_the_same_expired_leases_take_each_one_over_once(
     # The work they sent again completes on new workers.
     redis_db.set(key(block_token, "gate"), 1)
     workers(2, env=env)
-    wait_for(lambda: finished(step_run, block_run), 60, what="both runs to finish")
-    pool.wait_until_quiet()
+    pool.finish_all([step_run, block_run])
     assert Counter(WorkflowRun.objects.values_list("status", flat=True)) == {"completed": 2}
     assert rows(step_run) == [
         ("first", 1, "completed"),

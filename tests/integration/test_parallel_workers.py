@@ -11,12 +11,6 @@ from durable_django import start_workflow
 from durable_django.models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from tests.testapp.workflows import calls
 
-from .support import wait_for
-
-
-def finished(run: WorkflowRun) -> bool:
-    return WorkflowRun.objects.filter(pk=run.pk).finished().exists()
-
 
 def sequential_rows(run: WorkflowRun) -> list[tuple[str, int, str]]:
     return list(
@@ -40,10 +34,8 @@ def test_parallel_block_runs_on_several_workers_and_joins_once(workers):
     token = uuid.uuid4().hex
     run = start_workflow("it_fan_out", {"token": token, "min_workers": 2})
 
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     names = [f"branch_{i}" for i in range(12)]
     branches = {row.step: row for row in StepResult.objects.filter(run=run, group__isnull=False)}
@@ -79,8 +71,7 @@ def test_many_runs_at_once_each_join_exactly_once(workers):
     pool = workers(3)
     runs = {start_workflow("it_many", {"n": n}).pk: n for n in range(20)}
 
-    wait_for(lambda: WorkflowRun.objects.filter(pk__in=runs).finished().count() == 20, 150, what="20 runs to finish")
-    pool.wait_until_quiet()
+    pool.finish_all(runs, timeout=150)
 
     assert Counter(WorkflowRun.objects.filter(pk__in=runs).values_list("status", flat=True)) == {"completed": 20}
     assert sorted(
@@ -112,10 +103,8 @@ def test_branches_call_child_workflows_that_are_persisted_with_their_refs(worker
     token = uuid.uuid4().hex
     run = start_workflow("it_parent", {"token": token})
 
-    wait_for(lambda: finished(run), 60, what="the run to finish")
-    pool.wait_until_quiet()
+    pool.finish(run)
 
-    run.refresh_from_db()
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
     sums = {"a": 7, "b": 11, "c": 15}
     assert run.context == {

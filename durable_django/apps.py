@@ -27,14 +27,18 @@ class DurableConfig(AppConfig):
 
         from .conf import durable_settings
 
-        if durable_settings.RECOVER_IN_WORKERS and is_rq_worker_process():
-            from .recovery import sweeper
+        if is_rq_worker_process():
+            # Imported once here rather than by every job's child process of rq's forking worker.
+            from . import jobs  # noqa: F401
 
-            # Nothing but the usual worker command is needed for a dead worker's work to resume.
-            sweeper.start()
+            if durable_settings.RECOVER_IN_WORKERS:
+                from .recovery import sweeper
+
+                # Nothing but the usual worker command is needed for a dead worker's work to resume.
+                sweeper.start()
 
 
 def is_rq_worker_process(argv: list[str] | None = None) -> bool:
-    """Whether this process is a django-rq worker (``manage.py rqworker ...``)."""
+    """Whether this process is a worker (``manage.py durable_worker`` or django-rq's ``rqworker``)."""
     args = sys.argv if argv is None else argv
-    return len(args) > 1 and args[1] in ("rqworker", "rqworker-pool")
+    return len(args) > 1 and args[1] in ("durable_worker", "rqworker", "rqworker-pool")

@@ -150,6 +150,11 @@ class DurableSettings:
     RECOVER_IN_WORKERS = Setting(True, bool, accepts=_flag, must_be="True or False")
     # A step whose worker is lost this many times in a row fails with {"type": "worker_lost"}.
     MAX_WORKER_LOST = Setting(3, int, accepts=_whole(1), must_be="a positive integer")
+    # durable_django.worker.DurableWorker starts afresh (same process, fresh memory) after this
+    # many jobs; 0: never for that reason.
+    WORKER_MAX_JOBS = Setting(0, int, accepts=_whole(0), must_be="a number of jobs (0 for no limit)")
+    # ... or once its resident memory exceeds this many MiB, checked after every job; 0: never.
+    WORKER_MAX_MEMORY = Setting(512, int, accepts=_whole(0), must_be="a number of MiB (0 for no limit)")
     # REST API (durable_django.api): permission and authentication classes (dotted paths), page
     # size of list endpoints and the largest request body accepted, in bytes.
     API_PERMISSION_CLASSES = Setting(

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children"},
-    {"checks", "testing", "timeline", "admin_display", "admin", "api", "management", "apps", PACKAGE},
+    {"checks", "testing", "timeline", "admin_display", "admin", "api", "management", "worker", "apps", PACKAGE},
 ]
 
 # (importing module, imported module): lazy imports that are there on purpose.

@@ -1,13 +1,18 @@
-"""Decisions for parallel blocks: the fan-out, the drain loop, one branch, and the join.
+"""Decisions for parallel blocks: entering one, executing batches of branches, one branch, the join.
 
-The fan-out writes the group and a pending row per branch (:func:`fan_out`); drain jobs
-(:func:`run_branches`) claim those rows in batches whose size follows how quick the branches
-are, so a thousand no-op branches cost a handful of commits while slow ones spread over every
-worker; a retry of a branch, or a branch sent again, is a job of its own (:func:`run_branch`).
-Each recorded final result takes one off the group's counter in the transaction that records
-it, and whoever records the result that decides the block (:func:`decides`) sends the join.
-:func:`join_group` claims the group (its lease), applies ``on_error`` or ``into``, and closes the
-group in the transaction that moves the run; continuing the run is the engine's part.
+The job that reaches a block opens its group (:func:`enter`), in the transaction that records the
+step before it, and claims a first batch of branches at once: it executes them itself, so a short
+block costs no other job. Branches beyond that batch, and those of other queues, are left pending
+for drain jobs (:func:`run_branches`), which claim them in batches whose size follows how quick the
+branches are. A batch that runs past its budget gives the branches it has not started back to
+other workers, so slow branches still run side by side. A retry of a branch, or a branch sent
+again, is a job of its own (:func:`run_branch`).
+
+Each recorded final result takes one off the group's counter in the transaction that records it,
+and the results that decide the block (:func:`decides`, true for exactly one batch or branch) are
+joined by whoever recorded them: in that same transaction for a block without ``into``, right after
+it otherwise (:func:`join_group`); the run then goes on in the same job. Continuing the run is the
+engine's part: these functions return the run they moved on (:class:`Moved`).
 
 Every write goes through :mod:`durable_django.store`; this module only decides.
 """
@@ -16,26 +21,45 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from . import dispatch, results, store
+from . import dispatch, leases, results, store
 from .attempts import Attempt, call_step, retry_delay
 from .conf import durable_settings
 from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
-from .store import Claimed, Counts
+from .store import Claimed, Closing, Counts
 
 logger = logging.getLogger("durable_django")
 
 # A batch grows while executing it takes less than half of TARGET_SECONDS and shrinks above twice.
 TARGET_SECONDS = 0.05
 MAX_BATCH = 500
+# How many branches the job that reaches a block claims at once; more are left to drain jobs.
+FIRST_BATCH = 32
+# A batch still executing after this long gives the branches it has not started to other workers.
+OVERRUN_SECONDS = 0.1
+# A batch reads its run's status again before a branch once this long has passed since the last read.
+CANCEL_CHECK_SECONDS = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A run that a block's join moved on to its next step in this job, to continue on ``queue``."""
+
+    run: WorkflowRun
+    wf: Workflow
+    queue: str
 
 
 # -- what decides a block -------------------------------------------------------------------------
@@ -54,37 +78,199 @@ def decided(block: Parallel | None, pending: int, failed: int) -> bool:
 def decides(block: Parallel | None, counts: Counts) -> bool:
     """Whether the results just counted decided the block: it is decided now and was not before.
 
-    Exactly one batch (or branch) of a block sees this, so the join is sent exactly once.
+    Exactly one batch (or branch) of a block sees this, so the block is joined exactly once.
     """
     before = (counts.pending + counts.finals, counts.failed - counts.failures)
     return decided(block, counts.pending, counts.failed) and not decided(block, *before)
 
 
-def _send_join_if_decided(
-    group_id: int, run_id: Any, block: Parallel | None, counts: Counts | None, queue: str
-) -> None:
-    if counts is not None and decides(block, counts):
-        dispatch.submit(dispatch.join_group_job(group_id, run_id, queue))
+# -- entering a block -----------------------------------------------------------------------------
 
 
-# -- fan-out --------------------------------------------------------------------------------------
+def enter(
+    run: WorkflowRun,
+    wf: Workflow,
+    block: Parallel,
+    queue: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    rows: list[StepResult] | None = None,
+) -> Moved | None:
+    """Open ``block``'s group for ``run`` and execute its first batch of branches in this job.
 
-
-def fan_out(run: WorkflowRun, wf: Workflow, block: Parallel) -> bool:
-    """Open the block's group with one pending row per branch and send the drain jobs that execute them.
-
-    ``False`` when the block's group is already open (a duplicate job) or the run moved on.
+    ``fields`` and ``rows``: the outcome of the step before the block, committed with the group.
+    Returns the run when it went past the block in this job (its join moved it to the next step).
     """
-    if ParallelGroup.objects.filter(run_id=run.pk, name=block.name, status=GroupStatus.RUNNING).exists():
-        return False
-    by_queue: dict[str, list[str]] = {}
+    first = [member.name for member in block.steps if queue_for(wf, member) == queue][:FIRST_BATCH]
+    taken = set(first)
+    rest: dict[str, list[str]] = {}
     for member in block.steps:
-        # One drain job per queue to begin with; it brings in more while there is work left for them.
-        by_queue.setdefault(queue_for(wf, member), []).append(member.name)
-    if store.open_group(run, block.name, block.on_error, by_queue) is None:
-        return False
+        if member.name not in taken:
+            rest.setdefault(queue_for(wf, member), []).append(member.name)
+    opened = store.open_group(run, block.name, block.on_error, store.Plan(first, rest, queue), fields=fields, rows=rows)
+    if opened is None:
+        return None
+    group, claimed = opened
     logger.info("run %s fanned out %d branches of %r", run.pk, len(block.steps), block.name)
-    return True
+    return _drain(group, run, wf, block, queue, claimed) if claimed else None
+
+
+# -- executing batches ----------------------------------------------------------------------------
+
+
+class _Batch:
+    """The claimed branches of a batch not started yet; the watchdog may take them back meanwhile."""
+
+    def __init__(self, rows: list[Claimed]) -> None:
+        self._rows = deque(rows)
+        self._lock = threading.Lock()
+
+    def next(self) -> Claimed | None:
+        with self._lock:
+            return self._rows.popleft() if self._rows else None
+
+    def take_unstarted(self) -> list[Claimed]:
+        with self._lock:
+            rows, self._rows = list(self._rows), deque()
+            return rows
+
+
+def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
+    """A branch overran the batch's budget: the branches not started go to a drain job of their own."""
+    rows = batch.take_unstarted()
+    if not rows:
+        return
+    job = dispatch.run_branches_job(group.pk, group.run_id, queue, 1, tag=str(rows[0].pk))
+    if store.release_claimed(group.pk, [row.pk for row in rows], job.job_id):
+        dispatch.submit(job)
+        logger.info("group %s: a branch overran its batch; %d branches handed to other workers", group.pk, len(rows))
+
+
+def _execute(
+    group: ParallelGroup, run: WorkflowRun, ctx: dict[str, Any], steps: dict[str, Step], rows: list[Claimed], queue: str
+) -> list[tuple[Claimed, Step, Attempt]]:
+    """Execute a claimed batch one branch after another, each with its own copy of the context.
+
+    Before a branch starts, the run's status is read again once CANCEL_CHECK_SECONDS have passed
+    since the batch began or was last checked: a cancelled run starts no more of them (they are
+    cancelled), at a cost of at most one read per few milliseconds of branch execution.
+    """
+    batch = _Batch(rows)
+    outcomes: list[tuple[Claimed, Step, Attempt]] = []
+    token = None
+    checked = time.monotonic()
+    with store.heartbeat.hold_many(StepResult, [row.pk for row in rows]):
+        row = batch.next()  # the first branch always runs here: its claim saw the run running
+        # A child executed inline by its calling step keeps its branches in this process.
+        if len(rows) > 1 and not dispatch.executes_inline(run.pk):
+            token = leases.watchdog.arm(OVERRUN_SECONDS, partial(_give_back, group, queue, batch))
+        try:
+            while row is not None:
+                step = steps[row.step]
+                outcomes.append((row, step, call_step(step, copy.deepcopy(ctx), run.pk, in_parallel=True)))
+                row = batch.next()
+                if row is not None and time.monotonic() - checked >= CANCEL_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    if not WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
+                        store.cancel_claimed([row.pk, *(left.pk for left in batch.take_unstarted())])
+                        break
+        finally:
+            if token is not None:
+                leases.watchdog.disarm(token)
+    return outcomes
+
+
+def _drain(
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, queue: str, batch: list[Claimed]
+) -> Moved | None:
+    """Execute ``batch``, then claim and execute more of the block's branches on ``queue`` until none is left.
+
+    Recording a batch and claiming the next one is one transaction (one commit per batch), in which
+    the block is also joined when the batch decided it. Returns the run if that moved it on.
+    """
+    steps = {member.name: member for member in block.steps if queue_for(wf, member) == queue}
+    names = None if len(steps) == len(block.steps) else list(steps)
+    joins_here = queue_for(wf) == queue
+    decide = partial(_decide, group, run, wf, block) if joins_here and block.into is None else None
+    ctx = to_step_context(run.context)
+    size = len(batch)
+    while batch:
+        started = time.monotonic()
+        outcomes = _execute(group, run, ctx, steps, batch, queue)
+        elapsed = time.monotonic() - started
+        # A short batch means nothing was left to claim: no need to ask again.
+        more = len(batch) == size
+        if elapsed < TARGET_SECONDS / 2:
+            size = min(size * 2, MAX_BATCH)
+        elif elapsed > TARGET_SECONDS * 2:
+            size = max(size // 2, 1)
+        recorded = store.record_batch(
+            group.pk,
+            [(row, attempt) for row, _, attempt in outcomes],
+            _retries(group, wf, outcomes),
+            (names, size) if more else None,
+            decide,
+        )
+        if recorded.counts is not None and decides(block, recorded.counts):
+            return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
+        batch = recorded.next_batch
+    return None
+
+
+def _joined(
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, queue: str, closed: bool, joins_here: bool
+) -> Moved | None:
+    """After the results that decided ``block`` were recorded: join it here, or have its queue's worker do it."""
+    if block.into is None and joins_here:
+        # Closed in the recording transaction (or the run had moved on, cancelled say).
+        return Moved(run, wf, queue) if closed and run.status == RunStatus.RUNNING else None
+    if joins_here:
+        return join_group(group.pk)
+    dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
+    return None
+
+
+def run_branches(group_id: int, queue: str, index: int = 0) -> Moved | None:
+    """Execute the block's pending first attempts on ``queue`` in batches (drain job ``index``).
+
+    Drain job ``index`` sends drain job ``index + 1`` as soon as it has claimed work and some is
+    left, up to ``DURABLE["PARALLEL_JOBS"]`` jobs: slow branches spread over idle workers within
+    moments, while quick ones are mostly done by the first job and leave few idle jobs behind.
+    """
+    unclaimed = StepResult.objects.filter(group=OuterRef("pk"), status=StepStatus.PENDING, attempt=1)
+    group = (
+        ParallelGroup.objects.select_related("run").annotate(unclaimed=Exists(unclaimed)).filter(pk=group_id).first()
+    )
+    if group is None or group.status != GroupStatus.RUNNING or group.run.status != RunStatus.RUNNING:
+        return None
+    if not group.unclaimed:
+        # The other drain jobs of the block took every branch already: a job that cost one read.
+        return None
+    run = group.run
+    wf = find_workflow(run.workflow)
+    block = wf.block(group.name) if wf else None
+    if wf is None or block is None:
+        reason = results.unknown_step(
+            f"workflow {run.workflow!r} has no parallel block {group.name!r} with these branches"
+        )
+        # Every pending branch fails at once; the join then decides.
+        counts = store.fail_pending_branches(group.pk, reason)
+        if counts is not None and decides(None, counts):
+            dispatch.submit(dispatch.join_group_job(group.pk, run.pk, queue_for(wf)))
+        return None
+    names = [member.name for member in block.steps if queue_for(wf, member) == queue]
+    if not names:
+        return None
+    only = None if len(names) == len(block.steps) else names
+    batch = store.claim_batch(group.pk, only, 1)
+    if batch and index + 1 < durable_settings.PARALLEL_JOBS and _unclaimed(group, only):
+        dispatch.submit(dispatch.run_branches_job(group.pk, run.pk, queue, index + 1))
+    return _drain(group, run, wf, block, queue, batch)
+
+
+def _unclaimed(group: ParallelGroup, names: list[str] | None) -> bool:
+    pending = StepResult.objects.filter(group=group, status=StepStatus.PENDING, attempt=1)
+    return (pending.filter(step__in=names) if names is not None else pending).exists()
 
 
 # -- retry or final -------------------------------------------------------------------------------
@@ -113,114 +299,59 @@ def _retries(
     return again
 
 
-# -- the drain loop -------------------------------------------------------------------------------
-
-
-def run_branches(group_id: int, queue: str, index: int = 0) -> None:
-    """Execute the block's pending first attempts on ``queue`` in batches (drain job ``index``).
-
-    Drain job ``index`` sends drain job ``index + 1`` as soon as it has claimed work and some is
-    left, up to ``DURABLE["PARALLEL_JOBS"]`` jobs: slow branches spread over idle workers within
-    moments, while quick ones are mostly done by the first job and leave few idle jobs behind.
-    """
-    unclaimed = StepResult.objects.filter(group=OuterRef("pk"), status=StepStatus.PENDING, attempt=1)
-    group = (
-        ParallelGroup.objects.select_related("run").annotate(unclaimed=Exists(unclaimed)).filter(pk=group_id).first()
-    )
-    if group is None or group.status != GroupStatus.RUNNING or group.run.status != RunStatus.RUNNING:
-        return
-    if not group.unclaimed:
-        # The other drain jobs of the block took every branch already: a job that cost one read.
-        return
-    run = group.run
-    wf = find_workflow(run.workflow)
-    block = wf.block(group.name) if wf else None
-    if wf is None or block is None:
-        reason = results.unknown_step(
-            f"workflow {run.workflow!r} has no parallel block {group.name!r} with these branches"
-        )
-        # Every pending branch fails at once; the join then decides.
-        _send_join_if_decided(group.pk, run.pk, None, store.fail_pending_branches(group.pk, reason), queue_for(wf))
-        return
-    steps = {member.name: member for member in block.steps if queue_for(wf, member) == queue}
-    if not steps:
-        return
-    names = None if len(steps) == len(block.steps) else list(steps)
-    ctx = to_step_context(run.context)
-    size = 1
-    batch = store.claim_batch(group.pk, names, size)
-    if batch and index + 1 < durable_settings.PARALLEL_JOBS and _unclaimed(group, names):
-        dispatch.submit(dispatch.run_branches_job(group.pk, run.pk, queue, index + 1))
-    while batch:
-        started = time.monotonic()
-        outcomes: list[tuple[Claimed, Step, Attempt]] = []
-        with store.heartbeat.hold_many(StepResult, [row.pk for row in batch]):
-            for row in batch:
-                step = steps[row.step]
-                outcomes.append((row, step, call_step(step, copy.deepcopy(ctx), run.pk, in_parallel=True)))
-        elapsed = time.monotonic() - started
-        # A short batch means nothing was left to claim: no need to ask again.
-        more = len(batch) == size
-        if elapsed < TARGET_SECONDS / 2:
-            size = min(size * 2, MAX_BATCH)
-        elif elapsed > TARGET_SECONDS * 2:
-            size = max(size // 2, 1)
-        retries = _retries(group, wf, outcomes)
-        # Recording a batch and claiming the next one is one transaction: one commit per batch.
-        recorded = store.record_batch(
-            group.pk, [(row, attempt) for row, _, attempt in outcomes], retries, (names, size) if more else None
-        )
-        _send_join_if_decided(group.pk, run.pk, block, recorded.counts, queue_for(wf))
-        batch = recorded.next_batch
-
-
-def _unclaimed(group: ParallelGroup, names: list[str] | None) -> bool:
-    pending = StepResult.objects.filter(group=group, status=StepStatus.PENDING, attempt=1)
-    return (pending.filter(step__in=names) if names is not None else pending).exists()
-
-
 # -- one branch -----------------------------------------------------------------------------------
 
 
-def run_branch(row_id: int) -> None:
+def run_branch(row_id: int) -> Moved | None:
     """Run the one attempt of a branch that row ``row_id`` is, and record its result once."""
     if not store.claim_branch(row_id, dispatch.current_job_id()):
         logger.debug("branch %s is not pending (duplicate or cancelled job); nothing to do", row_id)
-        return
+        return None
     row = StepResult.objects.select_related("run", "group").get(pk=row_id)
     run, group = row.run, row.group
     if group is None:
         logger.error("step result %s is not a branch of a parallel group; dropping its job", row_id)
-        return
+        return None
     if run.status != RunStatus.RUNNING or group.status != GroupStatus.RUNNING:
         store.cancel_branch(row_id)
-        return
+        return None
     wf = find_workflow(run.workflow)
     block = wf.block(group.name) if wf else None
     step = block.branch(row.step) if block else None
-    if wf is None or step is None:
+    if wf is None or block is None or step is None:
         reason = results.unknown_step(f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}")
         finish_branch(row, group, wf, None, Attempt.failure(reason, row.started_at))
-        return
+        return None
     with store.heartbeat.hold(StepResult, row_id):
         attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
     claimed = Claimed(row.pk, row.step, row.attempt)
     nxt = _retries(group, wf, [(claimed, step, attempt)]).get(row.pk)
-    if nxt is None:
-        finish_branch(row, group, wf, block, attempt)
-    elif store.retry_branch(row.pk, attempt, nxt):
-        logger.info(
-            "branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, run.pk, row.attempt, nxt.delay
-        )
+    if nxt is not None:
+        if store.retry_branch(row.pk, attempt, nxt):
+            logger.info(
+                "branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, run.pk, row.attempt, nxt.delay
+            )
+        return None
+    queue = queue_for(wf, step)
+    joins_here = queue_for(wf) == queue
+    decide = partial(_decide, group, run, wf, block) if joins_here and block.into is None else None
+    recorded = store.record_branch(row.pk, group.pk, attempt, decide)
+    if recorded is None or recorded.counts is None or not decides(block, recorded.counts):
+        return None
+    return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
 
 
 def finish_branch(
     row: StepResult, group: ParallelGroup, wf: Workflow | None, block: Parallel | None, attempt: Attempt
 ) -> bool:
-    """Record ``attempt`` as the final result of branch ``row`` and send the join if it decides the block."""
-    counts = store.record_branch(row.pk, group.pk, attempt)
-    _send_join_if_decided(group.pk, group.run_id, block, counts, queue_for(wf))
-    return counts is not None
+    """Record ``attempt`` as the final result of branch ``row``; the join job is sent if that decides the block.
+
+    For recovery and for resuming a child: neither executes a join or the steps after it in place.
+    """
+    recorded = store.record_branch(row.pk, group.pk, attempt)
+    if recorded is not None and recorded.counts is not None and decides(block, recorded.counts):
+        dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
+    return recorded is not None
 
 
 def retry_lost_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attempt) -> bool:
@@ -232,66 +363,30 @@ def retry_lost_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attemp
 # -- the join -------------------------------------------------------------------------------------
 
 
-def join_group(group_id: int) -> tuple[WorkflowRun, Workflow] | None:
-    """Apply a decided block's error strategy and ``into``, close its group and move its run on.
-
-    Returns the run and its workflow when this join moved the run to its next step (for the
-    engine to continue), ``None`` otherwise: the run finished or failed here, a duplicate join
-    claimed nothing, or the run is not running (the group is left to whoever comes next).
-    """
-    # The group's lease makes a duplicate join job (or one recovery sent again) a no-op.
-    if not store.claim_join(group_id):
-        logger.debug("group %s is closed or joined by another worker; nothing to do", group_id)
+def _decide(
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, counts: Counts
+) -> tuple[WorkflowRun, Closing] | None:
+    """Asked in the transaction that counted results: if they decided ``block``, how it closes."""
+    if not decides(block, counts):
         return None
-    group = ParallelGroup.objects.select_related("run").get(pk=group_id)
-    with store.heartbeat.hold(ParallelGroup, group_id):
-        closed, wf = _join(group)
-    if not closed:
-        # The join did not close the group (its run was not running): leave it to whoever comes next.
-        store.release_join(group_id)
-        return None
-    # The group is closed and its lease let go: the run goes on under its own lease.
-    return (group.run, wf) if wf is not None else None
+    return run, _closing(group, run, wf, block)
 
 
-def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
-    """Decide ``group``: whether it is closed (by this join or, in a lost race, another), and the
-    workflow to continue ``group.run`` in when this join moved the run on to its next step."""
-    run = group.run
-    if run.status != RunStatus.RUNNING:
-        return False, None
-    wf = find_workflow(run.workflow)
-    if wf is None:
-        store.fail_run(run, run.current_step, results.workflow_not_found(run.workflow))
-        logger.error("run %s failed: its workflow %r is not registered", run.pk, run.workflow)
-        return False, None
-    position = wf.position(group.name)
-    block = wf.block(group.name)
-    if block is None or position is None:
-        reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
-        return store.close_group(
-            run, group.pk, GroupStatus.FAILED, None, reason, store.fail_fields(group.name, reason)
-        ), None
+def _closing(group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel) -> Closing:
+    """How a decided block without ``into`` closes: failed at its first failure (``fail_fast``), or
+    completed with every result in ``__results__`` and the run moved to the next step."""
     latest = _final_attempts(group)
-    keys = {member.name: member.key for member in block.steps}
-    collected = {
-        keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
-        for name, (_, _, status, output, error, _) in latest.items()
-    }
-    if block.into is not None:
-        return _join_into(run, wf, group, block, position, collected)
+    collected = _collected(block, latest)
     failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
         _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
-        fields = store.fail_fields(name, error, parallel=group.name)
-        if not store.close_group(run, group.pk, GroupStatus.FAILED, collected, None, fields, cancel_pending=True):
-            return False, None
         logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
-        return True, None
-    fields = store.move_fields(wf, position + 1, {**run.context, RESULTS_KEY: collected})
-    if not store.close_group(run, group.pk, GroupStatus.COMPLETED, collected, None, fields):
-        return False, None
-    return True, wf
+        fields = store.fail_fields(name, error, parallel=group.name)
+        return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True)
+    position = wf.position(group.name)
+    target = None if position is None else position + 1
+    fields = store.move_fields(wf, target, {**run.context, RESULTS_KEY: collected})
+    return Closing(GroupStatus.COMPLETED, collected, None, fields)
 
 
 def _final_attempts(group: ParallelGroup) -> dict[str, tuple[Any, ...]]:
@@ -310,10 +405,64 @@ def _final_attempts(group: ParallelGroup) -> dict[str, tuple[Any, ...]]:
     return latest
 
 
+def _collected(block: Parallel, latest: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    keys = {member.name: member.key for member in block.steps}
+    return {
+        keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
+        for name, (_, _, status, output, error, _) in latest.items()
+    }
+
+
+def join_group(group_id: int) -> Moved | None:
+    """Join a decided group that was not joined where its results were recorded (a block with
+    ``into``, or whose join runs on another queue), claiming its lease so that it runs once.
+
+    Returns the run when this join moved it on to its next step (for the engine to continue).
+    """
+    if not store.claim_join(group_id):
+        logger.debug("group %s is closed or joined by another worker; nothing to do", group_id)
+        return None
+    group = ParallelGroup.objects.select_related("run").get(pk=group_id)
+    with store.heartbeat.hold(ParallelGroup, group_id):
+        closed, wf = _join(group)
+    if not closed:
+        # The join did not close the group (its run was not running): leave it to whoever comes next.
+        store.release_join(group_id)
+        return None
+    # The group is closed and its lease let go: the run goes on under its own lease.
+    return Moved(group.run, wf, queue_for(wf)) if wf is not None else None
+
+
+def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
+    """Decide ``group``: whether it is closed (by this join or, in a lost race, another), and the
+    workflow to continue ``group.run`` in when this join moved the run on to its next step."""
+    run = group.run
+    if run.status != RunStatus.RUNNING:
+        return False, None
+    wf = find_workflow(run.workflow)
+    if wf is None:
+        store.fail_run(run, run.current_step, results.workflow_not_found(run.workflow))
+        logger.error("run %s failed: its workflow %r is not registered", run.pk, run.workflow)
+        return False, None
+    position = wf.position(group.name)
+    block = wf.block(group.name)
+    if block is None or position is None:
+        reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
+        closing = Closing(GroupStatus.FAILED, None, reason, store.fail_fields(group.name, reason))
+        return store.close_group(run, group.pk, closing), None
+    if block.into is not None:
+        return _join_into(run, wf, group, block, position)
+    closing = _closing(group, run, wf, block)
+    if not store.close_group(run, group.pk, closing):
+        return False, None
+    return True, wf if closing.status == GroupStatus.COMPLETED else None
+
+
 def _join_into(
-    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Parallel, position: int, collected: dict[str, Any]
+    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Parallel, position: int
 ) -> tuple[bool, Workflow | None]:
     assert block.into is not None
+    collected = _collected(block, _final_attempts(group))
     ctx = to_step_context(run.context)
     # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
     scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(collected))}
@@ -338,10 +487,9 @@ def _join_into(
             if outcome.kind == GOTO
             else results.stored_reason(outcome.reason)
         )
-        fields = store.fail_fields(group.name, reason)
-        return store.close_group(run, group.pk, GroupStatus.FAILED, collected, reason, fields), None
-    if not store.close_group(
-        run, group.pk, GroupStatus.COMPLETED, collected, None, store.move_fields(wf, target, context)
-    ):
+        closing = Closing(GroupStatus.FAILED, collected, reason, store.fail_fields(group.name, reason))
+        return store.close_group(run, group.pk, closing), None
+    closing = Closing(GroupStatus.COMPLETED, collected, None, store.move_fields(wf, target, context))
+    if not store.close_group(run, group.pk, closing):
         return False, None
     return True, wf

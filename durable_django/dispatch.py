@@ -79,9 +79,13 @@ def drain_job_id(group_id: int, queue: str, index: int) -> str:
     return f"{DRAIN_PREFIX}{group_id}-{queue}-{index}"
 
 
-def run_branches_job(group_id: int, run_id: Any, queue: str, index: int = 0) -> Job:
-    """Execute a group's pending first attempts on ``queue`` in batches (drain job ``index``)."""
-    return Job(RUN_BRANCHES, (group_id, queue, index), queue, run_id, job_id=drain_job_id(group_id, queue, index))
+def run_branches_job(group_id: int, run_id: Any, queue: str, index: int = 0, *, tag: str = "") -> Job:
+    """Execute a group's pending first attempts on ``queue`` in batches (drain job ``index``).
+
+    ``tag`` tells apart a drain job sent for branches a busy worker gave back from the block's own.
+    """
+    job_id = drain_job_id(group_id, queue, index) + (f"-{tag}" if tag else "")
+    return Job(RUN_BRANCHES, (group_id, queue, index), queue, run_id, job_id=job_id)
 
 
 def run_branch_job(row_id: int, run_id: Any, job_id: str, queue: str, delay: float = 0.0) -> Job:
@@ -155,6 +159,12 @@ class InlineSink:
 
 
 _inline: contextvars.ContextVar[InlineSink | None] = contextvars.ContextVar("durable_inline", default=None)
+
+
+def executes_inline(run_id: Any) -> bool:
+    """Whether the jobs of run ``run_id`` execute in this process (a child called by a step)."""
+    sink = _inline.get()
+    return sink is not None and run_id in sink.run_ids
 
 
 @contextmanager

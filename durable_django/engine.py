@@ -107,8 +107,10 @@ def run_workflow(run_id: Any, queue: str, version: int) -> None:
 
 
 def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
-    """Execute sequential steps back to back until the run finishes, waits or reaches a parallel block.
+    """Execute the run's steps in this job until it finishes, waits for other workers or is handed over.
 
+    Sequential steps run back to back; a parallel block is entered here (its first batch of
+    branches executes in this job, and when it is decided here too, the run goes on after it).
     Steps that belong on another queue are handed over to that queue's workers.
     """
     while run.status == RunStatus.RUNNING:
@@ -120,23 +122,29 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
             store.fail_run(run, run.current_step, reason)
             return
         if isinstance(node, Parallel):
-            if not blocks.fan_out(run, wf, node):
-                # Its branches are already out (this was a duplicate job): just let go of the run.
-                store.release_run(run)
-            return
+            moved = blocks.enter(run, wf, node, queue)
+            if moved is None:
+                break
+            run = moved.run
+            continue
         wanted = queue_for(wf, node)
         if wanted != queue:
             # Hand the run over to that queue's workers: release the lease with the job.
             store.transition(run, released_fields(leases.expiry()), resume_on=wanted)
             return
-        if not _run_sequential_step(run, wf, node):
-            return
+        moved_on = _run_sequential_step(run, wf, node, queue)
+        if moved_on is None:
+            break
+        run = moved_on
     if run.status == RunStatus.COMPLETED:
         logger.info("run %s of workflow %r completed", run.pk, wf.name)
 
 
-def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step) -> bool:
-    """Execute one sequential step and commit its outcome; ``True`` when the run moved to another step."""
+def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str) -> WorkflowRun | None:
+    """Execute one sequential step and commit its outcome; the run when it moved on in this job.
+
+    A step followed by a parallel block commits its outcome together with the block's group.
+    """
     attempt_no = run.current_attempt
     with store.heartbeat.hold(WorkflowRun, run.pk):
         attempt = call_step(step, to_step_context(run.context), run.pk)
@@ -156,16 +164,21 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step) -> bool:
             if target is None:
                 row.status, row.error = StepStatus.FAILED, results.goto_error(step.name, attempt.outcome.target)
                 store.fail_run(run, step.name, row.error, [row])
-                return False
+                return None
         row.status, row.output = StepStatus.COMPLETED, attempt.output
-        return store.transition(run, store.move_fields(wf, target, merge(run.context, attempt.output)), [row])
+        fields = store.move_fields(wf, target, merge(run.context, attempt.output))
+        following = wf.steps[target] if target is not None and target < len(wf.steps) else None
+        if isinstance(following, Parallel):
+            moved = blocks.enter(run, wf, following, queue, fields=fields, rows=[row])
+            return moved.run if moved is not None else None
+        return run if store.transition(run, fields, [row]) else None
     row.status, row.error = StepStatus.FAILED, attempt.reason
     delay = retry_delay(step, attempt, attempt_no, run.pk)
     if delay is not None:
         logger.info("step %r of run %s failed (attempt %d); retrying in %.2fs", step.name, run.pk, attempt_no, delay)
         fields = {"current_attempt": attempt_no + 1, **released_fields(leases.retry_deadline(delay))}
-        store.transition(run, fields, [row], resume_on=queue_for(wf, step), delay=delay)
-        return False
+        store.transition(run, fields, [row], resume_on=queue, delay=delay)
+        return None
     logger.info("run %s failed at step %r", run.pk, step.name)
     store.fail_run(run, step.name, attempt.reason, [row])
-    return False
+    return None

@@ -45,25 +45,28 @@ def run_workflow(run_id: str, queue: str, version: int) -> None:
     engine.run_workflow(run_id, queue, version)
 
 
+def _go_on(moved: blocks.Moved | None) -> None:
+    """A job that joined a block continues its run with the steps after it."""
+    if moved is not None:
+        engine.advance(moved.run, moved.wf, moved.queue)
+
+
 @_fresh_connections_after_db_errors
 def run_branch(step_result_id: int) -> None:
-    """Execute one attempt of one parallel branch."""
-    blocks.run_branch(step_result_id)
+    """Execute one attempt of one parallel branch (and the join, when its result decides the block)."""
+    _go_on(blocks.run_branch(step_result_id))
 
 
 @_fresh_connections_after_db_errors
 def run_branches(group_id: int, queue: str, index: int = 0) -> None:
     """Execute the pending first attempts of a parallel group's branches on ``queue``, in batches."""
-    blocks.run_branches(group_id, queue, index)
+    _go_on(blocks.run_branches(group_id, queue, index))
 
 
 @_fresh_connections_after_db_errors
 def join_group(group_id: int, queue: str) -> None:
     """Join a parallel group, then continue its run with the steps after the block."""
-    moved = blocks.join_group(group_id)
-    if moved is not None:
-        run, wf = moved
-        engine.advance(run, wf, queue)
+    _go_on(blocks.join_group(group_id))
 
 
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {

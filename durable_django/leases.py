@@ -1,4 +1,5 @@
-"""Leases on executing work: who holds one, until when, and the heartbeat that renews them.
+"""Leases on executing work: who holds one, until when, the heartbeat that renews them, and the
+watchdog that gives claimed work back when a batch overruns its budget.
 
 A worker that executes a sequential step holds a lease on the run row; one that executes a branch
 holds it on the branch's row: ``lease_owner`` names the process, ``lease_expires_at`` says until
@@ -10,10 +11,12 @@ The renewal's statement is :func:`durable_django.store.renew_leases`, like every
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,6 +28,8 @@ from django.db.models import Model
 from django.utils import timezone
 
 from .conf import durable_settings
+
+logger = logging.getLogger("durable_django")
 
 _identity: tuple[int, str] | None = None
 
@@ -122,3 +127,62 @@ class Heartbeat:
                     connections.close_all()
         finally:
             connections.close_all()
+
+
+# -- overrun watchdog -----------------------------------------------------------------------------
+
+
+class Watchdog:
+    """Calls a function once its deadline has passed, unless disarmed first, from one daemon thread.
+
+    A job that executes a batch of branches one after another arms it with the batch's time budget:
+    when a branch overruns, the branches not started yet are given back to other workers instead of
+    waiting behind it. Arming and disarming cost a lock and a notify; the thread sleeps meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._alarms: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def arm(self, seconds: float, fn: Callable[[], None]) -> int:
+        """Call ``fn()`` in ``seconds`` unless :meth:`disarm` is called with the returned token first."""
+        with self._cond:
+            self._next += 1
+            self._alarms[self._next] = (time.monotonic() + seconds, fn)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop, name="durable-overrun", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._alarms.pop(token, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._alarms:
+                        self._cond.wait()
+                        continue
+                    token, (due, fn) = min(self._alarms.items(), key=lambda item: item[1][0])
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        del self._alarms[token]
+                        break
+                    self._cond.wait(wait)
+            try:
+                fn()
+            except Exception:
+                logger.exception("overrun handler failed")
+            finally:
+                # Overruns are rare (only branches slower than a batch's budget): hold no idle connection.
+                connections.close_all()
+
+
+watchdog = Watchdog()

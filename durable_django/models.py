@@ -168,6 +168,12 @@ class ParallelGroup(models.Model):
         indexes = [
             models.Index(fields=["status", "pending_count"], name="durable_group_status_pending"),
         ]
+        constraints = [
+            # A block is open at most once per run: a duplicate fan-out fails instead of running twice.
+            models.UniqueConstraint(
+                fields=["run", "name"], condition=Q(status="running"), name="durable_group_one_open_per_block"
+            ),
+        ]
         verbose_name = _("parallel group")
         verbose_name_plural = _("parallel groups")
 

@@ -160,8 +160,8 @@ def test_run_at_a_step_the_definition_no_longer_has_fails(embedded: EmbeddedQueu
 
 TRANSACTION_MARKERS = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
-# A run job starts by claiming the run: a conditional UPDATE pending -> running, then one SELECT.
-CLAIM = ["UPDATE workflowrun", "SELECT workflowrun"]
+# A run job starts by claiming the run: one conditional UPDATE pending -> running ... RETURNING the row.
+CLAIM = ["UPDATE workflowrun"]
 # A sequential step is one transaction: the UPDATE that moves the run (conditional on its version)
 # and the INSERT of the step's StepResult row. On PostgreSQL both are one statement (a CTE), so a
 # step costs one round trip and one commit.
@@ -170,52 +170,57 @@ STEP = (
     if connection.vendor == "postgresql"
     else ["BEGIN", "UPDATE workflowrun", "INSERT stepresult", "COMMIT"]
 )
-# Fanning out, whatever the number of branches: the duplicate-job guard, then one transaction that
-# bumps the run, creates the group and bulk-inserts every branch row.
-FAN_OUT = [
-    "SELECT parallelgroup",
+# Entering a block, whatever the number of branches: one transaction that moves the run (storing
+# the row of the step before the block, when one ran in the same job), creates the group and
+# inserts every branch row, the first batch already claimed by the job that entered the block.
+FAN_OUT = ["BEGIN", "UPDATE workflowrun", "INSERT parallelgroup", "INSERT stepresult", "COMMIT"]
+STEP_AND_FAN_OUT = [
     "BEGIN",
     "UPDATE workflowrun",
+    "INSERT stepresult",
     "INSERT parallelgroup",
     "INSERT stepresult",
     "COMMIT",
 ]
-# Branches run in drain jobs. The fan-out sends one; a drain job loads the group with its run,
-# claims a first batch (UPDATE ... RETURNING), checks whether branches are left (then it sends the
-# next drain job, up to DURABLE["PARALLEL_JOBS"]), and then, per batch,
-# one transaction: store every result in one UPDATE (of the rows this worker still holds), decrement
-# the group's counters (UPDATE ... RETURNING) and claim the next batch. A short batch ends the job.
+# A drain job loads the group with its run, claims a first batch (UPDATE ... RETURNING), checks
+# whether branches are left (then it sends the next drain job, up to DURABLE["PARALLEL_JOBS"]).
 DRAIN_START = ["SELECT parallelgroup", "UPDATE stepresult", "SELECT stepresult"]
+# Then, per batch, one transaction: store every result in one UPDATE (of the rows this worker still
+# holds), decrement the group's counters (UPDATE ... RETURNING) and claim the next batch.
+RECORD = ["BEGIN", "UPDATE stepresult", "UPDATE parallelgroup", "UPDATE stepresult", "COMMIT"]
+# The batch that decides a block without into joins it in the same transaction: it reads the final
+# branch rows, moves the run and closes the group. A short batch (nothing left to claim) ends there.
+RECORD_AND_JOIN = [
+    "BEGIN",
+    "UPDATE stepresult",
+    "UPDATE parallelgroup",
+    "SELECT stepresult",
+    "UPDATE workflowrun",
+    "UPDATE parallelgroup",
+    "COMMIT",
+]
 
 
 @pytest.fixture
 def quick_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Batches always count as quick, so that their sizes (and the statements) do not depend on timing."""
+    """Batches always count as quick and never overrun: their sizes and statements do not depend on timing."""
     monkeypatch.setattr(blocks, "TARGET_SECONDS", 3600.0)
+    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 3600.0)
+    monkeypatch.setattr(blocks, "CANCEL_CHECK_SECONDS", 3600.0)
 
 
-def record(*, claim_next: bool) -> list[str]:
-    return [
-        "BEGIN",
-        "UPDATE stepresult",
-        "UPDATE parallelgroup",
-        *(["UPDATE stepresult"] if claim_next else []),
-        "COMMIT",
-    ]
-
-
-# A drain job that finds every branch taken by another: the load tells (EXISTS), nothing more.
+# A drain job that finds the block closed or every branch taken: the load tells (EXISTS), nothing more.
 IDLE_DRAIN = ["SELECT parallelgroup"]
-# The join, whatever the number of branches: take the group's lease (a duplicate join claims
-# nothing), load the group with its run, load the final branch rows, then one transaction that
-# closes the group and moves the run.
+# The join job of a block with into, or whose join runs on another queue: take the group's lease
+# (a duplicate join claims nothing), load the group with its run, load the final branch rows, then
+# one transaction that moves the run and closes the group.
 JOIN = [
     "UPDATE parallelgroup",
     "SELECT parallelgroup",
     "SELECT stepresult",
     "BEGIN",
-    "UPDATE parallelgroup",
     "UPDATE workflowrun",
+    "UPDATE parallelgroup",
     "COMMIT",
 ]
 
@@ -279,25 +284,65 @@ def test_failed_attempt_costs_the_same_as_a_step_and_the_retry_claims_again(
 
 
 @runs
+def test_an_onboarding_shaped_run_is_one_job_of_three_commits_after_its_claim(
+    embedded: EmbeddedQueue, define: Definer, quick_batches: None
+) -> None:
+    wf = define(
+        [
+            step("create", lambda ctx: ok({"user": 1})),
+            parallel(
+                step("email", lambda ctx: ok()), step("workspace", lambda ctx: ok()), step("billing", lambda ctx: ok())
+            ),
+            step("complete", lambda ctx: ok({"done": True})),
+        ]
+    )
+    run = wf.start()
+    # The first step's row, the group and its three branches (claimed by this job) in one commit;
+    # the three results, the join and the move to the last step in another; the last step in a third.
+    assert drive_counting(embedded, run) == CLAIM + STEP_AND_FAN_OUT + RECORD_AND_JOIN + STEP
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert {row.job_id for row in StepResult.objects.filter(run=run)} == {f"durable-run-{run.pk}-0"}
+
+
+@runs
 @pytest.mark.parametrize(
     ("count", "batches"),
-    [(1, [1]), (3, [1, 2]), (20, [1, 2, 4, 8, 5]), (40, [1, 2, 4, 8, 16, 9])],
+    [(1, [1]), (3, [3]), (32, [32]), (40, [32, 8]), (70, [32, 38])],
 )
-def test_a_block_executes_its_branches_in_batches_that_double_while_they_are_quick(
+def test_the_job_that_reaches_a_block_executes_its_branches_in_batches_that_double_while_they_are_quick(
     embedded: EmbeddedQueue, define: Definer, count: int, batches: list[int], quick_batches: None
 ) -> None:
     wf = define([parallel(*(step(f"b{i}", lambda ctx: ok({"x": 1})) for i in range(count)))])
     run = wf.start()
-    # One worker: the first drain job takes every branch, the one it brought in finds none left. After
-    # a full batch the job asks for the next one (which may come back empty); a short batch was the last.
-    sizes = [2**index for index in range(len(batches))]
-    records = [record(claim_next=got == asked) for got, asked in zip(batches, sizes, strict=True)]
-    idle = IDLE_DRAIN * (1 if count > 1 else 0)
-    expected = CLAIM + FAN_OUT + DRAIN_START + [kind for batch in records for kind in batch] + idle + JOIN
+    # One worker: the run's job claims a first batch of up to blocks.FIRST_BATCH branches when it
+    # enters the block, and a drain job is sent for the rest only when there is a rest (it finds
+    # them taken). After a full batch the job claims the next, twice as large; the batch that
+    # decides the block joins it.
+    records = [RECORD] * (len(batches) - 1) + [RECORD_AND_JOIN]
+    idle = IDLE_DRAIN if count > blocks.FIRST_BATCH else []
+    expected = CLAIM + FAN_OUT + [kind for batch in records for kind in batch] + idle
     assert drive_counting(embedded, run) == expected
     run.refresh_from_db()
     assert run.status == "completed"
     assert StepResult.objects.filter(run=run, status="completed").count() == count
+
+
+@runs
+def test_branches_on_another_queue_run_in_a_drain_job_whose_join_is_sent_to_the_workflows_queue(
+    embedded: EmbeddedQueue, define: Definer, quick_batches: None
+) -> None:
+    wf = define(
+        [parallel(step("a", lambda ctx: ok(), queue="priority"), step("b", lambda ctx: ok(), queue="priority"))]
+    )
+    run = wf.start()
+    # The run's job only opens the group; the priority queue's drain job executes both branches in
+    # batches of 1 and 1 (the second asked for 2) and sends the join to the workflow's queue, whose
+    # job continues the run; the drain job the first one brought in finds nothing left.
+    records = [*RECORD, "BEGIN", "UPDATE stepresult", "UPDATE parallelgroup", "COMMIT"]
+    assert drive_counting(embedded, run) == CLAIM + FAN_OUT + DRAIN_START + records + JOIN + IDLE_DRAIN
+    run.refresh_from_db()
+    assert run.status == "completed"
 
 
 @runs
@@ -308,10 +353,13 @@ def test_a_branch_costs_at_most_four_queries_and_one_transaction_on_the_worker(
     wf = define([parallel(*(step(f"b{i}", lambda ctx: ok()) for i in range(count)))])
     run = wf.start()
     executed = drive_counting(embedded, run)
-    # The fan-out ends at its COMMIT (SQLite inserts a big block's rows in several statements).
+    # The fan-out ends at its COMMIT (SQLite inserts a big block's rows in several statements);
+    # after it, the branches execute and the block is joined; then a drain job sent for the branches
+    # beyond the first batch finds none left.
     fanned = executed.index("COMMIT") + 1
-    assert executed[: len(CLAIM)] == CLAIM and executed[-len(JOIN) :] == JOIN
-    branches = executed[fanned : -len(JOIN)]
+    idle = IDLE_DRAIN if count > blocks.FIRST_BATCH else []
+    assert executed[: len(CLAIM)] == CLAIM and executed[len(executed) - len(idle) :] == idle
+    branches = executed[fanned : len(executed) - len(idle)]
     queries = [kind for kind in branches if kind not in TRANSACTION_MARKERS]
     # An UPDATE outside BEGIN...COMMIT is a transaction of its own (autocommit).
     depth, transactions = 0, 0
@@ -324,7 +372,7 @@ def test_a_branch_costs_at_most_four_queries_and_one_transaction_on_the_worker(
             transactions += 1
     assert len(queries) <= 4 * count
     assert transactions <= count
-    expected = {20: (18, 6), 100: (24, 8), 1000: (33, 11)}[count]
+    expected = {20: (5, 1), 100: (11, 3), 1000: (20, 6)}[count]
     assert (len(queries), transactions) == expected
 
 
@@ -337,9 +385,9 @@ def test_fail_fast_join_also_cancels_pending_branches_in_its_transaction(
     )
     run = wf.start()
     late = ["SELECT parallelgroup"]  # the other queue's drain job finds the block already decided
-    # The join's transaction also marks the still-pending branch cancelled and stops counting it.
-    cancel = [*JOIN[:-1], "UPDATE stepresult", "UPDATE parallelgroup", "COMMIT"]
-    failing = DRAIN_START + record(claim_next=True)
-    assert drive_counting(embedded, run) == CLAIM + FAN_OUT + failing + cancel + late
+    # The transaction that records the failure joins the block: it also marks the still-pending
+    # branch cancelled and stops counting it.
+    failing = [*RECORD_AND_JOIN[:-1], "UPDATE stepresult", "UPDATE parallelgroup", "COMMIT"]
+    assert drive_counting(embedded, run) == CLAIM + FAN_OUT + failing + late
     run.refresh_from_db()
     assert run.status == "failed"

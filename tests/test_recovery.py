@@ -18,11 +18,11 @@ from django.utils import timezone
 from durable_django import error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process
 from durable_django.dispatch import run_job_id
-from durable_django.jobs import join_group, run_branch, run_workflow
+from durable_django.jobs import join_group, run_branch, run_branches, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.recovery import Report, recover
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, attempts, finish
+from tests.engine_support import Definer, attempts, finish, recorder
 
 runs = pytest.mark.django_db(transaction=True)
 
@@ -110,14 +110,26 @@ def test_a_branch_whose_worker_died_gets_a_new_attempt_and_the_join_runs_once(
         joined.append(results)
         return ok({"joined": sorted(results)})
 
-    wf = define([parallel(step("dies", dies_then(1, {"d": 1})), step("fine", lambda ctx: ok({"f": 1})), into=into)])
+    ran_fine: list[dict[str, Any]] = []
+    fine = recorder(ran_fine, {"f": 1})
+    wf = define([parallel(step("dies", dies_then(1, {"d": 1})), step("fine", fine), into=into)])
     run = finish(embedded, wf.start({}))
     assert run.status == "running"
-    assert recover(now=later()).branches_taken_over == 1
+    # The run's job had claimed both branches: the one it never started is lost with it.
+    assert recover(now=later()).branches_taken_over == 2
     run = finish(embedded, run)
     assert (run.status, run.context) == ("completed", {"joined": ["dies", "fine"]})
     assert len(joined) == 1
-    assert attempts(run) == [("dies", 1, "failed"), ("fine", 1, "completed"), ("dies", 2, "completed")]
+    assert attempts(run) == [
+        ("dies", 1, "failed"),
+        ("fine", 1, "failed"),
+        ("dies", 2, "completed"),
+        ("fine", 2, "completed"),
+    ]
+    assert [row.error["type"] for row in StepResult.objects.filter(run=run, attempt=1)] == [
+        "worker_lost",
+        "worker_lost",
+    ]
     assert recover(now=later(120)).total == 0
 
 
@@ -147,8 +159,12 @@ def test_a_join_whose_worker_died_is_sent_again(embedded: EmbeddedQueue, define:
 def test_runs_and_branches_whose_jobs_vanished_from_redis_are_sent_again(
     embedded: EmbeddedQueue, define: Definer
 ) -> None:
+    # Branches on a queue of their own: the run's job cannot execute them itself, a drain job must.
     wf = define(
-        [step("s", lambda ctx: ok({"s": 1})), parallel(step("b1", lambda ctx: ok()), step("b2", lambda ctx: ok()))]
+        [
+            step("s", lambda ctx: ok({"s": 1})),
+            parallel(step("b1", lambda ctx: ok(), queue="priority"), step("b2", lambda ctx: ok(), queue="priority")),
+        ]
     )
     fresh = wf.start({})
     embedded.run_commit_hooks()
@@ -210,12 +226,15 @@ def test_a_backlog_of_queued_runs_is_put_off_in_one_statement_whatever_its_size(
 
 @runs
 def test_a_decided_block_whose_join_job_was_lost_is_joined(embedded: EmbeddedQueue, define: Definer) -> None:
-    wf = define([parallel(step("a", lambda ctx: ok({"a": 1})), name="block"), step("after", lambda ctx: ok())])
+    # The branch runs on another queue than its workflow: its worker sends the join to the workflow's queue.
+    wf = define(
+        [parallel(step("a", lambda ctx: ok({"a": 1}), queue="priority"), name="block"), step("after", lambda ctx: ok())]
+    )
     run = wf.start({})
     run_workflow(str(run.pk), "default", 0)
     embedded.run_commit_hooks()
-    row = StepResult.objects.get(run=run, step="a")
-    run_branch(row.pk)
+    group = ParallelGroup.objects.get(run=run)
+    run_branches(group.pk, "priority", 0)
     embedded.connection.flushall()  # the join job never reached Redis
     embedded.run_commit_hooks()
     embedded.connection.flushall()

@@ -10,8 +10,9 @@ commits (:func:`durable_django.dispatch.submit`).
 
 - :mod:`.runs`: create, claim, :func:`transition` (every move of a run), fail, release, reopen,
   cancel, take over a child, and the deadlines of waiting runs;
-- :mod:`.groups`: open a group with its pending rows, :func:`count_finals`, the join's lease,
-  close a group, reopen one;
+- :mod:`.groups`: open a group with its branch rows (a first batch claimed by the opening job),
+  :func:`count_finals`, the join's lease, close a group (also in the transaction that recorded the
+  deciding results), give back claimed branches, reopen a group;
 - :mod:`.branches`: claim a batch or one attempt, record a batch or one result, the next attempt
   of a branch, and the deadlines of waiting branches;
 - :mod:`.heartbeat`: renewing the leases this process holds.
@@ -30,10 +31,11 @@ The hand-written statements are PostgreSQL fast paths (with a portable fallback 
 from __future__ import annotations
 
 from .branches import (
-    Claimed,
+    Decide,
     NextAttempt,
     Recorded,
     cancel_branch,
+    cancel_claimed,
     claim_batch,
     claim_branch,
     next_attempt,
@@ -44,12 +46,16 @@ from .branches import (
     retry_branch,
 )
 from .groups import (
+    Claimed,
+    Closing,
     Counts,
+    Plan,
     claim_join,
     close_group,
     count_finals,
     fail_pending_branches,
     open_group,
+    release_claimed,
     release_join,
     reopen_group,
 )
@@ -71,10 +77,14 @@ from .runs import (
 
 __all__ = [
     "Claimed",
+    "Closing",
     "Counts",
+    "Decide",
     "NextAttempt",
+    "Plan",
     "Recorded",
     "cancel_branch",
+    "cancel_claimed",
     "cancel_run",
     "claim_batch",
     "claim_branch",
@@ -96,6 +106,7 @@ __all__ = [
     "postpone_runs",
     "record_batch",
     "record_branch",
+    "release_claimed",
     "release_join",
     "release_run",
     "renew_leases",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,17 +15,12 @@ from .. import dispatch, leases
 from ..attempts import Attempt
 from ..context import dumps
 from ..leases import held_fields, released_fields
-from ..models import StepResult, StepStatus
-from .groups import Counts, count_finals
+from ..models import StepResult, StepStatus, WorkflowRun
+from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
 
-
-@dataclass(slots=True)
-class Claimed:
-    """A branch attempt a drain job took: its row, step and attempt number."""
-
-    pk: int
-    step: str
-    attempt: int
+# Asked, inside the transaction that counted a batch's final results, whether they decided the
+# block and how it closes then: the run to move and how, or None to leave the group open.
+Decide = Callable[[Counts], tuple[WorkflowRun, Closing] | None]
 
 
 def claim_batch(group_id: int, names: list[str] | None, size: int) -> list[Claimed]:
@@ -58,10 +54,12 @@ def claim_batch(group_id: int, names: list[str] | None, size: int) -> list[Claim
 
 @dataclass
 class Recorded:
-    """What :func:`record_batch` did: the rows it recorded, the counters it left, the next batch."""
+    """What :func:`record_batch` did: the rows it recorded, the counters it left, whether it closed
+    the group, and the next batch it claimed."""
 
     mine: set[int]
     counts: Counts | None = None
+    closed: bool = False
     next_batch: list[Claimed] = field(default_factory=list)
 
 
@@ -70,11 +68,14 @@ def record_batch(
     outcomes: list[tuple[Claimed, Attempt]],
     retries: dict[int, NextAttempt],
     claim_next: tuple[list[str] | None, int] | None,
+    decide: Decide | None = None,
 ) -> Recorded:
-    """Store a batch of attempts, count its final ones and claim the next batch: one transaction.
+    """Store a batch of attempts, count its final ones, close the group if they decided it, and
+    claim the next batch: one transaction.
 
-    ``retries`` maps a row to its next attempt: those rows are not final. Rows recovery took over meanwhile (this worker looked dead) are no longer
-    this worker's to record: they are left out, as are their retries.
+    ``retries`` maps a row to its next attempt: those rows are not final. Rows recovery took over
+    meanwhile (this worker looked dead) are no longer this worker's to record: they are left out,
+    as are their retries. ``decide`` is asked whether the counted results decided the block.
     """
     with transaction.atomic():
         recorded = Recorded(_store_batch(outcomes))
@@ -93,7 +94,10 @@ def record_batch(
             dispatch.submit(*(nxt.job() for nxt in again))
         if finals:
             recorded.counts = count_finals(group_id, finals, failures)
-        if claim_next is not None:
+            closing = decide(recorded.counts) if decide is not None else None
+            if closing is not None:
+                recorded.closed = close_in_transaction(closing[0], group_id, closing[1])
+        if claim_next is not None and not recorded.closed:
             recorded.next_batch = claim_batch(group_id, *claim_next)
     return recorded
 
@@ -159,6 +163,13 @@ def claim_branch(row_id: int, job_id: str) -> bool:
     )
 
 
+def cancel_claimed(row_ids: list[int]) -> int:
+    """Claimed branches this process will not start (their run was cancelled meanwhile) are cancelled."""
+    return StepResult.objects.filter(pk__in=row_ids, status=StepStatus.RUNNING, lease_owner=leases.owner()).update(
+        status=StepStatus.CANCELLED, finished_at=timezone.now(), **released_fields()
+    )
+
+
 def cancel_branch(row_id: int) -> None:
     """A claimed branch whose run or block is no longer running is not executed: it is cancelled."""
     StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
@@ -216,8 +227,9 @@ def retry_branch(row_id: int, attempt: Attempt, nxt: NextAttempt) -> bool:
     return True
 
 
-def record_branch(row_id: int, group_id: int, attempt: Attempt) -> Counts | None:
-    """Store the final result of the running attempt ``row_id`` and count it; ``None`` if recorded already."""
+def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide | None = None) -> Recorded | None:
+    """Store the final result of the running attempt ``row_id``, count it and close the group if it
+    decided the block (see :func:`record_batch`); ``None`` if it was recorded already."""
     failed = attempt.failed
     with transaction.atomic():
         updated = StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
@@ -230,7 +242,11 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt) -> Counts | None
         )
         if not updated:
             return None
-        return count_finals(group_id, 1, int(failed))
+        recorded = Recorded({row_id}, count_finals(group_id, 1, int(failed)))
+        closing = decide(recorded.counts) if decide is not None and recorded.counts is not None else None
+        if closing is not None:
+            recorded.closed = close_in_transaction(closing[0], group_id, closing[1])
+    return recorded
 
 
 # -- recovery: deadlines of waiting branches ----------------------------------------------------

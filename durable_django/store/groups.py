@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -16,67 +16,130 @@ from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, Workflo
 from .runs import transition
 
 
-def open_group(run: WorkflowRun, name: str, on_error: str, by_queue: dict[str, list[str]]) -> ParallelGroup | None:
-    """Fan out: the run waits on block ``name``, whose group and pending rows are written at once.
+@dataclass(slots=True)
+class Claimed:
+    """A branch attempt a job took: its row, step and attempt number."""
 
-    ``by_queue`` lists the branches per queue; each queue's first drain job is named by its
-    branches' rows and sent on commit. ``None`` when the run moved on meanwhile.
+    pk: int
+    step: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where the branches of a new group go: a first batch the opening job executes itself, and the
+    rest per queue, left pending for that queue's drain jobs."""
+
+    first: list[str]
+    rest: dict[str, list[str]]
+    # The queue of the opening job: its drain jobs start at index 1 (the opening job is index 0).
+    here: str = ""
+
+
+def open_group(
+    run: WorkflowRun,
+    name: str,
+    on_error: str,
+    plan: Plan,
+    *,
+    fields: dict[str, Any] | None = None,
+    rows: list[StepResult] | None = None,
+) -> tuple[ParallelGroup, list[Claimed]] | None:
+    """Fan out: the run waits on block ``name``, whose group and branch rows are written at once.
+
+    ``fields`` and ``rows``: the outcome of the step before the block, committed in the same
+    transaction. The branches of ``plan.first`` are claimed by this process (they are returned);
+    the others are pending, each naming the drain job sent on commit that will take it. ``None``
+    when the run moved on meanwhile.
     """
-    count = sum(map(len, by_queue.values()))
-    with transaction.atomic():
-        # The run now waits on its branches, whose rows carry their own leases.
-        if not transition(run, released_fields()):
-            return None
-        group = ParallelGroup.objects.create(
-            run=run, name=name, on_error=on_error, branch_count=count, pending_count=count
-        )
-        jobs = [dispatch.run_branches_job(group.pk, run.pk, queue) for queue in by_queue]
-        rows = [(step, job.job_id) for job, steps in zip(jobs, by_queue.values(), strict=True) for step in steps]
-        _insert_pending(group, rows, leases.expiry())
-        dispatch.submit(*jobs)
-    return group
+    count = len(plan.first) + sum(map(len, plan.rest.values()))
+    version = run.version
+    try:
+        with transaction.atomic():
+            # The run now waits on its branches, whose rows carry their own leases.
+            if not transition(run, {**(fields or {}), **released_fields()}, rows):
+                return None
+            group = ParallelGroup.objects.create(
+                run=run, name=name, on_error=on_error, branch_count=count, pending_count=count
+            )
+            claimed = _open(run, group, plan)
+    except IntegrityError:
+        # The block is open already (the unique constraint on open groups): nothing was written.
+        run.version = version
+        return None
+    return group, claimed
 
 
-def _insert_pending(group: ParallelGroup, rows: list[tuple[str, str]], deadline: datetime) -> None:
-    """Insert one pending first attempt per ``(step, job id)``: one statement on PostgreSQL."""
+def _open(run: WorkflowRun, group: ParallelGroup, plan: Plan) -> list[Claimed]:
+    """Insert a new group's branch rows and send the drain jobs its pending ones name."""
+    jobs = [
+        dispatch.run_branches_job(group.pk, run.pk, queue, 1 if queue == plan.here else 0)
+        for queue, steps in plan.rest.items()
+        if steps
+    ]
+    pending = [(step, job.job_id) for job in jobs for step in plan.rest[job.queue]]
+    claimed = _insert_branches(group, plan.first, pending, timezone.now())
+    dispatch.submit(*jobs)
+    return claimed
+
+
+def _insert_branches(
+    group: ParallelGroup, first: list[str], pending: list[tuple[str, str]], now: datetime
+) -> list[Claimed]:
+    """Insert the first attempts: ``first`` running under this process's lease, ``pending`` (step,
+    job id) waiting with a deadline. One statement on PostgreSQL, whatever the block's size."""
+    deadline = leases.expiry(now)
+    me, job_id = leases.owner(), dispatch.current_job_id()
     connection = connections[router.db_for_write(StepResult)]
     if connection.vendor != "postgresql":
-        now = timezone.now()
-        StepResult.objects.bulk_create(
+        made = StepResult.objects.bulk_create(
             [
                 StepResult(
                     run_id=group.run_id,
                     step=step,
                     group=group,
                     job_id=job_id,
+                    status=StepStatus.RUNNING,
+                    started_at=now,
+                    lease_owner=me,
                     lease_expires_at=deadline,
                     created_at=now,
                 )
-                for step, job_id in rows
+                for step in first
+            ]
+            + [
+                StepResult(
+                    run_id=group.run_id, step=step, group=group, job_id=job, lease_expires_at=deadline, created_at=now
+                )
+                for step, job in pending
             ],
             batch_size=500,
         )
-        return
+        return [Claimed(row.pk, row.step, 1) for row in made[: len(first)]]
     qn = connection.ops.quote_name
     columns = (
-        "run_id",
-        "group_id",
-        "step",
-        "job_id",
-        "attempt",
-        "status",
-        "created_at",
-        "lease_owner",
-        "lease_expires_at",
+        *("run_id", "group_id", "step", "job_id", "status", "started_at", "lease_owner"),
+        *("attempt", "created_at", "lease_expires_at"),
     )
-    # Two array parameters instead of a dozen per row: the statement stays small at any block size.
+    # One array per varying column instead of a dozen parameters per row: the statement stays small.
     sql = (
         f"INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
-        "SELECT %s, %s, u.step, u.job_id, 1, %s, %s, '', %s FROM unnest(%s::varchar[], %s::varchar[]) AS u(step, job_id)"
+        "SELECT %s, %s, u.step, u.job_id, u.status, u.started_at, u.lease_owner, 1, %s, %s FROM "
+        "unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[]) "
+        "AS u(step, job_id, status, started_at, lease_owner) RETURNING id, step, status"
     )
-    params: list[Any] = [group.run_id, group.pk, StepStatus.PENDING.value, timezone.now(), deadline]
+    rows: list[tuple[str, str, str, datetime | None, str]] = [
+        (step, job_id, StepStatus.RUNNING.value, now, me) for step in first
+    ]
+    rows += [(step, job, StepStatus.PENDING.value, None, "") for step, job in pending]
+    params: list[Any] = [group.run_id, group.pk, now, deadline, *(list(column) for column in zip(*rows, strict=True))]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, [step for step, _ in rows], [job_id for _, job_id in rows]])
+        cursor.execute(sql, params)
+        inserted = cursor.fetchall()
+    return sorted(
+        (Claimed(pk, step, 1) for pk, step, status in inserted if status == StepStatus.RUNNING),
+        key=lambda row: row.pk,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,37 +193,53 @@ def release_join(group_id: int, owner: str | None = None) -> bool:
     )
 
 
-def close_group(
-    run: WorkflowRun,
-    group_id: int,
-    status: str,
-    group_results: dict[str, Any] | None,
-    error: Any,
-    run_fields: dict[str, Any],
-    *,
-    cancel_pending: bool = False,
-) -> bool:
-    """Close an open group and move its run in one transaction; only the first join to get here wins.
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """How a decided group closes (``status``, ``results``, ``error``) and where its run goes."""
 
-    ``cancel_pending``: the block was decided early (fail_fast): branches not started are cancelled.
-    """
-    now = timezone.now()
+    status: str
+    results: dict[str, Any] | None
+    error: Any
+    run_fields: dict[str, Any]
+    # The block was decided early (fail_fast): its branches not started are cancelled.
+    cancel_pending: bool = False
+
+
+def close_group(run: WorkflowRun, group_id: int, closing: Closing) -> bool:
+    """Close an open group and move its run in one transaction; only the first join to get here wins."""
     with transaction.atomic():
-        closed = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).update(
-            status=status, results=group_results, error=error, finished_at=now, **released_fields()
+        return close_in_transaction(run, group_id, closing)
+
+
+def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> bool:
+    """:func:`close_group` inside the caller's transaction (the one that recorded the deciding results).
+
+    The run is moved first, then the group closed: every writer locks a run before its groups, so
+    two of them never wait for each other. A group changes status only with its run (here, or
+    when the run is cancelled), so once the run moved, the group is this transaction's to close.
+    """
+    if not transition(run, closing.run_fields):
+        return False
+    now = timezone.now()
+    closed = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).update(
+        status=closing.status, results=closing.results, error=closing.error, finished_at=now, **released_fields()
+    )
+    if not closed:
+        raise RuntimeError(f"group {group_id} of run {run.pk} was closed without its run moving")
+    if closing.cancel_pending:
+        cancelled = StepResult.objects.filter(group_id=group_id, status=StepStatus.PENDING).update(
+            status=StepStatus.CANCELLED, finished_at=now, **released_fields()
         )
-        if not closed:
-            return False
-        if not transition(run, run_fields):
-            transaction.set_rollback(True)
-            return False
-        if cancel_pending:
-            cancelled = StepResult.objects.filter(group_id=group_id, status=StepStatus.PENDING).update(
-                status=StepStatus.CANCELLED, finished_at=now, **released_fields()
-            )
-            if cancelled:
-                ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
+        if cancelled:
+            ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
     return True
+
+
+def release_claimed(group_id: int, row_ids: list[int], job_id: str) -> int:
+    """Give back claimed branches this process has not started: pending again, for drain job ``job_id``."""
+    return StepResult.objects.filter(
+        pk__in=row_ids, group_id=group_id, status=StepStatus.RUNNING, lease_owner=leases.owner()
+    ).update(status=StepStatus.PENDING, started_at=None, job_id=job_id, **released_fields(leases.expiry()))
 
 
 def reopen_group(group_id: int, fresh: list[StepResult], pending: int) -> None:

@@ -69,27 +69,34 @@ def create_run(run: WorkflowRun, queue: str) -> bool:
 def claim_run(run_id: Any, version: int) -> WorkflowRun | None:
     """Take the lease of a run that waits for job ``version`` and load it; ``None`` if it does not.
 
-    A stale or duplicate job (the run moved on, finished, was cancelled, or another worker holds
-    it) claims nothing.
+    One statement (``UPDATE ... RETURNING``): the claim and the read of the claimed row. A stale or
+    duplicate job (the run moved on, finished, was cancelled, or another worker holds it) claims nothing.
     """
     now = timezone.now()
     try:
-        claimed = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED, lease_owner="", version=version).update(
-            status=RunStatus.RUNNING,
-            started_at=Coalesce(F("started_at"), Value(now)),
-            version=F("version") + 1,
-            **held_fields(now),
-        )
+        waiting = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED, lease_owner="", version=version)
     except (ValidationError, ValueError):
         logger.error("run job with a malformed run id %r; dropping it", run_id)
         return None
+    connection = connections[router.db_for_write(WorkflowRun)]
+    update = cast(UpdateQuery, waiting.query.chain(UpdateQuery))
+    update.add_update_values(
+        {
+            "status": RunStatus.RUNNING,
+            "started_at": Coalesce(F("started_at"), Value(now)),
+            "version": F("version") + 1,
+            **held_fields(now),
+        }
+    )
+    sql, params = update.get_compiler(connection.alias).as_sql()
+    claimed = list(WorkflowRun.objects.raw(f"{sql} RETURNING *", params))
     if not claimed:
         if not WorkflowRun.objects.filter(pk=run_id).exists():
             logger.warning("run %s does not exist; dropping its job", run_id)
         else:
             logger.debug("run %s is not waiting for job version %s; nothing to do", run_id, version)
         return None
-    return WorkflowRun.objects.filter(pk=run_id).first()
+    return claimed[0]
 
 
 def transition(

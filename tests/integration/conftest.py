@@ -40,12 +40,13 @@ def redis_db() -> Iterator[Redis]:
 def workers(
     request: pytest.FixtureRequest, transactional_db: None, redis_db: Redis, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerPool]]:
-    """``workers(n)`` starts ``n`` ``rqworker --with-scheduler`` processes and returns the pool.
+    """``workers(n)`` starts ``n`` ``durable_worker`` processes (with rq's scheduler) and returns the pool.
 
     They use the test database (so they see what the test commits) and the test's Redis database.
     Calling it again adds workers to the same pool (``with_scheduler=False`` starts workers that
     never move scheduled jobs; ``env`` adds environment variables, such as ``DURABLE_LEASE_SECONDS``
-    read by the test settings; ``worker_class`` picks rq's worker class). Whatever happens, they
+    read by the test settings; ``command="rqworker"`` starts django-rq's worker, whose default class
+    forks a work horse per job; ``worker_class`` picks rq's worker class). Whatever happens, they
     are stopped before the database is flushed.
     """
     env = {
@@ -66,8 +67,9 @@ def workers(
         with_scheduler: bool = True,
         env: Mapping[str, str] | None = None,
         worker_class: str | None = None,
+        command: str = "durable_worker",
     ) -> WorkerPool:
-        pool.start(count, with_scheduler=with_scheduler, env=env, worker_class=worker_class)
+        pool.start(count, with_scheduler=with_scheduler, env=env, worker_class=worker_class, command=command)
         return pool
 
     try:

@@ -1,4 +1,4 @@
-"""Helpers of the integration tests: polling with a deadline and a pool of real rqworker processes."""
+"""Helpers of the integration tests: polling with a deadline and a pool of real worker processes."""
 
 from __future__ import annotations
 
@@ -110,11 +110,15 @@ class WorkerPool:
     then SIGKILL for them and their children after a timeout).
     """
 
-    def __init__(self, env: dict[str, str], log_dir: Path, connection: Redis, queue: str = "default") -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, connection: Redis, queues: tuple[str, ...] = ("default", "priority")
+    ) -> None:
         self.env = env
         self.log_dir = log_dir
         self.connection = connection
-        self.queue = Queue(queue, connection=connection)
+        # Workers listen on every queue the tests' workflows use, the first one foremost.
+        self.queues = [Queue(name, connection=connection) for name in queues]
+        self.queue = self.queues[0]
         self.workers: list[WorkerProcess] = []
         self.problems: list[str] = []
 
@@ -129,12 +133,15 @@ class WorkerPool:
         with_scheduler: bool = True,
         env: Mapping[str, str] | None = None,
         worker_class: str | None = None,
+        command: str = "durable_worker",
         timeout: float = 60.0,
     ) -> list[WorkerProcess]:
         """Start ``count`` more workers and wait until each has registered itself in Redis.
 
-        ``env`` adds variables to the pool's environment; ``worker_class`` is rq's ``--worker-class``
-        (``rq.worker.SimpleWorker`` executes jobs in the worker process itself, without forking).
+        ``command`` is the management command: ``durable_worker`` (the one the docs tell users to
+        run, executing jobs in its own process) or django-rq's ``rqworker``, whose default worker
+        class forks a work horse per job. ``env`` adds variables to the pool's environment;
+        ``worker_class`` is rq's ``--worker-class``.
         """
         started = []
         for _ in range(count):
@@ -142,13 +149,15 @@ class WorkerPool:
             name = f"durable-it-{os.getpid()}-{number}"
             log_path = self.log_dir / f"worker-{number}.log"
             log_file = log_path.open("wb")
-            command = [sys.executable, "-m", "django", "rqworker", self.queue.name, "--name", name]
-            if with_scheduler:
-                command.append("--with-scheduler")
+            argv = [sys.executable, "-m", "django", command, *(queue.name for queue in self.queues), "--name", name]
+            if command == "durable_worker" and not with_scheduler:
+                argv.append("--without-scheduler")
+            elif command != "durable_worker" and with_scheduler:
+                argv.append("--with-scheduler")
             if worker_class:
-                command.extend(["--worker-class", worker_class])
+                argv.extend(["--worker-class", worker_class])
             process = subprocess.Popen(
-                command,
+                argv,
                 cwd=REPO_ROOT,
                 env={**self.env, **(env or {})},
                 stdout=log_file,
@@ -196,8 +205,8 @@ class WorkerPool:
         wait_for(lambda: all(map(_gone, victims)), 10, what=f"the processes of worker {worker.name} to die")
         if rq_worker is not None:
             rq_worker.register_death()
-        if job_id:
-            started = StartedJobRegistry(queue=self.queue)
+        for queue in self.queues if job_id else []:
+            started = StartedJobRegistry(queue=queue)
             entries = [
                 entry for entry in self.connection.zrange(started.key, 0, -1) if started.parse_job_id(entry) == job_id
             ]
@@ -213,14 +222,16 @@ class WorkerPool:
         An id handed to a worker after its job was deleted (a job id enqueued twice, the first copy
         done) stays in the hand-over list without being work: rq drops it at its next maintenance.
         """
-        queue = self.queue
-        handed_over = self.connection.lrange(queue.intermediate_queue_key, 0, -1)
-        return (
-            queue.count == 0
-            and not any(Job.exists(job_id.decode(), connection=self.connection) for job_id in handed_over)
-            and StartedJobRegistry(queue=queue).count == 0
-            and ScheduledJobRegistry(queue=queue).count == 0
-        )
+        for queue in self.queues:
+            handed_over = self.connection.lrange(queue.intermediate_queue_key, 0, -1)
+            if (
+                queue.count
+                or any(Job.exists(job_id.decode(), connection=self.connection) for job_id in handed_over)
+                or StartedJobRegistry(queue=queue).count
+                or ScheduledJobRegistry(queue=queue).count
+            ):
+                return False
+        return True
 
     def wait_until_quiet(self, timeout: float = 60.0) -> None:
         """Wait until every job sent so far (and every job those sent) has been executed."""
@@ -248,11 +259,11 @@ class WorkerPool:
 
     def failed_jobs(self) -> list[str]:
         """Jobs that crashed the engine (a failing step is not a failed job)."""
-        registry = FailedJobRegistry(queue=self.queue)
         failed = []
-        for job_id in registry.get_job_ids():
-            job = self.queue.fetch_job(job_id)
-            failed.append(f"{job_id}: {job.description if job else '?'}\n{job.exc_info if job else ''}")
+        for queue in self.queues:
+            for job_id in FailedJobRegistry(queue=queue).get_job_ids():
+                job = queue.fetch_job(job_id)
+                failed.append(f"{job_id}: {job.description if job else '?'}\n{job.exc_info if job else ''}")
         return failed
 
     def stop(self, timeout: float = 10.0) -> None:

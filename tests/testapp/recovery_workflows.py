@@ -166,13 +166,14 @@ flushed = workflow(
 
 
 # -- it_crash_points: each kind of job a worker sends (a step's retry, a block's drain job, a
-# branch's retry, a join), each sent exactly once per run ------------------------------------------
+# branch's retry, a join), each sent exactly once per run: the branch runs on another queue than its
+# workflow, so that its drain job and its join job cross queues -----------------------------------
 
 crash_points = workflow(
     "it_crash_points",
     [
         step("begin", fails_once("begin"), retry=IMMEDIATE_RETRY),
-        parallel(step("point", fails_once("point"), retry=IMMEDIATE_RETRY), name="points"),
+        parallel(step("point", fails_once("point"), retry=IMMEDIATE_RETRY, queue="priority"), name="points"),
         step("end", recorded("end")),
     ],
 )

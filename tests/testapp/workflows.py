@@ -62,6 +62,17 @@ def _wait_for_key(ctx: Ctx, name: str) -> bool:
 # -- it_fan_out: one block of 12 branches shared by several worker processes ---------------------
 
 
+def worker_pid() -> int:
+    """The pid of the worker executing this step: this process, or its parent when this is a work
+    horse that rq's forking worker started for the job."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as cmdline:
+            parent = cmdline.read().split(b"\0")
+    except OSError:
+        return os.getpid()
+    return os.getppid() if any(arg in (b"rqworker", b"durable_worker") for arg in parent) else os.getpid()
+
+
 def _rendezvous(ctx: Ctx) -> None:
     """Check in this worker process, then wait until ``min_workers`` distinct ones have checked in.
 
@@ -71,7 +82,7 @@ def _rendezvous(ctx: Ctx) -> None:
     """
     conn = redis()
     members, gave_up = key(ctx["token"], "rendezvous"), key(ctx["token"], "rendezvous_gave_up")
-    conn.sadd(members, os.getppid())
+    conn.sadd(members, worker_pid())
     wanted = ctx.get("min_workers", 1)
     if not _wait_until(lambda: conn.scard(members) >= wanted or bool(conn.exists(gave_up))):
         conn.set(gave_up, 1)
@@ -81,8 +92,7 @@ def _fan_out_branch(index: int) -> Callable[[Ctx], Any]:
     def run(ctx: Ctx) -> tuple[str, Ctx]:
         _count(ctx, f"branch_{index}")
         _rendezvous(ctx)
-        # A forking rq worker runs each job in a child ("work horse"): the parent is the worker.
-        return ok({"index": index, "pid": os.getpid(), "worker_pid": os.getppid()})
+        return ok({"index": index, "pid": os.getpid(), "worker_pid": worker_pid()})
 
     return run
 

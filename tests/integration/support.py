@@ -214,6 +214,13 @@ class WorkerPool:
                 self.connection.zrem(started.key, *entries)
         return killed_at
 
+    def exited(self, worker: WorkerProcess, timeout: float = 30.0) -> int:
+        """Wait until ``worker``, which the test told to stop, has exited; returns its exit code."""
+        code = worker.process.wait(timeout)
+        # Ended by the test: not a worker that died on its own.
+        worker.killed = True
+        return code
+
     def quiet(self) -> bool:
         """Whether no job is queued, being handed to a worker, executing or scheduled.
 

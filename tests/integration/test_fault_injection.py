@@ -181,6 +181,72 @@ def test_a_branch_whose_worker_is_killed_runs_again_and_its_block_joins_once(
 
 
 @pytest.mark.timeout(120)
+def test_a_worker_killed_in_the_step_after_the_block_it_joined_leaves_that_step_to_recovery(
+    workers: Any, short_leases: dict[str, str]
+) -> None:
+    # One job entered the block, executed its branches, joined it and went on with the next step,
+    # in whose first execution its worker dies: the join is committed, the step is taken over.
+    pool = workers(2, env=short_leases)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_killed_after_join", {"token": token})
+
+    wait_for(lambda: executions(token).get("after") == 1, 60, what="the step after the block to execute")
+    run.refresh_from_db()
+    assert (run.status, run.current_step, run.lease_owner != "") == (RunStatus.RUNNING, "after", True)
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count) == ("completed", 0)
+    killed_at = pool.kill(pool.worker_of(lease_pid(run.lease_owner)))
+    pool.finish(run)
+
+    assert (run.status, run.error) == (RunStatus.COMPLETED, None)
+    assert rows(run) == [
+        ("after", 1, "failed"),
+        ("after", 2, "completed"),
+        *((f"k_{i}", 1, "completed") for i in range(3)),
+    ]
+    assert executions(token) == {"k_0": 1, "k_1": 1, "k_2": 1, "after": 2}
+    assert ParallelGroup.objects.filter(run=run).count() == 1
+    lost = StepResult.objects.get(run=run, step="after", attempt=1)
+    assert lost.error == lost_reason(1)
+    latency = seconds(killed_at, lost.created_at)
+    figure("kill in the step after an inline join -> taken over", latency)
+    assert 0 <= latency <= RECOVERY_BOUND
+    assert pool.failed_jobs() == []
+
+
+@pytest.mark.timeout(120)
+def test_branches_handed_over_by_a_process_that_died_before_sending_their_job_are_sent_by_the_sweeper(
+    workers: Any, redis_db: Redis, short_leases: dict[str, str]
+) -> None:
+    # h_0 overruns its batch: the watchdog gives h_1 and h_2 back (committed) and dies about to
+    # send their drain job, taking the work horse executing h_0 with it.
+    pool = workers(2, env={**short_leases, "DURABLE_IT_CRASH_BEFORE_SEND": "drain"}, command="rqworker")
+    token = uuid.uuid4().hex
+    run = start_workflow("it_handover", {"token": token})
+
+    pool.finish(run)
+
+    assert (run.status, run.error) == (RunStatus.COMPLETED, None)
+    crash = json.loads(redis_db.get(crash_key(run.pk)))
+    group = ParallelGroup.objects.get(run=run)
+    h_1 = StepResult.objects.get(run=run, step="h_1")
+    assert crash["jobs"] == [h_1.job_id]
+    assert h_1.job_id == f"{drain_job_id(group.pk, 'default', 1)}-{h_1.pk}"
+    assert rows(run) == [
+        ("after", 1, "completed"),
+        ("h_0", 1, "failed"),
+        ("h_0", 2, "completed"),
+        ("h_1", 1, "completed"),
+        ("h_2", 1, "completed"),
+    ]
+    # The two handed-over branches ran once, after the sweeper sent their job; h_0 again, as lost.
+    assert executions(token) == {"h_0": 2, "h_1": 1, "h_2": 1, "after": 1}
+    latency = seconds(datetime.fromtimestamp(crash["at"], tz=UTC), h_1.started_at)
+    figure("crash between a hand-over's commit and its drain job -> branches executing", latency)
+    assert 0 <= latency <= RECOVERY_BOUND
+
+
+@pytest.mark.timeout(120)
 def test_a_sequential_step_whose_worker_is_killed_resumes_at_that_step(
     workers: Any, short_leases: dict[str, str]
 ) -> None:

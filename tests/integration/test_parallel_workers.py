@@ -9,7 +9,7 @@ import pytest
 
 from durable_django import start_workflow
 from durable_django.models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from tests.testapp.workflows import calls
+from tests.testapp.workflows import calls, key
 
 
 def sequential_rows(run: WorkflowRun) -> list[tuple[str, int, str]]:
@@ -24,6 +24,27 @@ def groups(run: WorkflowRun) -> list[tuple[str, str, int, int]]:
         .order_by("id")
         .values_list("name", "status", "pending_count", "failed_count")
     )
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_branches_that_wait_for_each_other_spread_from_the_job_that_entered_their_block(workers, redis_db):
+    # Each branch waits until three workers have taken branches of the block: the job that entered
+    # it claimed all twelve, so they can only meet if it hands the ones it has not started to the others.
+    pool = workers(3)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_fan_out", {"token": token, "min_workers": 3})
+
+    pool.finish(run)
+
+    assert (run.status, run.error) == (RunStatus.COMPLETED, None)
+    assert not redis_db.exists(key(token, "rendezvous_gave_up"))
+    branches = StepResult.objects.filter(run=run, group__isnull=False)
+    assert len({row.output["worker_pid"] for row in branches}) == 3
+    assert {row.output["worker_pid"] for row in branches} == pool.pids
+    assert Counter((row.attempt, row.status) for row in branches) == {(1, StepStatus.COMPLETED): 12}
+    assert pool.failed_jobs() == []
 
 
 @pytest.mark.integration

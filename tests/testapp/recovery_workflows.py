@@ -268,3 +268,31 @@ poison = workflow(
         step("never", recorded("never")),
     ],
 )
+
+
+# -- it_killed_after_join: the step after a block, executed by the job that joined it, held until
+# its worker is killed --------------------------------------------------------------------------
+
+killed_after_join = workflow(
+    "it_killed_after_join",
+    [
+        parallel(*(step(f"k_{i}", recorded(f"k_{i}")) for i in range(3)), name="block"),
+        step("after", held("after", "after_gate")),
+    ],
+)
+
+
+# -- it_handover: a branch that overruns its batch, so that the branches after it are handed over ----
+
+handover = workflow(
+    "it_handover",
+    [
+        parallel(
+            step("h_0", recorded("h_0", pause=1.0)),
+            step("h_1", recorded("h_1")),
+            step("h_2", recorded("h_2")),
+            name="handed",
+        ),
+        step("after", recorded("after")),
+    ],
+)

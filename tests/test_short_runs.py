@@ -1,0 +1,134 @@
+"""A short run executes in the job that started it; slow branches still spread over workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from durable_django import blocks, call_workflow, dispatch, ok, parallel, step
+from durable_django.models import ParallelGroup, StepResult
+from durable_django.testing import EmbeddedQueue
+from tests.engine_support import Definer, attempts, finish
+
+runs = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sent() -> Iterator[list[dispatch.Job]]:
+    """Every job sent to Redis while the test runs."""
+    jobs: list[dispatch.Job] = []
+    dispatch.before_send.append(jobs.extend)
+    try:
+        yield jobs
+    finally:
+        dispatch.before_send.remove(jobs.extend)
+
+
+def onboarding(define: Definer) -> Any:
+    return define(
+        [
+            step("create_user", lambda ctx: ok({"user_id": 7})),
+            parallel(
+                step("send_welcome_email", lambda ctx: ok({"email_sent": ctx["user_id"]})),
+                step("provision_workspace", lambda ctx: ok({"workspace": f"ws-{ctx['user_id']}"})),
+                step("setup_billing", lambda ctx: ok({"billing": True})),
+            ),
+            step("complete", lambda ctx: ok({"onboarded": len(ctx["__results__"])})),
+        ]
+    )
+
+
+@runs
+def test_an_onboarding_shaped_run_needs_no_job_but_the_one_its_start_sent(
+    embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job]
+) -> None:
+    run = finish(embedded, onboarding(define).start())
+    assert run.status == "completed"
+    assert [(job.func, job.args) for job in sent] == [(dispatch.RUN_WORKFLOW, (str(run.pk), "default", 0))]
+    assert run.context == {
+        "user_id": 7,
+        "__results__": {
+            "send_welcome_email": ["ok", {"email_sent": 7}],
+            "provision_workspace": ["ok", {"workspace": "ws-7"}],
+            "setup_billing": ["ok", {"billing": True}],
+        },
+        "onboarded": 3,
+    }
+    # Every step and branch was executed by that one job.
+    assert set(StepResult.objects.filter(run=run).values_list("job_id", flat=True)) == {sent[0].job_id}
+
+
+@runs
+def test_a_branch_that_overruns_its_batch_hands_the_branches_not_started_to_another_job(
+    embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any branch overruns a budget of zero: the watchdog gives the others back at once.
+    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 0.0)
+    seen_pending: list[int] = []
+
+    def slow(ctx: dict[str, Any]) -> Any:
+        # Wait (not for a time: for the hand-over) until the two other branches are pending again.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pending = StepResult.objects.filter(step__in=("quick_1", "quick_2"), status="pending").count()
+            if pending == 2:
+                seen_pending.append(pending)
+                break
+            time.sleep(0.01)
+        return ok({"slow": True})
+
+    wf = define(
+        [
+            parallel(
+                step("slow", slow),
+                step("quick_1", lambda ctx: ok({"q1": True})),
+                step("quick_2", lambda ctx: ok({"q2": True})),
+                name="block",
+            ),
+            step("after", lambda ctx: ok({"after": True})),
+        ]
+    )
+    run = finish(embedded, wf.start())
+    assert seen_pending == [2]
+    assert run.status == "completed"
+    assert attempts(run) == [
+        ("slow", 1, "completed"),
+        ("quick_1", 1, "completed"),
+        ("quick_2", 1, "completed"),
+        ("after", 1, "completed"),
+    ]
+    group = ParallelGroup.objects.get(run=run)
+    handed = [job for job in sent if job.func == dispatch.RUN_BRANCHES]
+    # One drain job took the two branches given back; the slow one stayed with the job that entered the block.
+    assert [(job.args, job.job_id) for job in handed] == [
+        ((group.pk, "default", 1), dispatch.drain_job_id(group.pk, "default", 1) + f"-{quick_1_id(run)}")
+    ]
+    jobs = dict(StepResult.objects.filter(run=run, group=group).values_list("step", "job_id"))
+    assert jobs == {"slow": sent[0].job_id, "quick_1": handed[0].job_id, "quick_2": handed[0].job_id}
+    assert (group.status, group.pending_count, group.failed_count) == ("completed", 0, 0)
+
+
+def quick_1_id(run: Any) -> int:
+    return StepResult.objects.get(run=run, step="quick_1").pk
+
+
+@runs
+def test_a_child_executed_by_its_calling_step_keeps_an_overrunning_block_in_its_process(
+    embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 0.0)
+
+    def slow(ctx: dict[str, Any]) -> Any:
+        time.sleep(0.05)
+        return ok({"slow": True})
+
+    child = define([parallel(step("slow", slow), step("quick", lambda ctx: ok({"quick": True})), name="block")])
+    parent = define([step("call", lambda ctx: call_workflow(child, {}))])
+    run = finish(embedded, parent.start())
+    assert run.status == "completed"
+    assert run.context["__results__"] == {"slow": ["ok", {"slow": True}], "quick": ["ok", {"quick": True}]}
+    # Nothing of the child went to Redis: only the parent's own run job was sent.
+    assert [job.func for job in sent] == [dispatch.RUN_WORKFLOW]

@@ -31,7 +31,7 @@ class Command(BaseCommand):
         "Start every example workflow of the guide (once per outcome it shows), drive the runs to the "
         "end and print each run: its status, every step attempt in order, and its final context or "
         "error. Without REDIS_URL the runs execute in this process on an embedded queue (no Redis "
-        f"server needed). With REDIS_URL set, {WORKERS} real rqworker processes execute them and the "
+        f"server needed). With REDIS_URL set, {WORKERS} real durable_worker processes execute them and the "
         "command waits for the database to show every run finished. Exits non-zero when a run does "
         "not end as expected, so it doubles as a smoke test. Safe to run again on the same database."
     )
@@ -57,7 +57,7 @@ class Command(BaseCommand):
         if not chosen:
             raise CommandError(f"No example runs workflow {', '.join(options['only'])}.")
         redis_url = os.environ.get("REDIS_URL")
-        mode = f"rqworker x{WORKERS} on {redis_url}" if redis_url else "embedded queue, in this process"
+        mode = f"durable_worker x{WORKERS} on {redis_url}" if redis_url else "embedded queue, in this process"
         self.say(f"Running {len(chosen)} example runs ({mode}; database {settings.DATABASES['default']['NAME']})\n")
         runs = (
             self.run_with_workers(chosen, options["timeout"])
@@ -96,7 +96,7 @@ class Command(BaseCommand):
         # they see the same database and queues.
         manage = Path(settings.BASE_DIR) / "manage.py" if hasattr(settings, "BASE_DIR") else None
         program = [str(manage)] if manage and manage.exists() else ["-m", "django"]
-        command = [sys.executable, *program, "rqworker", durable_settings.QUEUE, "--with-scheduler"]
+        command = [sys.executable, *program, "durable_worker", durable_settings.QUEUE]
         if self.verbosity < 2:
             command += ["--verbosity", "0"]
         with tempfile.TemporaryFile() as log:
@@ -122,7 +122,7 @@ class Command(BaseCommand):
             if all(worker.poll() is not None for worker in workers):
                 log.seek(0)
                 tail = log.read().decode(errors="replace")[-3000:]
-                raise CommandError(f"Every rqworker exited before the runs finished. Their output:\n{tail}")
+                raise CommandError(f"Every worker exited before the runs finished. Their output:\n{tail}")
             if time.monotonic() > deadline:
                 waiting = WorkflowRun.objects.filter(pk__in=ids).unfinished().count()
                 raise CommandError(f"{waiting} runs were still unfinished after {timeout:g} s.")

@@ -80,6 +80,8 @@ def decides(block: Parallel | None, counts: Counts) -> bool:
 
     Exactly one batch (or branch) of a block sees this, so the block is joined exactly once.
     """
+    if counts.status != GroupStatus.RUNNING:
+        return False  # closed meanwhile (its run was cancelled): nothing is left to decide
     before = (counts.pending + counts.finals, counts.failed - counts.failures)
     return decided(block, counts.pending, counts.failed) and not decided(block, *before)
 
@@ -191,7 +193,6 @@ def _drain(
     steps = {member.name: member for member in block.steps if queue_for(wf, member) == queue}
     names = None if len(steps) == len(block.steps) else list(steps)
     joins_here = queue_for(wf) == queue
-    decide = partial(_decide, group, run, wf, block) if joins_here and block.into is None else None
     ctx = to_step_context(run.context)
     size = len(batch)
     while batch:
@@ -204,6 +205,7 @@ def _drain(
             size = min(size * 2, MAX_BATCH)
         elif elapsed > TARGET_SECONDS * 2:
             size = max(size // 2, 1)
+        decide = partial(_decide, group, run, wf, block, outcomes) if joins_here and block.into is None else None
         recorded = store.record_batch(
             group.pk,
             [(row, attempt) for row, _, attempt in outcomes],
@@ -334,7 +336,8 @@ def run_branch(row_id: int) -> Moved | None:
         return None
     queue = queue_for(wf, step)
     joins_here = queue_for(wf) == queue
-    decide = partial(_decide, group, run, wf, block) if joins_here and block.into is None else None
+    outcome = [(claimed, step, attempt)]
+    decide = partial(_decide, group, run, wf, block, outcome) if joins_here and block.into is None else None
     recorded = store.record_branch(row.pk, group.pk, attempt, decide)
     if recorded is None or recorded.counts is None or not decides(block, recorded.counts):
         return None
@@ -364,18 +367,44 @@ def retry_lost_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attemp
 
 
 def _decide(
-    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, counts: Counts
+    group: ParallelGroup,
+    run: WorkflowRun,
+    wf: Workflow,
+    block: Parallel,
+    outcomes: list[tuple[Claimed, Step, Attempt]],
+    counts: Counts,
 ) -> tuple[WorkflowRun, Closing] | None:
-    """Asked in the transaction that counted results: if they decided ``block``, how it closes."""
+    """Asked in the transaction that counted ``outcomes``: if they decided ``block``, how it closes.
+
+    When they are the final result of every branch of the block (a short block executed by the job
+    that entered it), they are all there is to read.
+    """
     if not decides(block, counts):
         return None
+    if counts.finals == group.branch_count:
+        latest = {row.step: (row.pk, row.step, *_stored(attempt), attempt.finished_at) for row, _, attempt in outcomes}
+        return run, _closing(group, run, wf, block, latest)
     return run, _closing(group, run, wf, block)
 
 
-def _closing(group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel) -> Closing:
+def _stored(attempt: Attempt) -> tuple[str, Any, Any]:
+    """``(status, output, error)`` of a final attempt, as its row holds them."""
+    if attempt.failed:
+        return StepStatus.FAILED, None, attempt.reason
+    return StepStatus.COMPLETED, attempt.output, None
+
+
+def _closing(
+    group: ParallelGroup,
+    run: WorkflowRun,
+    wf: Workflow,
+    block: Parallel,
+    latest: dict[str, tuple[Any, ...]] | None = None,
+) -> Closing:
     """How a decided block without ``into`` closes: failed at its first failure (``fail_fast``), or
     completed with every result in ``__results__`` and the run moved to the next step."""
-    latest = _final_attempts(group)
+    if latest is None:
+        latest = _final_attempts(group)
     collected = _collected(block, latest)
     failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:

@@ -76,7 +76,7 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     if group is None:
         # A sequential step (or a run that never reached its block): one more attempt of that step.
         fields["current_attempt"] = run.current_attempt + 1
-    if not store.reopen_run(run, fields):
+    if not store.reopen_run(run, fields, group.pk if group is not None else None):
         raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
     if group is None:
         _reopen_children(run, run.current_step)

@@ -15,7 +15,7 @@ from .. import dispatch, leases
 from ..attempts import Attempt
 from ..context import dumps
 from ..leases import held_fields, released_fields
-from ..models import StepResult, StepStatus, WorkflowRun
+from ..models import ParallelGroup, StepResult, StepStatus, WorkflowRun
 from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
 
 # Asked, inside the transaction that counted a batch's final results, whether they decided the
@@ -77,23 +77,30 @@ def record_batch(
     meanwhile (this worker looked dead) are no longer this worker's to record: they are left out,
     as are their retries. ``decide`` is asked whether the counted results decided the block.
     """
+    connection = connections[router.db_for_write(StepResult)]
     with transaction.atomic():
-        recorded = Recorded(_store_batch(outcomes))
-        finals = failures = 0
-        again: list[NextAttempt] = []
-        for row, attempt in outcomes:
-            if row.pk not in recorded.mine:
-                continue
-            if row.pk in retries:
-                again.append(retries[row.pk])
-                continue
-            finals += 1
-            failures += int(attempt.failed)
-        if again:
-            StepResult.objects.bulk_create([nxt.row for nxt in again])
-            dispatch.submit(*(nxt.job() for nxt in again))
-        if finals:
-            recorded.counts = count_finals(group_id, finals, failures)
+        if connection.vendor == "postgresql" and not retries:
+            # Every result is final: stored and counted in one statement.
+            mine, recorded_counts = _store_and_count(group_id, outcomes, connection)
+            recorded = Recorded(mine, recorded_counts)
+        else:
+            recorded = Recorded(_store_batch(outcomes))
+            finals = failures = 0
+            again: list[NextAttempt] = []
+            for row, attempt in outcomes:
+                if row.pk not in recorded.mine:
+                    continue
+                if row.pk in retries:
+                    again.append(retries[row.pk])
+                    continue
+                finals += 1
+                failures += int(attempt.failed)
+            if again:
+                StepResult.objects.bulk_create([nxt.row for nxt in again])
+                dispatch.submit(*(nxt.job() for nxt in again))
+            if finals:
+                recorded.counts = count_finals(group_id, finals, failures)
+        if recorded.counts is not None:
             closing = decide(recorded.counts) if decide is not None else None
             if closing is not None:
                 recorded.closed = close_in_transaction(closing[0], group_id, closing[1])
@@ -102,9 +109,45 @@ def record_batch(
     return recorded
 
 
+def _store_and_count(
+    group_id: int, outcomes: list[tuple[Claimed, Attempt]], connection: Any
+) -> tuple[set[int], Counts | None]:
+    """Store a batch of final results and take them off the group's counters: one PostgreSQL statement.
+
+    The counters move by what was stored (rows recovery took over meanwhile are not), and not at
+    all when nothing was.
+    """
+    store, params = _store_batch_sql(outcomes, connection)
+    table = connection.ops.quote_name(ParallelGroup._meta.db_table)
+    failed = StepStatus.FAILED.value
+    statement = (
+        f"WITH stored AS ({store}), counted AS (UPDATE {table} SET "
+        "pending_count = pending_count - (SELECT count(*) FROM stored), "
+        "failed_count = failed_count + (SELECT count(*) FROM stored WHERE stored.status = %s) "
+        "WHERE id = %s AND EXISTS (SELECT 1 FROM stored) RETURNING pending_count, failed_count, status) "
+        "SELECT (SELECT array_agg(stored.id) FROM stored), (SELECT count(*) FROM stored), "
+        "(SELECT count(*) FROM stored WHERE stored.status = %s), "
+        "(SELECT pending_count FROM counted), (SELECT failed_count FROM counted), (SELECT status FROM counted)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*params, failed, group_id, failed])
+        ids, stored, stored_failed, pending, failed_count, status = cursor.fetchone()
+    if not stored:
+        return set(), None
+    return set(ids), Counts(pending, failed_count, stored, stored_failed, status)
+
+
 def _store_batch(outcomes: list[tuple[Claimed, Attempt]]) -> set[int]:
     """Write a batch of results in one statement; returns the ids of the rows this worker still held."""
     connection = connections[router.db_for_write(StepResult)]
+    sql, params = _store_batch_sql(outcomes, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {pk for pk, _ in cursor.fetchall()}
+
+
+def _store_batch_sql(outcomes: list[tuple[Claimed, Attempt]], connection: Any) -> tuple[str, list[Any]]:
+    """The UPDATE that writes a batch of results, only to rows this worker still holds, ``RETURNING id, status``."""
     qn = connection.ops.quote_name
     table = qn(StepResult._meta.db_table)
     json_field = StepResult._meta.get_field("output")
@@ -146,11 +189,9 @@ def _store_batch(outcomes: list[tuple[Claimed, Attempt]]) -> set[int]:
         f"UPDATE {table} SET {', '.join(f'{qn(c)} = v.{qn(c)}' for c in columns)}, "
         f"{qn('lease_owner')} = '', {qn('lease_expires_at')} = NULL FROM {source} "
         f"WHERE {table}.{qn('id')} = v.id AND {table}.{qn('status')} = %s AND {table}.{qn('lease_owner')} = %s "
-        f"RETURNING {table}.{qn('id')}"
+        f"RETURNING {table}.{qn('id')}, {table}.{qn('status')}"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, StepStatus.RUNNING.value, leases.owner()])
-        return {pk for (pk,) in cursor.fetchall()}
+    return sql, [*params, StepStatus.RUNNING.value, leases.owner()]
 
 
 def claim_branch(row_id: int, job_id: str) -> bool:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from .. import dispatch, leases
 from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
+from . import sql
 from .runs import transition
 
 
@@ -54,6 +56,12 @@ def open_group(
     """
     count = len(plan.first) + sum(map(len, plan.rest.values()))
     version = run.version
+    connection = connections[router.db_for_write(ParallelGroup)]
+    if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block:
+        try:
+            return _open_statement(run, name, on_error, plan, {**(fields or {}), **released_fields()}, rows, connection)
+        except IntegrityError:
+            return None
     try:
         with transaction.atomic():
             # The run now waits on its branches, whose rows carry their own leases.
@@ -67,6 +75,86 @@ def open_group(
         # The block is open already (the unique constraint on open groups): nothing was written.
         run.version = version
         return None
+    return group, claimed
+
+
+def _open_statement(
+    run: WorkflowRun,
+    name: str,
+    on_error: str,
+    plan: Plan,
+    fields: dict[str, Any],
+    rows: list[StepResult] | None,
+    connection: Any,
+) -> tuple[ParallelGroup, list[Claimed]] | None:
+    """:func:`open_group` as one PostgreSQL statement: the run's move, the previous step's row, the
+    group and every branch row, each inserted only when the one before it was."""
+    now = timezone.now()
+    count = len(plan.first) + sum(map(len, plan.rest.values()))
+    group = ParallelGroup(
+        run=run, name=name, on_error=on_error, branch_count=count, pending_count=count, created_at=now
+    )
+    moved, params = sql.move_run("moved", run, fields, connection)
+    parts, source = [moved], "moved"
+    if rows:
+        # Inserted before the group (which selects from it), so the step's row keeps the lower id.
+        stepped, step_params = sql.insert_row("stepped", rows[0], "moved", connection, returning="1")
+        parts.append(stepped)
+        params += step_params
+        source = "stepped"
+    opened, group_params = sql.insert_row("opened", group, source, connection, returning="id")
+    parts.append(opened)
+    params += group_params
+    me, job_id = leases.owner(), dispatch.current_job_id()
+    indexes = {queue: 1 if queue == plan.here else 0 for queue in plan.rest}
+    branches: list[tuple[str, str, str, datetime | None, str]] = [
+        (step, StepStatus.RUNNING.value, job_id, now, me) for step in plan.first
+    ]
+    branches += [
+        (step, StepStatus.PENDING.value, f"-{queue}-{indexes[queue]}", None, "")
+        for queue, steps in plan.rest.items()
+        for step in steps
+    ]
+    qn = connection.ops.quote_name
+    columns = (
+        *("run_id", "group_id", "step", "status", "job_id", "started_at", "lease_owner"),
+        *("attempt", "created_at", "lease_expires_at"),
+    )
+    # A pending branch names its queue's drain job, whose id (dispatch.drain_job_id) holds the
+    # group's id: composed here from the id the group was just given.
+    parts.append(
+        f"branches AS (INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
+        "SELECT %s, opened.id, u.step, u.status, "
+        "CASE WHEN u.status = %s THEN u.job ELSE %s || opened.id || u.job END, u.started_at, u.owner, 1, %s, %s "
+        "FROM opened, unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[]) "
+        "AS u(step, status, job, started_at, owner) RETURNING id, step, status)"
+    )
+    params += [run.pk, StepStatus.RUNNING.value, dispatch.DRAIN_PREFIX, now, leases.expiry(now)]
+    params += [list(column) for column in zip(*branches, strict=True)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH {', '.join(parts)} SELECT opened.id, branches.id, branches.step, branches.status "
+            "FROM opened JOIN branches ON true",
+            params,
+        )
+        inserted = cursor.fetchall()
+    if not inserted:
+        return None
+    group.pk = inserted[0][0]
+    run.version += 1
+    for field, value in fields.items():
+        setattr(run, field, value)
+    claimed = sorted(
+        (Claimed(pk, step, 1) for _, pk, step, status in inserted if status == StepStatus.RUNNING),
+        key=lambda row: row.pk,
+    )
+    dispatch.submit(
+        *(
+            dispatch.run_branches_job(group.pk, run.pk, queue, indexes[queue])
+            for queue, steps in plan.rest.items()
+            if steps
+        )
+    )
     return group, claimed
 
 
@@ -150,6 +238,13 @@ class Counts:
     failed: int
     finals: int
     failures: int
+    # The group's status as the batch found it: a closed (cancelled) group is decided by nobody.
+    status: str = GroupStatus.RUNNING
+
+
+# Every counter update locks its group's row. Whoever also moves the run locks the group first
+# (by counting, or explicitly), then the run: writers never wait for each other in a circle.
+COUNT = "UPDATE {table} SET pending_count = pending_count - %s, failed_count = failed_count + %s WHERE id = %s"
 
 
 def count_finals(group_id: int, finals: int, failures: int) -> Counts:
@@ -162,12 +257,10 @@ def count_finals(group_id: int, finals: int, failures: int) -> Counts:
     table = connection.ops.quote_name(ParallelGroup._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET pending_count = pending_count - %s, failed_count = failed_count + %s "
-            "WHERE id = %s RETURNING pending_count, failed_count",
-            [finals, failures, group_id],
+            COUNT.format(table=table) + " RETURNING pending_count, failed_count, status", [finals, failures, group_id]
         )
-        pending, failed = cursor.fetchone()
-    return Counts(pending, failed, finals, failures)
+        pending, failed, status = cursor.fetchone()
+    return Counts(pending, failed, finals, failures, status)
 
 
 def fail_pending_branches(group_id: int, reason: Any) -> Counts | None:
@@ -208,22 +301,36 @@ class Closing:
 def close_group(run: WorkflowRun, group_id: int, closing: Closing) -> bool:
     """Close an open group and move its run in one transaction; only the first join to get here wins."""
     with transaction.atomic():
-        return close_in_transaction(run, group_id, closing)
+        # The group first, like every writer that moves a run on from a block.
+        locked = ParallelGroup.objects.select_for_update().filter(pk=group_id, status=GroupStatus.RUNNING)
+        return bool(list(locked.values_list("pk", flat=True))) and close_in_transaction(run, group_id, closing)
 
 
 def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> bool:
-    """:func:`close_group` inside the caller's transaction (the one that recorded the deciding results).
+    """:func:`close_group` inside a transaction that holds the group's row lock (it counted the
+    deciding results, or locked it): move the run, then close the group.
 
-    The run is moved first, then the group closed: every writer locks a run before its groups, so
-    two of them never wait for each other. A group changes status only with its run (here, or
-    when the run is cancelled), so once the run moved, the group is this transaction's to close.
+    A group changes status only with its run (here, or when the run is cancelled, which takes the
+    group's lock first too), so once the run moved, the open group is this transaction's to close.
     """
-    if not transition(run, closing.run_fields):
-        return False
+    connection = connections[router.db_for_write(ParallelGroup)]
     now = timezone.now()
-    closed = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).update(
-        status=closing.status, results=closing.results, error=closing.error, finished_at=now, **released_fields()
-    )
+    closed_fields = {
+        "status": closing.status,
+        "results": closing.results,
+        "error": closing.error,
+        "finished_at": now,
+        **released_fields(),
+    }
+    if connection.vendor == "postgresql":
+        moved = _close_statement(run, group_id, closing.run_fields, closed_fields, connection)
+        if moved is None:
+            return False
+        closed = moved
+    else:
+        if not transition(run, closing.run_fields):
+            return False
+        closed = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).update(**closed_fields)
     if not closed:
         raise RuntimeError(f"group {group_id} of run {run.pk} was closed without its run moving")
     if closing.cancel_pending:
@@ -233,6 +340,31 @@ def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> b
         if cancelled:
             ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
     return True
+
+
+def _close_statement(
+    run: WorkflowRun, group_id: int, run_fields: dict[str, Any], group_fields: dict[str, Any], connection: Any
+) -> int | None:
+    """The run's move and the group's close as one PostgreSQL statement (the close only if the run
+    moved); ``None`` when the run did not move, else how many groups were closed."""
+    moved, params = sql.move_run("moved", run, run_fields, connection)
+    query = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).query
+    update = cast(UpdateQuery, query.chain(UpdateQuery))
+    update.add_update_values(group_fields)
+    close_sql, close_params = update.get_compiler(connection.alias).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH {moved}, closed AS ({close_sql} AND EXISTS (SELECT 1 FROM moved) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM closed)",
+            [*params, *close_params],
+        )
+        moved_count, closed_count = cursor.fetchone()
+    if not moved_count:
+        return None
+    run.version += 1
+    for name, value in run_fields.items():
+        setattr(run, name, value)
+    return int(closed_count)
 
 
 def release_claimed(group_id: int, row_ids: list[int], job_id: str) -> int:

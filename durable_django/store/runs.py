@@ -18,6 +18,7 @@ from .. import dispatch, leases, results
 from ..definition import Workflow
 from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from . import sql
 
 logger = logging.getLogger("durable_django")
 
@@ -147,23 +148,14 @@ def transition(
 
 def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepResult | None, connection: Any) -> bool:
     """:func:`transition` as one PostgreSQL statement: the conditional UPDATE and the row's INSERT in one CTE."""
-    query = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).query
-    update = cast(UpdateQuery, query.chain(UpdateQuery))
-    update.add_update_values({"version": run.version + 1, **fields})
-    update_sql, update_params = update.get_compiler(connection.alias).as_sql()
-    sql = f"WITH moved AS ({update_sql} RETURNING 1)"
-    params = list(update_params)
+    moved, params = sql.move_run("moved", run, fields, connection)
+    statement = f"WITH {moved}"
     if row is not None:
-        columns = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
-        qn = connection.ops.quote_name
-        select = ", ".join(f"%s::{f.db_type(connection)}" for f in columns)
-        sql += (
-            f", inserted AS (INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(f.column) for f in columns)}) "
-            f"SELECT {select} FROM moved)"
-        )
-        params += [f.get_db_prep_save(f.pre_save(row, True), connection) for f in columns]
+        inserted, row_params = sql.insert_row("inserted", row, "moved", connection)
+        statement += f", {inserted}"
+        params += row_params
     with connection.cursor() as cursor:
-        cursor.execute(sql + " SELECT count(*) FROM moved", params)
+        cursor.execute(statement + " SELECT count(*) FROM moved", params)
         return bool(cursor.fetchone()[0])
 
 
@@ -210,8 +202,14 @@ def take_over_child(run: WorkflowRun, lost_step: str | None, queue: str) -> bool
 # -- retry and cancel -------------------------------------------------------------------
 
 
-def reopen_run(run: WorkflowRun, fields: dict[str, Any]) -> bool:
-    """Put the failed ``run`` back to running with ``fields``, if nobody moved it since it was read."""
+def reopen_run(run: WorkflowRun, fields: dict[str, Any], group_id: int | None = None) -> bool:
+    """Put the failed ``run`` back to running with ``fields``, if nobody moved it since it was read.
+
+    ``group_id``: the block it failed in, which is reopened in the same transaction: locked first,
+    as by every writer that moves a run on from a block.
+    """
+    if group_id is not None:
+        list(ParallelGroup.objects.select_for_update().filter(pk=group_id).values_list("pk"))
     moved = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.FAILED).update(
         version=run.version + 1, status=RunStatus.RUNNING, **fields
     )
@@ -221,7 +219,12 @@ def reopen_run(run: WorkflowRun, fields: dict[str, Any]) -> bool:
 
 
 def cancel_run(run_id: Any, now: datetime) -> bool:
-    """Cancel a pending or running run, its branches not started and its open groups (not its children)."""
+    """Cancel a pending or running run, its branches not started and its open groups (not its children).
+
+    Runs inside the caller's transaction. The run's open groups are locked first, as by every
+    writer that moves a run on from a block.
+    """
+    list(ParallelGroup.objects.select_for_update().filter(run_id=run_id, status=GroupStatus.RUNNING).values_list("pk"))
     updated = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED).update(
         status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1, **released_fields()
     )

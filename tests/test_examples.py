@@ -545,3 +545,15 @@ def test_run_examples_runs_the_order_processing_examples_as_expected(monkeypatch
     out = capsys.readouterr().out
     assert out.count("result: as expected") == 4
     assert "All 4 runs ended as expected." in out
+
+
+def test_run_examples_shows_that_each_onboarding_run_executed_in_one_job(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    call_command("run_examples", only=["onboard_user"])
+
+    out = capsys.readouterr().out
+    runs = out.count("== onboard_user:")
+    assert runs == 2
+    # A step, a block of three and a step: the job the run's start sent executed all of it.
+    assert out.count("executed by 1 RQ job\n") == runs

@@ -163,6 +163,10 @@ class Command(BaseCommand):
             value = row.output if row.status == "completed" else row.error
             shown = "" if value is None else self.compact(value)
             self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
+        jobs = set(run.steps.exclude(job_id="").values_list("job_id", flat=True))
+        if jobs:
+            # A short run executes in the one job its start sent; retries and big blocks take more.
+            self.say(f"{indent}executed by {len(jobs)} RQ job{'s' if len(jobs) > 1 else ''}")
         for child in run.children.order_by("created_at"):
             self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r}:")
             self.print_details(child, indent + "    ")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F, Value
-from django.db.models.functions import Coalesce
-from django.db.models.sql import UpdateQuery
+from django.db.models import F
 from django.utils import timezone
 
 from .. import dispatch, leases, results
@@ -73,26 +71,35 @@ def claim_run(run_id: Any, version: int) -> WorkflowRun | None:
     One statement (``UPDATE ... RETURNING``): the claim and the read of the claimed row. A stale or
     duplicate job (the run moved on, finished, was cancelled, or another worker holds it) claims nothing.
     """
-    now = timezone.now()
     try:
-        waiting = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED, lease_owner="", version=version)
+        key = WorkflowRun._meta.pk.to_python(run_id)
     except (ValidationError, ValueError):
         logger.error("run job with a malformed run id %r; dropping it", run_id)
         return None
     connection = connections[router.db_for_write(WorkflowRun)]
-    update = cast(UpdateQuery, waiting.query.chain(UpdateQuery))
-    update.add_update_values(
-        {
-            "status": RunStatus.RUNNING,
-            "started_at": Coalesce(F("started_at"), Value(now)),
-            "version": F("version") + 1,
-            **held_fields(now),
-        }
+    qn = connection.ops.quote_name
+    stamp = WorkflowRun._meta.get_field("started_at")
+    now = timezone.now()
+    # Written out rather than compiled by the ORM: the first statement of every job.
+    sql = (
+        f"UPDATE {qn(WorkflowRun._meta.db_table)} SET {qn('status')} = %s, "
+        f"{qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('version')} = {qn('version')} + 1, "
+        f"{qn('lease_owner')} = %s, {qn('lease_expires_at')} = %s "
+        f"WHERE {qn('id')} = %s AND {qn('status')} IN (%s, %s) AND {qn('lease_owner')} = '' AND {qn('version')} = %s"
     )
-    sql, params = update.get_compiler(connection.alias).as_sql()
+    params = [
+        RunStatus.RUNNING.value,
+        stamp.get_db_prep_value(now, connection),
+        leases.owner(),
+        stamp.get_db_prep_value(leases.expiry(now), connection),
+        WorkflowRun._meta.pk.get_db_prep_value(key, connection),
+        RunStatus.PENDING.value,
+        RunStatus.RUNNING.value,
+        version,
+    ]
     claimed = list(WorkflowRun.objects.raw(f"{sql} RETURNING *", params))
     if not claimed:
-        if not WorkflowRun.objects.filter(pk=run_id).exists():
+        if not WorkflowRun.objects.filter(pk=key).exists():
             logger.warning("run %s does not exist; dropping its job", run_id)
         else:
             logger.debug("run %s is not waiting for job version %s; nothing to do", run_id, version)

@@ -27,6 +27,11 @@ from redis import Redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379")
+# How often an idle DBOS worker looks for queued work (DBOS's default is 1 s), and how many
+# workflows of a queue one worker runs at once (threads; DBOS's default is no limit). Here rather
+# than in ``dbos_peer`` so that the report can name them without the ``dbos`` package installed.
+DBOS_POLLING_INTERVAL = float(os.environ.get("BENCH_DBOS_POLLING_INTERVAL", "0.1"))
+DBOS_WORKER_CONCURRENCY = int(os.environ.get("BENCH_DBOS_CONCURRENCY", "10"))
 
 T = TypeVar("T")
 

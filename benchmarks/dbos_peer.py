@@ -32,10 +32,8 @@ DATABASE = "dbos_bench"
 APP = "durable_bench_peer"
 RUN_QUEUE = "bench_runs"
 BRANCH_QUEUE = "bench_branches"
-# How often an idle DBOS worker looks for queued work (DBOS's default is 1 s), and how many
-# workflows of a queue one worker runs at once (threads; DBOS's default is no limit).
-POLLING_INTERVAL = float(os.environ.get("BENCH_DBOS_POLLING_INTERVAL", "0.1"))
-WORKER_CONCURRENCY = int(os.environ.get("BENCH_DBOS_CONCURRENCY", "10"))
+POLLING_INTERVAL = common.DBOS_POLLING_INTERVAL
+WORKER_CONCURRENCY = common.DBOS_WORKER_CONCURRENCY
 
 
 def system_database_url() -> str:

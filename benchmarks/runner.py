@@ -87,6 +87,26 @@ def versions() -> dict[str, str]:
     return found
 
 
+def settings_lines(peers: list[str]) -> list[str]:
+    """How each measured system was configured, for the report (no peer's package is imported)."""
+    lines = ["every system on the same PostgreSQL and Redis servers, fsync on"]
+    by_peer = {
+        "durable": "durable_django: `rqworker` processes without scheduler, one Django connection per process "
+        "(per job with the forking Worker)",
+        "celery": "Celery: `worker --pool=solo` (one process each), Redis broker and result backend, defaults",
+        "rq": "RQ: `rq worker` of the same worker class as durable_django's column",
+        "dbos": f"DBOS: queue polling interval {common.DBOS_POLLING_INTERVAL:g} s, worker concurrency "
+        f"{common.DBOS_WORKER_CONCURRENCY} workflows per process",
+    }
+    lines += [line for name, line in by_peer.items() if name in peers]
+    lines.append(
+        "times run from the client's dispatch until the finishing time the system stored "
+        "(durable_django: the run's finished_at; Celery and RQ: a timestamp the join task writes "
+        "to Redis; DBOS: the workflow status row's updated_at)"
+    )
+    return lines
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -293,8 +313,6 @@ class Run:
     def write(self, finished: float) -> Path:
         minutes, seconds = divmod(int(finished), 60)
         args = self.args
-        from .dbos_peer import POLLING_INTERVAL, WORKER_CONCURRENCY
-
         meta = {
             "started": self.started.strftime("%Y-%m-%d %H:%M UTC"),
             "duration": f"{minutes} min {seconds} s",
@@ -302,18 +320,7 @@ class Run:
             "servers": common.server_versions(),
             "versions": versions(),
             "repetitions": args.repetitions,
-            "settings": [
-                "every system on the same PostgreSQL and Redis servers, fsync on",
-                "durable_django: `rqworker` processes without scheduler, one Django connection per process "
-                "(per job with the forking Worker)",
-                "Celery: `worker --pool=solo` (one process each), Redis broker and result backend, defaults",
-                "RQ: `rq worker` of the same worker class as durable_django's column",
-                f"DBOS: queue polling interval {POLLING_INTERVAL:g} s, worker concurrency {WORKER_CONCURRENCY} "
-                "workflows per process",
-                "times run from the client's dispatch until the finishing time the system stored "
-                "(durable_django: the run's finished_at; Celery and RQ: a timestamp the join task writes "
-                "to Redis; DBOS: the workflow status row's updated_at)",
-            ],
+            "settings": settings_lines(args.peers),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         }
         args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""durable_django under measurement: ``rqworker`` processes on the benchmark settings.
+"""durable_django under measurement: worker processes on the benchmark settings.
+
+Its workers are started the way users start them, ``manage.py durable_worker`` (rq's in-process
+``SimpleWorker`` made safe for a long life, with rq's scheduler), or as django-rq's ``rqworker``
+of one of rq's own worker classes (the forking ``Worker``, or ``SimpleWorker``), without scheduler.
 
 Durations run from the moment the runner calls ``start_workflow`` until the run's ``finished_at``
 as the worker stored it, so polling the row only decides when to look, never what is measured.
@@ -24,7 +28,16 @@ SETTINGS = "benchmarks.settings"
 DATABASE = "durable_bench"
 REDIS_DB = 9
 QUEUE = "bench"
-WORKER_CLASSES = {"Worker": "rq.worker.Worker", "SimpleWorker": "rq.worker.SimpleWorker"}
+#: ``--worker-class`` choices, in the order of the report's columns: how durable_django's workers
+#: are started. ``durable_worker`` is the command of that name; the others are ``rqworker`` of
+#: that rq worker class.
+WORKER_CLASSES = {
+    "durable_worker": "durable_django.worker.DurableWorker",
+    "Worker": "rq.worker.Worker",
+    "SimpleWorker": "rq.worker.SimpleWorker",
+}
+#: The choices that are rq's own classes, which plain RQ can run too.
+RQ_WORKER_CLASSES = ("Worker", "SimpleWorker")
 
 
 def configure() -> None:
@@ -72,13 +85,14 @@ def reset() -> None:
 
 
 class DurablePeer(Peer):
-    """durable_django with ``rqworker`` processes of one rq worker class."""
+    """durable_django with ``durable_worker`` processes, or ``rqworker`` processes of one rq worker class."""
 
-    def __init__(self, log_dir: Path, timeout: float, worker_class: str = WORKER_CLASSES["Worker"]) -> None:
+    def __init__(self, log_dir: Path, timeout: float, kind: str = "durable_worker") -> None:
         super().__init__(log_dir, timeout)
-        self.worker_class = worker_class
-        short = worker_class.rsplit(".", 1)[-1]
-        self.label = f"durable_django ({short})"
+        #: A key of :data:`WORKER_CLASSES`.
+        self.kind = kind
+        self.worker_class = WORKER_CLASSES[kind]
+        self.label = f"durable_django ({kind})"
         self.fanout_variants = {self.label: "parallel"}
         #: Environment added to the workers' (the cost measurement turns the recovery sweep off).
         self.extra_env: dict[str, str] = {}
@@ -87,8 +101,12 @@ class DurablePeer(Peer):
         prepare_database()
 
     def worker_command(self, name: str) -> tuple[list[str], dict[str, str]]:
-        command = [sys.executable, "-m", "django", "rqworker", QUEUE, "--name", name]
-        command += ["--worker-class", self.worker_class, "--verbosity", "0"]
+        if self.kind == "durable_worker":
+            # The command users run, with its defaults: rq's scheduler on, DurableWorker.
+            command = [sys.executable, "-m", "django", "durable_worker", QUEUE, "--name", name, "--verbosity", "0"]
+        else:
+            command = [sys.executable, "-m", "django", "rqworker", QUEUE, "--name", name]
+            command += ["--worker-class", self.worker_class, "--verbosity", "0"]
         env = common.bench_env(
             DJANGO_SETTINGS_MODULE=SETTINGS,
             BENCH_DATABASE_URL=os.environ["BENCH_DATABASE_URL"],
@@ -105,7 +123,7 @@ class DurablePeer(Peer):
             lambda: set(names) <= {worker.name for worker in Worker.all(connection=redis)},
             60,
             interval=0.1,
-            what=f"{len(names)} rqworker(s) to register",
+            what=f"{len(names)} worker(s) to register",
             alive=self.check,
         )
 

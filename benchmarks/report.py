@@ -28,9 +28,20 @@ def cell(result: Result | None) -> str:
 
 
 def ratio(ours: Result | None, theirs: Result | None) -> str:
-    if ours is None or theirs is None or ours.median is None or theirs.median in (None, 0):
+    if ours is None or theirs is None:
         return "-"
-    return f"{ours.median / theirs.median:.2f}x"
+    return _ratio(ours.median, theirs.median)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or theirs == 0:
+        return "-"
+    return f"{ours / theirs:.2f}x"
+
+
+def _variant(system: str) -> str:
+    """``durable_django (durable_worker)`` -> ``durable_worker``: the row label of a ratio table."""
+    return system.removeprefix(DURABLE).strip().strip("()") or system
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
@@ -73,27 +84,31 @@ def _scenario_tables(results: list[Result], scenario: str, keys: list[str], note
             for combo in combos
         ),
     )
-    ours = [system for system in systems if system.startswith(DURABLE)]
-    peers = [system for system in systems if not system.startswith(DURABLE)]
+    ours, peers = _split(systems)
     if ours and peers:
+        # One row per durable_django variant, one column per peer.
         lines += ["", note, ""]
-        header = [*keys, *(f"{o.removeprefix(DURABLE).strip()} / {p}" for o in ours for p in peers)]
         lines += _table(
-            header,
+            [*keys, DURABLE, *peers],
             (
-                [*(f"{value:,}" if isinstance(value, int) else str(value) for value in combo)]
+                [*(f"{value:,}" if isinstance(value, int) else str(value) for value in combo), _variant(o)]
                 + [
                     ratio(
                         _find(chosen, o, **dict(zip(keys, combo, strict=True))),
                         _find(chosen, p, **dict(zip(keys, combo, strict=True))),
                     )
-                    for o in ours
                     for p in peers
                 ]
                 for combo in combos
+                for o in ours
             ),
         )
     return lines
+
+
+def _split(systems: list[str]) -> tuple[list[str], list[str]]:
+    """durable_django's variants, and the peers."""
+    return [s for s in systems if s.startswith(DURABLE)], [s for s in systems if not s.startswith(DURABLE)]
 
 
 TIME_NOTE = "durable_django's time / the peer's time (below 1x: durable_django is faster):"

@@ -42,8 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-class",
         action="append",
-        choices=sorted(durable.WORKER_CLASSES),
-        help="rq worker class of durable_django and RQ, repeatable (default: both)",
+        choices=list(durable.WORKER_CLASSES),
+        help="how durable_django's workers run, repeatable (default: all three): the durable_worker command, "
+        "or rqworker of rq's Worker or SimpleWorker; RQ is measured with the rq classes chosen (SimpleWorker "
+        "when there is none)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"systems to measure ({','.join(PEERS)})")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"what to measure ({','.join(SCENARIOS)})")
@@ -65,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10000])
     args.throughput_runs = args.throughput_runs or (200 if args.quick else 1000)
     args.memory_runs = args.memory_runs or ([100, 1000] if args.quick else [100, 10000])
-    args.worker_class = args.worker_class or ["Worker", "SimpleWorker"]
+    # Always in the order of WORKER_CLASSES: durable_worker's column first.
+    chosen = args.worker_class or list(durable.WORKER_CLASSES)
+    args.worker_class = [kind for kind in durable.WORKER_CLASSES if kind in chosen]
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for name in args.peers:
@@ -75,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     return args
+
+
+def rq_worker_classes(args: argparse.Namespace) -> list[str]:
+    """The rq worker classes RQ is measured with: those chosen for durable_django, or SimpleWorker."""
+    return [kind for kind in args.worker_class if kind in durable.RQ_WORKER_CLASSES] or ["SimpleWorker"]
 
 
 def versions() -> dict[str, str]:
@@ -91,10 +100,11 @@ def settings_lines(peers: list[str]) -> list[str]:
     """How each measured system was configured, for the report (no peer's package is imported)."""
     lines = ["every system on the same PostgreSQL and Redis servers, fsync on"]
     by_peer = {
-        "durable": "durable_django: `rqworker` processes without scheduler, one Django connection per process "
-        "(per job with the forking Worker)",
+        "durable": "durable_django: `manage.py durable_worker` processes (DurableWorker: jobs in the worker's "
+        "process, rq's scheduler on), or `rqworker` processes of rq's Worker or SimpleWorker without "
+        "scheduler; one Django connection per process (per job with the forking Worker)",
         "celery": "Celery: `worker --pool=solo` (one process each), Redis broker and result backend, defaults",
-        "rq": "RQ: `rq worker` of the same worker class as durable_django's column",
+        "rq": "RQ: `rq worker` of the same rq worker class as durable_django's column",
         "dbos": f"DBOS: queue polling interval {common.DBOS_POLLING_INTERVAL:g} s, worker concurrency "
         f"{common.DBOS_WORKER_CONCURRENCY} workflows per process",
     }
@@ -117,8 +127,8 @@ def build_peers(args: argparse.Namespace, log_dir: Path) -> list[Peer | Benchmar
     for name in args.peers:
         try:
             if name == "durable":
-                for short in args.worker_class:
-                    peers.append(durable.DurablePeer(log_dir, args.timeout, durable.WORKER_CLASSES[short]))
+                for kind in args.worker_class:
+                    peers.append(durable.DurablePeer(log_dir, args.timeout, kind))
             elif name == "celery":
                 from .celery_peer import CeleryPeer
 
@@ -126,8 +136,8 @@ def build_peers(args: argparse.Namespace, log_dir: Path) -> list[Peer | Benchmar
             elif name == "rq":
                 from .rq_peer import RQPeer
 
-                for short in args.worker_class:
-                    peers.append(RQPeer(log_dir, args.timeout, durable.WORKER_CLASSES[short]))
+                for kind in rq_worker_classes(args):
+                    peers.append(RQPeer(log_dir, args.timeout, durable.WORKER_CLASSES[kind]))
             elif name == "dbos":
                 from .dbos_peer import DBOSPeer
 
@@ -272,7 +282,7 @@ class Run:
                 self.costs["in process (SimpleWorker)"] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(traceback.format_exc())
             for peer in ours:
-                short = peer.worker_class.rsplit(".", 1)[-1]
+                short = peer.kind
                 log(f"== cost per unit of work ({peer.label}, 1 worker)")
                 try:
                     peer.extra_env = {"BENCH_RECOVER_IN_WORKERS": "0"}

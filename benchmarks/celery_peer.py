@@ -1,9 +1,10 @@
 """Celery under measurement: a chord for fan-out/fan-in, a chain for sequential steps.
 
-Broker and result backend are Redis (databases 10 and 11). Each worker is
-``celery -A benchmarks.celery_peer worker --pool=solo`` (one process, one task at a time). The last
-task of a measurement stores the time it ran in Redis: that, not the moment the client notices,
-is the end of the measurement.
+Broker and result backend are Redis (databases 10 and 11). For fan-out and sequential steps each
+worker is ``celery -A benchmarks.celery_peer worker --pool=solo`` (one process, one task at a time);
+for throughput, N worker processes are what Celery users run: ONE worker ``--pool=prefork -c N``
+(a parent and N child processes executing tasks). The last task of a measurement stores the time
+it ran in Redis: that, not the moment the client notices, is the end of the measurement.
 """
 
 from __future__ import annotations
@@ -67,13 +68,29 @@ def _forget(result: Any) -> None:
         result = result.parent
 
 
+def onboarding(token: str) -> Any:
+    """The onboarding shape: a task, a chord of three, then the join, which records when it ran."""
+    return chain(noop.si(), chord(group(noop.si(), noop.si(), noop.si()), join.s(token))).apply_async()
+
+
 class CeleryPeer(Peer):
     label = "Celery"
     fanout_variants = {"Celery chord": "chord"}
+    pooled = frozenset({"throughput"})
+
+    def __init__(self, log_dir: Path, timeout: float) -> None:
+        super().__init__(log_dir, timeout)
+        #: Processes of the prefork pool of the one worker, or 0 for solo workers.
+        self.prefork = 0
+
+    def start_workers(self, count: int, *, pooled: bool = False) -> None:
+        self.prefork = count if pooled else 0
+        super().start_workers(1 if pooled else count)
 
     def worker_command(self, name: str) -> tuple[list[str], dict[str, str]]:
         celery = str(Path(sys.executable).with_name("celery"))
-        command = [celery, "-A", "benchmarks.celery_peer", "worker", "--pool=solo", "-c", "1"]
+        pool = ["--pool=prefork", "-c", str(self.prefork)] if self.prefork else ["--pool=solo", "-c", "1"]
+        command = [celery, "-A", "benchmarks.celery_peer", "worker", *pool]
         command += ["-Q", QUEUE, "-n", f"{name}@%h", "--loglevel", "WARNING"]
         return command, common.bench_env()
 
@@ -112,10 +129,7 @@ class CeleryPeer(Peer):
         self.reset()
         tokens = [uuid.uuid4().hex for _ in range(runs)]
         started = time.time()
-        results = [
-            chain(noop.si(), chord(group(noop.si(), noop.si(), noop.si()), join.s(token))).apply_async()
-            for token in tokens
-        ]
+        results = [onboarding(token) for token in tokens]
         try:
             return self._finish(tokens, started)
         finally:

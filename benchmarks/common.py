@@ -179,6 +179,10 @@ class Peer:
     label = ""
     #: Fan-out variants: label in the table -> key passed to :meth:`fanout`.
     fanout_variants: dict[str, str] = {}
+    #: The scenarios this peer takes part in.
+    scenarios: frozenset[str] = frozenset({"fanout", "sequential", "throughput"})
+    #: Scenarios whose N worker processes are one worker with a pool of N processes (Celery's prefork).
+    pooled: frozenset[str] = frozenset()
 
     def __init__(self, log_dir: Path, timeout: float) -> None:
         self.log_dir = log_dir
@@ -200,8 +204,12 @@ class Peer:
     def warm_up(self) -> None:
         """Run a small piece of work end to end, so every worker has imported and connected everything."""
 
-    def start_workers(self, count: int) -> None:
-        """Replace the running workers by ``count`` fresh ones, ready and warmed up."""
+    def start_workers(self, count: int, *, pooled: bool = False) -> None:
+        """Replace the running workers by ``count`` fresh ones, ready and warmed up.
+
+        ``pooled`` asks for one worker with a pool of ``count`` processes instead, where the peer
+        has such a worker (see :attr:`pooled`); the others ignore it.
+        """
         self.stop_workers()
         self.reset()
         names = []

@@ -141,7 +141,7 @@ class DBOSPeer(Peer):
         )
         return [sys.executable, "-m", "benchmarks.dbos_peer", name], env
 
-    def start_workers(self, count: int) -> None:
+    def start_workers(self, count: int, *, pooled: bool = False) -> None:
         # Start them one at a time: the first one to launch migrates the system database.
         self.stop_workers()
         for number in range(1, count + 1):

@@ -143,7 +143,15 @@ def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], m
         "durable_django's runs per second / the peer's (above 1x: durable_django is faster):",
     )
     if body:
-        lines += ["## Throughput: onboarding-shaped runs (1 step, 3 in parallel, 1 step)", "", *body, ""]
+        lines += [
+            "## Throughput: onboarding-shaped runs (1 step, 3 in parallel, 1 step) started at once",
+            "",
+            "Runs per second from the first start until the last run finished. Celery: one "
+            "`worker --pool=prefork -c 2`; the others: 2 worker processes.",
+            "",
+            *body,
+            "",
+        ]
     if costs:
         lines += ["## durable_django: cost per unit of work", "", *render_costs(costs), ""]
     if memory:

@@ -2,9 +2,10 @@
 
 Broker and result backend are Redis (databases 10 and 11). For fan-out and sequential steps each
 worker is ``celery -A benchmarks.celery_peer worker --pool=solo`` (one process, one task at a time);
-for throughput, N worker processes are what Celery users run: ONE worker ``--pool=prefork -c N``
-(a parent and N child processes executing tasks). The last task of a measurement stores the time
-it ran in Redis: that, not the moment the client notices, is the end of the measurement.
+for throughput and latency, N worker processes are what Celery users run: ONE worker
+``--pool=prefork -c N`` (a parent and N child processes executing tasks). The last task of a
+measurement stores the time it ran in Redis: that, not the moment the client notices, is the end
+of the measurement.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def onboarding(token: str) -> Any:
 class CeleryPeer(Peer):
     label = "Celery"
     fanout_variants = {"Celery chord": "chord"}
-    pooled = frozenset({"throughput"})
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency"})
+    pooled = frozenset({"throughput", "latency"})
 
     def __init__(self, log_dir: Path, timeout: float) -> None:
         super().__init__(log_dir, timeout)
@@ -135,3 +137,14 @@ class CeleryPeer(Peer):
         finally:
             for result in results:
                 _forget(result)
+
+    def latency(self) -> float:
+        # Only the finishing times are forgotten: the broker is left alone between runs.
+        _done_redis().delete(common.DONE_KEY)
+        token = uuid.uuid4().hex
+        started = time.time()
+        result = onboarding(token)
+        try:
+            return self._finish([token], started)
+        finally:
+            _forget(result)

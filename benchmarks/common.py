@@ -60,8 +60,21 @@ class Result:
     def median(self) -> float | None:
         return statistics.median(self.samples) if self.samples else None
 
+    @property
+    def p90(self) -> float | None:
+        return percentile(self.samples, 90)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "median": self.median}
+        return {**asdict(self), "median": self.median, "p90": self.p90}
+
+
+def percentile(values: Sequence[float], pct: int) -> float | None:
+    """The ``pct``-th percentile of ``values`` (linear interpolation between the closest ranks)."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def measure(
@@ -73,8 +86,12 @@ def measure(
     once: Callable[[], float],
     *,
     log: Callable[[str], None] = print,
+    each: bool = True,
 ) -> Result:
-    """Call ``once`` ``repetitions`` times; the first failure ends the measurement as an error."""
+    """Call ``once`` ``repetitions`` times; the first failure ends the measurement as an error.
+
+    ``each=False`` logs a summary at the end instead of every value.
+    """
     result = Result(scenario, system, params, unit)
     label = f"{scenario} {system} {params}"
     for number in range(1, repetitions + 1):
@@ -85,7 +102,10 @@ def measure(
             log(f"  {label}: repetition {number} failed: {result.error}")
             break
         result.samples.append(value)
-        log(f"  {label}: {value:.3f} {unit}")
+        if each:
+            log(f"  {label}: {value:.3f} {unit}")
+    if not each and result.samples:
+        log(f"  {label}: median {result.median:.3f} {unit}, p90 {result.p90:.3f} {unit} of {len(result.samples)}")
     return result
 
 
@@ -251,6 +271,10 @@ class Peer:
 
     def throughput(self, runs: int) -> float:
         """Seconds from the first start until the last of ``runs`` onboarding-shaped runs finished."""
+        raise NotImplementedError
+
+    def latency(self) -> float:
+        """Seconds from the start of one onboarding-shaped run, on idle workers, until it finished."""
         raise NotImplementedError
 
 

@@ -120,6 +120,7 @@ def _says_ready(log_path: Path) -> bool:
 class DBOSPeer(Peer):
     label = "DBOS"
     fanout_variants = {"DBOS gather (a)": "gather", "DBOS queue (b)": "queue"}
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency"})
 
     def __init__(self, log_dir: Path, timeout: float) -> None:
         super().__init__(log_dir, timeout)
@@ -207,6 +208,9 @@ class DBOSPeer(Peer):
         started = time.time()
         ids = [self.client.enqueue(options).get_workflow_id() for _ in range(runs)]
         return self._finished_at(ids, 0.2) - started
+
+    def latency(self) -> float:
+        return self._run("bench_onboarding")
 
     def stop_workers(self) -> None:
         super().stop_workers()

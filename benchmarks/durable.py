@@ -87,6 +87,8 @@ def reset() -> None:
 class DurablePeer(Peer):
     """durable_django with ``durable_worker`` processes, or ``rqworker`` processes of one rq worker class."""
 
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency"})
+
     def __init__(self, log_dir: Path, timeout: float, kind: str = "durable_worker") -> None:
         super().__init__(log_dir, timeout)
         #: A key of :data:`WORKER_CLASSES`.
@@ -154,12 +156,21 @@ class DurablePeer(Peer):
     def throughput(self, runs: int) -> float:
         return run_many("bench_onboarding", runs, self, self.timeout)
 
+    def latency(self) -> float:
+        return run_once("bench_onboarding", self, self.timeout)
+
 
 # -- one run, many runs -------------------------------------------------------------------------
 
 
 def run_once(workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02) -> float:
     """Seconds from ``start_workflow`` until the run's stored ``finished_at``."""
+    _, started, finished = finish_one(workflow, pool, timeout, interval)
+    return finished - started
+
+
+def finish_one(workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02) -> tuple[Any, float, float]:
+    """Start a run of ``workflow`` and wait for it: its id, when it was started and its stored ``finished_at``."""
     from durable_django import start_workflow
     from durable_django.models import RunStatus, WorkflowRun
 
@@ -179,7 +190,7 @@ def run_once(workflow: str, pool: Peer | None, timeout: float, interval: float =
     finished_at = row["finished_at"]
     if row["status"] != RunStatus.COMPLETED or finished_at is None:
         raise BenchmarkError(f"run of {workflow} ended {row['status']}: {row['error']}")
-    return finished_at.timestamp() - started
+    return run.pk, started, finished_at.timestamp()
 
 
 def run_many(workflow: str, count: int, pool: Peer, timeout: float, *, reset_first: bool = True) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -111,6 +112,67 @@ def _split(systems: list[str]) -> tuple[list[str], list[str]]:
     return [s for s in systems if s.startswith(DURABLE)], [s for s in systems if not s.startswith(DURABLE)]
 
 
+def _summary(result: Result | None, values: list[float]) -> str:
+    """``median (min-max)`` of ``values`` in seconds, or why there are none."""
+    if result is None:
+        return "-"
+    if not values:
+        return result.note or (f"error: {result.error}" if result.error else "-")
+    digits = 3 if statistics.median(values) < 10 else 2
+    text = f"{statistics.median(values):.{digits}f} s"
+    if len(values) > 1:
+        text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    if result.error:
+        text += f", then error: {result.error}"
+    return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def latency_tables(results: list[Result]) -> list[str]:
+    """Median and p90 of one onboarding-shaped run at a time, and durable_django's ratios to each peer."""
+    chosen = [r for r in results if r.scenario == "latency"]
+    if not chosen:
+        return []
+    systems = _systems(chosen)
+    rows = []
+    for system in systems:
+        result = _find(chosen, system)
+        assert result is not None
+        if not result.samples:
+            rows.append([system, str(result.params.get("workers", "")), "0", _summary(result, []), "", ""])
+            continue
+        rows.append(
+            [
+                system,
+                str(result.params.get("workers", "")),
+                str(len(result.samples)),
+                _ms(result.median),
+                _ms(result.p90),
+                f"{_ms(min(result.samples))} - {_ms(max(result.samples))}"
+                + (f", then error: {result.error}" if result.error else ""),
+            ]
+        )
+    lines = _table(["system", "workers", "runs", "median", "p90", "min - max"], rows)
+    ours, peers = _split(systems)
+    if ours and peers:
+        lines += ["", "durable_django's median and p90 / the peer's (below 1x: durable_django is faster):", ""]
+        header = [DURABLE, *(f"{kind} / {p}" for p in peers for kind in ("median", "p90"))]
+        body = []
+        for o in ours:
+            mine = _find(chosen, o)
+            row = [_variant(o)]
+            for p in peers:
+                theirs = _find(chosen, p)
+                row.append(ratio(mine, theirs))
+                row.append(_ratio(mine.p90 if mine else None, theirs.p90 if theirs else None))
+            body.append(row)
+        lines += _table(header, body)
+    return lines
+
+
 TIME_NOTE = "durable_django's time / the peer's time (below 1x: durable_django is faster):"
 
 
@@ -148,6 +210,18 @@ def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], m
             "",
             "Runs per second from the first start until the last run finished. Celery: one "
             "`worker --pool=prefork -c 2`; the others: 2 worker processes.",
+            "",
+            *body,
+            "",
+        ]
+    body = latency_tables(results)
+    if body:
+        lines += [
+            "## Latency: one onboarding-shaped run at a time, on idle workers",
+            "",
+            "From the start of a run until it finished, one run after the other with a pause of 0.5 s "
+            "between them, so that every worker is idle when a run starts. Celery: one `worker --pool=prefork -c 2`; "
+            "the others: 2 worker processes.",
             "",
             *body,
             "",

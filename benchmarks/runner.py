@@ -26,11 +26,13 @@ from .common import BenchmarkError, Peer, Result
 
 PEERS = ("durable", "celery", "rq", "dbos")
 # Measured with each peer's workers, in this order within one set of workers; then cost and memory.
-MEASURED = ("fanout", "sequential", "throughput")
+MEASURED = ("fanout", "sequential", "latency", "throughput")
 SCENARIOS = (*MEASURED, "cost", "memory")
 # Worker processes of each measured scenario but the fan-out (whose counts are --workers).
-SCENARIO_WORKERS = {"sequential": 1, "throughput": 2}
+SCENARIO_WORKERS = {"sequential": 1, "latency": 2, "throughput": 2}
 SEQUENTIAL_STEPS = 100
+# Between two runs of the latency measurement: every worker is idle again when the next one starts.
+LATENCY_PAUSE = 0.5
 PACKAGES = ("durable-django", "django", "rq", "django-rq", "redis", "psycopg", "celery", "kombu", "dbos", "sqlalchemy")
 
 Cell = tuple[str, str, dict[str, Any], str]
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_ints,
         help="onboarding runs for throughput, one measurement each (200,1000; 200 with --quick)",
     )
+    parser.add_argument("--latency-runs", type=int, default=30, help="onboarding runs, one at a time, for latency (30)")
     parser.add_argument(
         "--memory-runs", type=_ints, help="cumulative runs after which RSS is read (100,10000; 100,1000 with --quick)"
     )
@@ -91,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    if args.latency_runs < 1:
+        parser.error("--latency-runs must be at least 1")
     return args
 
 
@@ -117,8 +122,8 @@ def settings_lines(peers: list[str]) -> list[str]:
         "process, rq's scheduler on), or `rqworker` processes of rq's Worker or SimpleWorker without "
         "scheduler; one Django connection per process (per job with the forking Worker)",
         "celery": "Celery: `worker --pool=solo` processes (one task at a time each) for fan-out and sequential "
-        "steps; for throughput ONE `worker --pool=prefork -c N` (N: the worker processes of the table); "
-        "Redis broker and result backend, defaults",
+        "steps; for throughput and latency ONE `worker --pool=prefork -c N` (N: the worker processes of "
+        "the table); Redis broker and result backend, defaults",
         "rq": "RQ: `rq worker` of the same rq worker class as durable_django's column",
         "dbos": f"DBOS: queue polling interval {common.DBOS_POLLING_INTERVAL:g} s, worker concurrency "
         f"{common.DBOS_WORKER_CONCURRENCY} workflows per process",
@@ -202,8 +207,12 @@ class Run:
         params: dict[str, Any],
         unit: str,
         once: Callable[[], float],
+        *,
+        repetitions: int | None = None,
+        each: bool = True,
     ) -> Result:
-        result = common.measure(scenario, system, params, unit, self.args.repetitions, once, log=log)
+        times = self.args.repetitions if repetitions is None else repetitions
+        result = common.measure(scenario, system, params, unit, times, once, log=log, each=each)
         self.results.append(result)
         return result
 
@@ -232,6 +241,8 @@ class Run:
                         cells.append(("fanout", label, {"workers": workers, "N": size}, "s"))
             elif scenario == "sequential":
                 cells.append(("sequential", peer.label, {"workers": workers, "steps": SEQUENTIAL_STEPS}, "s"))
+            elif scenario == "latency":
+                cells.append(("latency", peer.label, {"workers": workers, "runs": args.latency_runs}, "s"))
             elif scenario == "throughput":
                 for runs in args.throughput_runs:
                     cells.append(("throughput", peer.label, {"workers": workers, "runs": runs}, "runs/s"))
@@ -302,6 +313,18 @@ class Run:
         if "sequential" in scenarios:
             params = {"workers": workers, "steps": SEQUENTIAL_STEPS}
             result = self.measure("sequential", peer.label, params, "s", partial(peer.sequential, SEQUENTIAL_STEPS))
+            if result.error:
+                self._recover(peer, setup)
+        if "latency" in scenarios:
+            params = {"workers": workers, "runs": args.latency_runs}
+
+            def one_run() -> float:
+                time.sleep(LATENCY_PAUSE)
+                return peer.latency()
+
+            result = self.measure(
+                "latency", peer.label, params, "s", one_run, repetitions=args.latency_runs, each=False
+            )
             if result.error:
                 self._recover(peer, setup)
         if "throughput" in scenarios:

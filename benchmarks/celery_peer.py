@@ -2,9 +2,9 @@
 
 Broker and result backend are Redis (databases 10 and 11). For fan-out and sequential steps each
 worker is ``celery -A benchmarks.celery_peer worker --pool=solo`` (one process, one task at a time);
-for throughput and latency, N worker processes are what Celery users run: ONE worker
-``--pool=prefork -c N`` (a parent and N child processes executing tasks). The last task of a
-measurement stores the time it ran in Redis: that, not the moment the client notices, is the end
+for throughput, latency and slow branches, N worker processes are what Celery users run: ONE
+worker ``--pool=prefork -c N`` (a parent and N child processes executing tasks). The last task of
+a measurement stores the time it ran in Redis: that, not the moment the client notices, is the end
 of the measurement.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery, chain, chord, group
 
 from . import common
-from .common import Peer
+from .common import Peer, Sample
 
 BROKER_DB = 10
 BACKEND_DB = 11
@@ -37,6 +37,12 @@ app.conf.update(
 @app.task(name="bench.noop")
 def noop(*args: Any) -> None:
     """A task that does nothing."""
+
+
+@app.task(name="bench.sleep")
+def sleep(seconds: float) -> None:
+    """A slow task: it sleeps."""
+    time.sleep(seconds)
 
 
 @app.task(name="bench.join")
@@ -77,8 +83,8 @@ def onboarding(token: str) -> Any:
 class CeleryPeer(Peer):
     label = "Celery"
     fanout_variants = {"Celery chord": "chord"}
-    scenarios = frozenset({"fanout", "sequential", "throughput", "latency"})
-    pooled = frozenset({"throughput", "latency"})
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency", "slow"})
+    pooled = frozenset({"throughput", "latency", "slow"})
 
     def __init__(self, log_dir: Path, timeout: float) -> None:
         super().__init__(log_dir, timeout)
@@ -148,3 +154,15 @@ class CeleryPeer(Peer):
             return self._finish([token], started)
         finally:
             _forget(result)
+
+    def slow(self) -> Sample:
+        self.reset()
+        token = uuid.uuid4().hex
+        started = time.time()
+        result = chord(sleep.si(common.SLOW_SECONDS) for _ in range(common.SLOW_BRANCHES))(join.s(token))
+        try:
+            # The chord's body is both the join and the step after the block.
+            seconds = self._finish([token], started)
+        finally:
+            _forget(result)
+        return seconds, {"run finished": seconds}

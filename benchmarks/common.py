@@ -32,8 +32,13 @@ REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379")
 # than in ``dbos_peer`` so that the report can name them without the ``dbos`` package installed.
 DBOS_POLLING_INTERVAL = float(os.environ.get("BENCH_DBOS_POLLING_INTERVAL", "0.1"))
 DBOS_WORKER_CONCURRENCY = int(os.environ.get("BENCH_DBOS_CONCURRENCY", "10"))
+# The slow branches: how many, and how long each sleeps (the same for every system).
+SLOW_BRANCHES = 3
+SLOW_SECONDS = 1.0
 
 T = TypeVar("T")
+#: What one repetition of a measurement returns: its value, or its value and other named figures.
+Sample = float | tuple[float, dict[str, float]]
 
 
 class BenchmarkError(Exception):
@@ -83,27 +88,32 @@ def measure(
     params: dict[str, Any],
     unit: str,
     repetitions: int,
-    once: Callable[[], float],
+    once: Callable[[], Sample],
     *,
     log: Callable[[str], None] = print,
     each: bool = True,
 ) -> Result:
     """Call ``once`` ``repetitions`` times; the first failure ends the measurement as an error.
 
-    ``each=False`` logs a summary at the end instead of every value.
+    The named figures a repetition may return besides its value are kept in ``extra``, a list per
+    name. ``each=False`` logs a summary at the end instead of every value.
     """
     result = Result(scenario, system, params, unit)
     label = f"{scenario} {system} {params}"
     for number in range(1, repetitions + 1):
         try:
-            value = once()
+            sample = once()
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             log(f"  {label}: repetition {number} failed: {result.error}")
             break
+        value, others = sample if isinstance(sample, tuple) else (sample, {})
         result.samples.append(value)
+        for name, figure in others.items():
+            result.extra.setdefault(name, []).append(figure)
         if each:
-            log(f"  {label}: {value:.3f} {unit}")
+            also = "".join(f", {name} {figure:.3f} {unit}" for name, figure in others.items())
+            log(f"  {label}: {value:.3f} {unit}{also}")
     if not each and result.samples:
         log(f"  {label}: median {result.median:.3f} {unit}, p90 {result.p90:.3f} {unit} of {len(result.samples)}")
     return result
@@ -275,6 +285,13 @@ class Peer:
 
     def latency(self) -> float:
         """Seconds from the start of one onboarding-shaped run, on idle workers, until it finished."""
+        raise NotImplementedError
+
+    def slow(self) -> Sample:
+        """A block of three branches sleeping 1 s each, then a step.
+
+        Seconds from the start until the block was joined, and ``{"run finished": seconds}``.
+        """
         raise NotImplementedError
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common
-from .common import BenchmarkError, Peer
+from .common import BenchmarkError, Peer, Sample
 
 SETTINGS = "benchmarks.settings"
 DATABASE = "durable_bench"
@@ -87,7 +87,7 @@ def reset() -> None:
 class DurablePeer(Peer):
     """durable_django with ``durable_worker`` processes, or ``rqworker`` processes of one rq worker class."""
 
-    scenarios = frozenset({"fanout", "sequential", "throughput", "latency"})
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency", "slow"})
 
     def __init__(self, log_dir: Path, timeout: float, kind: str = "durable_worker") -> None:
         super().__init__(log_dir, timeout)
@@ -158,6 +158,16 @@ class DurablePeer(Peer):
 
     def latency(self) -> float:
         return run_once("bench_onboarding", self, self.timeout)
+
+    def slow(self) -> Sample:
+        from durable_django.models import ParallelGroup
+
+        reset()
+        run_id, started, finished = finish_one("bench_slow", self, self.timeout)
+        joined = ParallelGroup.objects.filter(run_id=run_id).values_list("finished_at", flat=True).get()
+        if joined is None:
+            raise BenchmarkError("the slow block's group has no finished_at")
+        return joined.timestamp() - started, {"run finished": finished - started}
 
 
 # -- one run, many runs -------------------------------------------------------------------------

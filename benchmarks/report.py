@@ -112,6 +112,13 @@ def _split(systems: list[str]) -> tuple[list[str], list[str]]:
     return [s for s in systems if s.startswith(DURABLE)], [s for s in systems if not s.startswith(DURABLE)]
 
 
+def _values(result: Result | None, name: str | None = None) -> list[float]:
+    """A measurement's samples, or the named figures each repetition returned besides them."""
+    if result is None:
+        return []
+    return list(result.samples) if name is None else [float(v) for v in result.extra.get(name, [])]
+
+
 def _summary(result: Result | None, values: list[float]) -> str:
     """``median (min-max)`` of ``values`` in seconds, or why there are none."""
     if result is None:
@@ -173,6 +180,43 @@ def latency_tables(results: list[Result]) -> list[str]:
     return lines
 
 
+def slow_tables(results: list[Result]) -> list[str]:
+    """Slow branches: until the block was joined and until the run finished, and the ratios."""
+    chosen = [r for r in results if r.scenario == "slow"]
+    if not chosen:
+        return []
+    systems = _systems(chosen)
+    rows = []
+    for system in systems:
+        result = _find(chosen, system)
+        workers = str(result.params.get("workers", "")) if result else ""
+        rows.append(
+            [system, workers, _summary(result, _values(result)), _summary(result, _values(result, "run finished"))]
+        )
+    lines = _table(["system", "workers", "block joined", "run finished"], rows)
+    ours, peers = _split(systems)
+    if ours and peers:
+        lines += ["", TIME_NOTE, ""]
+        header = [DURABLE, *(f"{kind} / {p}" for p in peers for kind in ("block", "run"))]
+        body = []
+        for o in ours:
+            mine = _find(chosen, o)
+            row = [_variant(o)]
+            for p in peers:
+                theirs = _find(chosen, p)
+                row.append(ratio(mine, theirs))
+                mine_run, theirs_run = _values(mine, "run finished"), _values(theirs, "run finished")
+                row.append(
+                    _ratio(
+                        statistics.median(mine_run) if mine_run else None,
+                        statistics.median(theirs_run) if theirs_run else None,
+                    )
+                )
+            body.append(row)
+        lines += _table(header, body)
+    return lines
+
+
 TIME_NOTE = "durable_django's time / the peer's time (below 1x: durable_django is faster):"
 
 
@@ -222,6 +266,20 @@ def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], m
             "From the start of a run until it finished, one run after the other with a pause of 0.5 s "
             "between them, so that every worker is idle when a run starts. Celery: one `worker --pool=prefork -c 2`; "
             "the others: 2 worker processes.",
+            "",
+            *body,
+            "",
+        ]
+    body = slow_tables(results)
+    if body:
+        lines += [
+            "## Slow branches: a block of 3 branches sleeping 1 s each, then a step",
+            "",
+            "From the start of the run until the block was joined (durable_django: its group's stored "
+            "`finished_at`; Celery: the time its chord's body recorded, which is also the step after the "
+            "block) and until the run finished (durable_django: the run's `finished_at`). With the branches "
+            "side by side the block takes a little over 1 s, one after the other 3 s. Celery: one "
+            "`worker --pool=prefork -c 3`; durable_django: 3 worker processes.",
             "",
             *body,
             "",

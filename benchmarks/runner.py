@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from . import common, durable, report
-from .common import BenchmarkError, Peer, Result
+from .common import BenchmarkError, Peer, Result, Sample
 
 PEERS = ("durable", "celery", "rq", "dbos")
 # Measured with each peer's workers, in this order within one set of workers; then cost and memory.
-MEASURED = ("fanout", "sequential", "latency", "throughput")
+MEASURED = ("fanout", "sequential", "latency", "throughput", "slow")
 SCENARIOS = (*MEASURED, "cost", "memory")
 # Worker processes of each measured scenario but the fan-out (whose counts are --workers).
-SCENARIO_WORKERS = {"sequential": 1, "latency": 2, "throughput": 2}
+SCENARIO_WORKERS = {"sequential": 1, "latency": 2, "throughput": 2, "slow": 3}
 SEQUENTIAL_STEPS = 100
 # Between two runs of the latency measurement: every worker is idle again when the next one starts.
 LATENCY_PAUSE = 0.5
@@ -122,8 +122,8 @@ def settings_lines(peers: list[str]) -> list[str]:
         "process, rq's scheduler on), or `rqworker` processes of rq's Worker or SimpleWorker without "
         "scheduler; one Django connection per process (per job with the forking Worker)",
         "celery": "Celery: `worker --pool=solo` processes (one task at a time each) for fan-out and sequential "
-        "steps; for throughput and latency ONE `worker --pool=prefork -c N` (N: the worker processes of "
-        "the table); Redis broker and result backend, defaults",
+        "steps; for throughput, latency and slow branches ONE `worker --pool=prefork -c N` (N: the worker "
+        "processes of the table); Redis broker and result backend, defaults",
         "rq": "RQ: `rq worker` of the same rq worker class as durable_django's column",
         "dbos": f"DBOS: queue polling interval {common.DBOS_POLLING_INTERVAL:g} s, worker concurrency "
         f"{common.DBOS_WORKER_CONCURRENCY} workflows per process",
@@ -131,8 +131,8 @@ def settings_lines(peers: list[str]) -> list[str]:
     lines += [line for name, line in by_peer.items() if name in peers]
     lines.append(
         "times run from the client's dispatch until the finishing time the system stored "
-        "(durable_django: the run's finished_at; Celery and RQ: a timestamp the join task writes "
-        "to Redis; DBOS: the workflow status row's updated_at)"
+        "(durable_django: the run's finished_at, or its block's ParallelGroup.finished_at; Celery and RQ: "
+        "a timestamp the join task writes to Redis; DBOS: the workflow status row's updated_at)"
     )
     return lines
 
@@ -206,7 +206,7 @@ class Run:
         system: str,
         params: dict[str, Any],
         unit: str,
-        once: Callable[[], float],
+        once: Callable[[], Sample],
         *,
         repetitions: int | None = None,
         each: bool = True,
@@ -246,6 +246,8 @@ class Run:
             elif scenario == "throughput":
                 for runs in args.throughput_runs:
                     cells.append(("throughput", peer.label, {"workers": workers, "runs": runs}, "runs/s"))
+            elif scenario == "slow":
+                cells.append(("slow", peer.label, {"workers": workers, "branches": common.SLOW_BRANCHES}, "s"))
         return cells
 
     def all_planned(self, peer: Peer) -> list[Cell]:
@@ -335,6 +337,9 @@ class Run:
                 )
                 if result.error:
                     self._recover(peer, setup)
+        if "slow" in scenarios:
+            params = {"workers": workers, "branches": common.SLOW_BRANCHES}
+            self.measure("slow", peer.label, params, "s", peer.slow)
 
     def _recover(self, peer: Peer, setup: Setup) -> None:
         """After a failed measurement, fresh workers, so leftovers do not slow down the next one."""

@@ -184,6 +184,11 @@ def expected_seconds(previous: list[tuple[int, float]], size: int) -> float | No
     return t2 * (size / n2) ** exponent
 
 
+def runs_per_second(peer: Peer, runs: int) -> float:
+    """Throughput: ``runs`` onboarding-shaped runs started at once, per second until the last finished."""
+    return runs / peer.throughput(runs)
+
+
 #: A set of workers: how many processes, and whether they are one worker's pool (see ``Peer.pooled``).
 Setup = tuple[int, bool]
 
@@ -332,9 +337,7 @@ class Run:
         if "throughput" in scenarios:
             for runs in args.throughput_runs:
                 params = {"workers": workers, "runs": runs}
-                result = self.measure(
-                    "throughput", peer.label, params, "runs/s", lambda runs=runs: runs / peer.throughput(runs)
-                )
+                result = self.measure("throughput", peer.label, params, "runs/s", partial(runs_per_second, peer, runs))
                 if result.error:
                     self._recover(peer, setup)
         if "slow" in scenarios:

@@ -27,8 +27,18 @@ from redis import Redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "redis://127.0.0.1:6379")
+# How often an idle DBOS worker looks for queued work (DBOS's default is 1 s), and how many
+# workflows of a queue one worker runs at once (threads; DBOS's default is no limit). Here rather
+# than in ``dbos_peer`` so that the report can name them without the ``dbos`` package installed.
+DBOS_POLLING_INTERVAL = float(os.environ.get("BENCH_DBOS_POLLING_INTERVAL", "0.1"))
+DBOS_WORKER_CONCURRENCY = int(os.environ.get("BENCH_DBOS_CONCURRENCY", "10"))
+# The slow branches: how many, and how long each sleeps (the same for every system).
+SLOW_BRANCHES = 3
+SLOW_SECONDS = 1.0
 
 T = TypeVar("T")
+#: What one repetition of a measurement returns: its value, or its value and other named figures.
+Sample = float | tuple[float, dict[str, float]]
 
 
 class BenchmarkError(Exception):
@@ -55,8 +65,21 @@ class Result:
     def median(self) -> float | None:
         return statistics.median(self.samples) if self.samples else None
 
+    @property
+    def p90(self) -> float | None:
+        return percentile(self.samples, 90)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "median": self.median}
+        return {**asdict(self), "median": self.median, "p90": self.p90}
+
+
+def percentile(values: Sequence[float], pct: int) -> float | None:
+    """The ``pct``-th percentile of ``values`` (linear interpolation between the closest ranks)."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def measure(
@@ -65,22 +88,34 @@ def measure(
     params: dict[str, Any],
     unit: str,
     repetitions: int,
-    once: Callable[[], float],
+    once: Callable[[], Sample],
     *,
     log: Callable[[str], None] = print,
+    each: bool = True,
 ) -> Result:
-    """Call ``once`` ``repetitions`` times; the first failure ends the measurement as an error."""
+    """Call ``once`` ``repetitions`` times; the first failure ends the measurement as an error.
+
+    The named figures a repetition may return besides its value are kept in ``extra``, a list per
+    name. ``each=False`` logs a summary at the end instead of every value.
+    """
     result = Result(scenario, system, params, unit)
     label = f"{scenario} {system} {params}"
     for number in range(1, repetitions + 1):
         try:
-            value = once()
+            sample = once()
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             log(f"  {label}: repetition {number} failed: {result.error}")
             break
+        value, others = sample if isinstance(sample, tuple) else (sample, {})
         result.samples.append(value)
-        log(f"  {label}: {value:.3f} {unit}")
+        for name, figure in others.items():
+            result.extra.setdefault(name, []).append(figure)
+        if each:
+            also = "".join(f", {name} {figure:.3f} {unit}" for name, figure in others.items())
+            log(f"  {label}: {value:.3f} {unit}{also}")
+    if not each and result.samples:
+        log(f"  {label}: median {result.median:.3f} {unit}, p90 {result.p90:.3f} {unit} of {len(result.samples)}")
     return result
 
 
@@ -174,6 +209,10 @@ class Peer:
     label = ""
     #: Fan-out variants: label in the table -> key passed to :meth:`fanout`.
     fanout_variants: dict[str, str] = {}
+    #: The scenarios this peer takes part in.
+    scenarios: frozenset[str] = frozenset({"fanout", "sequential", "throughput"})
+    #: Scenarios whose N worker processes are one worker with a pool of N processes (Celery's prefork).
+    pooled: frozenset[str] = frozenset()
 
     def __init__(self, log_dir: Path, timeout: float) -> None:
         self.log_dir = log_dir
@@ -195,8 +234,12 @@ class Peer:
     def warm_up(self) -> None:
         """Run a small piece of work end to end, so every worker has imported and connected everything."""
 
-    def start_workers(self, count: int) -> None:
-        """Replace the running workers by ``count`` fresh ones, ready and warmed up."""
+    def start_workers(self, count: int, *, pooled: bool = False) -> None:
+        """Replace the running workers by ``count`` fresh ones, ready and warmed up.
+
+        ``pooled`` asks for one worker with a pool of ``count`` processes instead, where the peer
+        has such a worker (see :attr:`pooled`); the others ignore it.
+        """
         self.stop_workers()
         self.reset()
         names = []
@@ -238,6 +281,17 @@ class Peer:
 
     def throughput(self, runs: int) -> float:
         """Seconds from the first start until the last of ``runs`` onboarding-shaped runs finished."""
+        raise NotImplementedError
+
+    def latency(self) -> float:
+        """Seconds from the start of one onboarding-shaped run, on idle workers, until it finished."""
+        raise NotImplementedError
+
+    def slow(self) -> Sample:
+        """A block of three branches sleeping 1 s each, then a step.
+
+        Seconds from the start until the block was joined, and ``{"run finished": seconds}``.
+        """
         raise NotImplementedError
 
 

@@ -32,10 +32,8 @@ DATABASE = "dbos_bench"
 APP = "durable_bench_peer"
 RUN_QUEUE = "bench_runs"
 BRANCH_QUEUE = "bench_branches"
-# How often an idle DBOS worker looks for queued work (DBOS's default is 1 s), and how many
-# workflows of a queue one worker runs at once (threads; DBOS's default is no limit).
-POLLING_INTERVAL = float(os.environ.get("BENCH_DBOS_POLLING_INTERVAL", "0.1"))
-WORKER_CONCURRENCY = int(os.environ.get("BENCH_DBOS_CONCURRENCY", "10"))
+POLLING_INTERVAL = common.DBOS_POLLING_INTERVAL
+WORKER_CONCURRENCY = common.DBOS_WORKER_CONCURRENCY
 
 
 def system_database_url() -> str:
@@ -122,6 +120,7 @@ def _says_ready(log_path: Path) -> bool:
 class DBOSPeer(Peer):
     label = "DBOS"
     fanout_variants = {"DBOS gather (a)": "gather", "DBOS queue (b)": "queue"}
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency"})
 
     def __init__(self, log_dir: Path, timeout: float) -> None:
         super().__init__(log_dir, timeout)
@@ -143,7 +142,7 @@ class DBOSPeer(Peer):
         )
         return [sys.executable, "-m", "benchmarks.dbos_peer", name], env
 
-    def start_workers(self, count: int) -> None:
+    def start_workers(self, count: int, *, pooled: bool = False) -> None:
         # Start them one at a time: the first one to launch migrates the system database.
         self.stop_workers()
         for number in range(1, count + 1):
@@ -209,6 +208,9 @@ class DBOSPeer(Peer):
         started = time.time()
         ids = [self.client.enqueue(options).get_workflow_id() for _ in range(runs)]
         return self._finished_at(ids, 0.2) - started
+
+    def latency(self) -> float:
+        return self._run("bench_onboarding")
 
     def stop_workers(self) -> None:
         super().stop_workers()

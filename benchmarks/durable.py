@@ -1,4 +1,8 @@
-"""durable_django under measurement: ``rqworker`` processes on the benchmark settings.
+"""durable_django under measurement: worker processes on the benchmark settings.
+
+Its workers are started the way users start them, ``manage.py durable_worker`` (rq's in-process
+``SimpleWorker`` made safe for a long life, with rq's scheduler), or as django-rq's ``rqworker``
+of one of rq's own worker classes (the forking ``Worker``, or ``SimpleWorker``), without scheduler.
 
 Durations run from the moment the runner calls ``start_workflow`` until the run's ``finished_at``
 as the worker stored it, so polling the row only decides when to look, never what is measured.
@@ -18,13 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from . import common
-from .common import BenchmarkError, Peer
+from .common import BenchmarkError, Peer, Sample
 
 SETTINGS = "benchmarks.settings"
 DATABASE = "durable_bench"
 REDIS_DB = 9
 QUEUE = "bench"
-WORKER_CLASSES = {"Worker": "rq.worker.Worker", "SimpleWorker": "rq.worker.SimpleWorker"}
+#: ``--worker-class`` choices, in the order of the report's columns: how durable_django's workers
+#: are started. ``durable_worker`` is the command of that name; the others are ``rqworker`` of
+#: that rq worker class.
+WORKER_CLASSES = {
+    "durable_worker": "durable_django.worker.DurableWorker",
+    "Worker": "rq.worker.Worker",
+    "SimpleWorker": "rq.worker.SimpleWorker",
+}
+#: The choices that are rq's own classes, which plain RQ can run too.
+RQ_WORKER_CLASSES = ("Worker", "SimpleWorker")
 
 
 def configure() -> None:
@@ -72,13 +85,16 @@ def reset() -> None:
 
 
 class DurablePeer(Peer):
-    """durable_django with ``rqworker`` processes of one rq worker class."""
+    """durable_django with ``durable_worker`` processes, or ``rqworker`` processes of one rq worker class."""
 
-    def __init__(self, log_dir: Path, timeout: float, worker_class: str = WORKER_CLASSES["Worker"]) -> None:
+    scenarios = frozenset({"fanout", "sequential", "throughput", "latency", "slow"})
+
+    def __init__(self, log_dir: Path, timeout: float, kind: str = "durable_worker") -> None:
         super().__init__(log_dir, timeout)
-        self.worker_class = worker_class
-        short = worker_class.rsplit(".", 1)[-1]
-        self.label = f"durable_django ({short})"
+        #: A key of :data:`WORKER_CLASSES`.
+        self.kind = kind
+        self.worker_class = WORKER_CLASSES[kind]
+        self.label = f"durable_django ({kind})"
         self.fanout_variants = {self.label: "parallel"}
         #: Environment added to the workers' (the cost measurement turns the recovery sweep off).
         self.extra_env: dict[str, str] = {}
@@ -87,8 +103,12 @@ class DurablePeer(Peer):
         prepare_database()
 
     def worker_command(self, name: str) -> tuple[list[str], dict[str, str]]:
-        command = [sys.executable, "-m", "django", "rqworker", QUEUE, "--name", name]
-        command += ["--worker-class", self.worker_class, "--verbosity", "0"]
+        if self.kind == "durable_worker":
+            # The command users run, with its defaults: rq's scheduler on, DurableWorker.
+            command = [sys.executable, "-m", "django", "durable_worker", QUEUE, "--name", name, "--verbosity", "0"]
+        else:
+            command = [sys.executable, "-m", "django", "rqworker", QUEUE, "--name", name]
+            command += ["--worker-class", self.worker_class, "--verbosity", "0"]
         env = common.bench_env(
             DJANGO_SETTINGS_MODULE=SETTINGS,
             BENCH_DATABASE_URL=os.environ["BENCH_DATABASE_URL"],
@@ -105,7 +125,7 @@ class DurablePeer(Peer):
             lambda: set(names) <= {worker.name for worker in Worker.all(connection=redis)},
             60,
             interval=0.1,
-            what=f"{len(names)} rqworker(s) to register",
+            what=f"{len(names)} worker(s) to register",
             alive=self.check,
         )
 
@@ -136,12 +156,31 @@ class DurablePeer(Peer):
     def throughput(self, runs: int) -> float:
         return run_many("bench_onboarding", runs, self, self.timeout)
 
+    def latency(self) -> float:
+        return run_once("bench_onboarding", self, self.timeout)
+
+    def slow(self) -> Sample:
+        from durable_django.models import ParallelGroup
+
+        reset()
+        run_id, started, finished = finish_one("bench_slow", self, self.timeout)
+        joined = ParallelGroup.objects.filter(run_id=run_id).values_list("finished_at", flat=True).get()
+        if joined is None:
+            raise BenchmarkError("the slow block's group has no finished_at")
+        return joined.timestamp() - started, {"run finished": finished - started}
+
 
 # -- one run, many runs -------------------------------------------------------------------------
 
 
 def run_once(workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02) -> float:
     """Seconds from ``start_workflow`` until the run's stored ``finished_at``."""
+    _, started, finished = finish_one(workflow, pool, timeout, interval)
+    return finished - started
+
+
+def finish_one(workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02) -> tuple[Any, float, float]:
+    """Start a run of ``workflow`` and wait for it: its id, when it was started and its stored ``finished_at``."""
     from durable_django import start_workflow
     from durable_django.models import RunStatus, WorkflowRun
 
@@ -161,7 +200,7 @@ def run_once(workflow: str, pool: Peer | None, timeout: float, interval: float =
     finished_at = row["finished_at"]
     if row["status"] != RunStatus.COMPLETED or finished_at is None:
         raise BenchmarkError(f"run of {workflow} ended {row['status']}: {row['error']}")
-    return finished_at.timestamp() - started
+    return run.pk, started, finished_at.timestamp()
 
 
 def run_many(workflow: str, count: int, pool: Peer, timeout: float, *, reset_first: bool = True) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,9 +29,20 @@ def cell(result: Result | None) -> str:
 
 
 def ratio(ours: Result | None, theirs: Result | None) -> str:
-    if ours is None or theirs is None or ours.median is None or theirs.median in (None, 0):
+    if ours is None or theirs is None:
         return "-"
-    return f"{ours.median / theirs.median:.2f}x"
+    return _ratio(ours.median, theirs.median)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or theirs == 0:
+        return "-"
+    return f"{ours / theirs:.2f}x"
+
+
+def _variant(system: str) -> str:
+    """``durable_django (durable_worker)`` -> ``durable_worker``: the row label of a ratio table."""
+    return system.removeprefix(DURABLE).strip().strip("()") or system
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
@@ -73,26 +85,135 @@ def _scenario_tables(results: list[Result], scenario: str, keys: list[str], note
             for combo in combos
         ),
     )
-    ours = [system for system in systems if system.startswith(DURABLE)]
-    peers = [system for system in systems if not system.startswith(DURABLE)]
+    ours, peers = _split(systems)
     if ours and peers:
+        # One row per durable_django variant, one column per peer.
         lines += ["", note, ""]
-        header = [*keys, *(f"{o.removeprefix(DURABLE).strip()} / {p}" for o in ours for p in peers)]
         lines += _table(
-            header,
+            [*keys, DURABLE, *peers],
             (
-                [*(f"{value:,}" if isinstance(value, int) else str(value) for value in combo)]
+                [*(f"{value:,}" if isinstance(value, int) else str(value) for value in combo), _variant(o)]
                 + [
                     ratio(
                         _find(chosen, o, **dict(zip(keys, combo, strict=True))),
                         _find(chosen, p, **dict(zip(keys, combo, strict=True))),
                     )
-                    for o in ours
                     for p in peers
                 ]
                 for combo in combos
+                for o in ours
             ),
         )
+    return lines
+
+
+def _split(systems: list[str]) -> tuple[list[str], list[str]]:
+    """durable_django's variants, and the peers."""
+    return [s for s in systems if s.startswith(DURABLE)], [s for s in systems if not s.startswith(DURABLE)]
+
+
+def _values(result: Result | None, name: str | None = None) -> list[float]:
+    """A measurement's samples, or the named figures each repetition returned besides them."""
+    if result is None:
+        return []
+    return list(result.samples) if name is None else [float(v) for v in result.extra.get(name, [])]
+
+
+def _summary(result: Result | None, values: list[float]) -> str:
+    """``median (min-max)`` of ``values`` in seconds, or why there are none."""
+    if result is None:
+        return "-"
+    if not values:
+        return result.note or (f"error: {result.error}" if result.error else "-")
+    digits = 3 if statistics.median(values) < 10 else 2
+    text = f"{statistics.median(values):.{digits}f} s"
+    if len(values) > 1:
+        text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    if result.error:
+        text += f", then error: {result.error}"
+    return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def latency_tables(results: list[Result]) -> list[str]:
+    """Median and p90 of one onboarding-shaped run at a time, and durable_django's ratios to each peer."""
+    chosen = [r for r in results if r.scenario == "latency"]
+    if not chosen:
+        return []
+    systems = _systems(chosen)
+    rows = []
+    for system in systems:
+        result = _find(chosen, system)
+        assert result is not None
+        if not result.samples:
+            rows.append([system, str(result.params.get("workers", "")), "0", _summary(result, []), "", ""])
+            continue
+        rows.append(
+            [
+                system,
+                str(result.params.get("workers", "")),
+                str(len(result.samples)),
+                _ms(result.median),
+                _ms(result.p90),
+                f"{_ms(min(result.samples))} - {_ms(max(result.samples))}"
+                + (f", then error: {result.error}" if result.error else ""),
+            ]
+        )
+    lines = _table(["system", "workers", "runs", "median", "p90", "min - max"], rows)
+    ours, peers = _split(systems)
+    if ours and peers:
+        lines += ["", "durable_django's median and p90 / the peer's (below 1x: durable_django is faster):", ""]
+        header = [DURABLE, *(f"{kind} / {p}" for p in peers for kind in ("median", "p90"))]
+        body = []
+        for o in ours:
+            mine = _find(chosen, o)
+            row = [_variant(o)]
+            for p in peers:
+                theirs = _find(chosen, p)
+                row.append(ratio(mine, theirs))
+                row.append(_ratio(mine.p90 if mine else None, theirs.p90 if theirs else None))
+            body.append(row)
+        lines += _table(header, body)
+    return lines
+
+
+def slow_tables(results: list[Result]) -> list[str]:
+    """Slow branches: until the block was joined and until the run finished, and the ratios."""
+    chosen = [r for r in results if r.scenario == "slow"]
+    if not chosen:
+        return []
+    systems = _systems(chosen)
+    rows = []
+    for system in systems:
+        result = _find(chosen, system)
+        workers = str(result.params.get("workers", "")) if result else ""
+        rows.append(
+            [system, workers, _summary(result, _values(result)), _summary(result, _values(result, "run finished"))]
+        )
+    lines = _table(["system", "workers", "block joined", "run finished"], rows)
+    ours, peers = _split(systems)
+    if ours and peers:
+        lines += ["", TIME_NOTE, ""]
+        header = [DURABLE, *(f"{kind} / {p}" for p in peers for kind in ("block", "run"))]
+        body = []
+        for o in ours:
+            mine = _find(chosen, o)
+            row = [_variant(o)]
+            for p in peers:
+                theirs = _find(chosen, p)
+                row.append(ratio(mine, theirs))
+                mine_run, theirs_run = _values(mine, "run finished"), _values(theirs, "run finished")
+                row.append(
+                    _ratio(
+                        statistics.median(mine_run) if mine_run else None,
+                        statistics.median(theirs_run) if theirs_run else None,
+                    )
+                )
+            body.append(row)
+        lines += _table(header, body)
     return lines
 
 
@@ -128,7 +249,41 @@ def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], m
         "durable_django's runs per second / the peer's (above 1x: durable_django is faster):",
     )
     if body:
-        lines += ["## Throughput: onboarding-shaped runs (1 step, 3 in parallel, 1 step)", "", *body, ""]
+        lines += [
+            "## Throughput: onboarding-shaped runs (1 step, 3 in parallel, 1 step) started at once",
+            "",
+            "Runs per second from the first start until the last run finished. Celery: one "
+            "`worker --pool=prefork -c 2`; the others: 2 worker processes.",
+            "",
+            *body,
+            "",
+        ]
+    body = latency_tables(results)
+    if body:
+        lines += [
+            "## Latency: one onboarding-shaped run at a time, on idle workers",
+            "",
+            "From the start of a run until it finished, one run after the other with a pause of 0.5 s "
+            "between them, so that every worker is idle when a run starts. Celery: one `worker --pool=prefork -c 2`; "
+            "the others: 2 worker processes.",
+            "",
+            *body,
+            "",
+        ]
+    body = slow_tables(results)
+    if body:
+        lines += [
+            "## Slow branches: a block of 3 branches sleeping 1 s each, then a step",
+            "",
+            "From the start of the run until the block was joined (durable_django: its group's stored "
+            "`finished_at`; Celery: the time its chord's body recorded, which is also the step after the "
+            "block) and until the run finished (durable_django: the run's `finished_at`). With the branches "
+            "side by side the block takes a little over 1 s, one after the other 3 s. Celery: one "
+            "`worker --pool=prefork -c 3`; durable_django: 3 worker processes.",
+            "",
+            *body,
+            "",
+        ]
     if costs:
         lines += ["## durable_django: cost per unit of work", "", *render_costs(costs), ""]
     if memory:

@@ -22,11 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from . import common, durable, report
-from .common import BenchmarkError, Peer, Result
+from .common import BenchmarkError, Peer, Result, Sample
 
 PEERS = ("durable", "celery", "rq", "dbos")
-SCENARIOS = ("fanout", "sequential", "throughput", "cost", "memory")
+# Measured with each peer's workers, in this order within one set of workers; then cost and memory.
+MEASURED = ("fanout", "sequential", "latency", "throughput", "slow")
+SCENARIOS = (*MEASURED, "cost", "memory")
+# Worker processes of each measured scenario but the fan-out (whose counts are --workers).
+SCENARIO_WORKERS = {"sequential": 1, "latency": 2, "throughput": 2, "slow": 3}
+SEQUENTIAL_STEPS = 100
+# Between two runs of the latency measurement: every worker is idle again when the next one starts.
+LATENCY_PAUSE = 0.5
 PACKAGES = ("durable-django", "django", "rq", "django-rq", "redis", "psycopg", "celery", "kombu", "dbos", "sqlalchemy")
+
+Cell = tuple[str, str, dict[str, Any], str]
 
 
 def _ints(text: str) -> list[int]:
@@ -35,19 +44,28 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.runner", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fan-outs of 100 and 1,000; fewer throughput/memory runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="fan-outs of 100 and 1,000; 200 throughput runs; fewer memory runs"
+    )
     parser.add_argument("--sizes", type=_ints, help="fan-out sizes (of 10, 100, 1000, 10000); default 100,1000,10000")
     parser.add_argument("--repetitions", "-r", type=int, default=3, help="repetitions of each measurement (3)")
     parser.add_argument("--workers", type=_ints, default=[1, 2], help="worker processes for fan-out (1,2)")
     parser.add_argument(
         "--worker-class",
         action="append",
-        choices=sorted(durable.WORKER_CLASSES),
-        help="rq worker class of durable_django and RQ, repeatable (default: both)",
+        choices=list(durable.WORKER_CLASSES),
+        help="how durable_django's workers run, repeatable (default: all three): the durable_worker command, "
+        "or rqworker of rq's Worker or SimpleWorker; RQ is measured with the rq classes chosen (SimpleWorker "
+        "when there is none)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"systems to measure ({','.join(PEERS)})")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"what to measure ({','.join(SCENARIOS)})")
-    parser.add_argument("--throughput-runs", type=int, help="onboarding runs for throughput (1000; 200 with --quick)")
+    parser.add_argument(
+        "--throughput-runs",
+        type=_ints,
+        help="onboarding runs for throughput, one measurement each (200,1000; 200 with --quick)",
+    )
+    parser.add_argument("--latency-runs", type=int, default=30, help="onboarding runs, one at a time, for latency (30)")
     parser.add_argument(
         "--memory-runs", type=_ints, help="cumulative runs after which RSS is read (100,10000; 100,1000 with --quick)"
     )
@@ -63,9 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--machine", default="", help="how the report names this machine")
     args = parser.parse_args(argv)
     args.sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10000])
-    args.throughput_runs = args.throughput_runs or (200 if args.quick else 1000)
+    args.throughput_runs = args.throughput_runs or ([200] if args.quick else [200, 1000])
     args.memory_runs = args.memory_runs or ([100, 1000] if args.quick else [100, 10000])
-    args.worker_class = args.worker_class or ["Worker", "SimpleWorker"]
+    # Always in the order of WORKER_CLASSES: durable_worker's column first.
+    chosen = args.worker_class or list(durable.WORKER_CLASSES)
+    args.worker_class = [kind for kind in durable.WORKER_CLASSES if kind in chosen]
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for name in args.peers:
@@ -74,7 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    if args.latency_runs < 1:
+        parser.error("--latency-runs must be at least 1")
     return args
+
+
+def rq_worker_classes(args: argparse.Namespace) -> list[str]:
+    """The rq worker classes RQ is measured with: those chosen for durable_django, or SimpleWorker."""
+    return [kind for kind in args.worker_class if kind in durable.RQ_WORKER_CLASSES] or ["SimpleWorker"]
 
 
 def versions() -> dict[str, str]:
@@ -87,6 +114,29 @@ def versions() -> dict[str, str]:
     return found
 
 
+def settings_lines(peers: list[str]) -> list[str]:
+    """How each measured system was configured, for the report (no peer's package is imported)."""
+    lines = ["every system on the same PostgreSQL and Redis servers, fsync on"]
+    by_peer = {
+        "durable": "durable_django: `manage.py durable_worker` processes (DurableWorker: jobs in the worker's "
+        "process, rq's scheduler on), or `rqworker` processes of rq's Worker or SimpleWorker without "
+        "scheduler; one Django connection per process (per job with the forking Worker)",
+        "celery": "Celery: `worker --pool=solo` processes (one task at a time each) for fan-out and sequential "
+        "steps; for throughput, latency and slow branches ONE `worker --pool=prefork -c N` (N: the worker "
+        "processes of the table); Redis broker and result backend, defaults",
+        "rq": "RQ: `rq worker` of the same rq worker class as durable_django's column",
+        "dbos": f"DBOS: queue polling interval {common.DBOS_POLLING_INTERVAL:g} s, worker concurrency "
+        f"{common.DBOS_WORKER_CONCURRENCY} workflows per process",
+    }
+    lines += [line for name, line in by_peer.items() if name in peers]
+    lines.append(
+        "times run from the client's dispatch until the finishing time the system stored "
+        "(durable_django: the run's finished_at, or its block's ParallelGroup.finished_at; Celery and RQ: "
+        "a timestamp the join task writes to Redis; DBOS: the workflow status row's updated_at)"
+    )
+    return lines
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -97,8 +147,8 @@ def build_peers(args: argparse.Namespace, log_dir: Path) -> list[Peer | Benchmar
     for name in args.peers:
         try:
             if name == "durable":
-                for short in args.worker_class:
-                    peers.append(durable.DurablePeer(log_dir, args.timeout, durable.WORKER_CLASSES[short]))
+                for kind in args.worker_class:
+                    peers.append(durable.DurablePeer(log_dir, args.timeout, kind))
             elif name == "celery":
                 from .celery_peer import CeleryPeer
 
@@ -106,8 +156,8 @@ def build_peers(args: argparse.Namespace, log_dir: Path) -> list[Peer | Benchmar
             elif name == "rq":
                 from .rq_peer import RQPeer
 
-                for short in args.worker_class:
-                    peers.append(RQPeer(log_dir, args.timeout, durable.WORKER_CLASSES[short]))
+                for kind in rq_worker_classes(args):
+                    peers.append(RQPeer(log_dir, args.timeout, durable.WORKER_CLASSES[kind]))
             elif name == "dbos":
                 from .dbos_peer import DBOSPeer
 
@@ -134,6 +184,15 @@ def expected_seconds(previous: list[tuple[int, float]], size: int) -> float | No
     return t2 * (size / n2) ** exponent
 
 
+def runs_per_second(peer: Peer, runs: int) -> float:
+    """Throughput: ``runs`` onboarding-shaped runs started at once, per second until the last finished."""
+    return runs / peer.throughput(runs)
+
+
+#: A set of workers: how many processes, and whether they are one worker's pool (see ``Peer.pooled``).
+Setup = tuple[int, bool]
+
+
 class Run:
     """One benchmark run: the peers, what they measured, and the report."""
 
@@ -147,59 +206,99 @@ class Run:
         self.log_dir = args.output_dir / f"logs-{self.stamp}"
 
     def measure(
-        self, scenario: str, system: str, params: dict[str, Any], unit: str, once: Callable[[], float]
+        self,
+        scenario: str,
+        system: str,
+        params: dict[str, Any],
+        unit: str,
+        once: Callable[[], Sample],
+        *,
+        repetitions: int | None = None,
+        each: bool = True,
     ) -> Result:
-        result = common.measure(scenario, system, params, unit, self.args.repetitions, once, log=log)
+        times = self.args.repetitions if repetitions is None else repetitions
+        result = common.measure(scenario, system, params, unit, times, once, log=log, each=each)
         self.results.append(result)
         return result
 
     def fail(self, scenario: str, system: str, params: dict[str, Any], unit: str, error: str) -> None:
         self.results.append(Result(scenario, system, params, unit, error=error))
 
-    def planned(self, peer: Peer, workers: int) -> list[tuple[str, str, dict[str, Any], str]]:
+    def setups(self, peer: Peer) -> dict[Setup, list[str]]:
+        """The sets of workers ``peer`` is measured with, in order, and the scenarios of each."""
+        found: dict[Setup, list[str]] = {}
+        for scenario in MEASURED:
+            if scenario not in self.args.scenarios or scenario not in peer.scenarios:
+                continue
+            counts = self.args.workers if scenario == "fanout" else [SCENARIO_WORKERS[scenario]]
+            for count in counts:
+                found.setdefault((count, scenario in peer.pooled), []).append(scenario)
+        return dict(sorted(found.items()))
+
+    def planned(self, peer: Peer, workers: int, scenarios: list[str]) -> list[Cell]:
         """Every cell ``peer`` fills with ``workers`` workers, to mark them all if its workers fail."""
-        cells = []
-        if "fanout" in self.args.scenarios:
-            for size in self.args.sizes:
-                for label in peer.fanout_variants:
-                    cells.append(("fanout", label, {"workers": workers, "N": size}, "s"))
-        if "sequential" in self.args.scenarios and workers == 1:
-            cells.append(("sequential", peer.label, {"workers": 1, "steps": 100}, "s"))
-        if "throughput" in self.args.scenarios and workers == 2:
-            cells.append(("throughput", peer.label, {"workers": 2, "runs": self.args.throughput_runs}, "runs/s"))
+        args = self.args
+        cells: list[Cell] = []
+        for scenario in scenarios:
+            if scenario == "fanout":
+                for size in args.sizes:
+                    for label in peer.fanout_variants:
+                        cells.append(("fanout", label, {"workers": workers, "N": size}, "s"))
+            elif scenario == "sequential":
+                cells.append(("sequential", peer.label, {"workers": workers, "steps": SEQUENTIAL_STEPS}, "s"))
+            elif scenario == "latency":
+                cells.append(("latency", peer.label, {"workers": workers, "runs": args.latency_runs}, "s"))
+            elif scenario == "throughput":
+                for runs in args.throughput_runs:
+                    cells.append(("throughput", peer.label, {"workers": workers, "runs": runs}, "runs/s"))
+            elif scenario == "slow":
+                cells.append(("slow", peer.label, {"workers": workers, "branches": common.SLOW_BRANCHES}, "s"))
         return cells
+
+    def all_planned(self, peer: Peer) -> list[Cell]:
+        return [
+            cell for (workers, _), names in self.setups(peer).items() for cell in self.planned(peer, workers, names)
+        ]
+
+    def first_cell(self, name: str) -> Cell | None:
+        """Where the error of a peer that cannot be measured at all goes: its first cell."""
+        stub = Peer(self.log_dir, self.args.timeout)
+        stub.label = name
+        stub.fanout_variants = {name: ""}
+        stub.scenarios = frozenset(MEASURED)
+        cells = self.all_planned(stub)
+        return cells[0] if cells else None
 
     def run_peer(self, peer: Peer) -> None:
         log(f"== {peer.label}")
+        setups = self.setups(peer)
         try:
             peer.setup()
         except Exception as exc:
-            for workers in self.args.workers:
-                for cell in self.planned(peer, workers):
-                    self.fail(*cell, f"setup: {type(exc).__name__}: {exc}")
+            for cell in self.all_planned(peer):
+                self.fail(*cell, f"setup: {type(exc).__name__}: {exc}")
             log(f"{peer.label}: setup failed: {exc}")
             return
-        counts = sorted(set(self.args.workers) | ({2} if "throughput" in self.args.scenarios else set()))
-        for workers in counts:
-            cells = self.planned(peer, workers)
-            if not cells:
-                continue
+        for (workers, pooled), scenarios in setups.items():
+            shape = f"one worker of {workers} pool processes" if pooled else f"{workers} worker(s)"
             try:
-                peer.start_workers(workers)
+                peer.start_workers(workers, pooled=pooled)
             except Exception as exc:
-                for cell in cells:
+                for cell in self.planned(peer, workers, scenarios):
                     self.fail(*cell, f"workers: {type(exc).__name__}: {exc}".splitlines()[0][:200])
-                log(f"{peer.label}: {workers} worker(s) failed to start: {exc}")
+                log(f"{peer.label}: {shape} failed to start: {exc}")
                 peer.stop_workers()
                 continue
+            log(f"  {shape}: {', '.join(scenarios)}")
             try:
-                self.run_scenarios(peer, workers)
+                self.run_scenarios(peer, (workers, pooled), scenarios)
             finally:
                 peer.stop_workers()
 
-    def run_scenarios(self, peer: Peer, workers: int) -> None:
+    def run_scenarios(self, peer: Peer, setup: Setup, scenarios: list[str]) -> None:
         args = self.args
-        if "fanout" in args.scenarios and workers in args.workers:
+        workers = setup[0]
+        if "fanout" in scenarios:
             for label, variant in peer.fanout_variants.items():
                 previous: list[tuple[int, float]] = []
                 for size in args.sizes:
@@ -217,23 +316,38 @@ class Run:
                     if result.median is not None:
                         previous.append((size, result.median))
                     elif result.error:
-                        self._recover(peer, workers)
-        if "sequential" in args.scenarios and workers == 1:
+                        self._recover(peer, setup)
+        if "sequential" in scenarios:
+            params = {"workers": workers, "steps": SEQUENTIAL_STEPS}
+            result = self.measure("sequential", peer.label, params, "s", partial(peer.sequential, SEQUENTIAL_STEPS))
+            if result.error:
+                self._recover(peer, setup)
+        if "latency" in scenarios:
+            params = {"workers": workers, "runs": args.latency_runs}
+
+            def one_run() -> float:
+                time.sleep(LATENCY_PAUSE)
+                return peer.latency()
+
             result = self.measure(
-                "sequential", peer.label, {"workers": 1, "steps": 100}, "s", lambda: peer.sequential(100)
+                "latency", peer.label, params, "s", one_run, repetitions=args.latency_runs, each=False
             )
             if result.error:
-                self._recover(peer, workers)
-        if "throughput" in args.scenarios and workers == 2:
-            runs = args.throughput_runs
-            self.measure(
-                "throughput", peer.label, {"workers": 2, "runs": runs}, "runs/s", lambda: runs / peer.throughput(runs)
-            )
+                self._recover(peer, setup)
+        if "throughput" in scenarios:
+            for runs in args.throughput_runs:
+                params = {"workers": workers, "runs": runs}
+                result = self.measure("throughput", peer.label, params, "runs/s", partial(runs_per_second, peer, runs))
+                if result.error:
+                    self._recover(peer, setup)
+        if "slow" in scenarios:
+            params = {"workers": workers, "branches": common.SLOW_BRANCHES}
+            self.measure("slow", peer.label, params, "s", peer.slow)
 
-    def _recover(self, peer: Peer, workers: int) -> None:
+    def _recover(self, peer: Peer, setup: Setup) -> None:
         """After a failed measurement, fresh workers, so leftovers do not slow down the next one."""
         try:
-            peer.start_workers(workers)
+            peer.start_workers(setup[0], pooled=setup[1])
         except Exception as exc:
             log(f"{peer.label}: could not restart workers: {exc}")
 
@@ -252,7 +366,7 @@ class Run:
                 self.costs["in process (SimpleWorker)"] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(traceback.format_exc())
             for peer in ours:
-                short = peer.worker_class.rsplit(".", 1)[-1]
+                short = peer.kind
                 log(f"== cost per unit of work ({peer.label}, 1 worker)")
                 try:
                     peer.extra_env = {"BENCH_RECOVER_IN_WORKERS": "0"}
@@ -293,8 +407,6 @@ class Run:
     def write(self, finished: float) -> Path:
         minutes, seconds = divmod(int(finished), 60)
         args = self.args
-        from .dbos_peer import POLLING_INTERVAL, WORKER_CONCURRENCY
-
         meta = {
             "started": self.started.strftime("%Y-%m-%d %H:%M UTC"),
             "duration": f"{minutes} min {seconds} s",
@@ -302,18 +414,7 @@ class Run:
             "servers": common.server_versions(),
             "versions": versions(),
             "repetitions": args.repetitions,
-            "settings": [
-                "every system on the same PostgreSQL and Redis servers, fsync on",
-                "durable_django: `rqworker` processes without scheduler, one Django connection per process "
-                "(per job with the forking Worker)",
-                "Celery: `worker --pool=solo` (one process each), Redis broker and result backend, defaults",
-                "RQ: `rq worker` of the same worker class as durable_django's column",
-                f"DBOS: queue polling interval {POLLING_INTERVAL:g} s, worker concurrency {WORKER_CONCURRENCY} "
-                "workflows per process",
-                "times run from the client's dispatch until the finishing time the system stored "
-                "(durable_django: the run's finished_at; Celery and RQ: a timestamp the join task writes "
-                "to Redis; DBOS: the workflow status row's updated_at)",
-            ],
+            "settings": settings_lines(args.peers),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         }
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -343,18 +444,17 @@ def main(argv: list[str] | None = None) -> int:
     for peer in peers:
         if isinstance(peer, BenchmarkError):
             log(f"cannot measure {peer}")
-            run.fail(
-                "fanout", str(peer).split(":", 1)[0], {"workers": args.workers[0], "N": args.sizes[0]}, "s", str(peer)
-            )
+            cell = run.first_cell(str(peer).split(":", 1)[0])
+            if cell is not None:
+                run.fail(*cell, str(peer))
             continue
         try:
             run.run_peer(peer)
         except Exception as exc:
             log(f"{peer.label} aborted: {exc}\n{traceback.format_exc()}")
-            for workers in args.workers:
-                for cell in run.planned(peer, workers):
-                    if not any(r.system == cell[1] and r.params == cell[2] for r in run.results):
-                        run.fail(*cell, f"{type(exc).__name__}: {exc}")
+            for cell in run.all_planned(peer):
+                if not any((r.scenario, r.system, r.params) == cell[:3] for r in run.results):
+                    run.fail(*cell, f"{type(exc).__name__}: {exc}")
     run.run_durable_extras([peer for peer in peers if isinstance(peer, Peer)])
     path = run.write(time.monotonic() - begin)
     log(f"report: {path} (and {path.with_suffix('.json').name}); logs in {run.log_dir}")

@@ -1,13 +1,17 @@
 """The benchmark workflows, registered when Django starts (``benchmarks`` is an installed app).
 
-Every step is a no-op: the benchmarks measure what the engine costs around a step, not the step.
+Every step but the slow branches' is a no-op: the benchmarks measure what the engine costs around
+a step, not the step. The slow branches measure whether slow branches run side by side.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from durable_django import error, ok, parallel, step, workflow
+
+from .common import SLOW_BRANCHES, SLOW_SECONDS
 
 # Fan-out sizes with a workflow of their own; the runner accepts only these.
 FANOUT_SIZES = (10, 100, 1000, 10000)
@@ -16,6 +20,12 @@ SEQUENTIAL_STEPS = 100
 
 def noop(ctx: dict[str, Any]) -> Any:
     """A step that does nothing and adds nothing to the context."""
+    return ok()
+
+
+def sleep(ctx: dict[str, Any]) -> Any:
+    """A slow branch: it sleeps, as a step waiting for an external service would."""
+    time.sleep(SLOW_SECONDS)
     return ok()
 
 
@@ -56,3 +66,13 @@ onboarding = workflow(
 
 # The smallest workflow a worker can run: what its memory is measured with.
 single = workflow("bench_single", [step("only", noop)])
+
+# Slow branches: a block of three branches that each sleep for a second, then a step. With a
+# worker process per branch the block takes a second if they run side by side, three if not.
+slow = workflow(
+    "bench_slow",
+    [
+        parallel(*(step(f"slow{i}", sleep) for i in range(SLOW_BRANCHES)), name="slow"),
+        step("after", read_results),
+    ],
+)

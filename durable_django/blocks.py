@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from django.db import DatabaseError, connections
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -136,6 +137,11 @@ class _Batch:
             rows, self._rows = list(self._rows), deque()
             return rows
 
+    def put_back(self, rows: list[Claimed]) -> None:
+        """Rows that could not be given back are this batch's to execute after all."""
+        with self._lock:
+            self._rows.extendleft(reversed(rows))
+
 
 def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
     """A branch overran the batch's budget: the branches not started go to a drain job of their own."""
@@ -143,7 +149,19 @@ def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
     if not rows:
         return
     job = dispatch.run_branches_job(group.pk, group.run_id, queue, 1, tag=str(rows[0].pk))
-    if store.release_claimed(group.pk, [row.pk for row in rows], job.job_id):
+    for attempt in range(3):
+        try:
+            released = store.release_claimed(group.pk, [row.pk for row in rows], job.job_id)
+            break
+        except DatabaseError:
+            # A passing fault (a lock, a dropped connection): the batch keeps its rows if it persists.
+            logger.warning("group %s: could not hand branches over (try %d of 3)", group.pk, attempt + 1, exc_info=True)
+            connections.close_all()
+            time.sleep(0.05)
+    else:
+        batch.put_back(rows)
+        return
+    if released:
         dispatch.submit(job)
         logger.info("group %s: a branch overran its batch; %d branches handed to other workers", group.pk, len(rows))
 
@@ -205,14 +223,21 @@ def _drain(
             size = min(size * 2, MAX_BATCH)
         elif elapsed > TARGET_SECONDS * 2:
             size = max(size // 2, 1)
+        retries = _retries(group, wf, outcomes)
+        results = [(row, attempt) for row, _, attempt in outcomes]
+        if joins_here and block.into is None and not retries and len(outcomes) == group.branch_count:
+            # The job that entered a short block executed all of it: its join is known before
+            # anything is written, and is recorded with the results.
+            closing = _closing(group, run, wf, block, _latest(outcomes))
+            recorded = store.record_block_and_join(group.pk, run, results, closing)
+            if recorded.closed:
+                return Moved(run, wf, queue) if run.status == RunStatus.RUNNING else None
+            if recorded.counts is not None and decides(block, recorded.counts):
+                # Some results were taken over meanwhile, and the block is decided all the same.
+                return join_group(group.pk)
+            return None
         decide = partial(_decide, group, run, wf, block, outcomes) if joins_here and block.into is None else None
-        recorded = store.record_batch(
-            group.pk,
-            [(row, attempt) for row, _, attempt in outcomes],
-            _retries(group, wf, outcomes),
-            (names, size) if more else None,
-            decide,
-        )
+        recorded = store.record_batch(group.pk, results, retries, (names, size) if more else None, decide)
         if recorded.counts is not None and decides(block, recorded.counts):
             return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
         batch = recorded.next_batch
@@ -382,9 +407,13 @@ def _decide(
     if not decides(block, counts):
         return None
     if counts.finals == group.branch_count:
-        latest = {row.step: (row.pk, row.step, *_stored(attempt), attempt.finished_at) for row, _, attempt in outcomes}
-        return run, _closing(group, run, wf, block, latest)
+        return run, _closing(group, run, wf, block, _latest(outcomes))
     return run, _closing(group, run, wf, block)
+
+
+def _latest(outcomes: list[tuple[Claimed, Step, Attempt]]) -> dict[str, tuple[Any, ...]]:
+    """``outcomes`` as :func:`_final_attempts` reads them back: each branch's final attempt, by step."""
+    return {row.step: (row.pk, row.step, *_stored(attempt), attempt.finished_at) for row, _, attempt in outcomes}
 
 
 def _stored(attempt: Attempt) -> tuple[str, Any, Any]:

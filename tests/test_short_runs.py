@@ -77,7 +77,7 @@ def test_a_branch_that_overruns_its_batch_hands_the_branches_not_started_to_anot
             if pending == 2:
                 seen_pending.append(pending)
                 break
-            time.sleep(0.01)
+            time.sleep(0.02)
         return ok({"slow": True})
 
     wf = define(
@@ -132,3 +132,54 @@ def test_a_child_executed_by_its_calling_step_keeps_an_overrunning_block_in_its_
     assert run.context["__results__"] == {"slow": ["ok", {"slow": True}], "quick": ["ok", {"quick": True}]}
     # Nothing of the child went to Redis: only the parent's own run job was sent.
     assert [job.func for job in sent] == [dispatch.RUN_WORKFLOW]
+
+
+@runs
+def test_a_short_block_whose_branch_was_taken_over_meanwhile_is_not_closed_by_the_job_that_entered_it(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from durable_django.models import WorkflowRun
+    from durable_django.recovery import recover
+
+    def steals_c(ctx: dict[str, Any]) -> Any:
+        # As recovery does when this worker looks dead: branch c, claimed but not started, changes hands.
+        StepResult.objects.filter(step="c", attempt=1).update(
+            lease_owner="elsewhere:1:dead", lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        return ok({"b": True})
+
+    wf = define(
+        [
+            parallel(step("a", lambda ctx: ok({"a": True})), step("b", steals_c), step("c", lambda ctx: ok({"c": 1}))),
+            step("after", lambda ctx: ok({"after": True})),
+        ]
+    )
+    run = wf.start()
+    embedded.run_until_idle()
+    run.refresh_from_db()
+    group = ParallelGroup.objects.get(run=run)
+    # a and b are recorded; c, no longer this worker's, is neither recorded nor counted; nothing is closed.
+    assert (run.status, run.current_step) == ("running", group.name)
+    assert (group.status, group.pending_count, group.failed_count) == ("running", 1, 0)
+    assert attempts(run) == [("a", 1, "completed"), ("b", 1, "completed"), ("c", 1, "running")]
+    # Recovery takes c over; its new attempt decides the block, which is joined once.
+    assert recover().branches_taken_over == 1
+    run = finish(embedded, run)
+    assert (run.status, run.context["after"]) == ("completed", True)
+    assert attempts(run) == [
+        ("a", 1, "completed"),
+        ("b", 1, "completed"),
+        ("c", 1, "failed"),
+        ("c", 2, "completed"),
+        ("after", 1, "completed"),
+    ]
+    assert ParallelGroup.objects.filter(run=run).count() == 1
+    assert WorkflowRun.objects.get(pk=run.pk).context["__results__"] == {
+        "a": ["ok", {"a": True}],
+        "b": ["ok", {"b": True}],
+        "c": ["ok", {"c": 1}],
+    }

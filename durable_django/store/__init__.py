@@ -42,6 +42,7 @@ from .branches import (
     postpone_branch,
     postpone_drain,
     record_batch,
+    record_block_and_join,
     record_branch,
     retry_branch,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "postpone_run",
     "postpone_runs",
     "record_batch",
+    "record_block_and_join",
     "record_branch",
     "release_claimed",
     "release_join",

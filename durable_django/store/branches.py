@@ -15,7 +15,8 @@ from .. import dispatch, leases
 from ..attempts import Attempt
 from ..context import dumps
 from ..leases import held_fields, released_fields
-from ..models import ParallelGroup, StepResult, StepStatus, WorkflowRun
+from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
+from . import sql
 from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
 
 # Asked, inside the transaction that counted a batch's final results, whether they decided the
@@ -135,6 +136,84 @@ def _store_and_count(
     if not stored:
         return set(), None
     return set(ids), Counts(pending, failed_count, stored, stored_failed, status)
+
+
+def record_block_and_join(
+    group_id: int, run: WorkflowRun, outcomes: list[tuple[Claimed, Attempt]], closing: Closing
+) -> Recorded:
+    """Record the final result of every branch of a block, and close it as ``closing`` says.
+
+    For a job that executed every branch of the block itself (a short block): everything is known
+    before anything is written, so on PostgreSQL it is one statement. It closes the group only if
+    every result was still this worker's to store (none was taken over meanwhile), and moves the
+    run only if it closed the group; the counters move by what was stored, as always.
+    """
+    connection = connections[router.db_for_write(StepResult)]
+    if connection.vendor != "postgresql" or closing.cancel_pending:
+        whole = len(outcomes)
+        return record_batch(
+            group_id,
+            outcomes,
+            {},
+            None,
+            lambda counts: (run, closing) if counts.finals == whole and counts.status == GroupStatus.RUNNING else None,
+        )
+    store, params = _store_batch_sql(outcomes, connection)
+    table = connection.ops.quote_name(ParallelGroup._meta.db_table)
+    failed = StepStatus.FAILED.value
+    # The group is closed exactly when every branch was stored here, and it is still open.
+    closes = "(status = %s AND (SELECT count(*) FROM stored) = %s)"
+    whole_params = [GroupStatus.RUNNING.value, len(outcomes)]
+    closed_values: list[tuple[str, str, list[Any]]] = [
+        ("status", "%s", [closing.status]),
+        ("results", "%s::jsonb", [_json(closing.results)]),
+        ("error", "%s::jsonb", [_json(closing.error)]),
+        ("finished_at", "%s", [timezone.now()]),
+        ("lease_owner", "''", []),
+        ("lease_expires_at", "NULL", []),
+    ]
+    set_closed = ", ".join(
+        f"{column} = CASE WHEN {closes} THEN {value} ELSE {column} END" for column, value, _ in closed_values
+    )
+    closed_params: list[Any] = [param for _, _, value in closed_values for param in (*whole_params, *value)]
+    grouped = (
+        f"grouped AS (UPDATE {table} SET pending_count = pending_count - (SELECT count(*) FROM stored), "
+        "failed_count = failed_count + (SELECT count(*) FROM stored WHERE stored.status = %s), "
+        f"{set_closed} WHERE id = %s AND EXISTS (SELECT 1 FROM stored) RETURNING pending_count, failed_count, status)"
+    )
+    # The run moves after the group is locked and closed: the group first, as for every writer.
+    moved, move_params = sql.move_run(
+        "moved",
+        run,
+        closing.run_fields,
+        connection,
+        when="EXISTS (SELECT 1 FROM grouped WHERE grouped.status = %s)",
+        when_params=(closing.status,),
+    )
+    statement = (
+        f"WITH stored AS ({store}), {grouped}, {moved} "
+        "SELECT (SELECT array_agg(stored.id) FROM stored), (SELECT count(*) FROM stored), "
+        "(SELECT count(*) FROM stored WHERE stored.status = %s), (SELECT pending_count FROM grouped), "
+        "(SELECT failed_count FROM grouped), (SELECT status FROM grouped), (SELECT count(*) FROM moved)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*params, failed, *closed_params, group_id, *move_params, failed])
+        ids, stored, stored_failed, pending, failed_count, status, moved_count = cursor.fetchone()
+    if not stored:
+        return Recorded(set())
+    recorded = Recorded(set(ids), Counts(pending, failed_count, stored, stored_failed, GroupStatus.RUNNING))
+    if moved_count:
+        recorded.closed = True
+        run.version += 1
+        for name, value in closing.run_fields.items():
+            setattr(run, name, value)
+    elif status != GroupStatus.RUNNING:
+        raise RuntimeError(f"group {group_id} of run {run.pk} was closed without its run moving")
+    return recorded
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else dumps(value)
 
 
 def _store_batch(outcomes: list[tuple[Claimed, Attempt]]) -> set[int]:

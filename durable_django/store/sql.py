@@ -18,7 +18,13 @@ from ..models import RunStatus, WorkflowRun
 
 
 def move_run(
-    name: str, run: WorkflowRun, fields: dict[str, Any], connection: Any, *, when: str = ""
+    name: str,
+    run: WorkflowRun,
+    fields: dict[str, Any],
+    connection: Any,
+    *,
+    when: str = "",
+    when_params: tuple[Any, ...] = (),
 ) -> tuple[str, list[Any]]:
     """``name AS (UPDATE run ... RETURNING 1)``: the run's conditional move to its next version.
 
@@ -30,7 +36,7 @@ def move_run(
     sql, params = update.get_compiler(connection.alias).as_sql()
     if when:
         sql += f" AND {when}"
-    return f"{name} AS ({sql} RETURNING 1)", list(params)
+    return f"{name} AS ({sql} RETURNING 1)", [*params, *when_params]
 
 
 def insert_row(name: str, obj: Model, source: str, connection: Any, *, returning: str = "") -> tuple[str, list[Any]]:

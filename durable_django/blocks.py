@@ -24,22 +24,20 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from django.db import DatabaseError, connections
 from django.db.models import Exists, OuterRef
-from django.utils import timezone
 
-from . import dispatch, leases, results, store
+from . import dispatch, join, leases, results, store
 from .attempts import Attempt, call_step, retry_delay
 from .conf import durable_settings
-from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
+from .context import to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .join import Moved
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from .results import ERROR, GOTO, OK, Outcome, normalize
-from .store import Claimed, Closing, Counts
+from .store import Claimed
 
 logger = logging.getLogger("durable_django")
 
@@ -52,39 +50,6 @@ FIRST_BATCH = 32
 OVERRUN_SECONDS = 0.1
 # A batch reads its run's status again before a branch once this long has passed since the last read.
 CANCEL_CHECK_SECONDS = 0.002
-
-
-@dataclass(frozen=True, slots=True)
-class Moved:
-    """A run that a block's join moved on to its next step in this job, to continue on ``queue``."""
-
-    run: WorkflowRun
-    wf: Workflow
-    queue: str
-
-
-# -- what decides a block -------------------------------------------------------------------------
-
-
-def stops_at_first_failure(block: Parallel | None) -> bool:
-    """Whether ``block`` is decided by its first failing branch (``fail_fast`` without ``into``)."""
-    return block is not None and block.on_error == "fail_fast" and block.into is None
-
-
-def decided(block: Parallel | None, pending: int, failed: int) -> bool:
-    """Whether a group with these counters is decided: its join can run."""
-    return pending == 0 or (failed > 0 and stops_at_first_failure(block))
-
-
-def decides(block: Parallel | None, counts: Counts) -> bool:
-    """Whether the results just counted decided the block: it is decided now and was not before.
-
-    Exactly one batch (or branch) of a block sees this, so the block is joined exactly once.
-    """
-    if counts.status != GroupStatus.RUNNING:
-        return False  # closed meanwhile (its run was cancelled): nothing is left to decide
-    before = (counts.pending + counts.finals, counts.failed - counts.failures)
-    return decided(block, counts.pending, counts.failed) and not decided(block, *before)
 
 
 # -- entering a block -----------------------------------------------------------------------------
@@ -228,17 +193,21 @@ def _drain(
         if joins_here and block.into is None and not retries and len(outcomes) == group.branch_count:
             # The job that entered a short block executed all of it: its join is known before
             # anything is written, and is recorded with the results.
-            closing = _closing(group, run, wf, block, _latest(outcomes))
+            closing = join.closing_for(group, run, wf, block, join.latest_of(outcomes))
             recorded = store.record_block_and_join(group.pk, run, results, closing)
             if recorded.closed:
                 return Moved(run, wf, queue) if run.status == RunStatus.RUNNING else None
-            if recorded.counts is not None and decides(block, recorded.counts):
+            if recorded.counts is not None and join.decides(block, recorded.counts):
                 # Some results were taken over meanwhile, and the block is decided all the same.
-                return join_group(group.pk)
+                return join.join_group(group.pk)
             return None
-        decide = partial(_decide, group, run, wf, block, outcomes) if joins_here and block.into is None else None
+        decide = (
+            partial(join.decide_in_transaction, group, run, wf, block, outcomes)
+            if joins_here and block.into is None
+            else None
+        )
         recorded = store.record_batch(group.pk, results, retries, (names, size) if more else None, decide)
-        if recorded.counts is not None and decides(block, recorded.counts):
+        if recorded.counts is not None and join.decides(block, recorded.counts):
             return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
         batch = recorded.next_batch
     return None
@@ -252,7 +221,7 @@ def _joined(
         # Closed in the recording transaction (or the run had moved on, cancelled say).
         return Moved(run, wf, queue) if closed and run.status == RunStatus.RUNNING else None
     if joins_here:
-        return join_group(group.pk)
+        return join.join_group(group.pk)
     dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
     return None
 
@@ -282,7 +251,7 @@ def run_branches(group_id: int, queue: str, index: int = 0) -> Moved | None:
         )
         # Every pending branch fails at once; the join then decides.
         counts = store.fail_pending_branches(group.pk, reason)
-        if counts is not None and decides(None, counts):
+        if counts is not None and join.decides(None, counts):
             dispatch.submit(dispatch.join_group_job(group.pk, run.pk, queue_for(wf)))
         return None
     names = [member.name for member in block.steps if queue_for(wf, member) == queue]
@@ -362,9 +331,13 @@ def run_branch(row_id: int) -> Moved | None:
     queue = queue_for(wf, step)
     joins_here = queue_for(wf) == queue
     outcome = [(claimed, step, attempt)]
-    decide = partial(_decide, group, run, wf, block, outcome) if joins_here and block.into is None else None
+    decide = (
+        partial(join.decide_in_transaction, group, run, wf, block, outcome)
+        if joins_here and block.into is None
+        else None
+    )
     recorded = store.record_branch(row.pk, group.pk, attempt, decide)
-    if recorded is None or recorded.counts is None or not decides(block, recorded.counts):
+    if recorded is None or recorded.counts is None or not join.decides(block, recorded.counts):
         return None
     return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
 
@@ -377,7 +350,7 @@ def finish_branch(
     For recovery and for resuming a child: neither executes a join or the steps after it in place.
     """
     recorded = store.record_branch(row.pk, group.pk, attempt)
-    if recorded is not None and recorded.counts is not None and decides(block, recorded.counts):
+    if recorded is not None and recorded.counts is not None and join.decides(block, recorded.counts):
         dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
     return recorded is not None
 
@@ -386,168 +359,3 @@ def retry_lost_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attemp
     """Record a branch attempt whose worker was lost and send its next attempt at once."""
     nxt = store.next_attempt(row.run_id, row.group_id, row.step, row.attempt + 1, queue_for(wf, step), 0.0)
     return store.retry_branch(row.pk, attempt, nxt)
-
-
-# -- the join -------------------------------------------------------------------------------------
-
-
-def _decide(
-    group: ParallelGroup,
-    run: WorkflowRun,
-    wf: Workflow,
-    block: Parallel,
-    outcomes: list[tuple[Claimed, Step, Attempt]],
-    counts: Counts,
-) -> tuple[WorkflowRun, Closing] | None:
-    """Asked in the transaction that counted ``outcomes``: if they decided ``block``, how it closes.
-
-    When they are the final result of every branch of the block (a short block executed by the job
-    that entered it), they are all there is to read.
-    """
-    if not decides(block, counts):
-        return None
-    if counts.finals == group.branch_count:
-        return run, _closing(group, run, wf, block, _latest(outcomes))
-    return run, _closing(group, run, wf, block)
-
-
-def _latest(outcomes: list[tuple[Claimed, Step, Attempt]]) -> dict[str, tuple[Any, ...]]:
-    """``outcomes`` as :func:`_final_attempts` reads them back: each branch's final attempt, by step."""
-    return {row.step: (row.pk, row.step, *_stored(attempt), attempt.finished_at) for row, _, attempt in outcomes}
-
-
-def _stored(attempt: Attempt) -> tuple[str, Any, Any]:
-    """``(status, output, error)`` of a final attempt, as its row holds them."""
-    if attempt.failed:
-        return StepStatus.FAILED, None, attempt.reason
-    return StepStatus.COMPLETED, attempt.output, None
-
-
-def _closing(
-    group: ParallelGroup,
-    run: WorkflowRun,
-    wf: Workflow,
-    block: Parallel,
-    latest: dict[str, tuple[Any, ...]] | None = None,
-) -> Closing:
-    """How a decided block without ``into`` closes: failed at its first failure (``fail_fast``), or
-    completed with every result in ``__results__`` and the run moved to the next step."""
-    if latest is None:
-        latest = _final_attempts(group)
-    collected = _collected(block, latest)
-    failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
-    if block.on_error == "fail_fast" and failures:
-        _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
-        logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
-        fields = store.fail_fields(name, error, parallel=group.name)
-        return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True)
-    position = wf.position(group.name)
-    target = None if position is None else position + 1
-    fields = store.move_fields(wf, target, {**run.context, RESULTS_KEY: collected})
-    return Closing(GroupStatus.COMPLETED, collected, None, fields)
-
-
-def _final_attempts(group: ParallelGroup) -> dict[str, tuple[Any, ...]]:
-    """Each branch's latest final attempt ``(pk, step, status, output, error, finished_at)``, by step.
-
-    One batched read of plain tuples: a block may have thousands of branches.
-    """
-    final = (
-        StepResult.objects.filter(group=group, status__in=(StepStatus.COMPLETED, StepStatus.FAILED))
-        .order_by("id")
-        .values_list("pk", "step", "status", "output", "error", "finished_at")
-    )
-    latest: dict[str, tuple[Any, ...]] = {}
-    for branch in final:  # ordered by id: a later attempt replaces an earlier one
-        latest[branch[1]] = branch
-    return latest
-
-
-def _collected(block: Parallel, latest: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
-    keys = {member.name: member.key for member in block.steps}
-    return {
-        keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
-        for name, (_, _, status, output, error, _) in latest.items()
-    }
-
-
-def join_group(group_id: int) -> Moved | None:
-    """Join a decided group that was not joined where its results were recorded (a block with
-    ``into``, or whose join runs on another queue), claiming its lease so that it runs once.
-
-    Returns the run when this join moved it on to its next step (for the engine to continue).
-    """
-    if not store.claim_join(group_id):
-        logger.debug("group %s is closed or joined by another worker; nothing to do", group_id)
-        return None
-    group = ParallelGroup.objects.select_related("run").get(pk=group_id)
-    with store.heartbeat.hold(ParallelGroup, group_id):
-        closed, wf = _join(group)
-    if not closed:
-        # The join did not close the group (its run was not running): leave it to whoever comes next.
-        store.release_join(group_id)
-        return None
-    # The group is closed and its lease let go: the run goes on under its own lease.
-    return Moved(group.run, wf, queue_for(wf)) if wf is not None else None
-
-
-def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
-    """Decide ``group``: whether it is closed (by this join or, in a lost race, another), and the
-    workflow to continue ``group.run`` in when this join moved the run on to its next step."""
-    run = group.run
-    if run.status != RunStatus.RUNNING:
-        return False, None
-    wf = find_workflow(run.workflow)
-    if wf is None:
-        store.fail_run(run, run.current_step, results.workflow_not_found(run.workflow))
-        logger.error("run %s failed: its workflow %r is not registered", run.pk, run.workflow)
-        return False, None
-    position = wf.position(group.name)
-    block = wf.block(group.name)
-    if block is None or position is None:
-        reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
-        closing = Closing(GroupStatus.FAILED, None, reason, store.fail_fields(group.name, reason))
-        return store.close_group(run, group.pk, closing), None
-    if block.into is not None:
-        return _join_into(run, wf, group, block, position)
-    closing = _closing(group, run, wf, block)
-    if not store.close_group(run, group.pk, closing):
-        return False, None
-    return True, wf if closing.status == GroupStatus.COMPLETED else None
-
-
-def _join_into(
-    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Parallel, position: int
-) -> tuple[bool, Workflow | None]:
-    assert block.into is not None
-    collected = _collected(block, _final_attempts(group))
-    ctx = to_step_context(run.context)
-    # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
-    scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(collected))}
-    try:
-        with step_scope(StepScope(run.pk, group.name, scope_ctx)):
-            outcome = normalize(block.into(ctx, results_to_tuples(roundtrip(collected))))
-    except Exception as exc:
-        outcome = Outcome(ERROR, reason=results.exception_reason(exc, "into_error"))
-    if outcome.kind == "invalid":
-        outcome = Outcome(ERROR, reason=outcome.reason)
-    context: dict[str, Any] = {}
-    if outcome.kind in (OK, GOTO):
-        try:
-            context = roundtrip(outcome.data)
-        except Unserializable as exc:
-            message = f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}"
-            outcome = Outcome(ERROR, reason=results.unserializable_output(message))
-    target = position + 1 if outcome.kind == OK else wf.position(outcome.target) if outcome.kind == GOTO else None
-    if target is None:
-        reason = (
-            results.goto_error(group.name, outcome.target)
-            if outcome.kind == GOTO
-            else results.stored_reason(outcome.reason)
-        )
-        closing = Closing(GroupStatus.FAILED, collected, reason, store.fail_fields(group.name, reason))
-        return store.close_group(run, group.pk, closing), None
-    closing = Closing(GroupStatus.COMPLETED, collected, None, store.move_fields(wf, target, context))
-    if not store.close_group(run, group.pk, closing):
-        return False, None
-    return True, wf

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from . import blocks, dispatch, engine, jobs, results, store
+from . import blocks, dispatch, engine, jobs, join, results, store
 from .attempts import Attempt
 from .context import current_scope, to_step_context
 from .definition import Step, Workflow, queue_for, resolve
@@ -93,7 +93,7 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
         for row in StepResult.objects.filter(group=group, status=StepStatus.PENDING)
     ]
     group.refresh_from_db(fields=["pending_count", "failed_count"])
-    if blocks.decided(block, group.pending_count, group.failed_count):
+    if join.decided(block, group.pending_count, group.failed_count):
         jobs.append(dispatch.join_group_job(group.pk, run.pk, queue_for(wf)))
     return jobs
 

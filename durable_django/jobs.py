@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, dispatch, engine
+from . import blocks, dispatch, engine, join
 
 P = ParamSpec("P")
 
@@ -45,7 +45,7 @@ def run_workflow(run_id: str, queue: str, version: int) -> None:
     engine.run_workflow(run_id, queue, version)
 
 
-def _go_on(moved: blocks.Moved | None) -> None:
+def _go_on(moved: join.Moved | None) -> None:
     """A job that joined a block continues its run with the steps after it."""
     if moved is not None:
         engine.advance(moved.run, moved.wf, moved.queue)
@@ -66,7 +66,7 @@ def run_branches(group_id: int, queue: str, index: int = 0) -> None:
 @_fresh_connections_after_db_errors
 def join_group(group_id: int, queue: str) -> None:
     """Join a parallel group, then continue its run with the steps after the block."""
-    _go_on(blocks.join_group(group_id))
+    _go_on(join.join_group(group_id))
 
 
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {

@@ -31,7 +31,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, dispatch, leases, results, store
+from . import blocks, dispatch, join, leases, results, store
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
@@ -290,7 +290,7 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
 
 def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> None:
     wf = find_workflow(group.run.workflow)
-    if not blocks.decided(wf.block(group.name) if wf else None, group.pending_count, group.failed_count):
+    if not join.decided(wf.block(group.name) if wf else None, group.pending_count, group.failed_count):
         return
     queue = queue_for(wf)
     state, _ = dispatch.job_state(queue, dispatch.join_job_id(group.pk), now)

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"leases", "attempts"},
     {"dispatch"},
     {"store"},
+    {"join"},
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
@@ -15,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 class RunStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     RUNNING = "running", _("Running")
+    WAITING = "waiting", _("Waiting")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
@@ -23,6 +25,7 @@ class RunStatus(models.TextChoices):
 class StepStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     RUNNING = "running", _("Running")
+    WAITING = "waiting", _("Waiting")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
@@ -41,11 +44,12 @@ class OnError(models.TextChoices):
 
 
 FINISHED_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+UNFINISHED_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
 
 
 class WorkflowRunQuerySet(models.QuerySet["WorkflowRun"]):
     def unfinished(self) -> WorkflowRunQuerySet:
-        return self.filter(status__in=(RunStatus.PENDING, RunStatus.RUNNING))
+        return self.filter(status__in=UNFINISHED_RUN_STATUSES)
 
     def finished(self) -> WorkflowRunQuerySet:
         return self.filter(status__in=FINISHED_RUN_STATUSES)
@@ -157,6 +161,9 @@ class ParallelGroup(models.Model):
         _("unfinished branches"), default=0, help_text=_("Branches without a final result yet.")
     )
     failed_count = models.PositiveIntegerField(_("failed branches"), default=0)
+    waiting_count = models.PositiveIntegerField(
+        _("waiting branches"), default=0, help_text=_("Branches that wait for a sleep, an event or an input.")
+    )
     # The process executing the join (and into) holds this lease until the group is closed.
     lease_owner = models.CharField(_("lease owner"), max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
@@ -232,3 +239,134 @@ class StepResult(models.Model):
     def as_result(self) -> tuple[str, Any]:
         """``("ok", output)`` or ``("error", error)`` for a finished attempt."""
         return ("ok", self.output) if self.status == StepStatus.COMPLETED else ("error", self.error)
+
+
+class WaitKind(models.TextChoices):
+    SLEEP = "sleep", _("Sleep")
+    EVENT = "event", _("Event")
+    INPUT = "input", _("Input")
+
+
+class WaitStatus(models.TextChoices):
+    WAITING = "waiting", _("Waiting")
+    RESOLVED = "resolved", _("Resolved")
+    TIMED_OUT = "timed_out", _("Timed out")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class InputKind(models.TextChoices):
+    APPROVAL = "approval", _("Approval")
+    CHOICE = "choice", _("Choice")
+    TEXT = "text", _("Text")
+    FORM = "form", _("Form")
+
+
+class WaitQuerySet(models.QuerySet["Wait"]):
+    def waiting(self) -> WaitQuerySet:
+        return self.filter(status=WaitStatus.WAITING)
+
+    def inputs(self) -> WaitQuerySet:
+        return self.filter(kind=WaitKind.INPUT)
+
+
+class Wait(models.Model):
+    """What a step (or a branch) that returned a wait is waiting for: a time, events or a person's input."""
+
+    run = models.ForeignKey(WorkflowRun, models.CASCADE, related_name="waits", verbose_name=_("run"))
+    step_result = models.ForeignKey(
+        StepResult,
+        models.CASCADE,
+        related_name="waits",
+        verbose_name=_("step result"),
+        help_text=_("The step or branch that waits."),
+    )
+    kind = models.CharField(_("kind"), max_length=16, choices=WaitKind.choices)
+    name = models.CharField(
+        _("name"),
+        max_length=200,
+        help_text=_("The event's or input's name (events of any/all joined by |); for a sleep, the step's name."),
+    )
+    events = models.JSONField(_("events"), default=list, blank=True, help_text=_("The events of wait_for_any/all."))
+    mode = models.CharField(
+        _("mode"), max_length=8, default="one", help_text=_("one, any or all: which of the events resolve it.")
+    )
+    returns = models.CharField(_("returns"), max_length=200, blank=True, help_text=_("Context key of the payload."))
+    status = models.CharField(_("status"), max_length=16, choices=WaitStatus.choices, default=WaitStatus.WAITING)
+    due_at = models.DateTimeField(_("due at"), null=True, blank=True, help_text=_("When it ends by itself."))
+    has_timeout_value = models.BooleanField(_("has a timeout value"), default=False)
+    timeout_value = models.JSONField(_("timeout value"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    timeout_seconds = models.FloatField(_("timeout (seconds)"), null=True, blank=True)
+    payload = models.JSONField(
+        _("payload"),
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("What resolved it (for wait_for_all, the events received so far)."),
+    )
+    input_kind = models.CharField(_("input kind"), max_length=16, choices=InputKind.choices, blank=True)
+    prompt = models.TextField(_("prompt"), blank=True)
+    spec = models.JSONField(_("spec"), default=dict, blank=True, help_text=_("An input's choices or fields."))
+    permission = models.CharField(
+        _("permission"), max_length=200, blank=True, help_text=_("app_label.codename a person needs to answer.")
+    )
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("resolved by"),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+
+    objects = WaitQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("created_at", "id")
+        verbose_name = _("wait")
+        verbose_name_plural = _("waits")
+        permissions = [("provide_input", _("Can answer a workflow's wait for input"))]
+        indexes = [
+            models.Index(fields=["run", "status"], name="durable_wait_run_status"),
+            models.Index(fields=["kind", "status", "created_at"], name="durable_wait_kind_status"),
+            models.Index(fields=["due_at"], condition=Q(status="waiting"), name="durable_wait_open_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} ({self.status})"
+
+    @property
+    def key(self) -> str:
+        """The context key its payload (or answer) lands in."""
+        if self.returns:
+            return self.returns
+        if self.kind == WaitKind.EVENT:
+            return {"any": "__event__", "all": "__events__"}.get(self.mode, self.name)
+        return self.name
+
+
+class Event(models.Model):
+    """An event sent to a run while none of its waits wanted it: kept until a wait takes it."""
+
+    run = models.ForeignKey(WorkflowRun, models.CASCADE, related_name="events", verbose_name=_("run"))
+    name = models.CharField(_("name"), max_length=200)
+    payload = models.JSONField(_("payload"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    consumed_at = models.DateTimeField(_("consumed at"), null=True, blank=True)
+    consumed_by = models.ForeignKey(
+        Wait, models.SET_NULL, null=True, blank=True, related_name="consumed_events", verbose_name=_("consumed by")
+    )
+
+    class Meta:
+        ordering = ("created_at", "id")
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        indexes = [
+            models.Index(
+                fields=["run", "name", "created_at"], condition=Q(consumed_at__isnull=True), name="durable_event_buffered"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'consumed' if self.consumed_at else 'buffered'})"

@@ -23,6 +23,9 @@ class WorkflowNotFound(DurableError, LookupError):
 class InvalidInput(DurableError, ValueError):
     """Workflow input must be a JSON-serializable dict."""
 
+    #: The field of an answer (or payload) that was wrong, when one was.
+    field: str | None = None
+
 
 class NotInStepError(DurableError, RuntimeError):
     """This helper needs a context: call it from inside a running step or pass ctx explicitly."""

@@ -2,8 +2,10 @@
 
 Nothing here writes run state. Retrying and cancelling (the list actions and the buttons of a
 run's page) go through :mod:`durable_django.operations`, like the API and the management
-commands, and need the change permission on workflow runs. Every field is read-only; a run may
-be deleted (with the delete permission) only once it, its parent and its children are finished.
+commands, and need the change permission on workflow runs; so does sending an event to a run
+(see :mod:`durable_django.admin_waits`, which also has the waits, events and the inbox). Every
+field is read-only; a run may be deleted (with the delete permission) only once it, its parent
+and its children are finished.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_waits import run_waits, send_event_from_form, waits_context
 from .exceptions import RunStateError
-from .models import ParallelGroup, RunStatus, StepResult, WorkflowRun
+from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
 from .timeline import build_timeline, format_duration
 
 if TYPE_CHECKING:
@@ -325,8 +328,8 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        # A run's attempts and groups go with it, although their own admins are read-only.
-        parts = {str(StepResult._meta.verbose_name), str(ParallelGroup._meta.verbose_name)}
+        # A run's attempts, groups, waits and events go with it, although their own admins are read-only.
+        parts = {str(model._meta.verbose_name) for model in (StepResult, ParallelGroup, Wait, Event)}
         return deleted, counts, {name for name in perms_needed if str(name) not in parts}, protected
 
     # -- search: a whole id is an index lookup ---------------------------------------------------
@@ -370,7 +373,11 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
             can_operate = self.has_change_permission(request, obj)
             context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
             context["can_cancel"] = can_operate and not obj.is_finished
-            context["timeline"] = build_timeline(obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now())
+            waits = run_waits(obj)
+            context["waits_section"] = waits_context(request, self.admin_site, obj, waits, can_operate)
+            context["timeline"] = build_timeline(
+                obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now(), waits=waits
+            )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # -- retry and cancel ------------------------------------------------------------------------
@@ -408,7 +415,11 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
                 self.admin_site.admin_view(view),
                 name="{}_{}_{}".format(*info, operation),
             )
-            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view))
+            for operation, view in (
+                ("retry", self.retry_view),
+                ("cancel", self.cancel_view),
+                ("send_event", self.send_event_view),
+            )
         ]
         # Before the default patterns: their catch-all "<object_id>/" would swallow these.
         return buttons + super().get_urls()
@@ -421,9 +432,18 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
         """The Cancel button of a run's page (POST only)."""
         return self._button(request, object_id, "cancel")
 
-    def _button(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+    def send_event_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The send-event form of a run's page (POST only): hands the event to the engine."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        run = self._changeable_run(request, object_id)
+        name, text, level = send_event_from_form(request, run)
+        if level == messages.SUCCESS:
+            self.log_change(request, run, gettext("Sent event %(event)s.") % {"event": name})
+        self.message_user(request, text, level)
+        return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk) + "#waits")
+
+    def _changeable_run(self, request: HttpRequest, object_id: str) -> WorkflowRun:
         if not self.has_change_permission(request):
             raise PermissionDenied
         run = self.get_object(request, unquote(object_id))
@@ -431,6 +451,12 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
             raise Http404(gettext("No workflow run has the id %(id)s.") % {"id": object_id})
         if not self.has_change_permission(request, run):
             raise PermissionDenied
+        return run
+
+    def _button(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = self._changeable_run(request, object_id)
         self._operate(request, run, operation)
         return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk))
 

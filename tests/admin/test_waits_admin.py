@@ -240,6 +240,25 @@ def test_inbox_shows_those_without_the_permission_the_wait_but_no_form(django_us
     assert response.status_code == 403
 
 
+def test_inbox_runs_the_same_queries_for_1_and_for_many_inputs(admin_client: Client, admin_user: Any) -> None:
+    waiting_run()
+    _, done = waiting_run(name="old")
+    answered(done, {"approved": True, "comment": "", "by": "admin"}, admin_user)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page(admin_client, INBOX)
+        return len(captured.captured_queries)
+
+    queries()
+    with_one = queries()
+    for index in range(4):
+        waiting_run(name=f"more_{index}", input_kind="choice", spec={"choices": ["a"]})
+        _, more = waiting_run(name=f"done_{index}")
+        answered(more, {"approved": False, "comment": "no", "by": "admin"}, admin_user)
+    assert queries() == with_one
+
+
 def test_a_wait_with_its_own_permission_is_answered_by_those_who_hold_that_one(django_user_model: Any) -> None:
     _, custom = waiting_run(name="refund_big", permission="testapp.approve_refund")
     _, default = waiting_run(name="refund_small")

@@ -62,6 +62,13 @@ def may_see_waits(user: Any) -> bool:
     )
 
 
+def wait_events(wait: Wait) -> list[str]:
+    """The events a wait for events waits for (one event's wait may name it only as its ``name``)."""
+    if wait.kind != WaitKind.EVENT:
+        return []
+    return list(wait.events or []) or [wait.name]
+
+
 def is_answerable(wait: Wait) -> bool:
     """A wait for input that still waits, of a run that has not finished."""
     return wait.kind == WaitKind.INPUT and wait.status == WaitStatus.WAITING and not wait.run.is_finished
@@ -173,7 +180,7 @@ def waits_context(
     """The Waits section of a run's page: its waits, buffered events and the send-event form."""
     events = list(run.events.filter(consumed_at__isnull=True).order_by("-created_at", "-id")[: EVENTS_SHOWN + 1])
     lines = [wait_line(wait, site, request.user) for wait in waits]
-    waited_for = sorted({event for wait in waits if wait.status == WaitStatus.WAITING for event in (wait.events or [])})
+    waited_for = sorted({event for wait in waits if wait.status == WaitStatus.WAITING for event in wait_events(wait)})
     can_send = can_send and not run.is_finished
     return {
         "waits": lines,

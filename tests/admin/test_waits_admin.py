@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
@@ -14,11 +15,15 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from durable_django import resume
 from durable_django.admin_waits import answer_url, inbox_url
 from durable_django.answer_forms import answer_form
-from durable_django.models import Wait, WorkflowRun
-from tests.admin.support import change_url, elements, texts
-from tests.admin.waits_support import APPROVAL_PROMPT, branch_waits, buffered, waiting_run
+from durable_django.exceptions import InvalidInput, RunStateError
+from durable_django.models import Event, Wait, WorkflowRun
+from durable_django.operations import cancel_run
+from durable_django.testing import EmbeddedQueue
+from tests.admin.support import change_url, elements, messages_of, texts
+from tests.admin.waits_support import APPROVAL_PROMPT, branch_waits, buffered, start_waiting, waiting_run
 
 pytestmark = pytest.mark.django_db
 
@@ -85,30 +90,38 @@ def test_run_page_lists_what_the_run_waits_for_since_when_and_until_when(admin_c
 
 
 def test_run_page_shows_buffered_events_and_the_send_event_form(admin_client: Client) -> None:
-    run, _ = waiting_run(kind="event", name="paid", events=["paid"], input_kind="", prompt="")
+    run, _ = waiting_run(kind="event", name="paid", input_kind="", prompt="")
     buffered(run, "early", {"note": "<script>x</script>"})
     html = page(admin_client, change_url(run))
     assert texts(html, "event-name") == ["early"]
     assert texts(html, "event-payload") == ['{"note": "<script>x</script>"}']
     assert "<script>x</script>" not in html
-    (form,) = elements(html, "durable-send-event", tag="form")
+    # Forms do not nest: the fields, inside the run's form, belong to the send-event form after it.
+    (form,) = elements(html, "durable-send-event-form", tag="form")
     assert form["action"] == reverse("admin:durable_django_workflowrun_send_event", args=[run.pk])
-    (name,) = elements(html, tag="input", within="durable-send-event")[1:]
+    assert not elements(html, tag="form", within="durable-waits-module")
+    fields = elements(html, within="durable-send-event")
+    assert {field["tag"]: field["form"] for field in fields if "form" in field} == {
+        "input": "durable-send-event-form",
+        "textarea": "durable-send-event-form",
+        "button": "durable-send-event-form",
+    }
+    (name,) = [field for field in fields if field.get("name") == "event"]
     # The one event the run waits for is filled in.
-    assert (name["name"], name["value"]) == ("event", "paid")
+    assert name["value"] == "paid"
 
 
 def test_the_send_event_form_needs_the_change_permission_and_an_unfinished_run(
     admin_client: Client, django_user_model: Any
 ) -> None:
-    run, _ = waiting_run(kind="event", name="paid", events=["paid"], input_kind="", prompt="")
+    run, _ = waiting_run(kind="event", name="paid", input_kind="", prompt="")
     viewer = staff_client(django_user_model, "durable_django.view_workflowrun")
     html = page(viewer, change_url(run))
-    assert elements(html, "durable-wait", tag="tr") and not elements(html, "durable-send-event")
+    assert elements(html, "durable-wait", tag="tr") and not elements(html, "durable-send-event-form")
     response = viewer.post(reverse("admin:durable_django_workflowrun_send_event", args=[run.pk]), {"event": "paid"})
     assert response.status_code == 403
 
-    assert elements(page(admin_client, change_url(run)), "durable-send-event")
+    assert elements(page(admin_client, change_url(run)), "durable-send-event-form")
     WorkflowRun.objects.filter(pk=run.pk).update(status="cancelled", finished_at=timezone.now())
     assert not elements(page(admin_client, change_url(run)), "durable-send-event")
 
@@ -359,3 +372,134 @@ def test_a_form_s_errors_are_shown_on_their_fields(admin_client: Client) -> None
     (amount,) = [field for field in elements(html, tag="input") if field.get("name") == "answer-amount"]
     assert amount["value"] == "1.5"
     assert Wait.objects.get(pk=wait.pk).status == "waiting"
+
+
+# -- through the engine: sending events and answering inputs ----------------------------------------
+
+
+def send(client: Client, run: WorkflowRun, event: str, payload: str = "") -> list[tuple[str, str]]:
+    url = reverse("admin:durable_django_workflowrun_send_event", args=[run.pk])
+    response = client.post(url, {"event": event, "payload": payload}, follow=True)
+    assert response.redirect_chain == [(change_url(run) + "#waits", 302)]
+    return messages_of(response)
+
+
+def test_sending_an_event_delivers_it_to_the_wait_or_keeps_it(embedded: EmbeddedQueue, admin_client: Client) -> None:
+    run = start_waiting(embedded, "it_admin_notify", {"pause": 0})
+    short = str(run.pk)[:8]
+    assert send(admin_client, run, "early", '{"n": 1}') == [
+        ("success", f"Sent event early to run {short}: no wait takes it yet, so it is kept until one does.")
+    ]
+    assert texts(page(admin_client, change_url(run)), "event-name") == ["early"]
+    assert send(admin_client, run, "mail_sent", '{"to": "<ada>"}') == [
+        ("success", f"Sent event mail_sent to run {short}: a wait took it.")
+    ]
+    embedded.run_until_idle(timeout=30)
+    mail = Wait.objects.get(run=run, name="mail_sent")
+    assert (mail.status, mail.payload) == ("resolved", {"to": "<ada>"})
+    # Each sent event is in the run's admin history.
+    assert list(LogEntry.objects.filter(object_id=str(run.pk)).values_list("change_message", flat=True)) == [
+        "Sent event mail_sent.",
+        "Sent event early.",
+    ]
+
+
+def test_sending_an_event_says_why_it_was_not_sent(embedded: EmbeddedQueue, admin_client: Client) -> None:
+    run = start_waiting(embedded, "it_admin_notify", {"pause": 0})
+    assert send(admin_client, run, "  ") == [("error", "Name the event to send.")]
+    (bad,) = send(admin_client, run, "paid", "{nope")
+    assert bad[0] == "error" and bad[1].startswith("Did not send event paid: the payload is not JSON (")
+    assert not Event.objects.filter(run=run).exists()
+    url = reverse("admin:durable_django_workflowrun_send_event", args=[run.pk])
+    assert admin_client.get(url).status_code == 405
+    cancel_run(run)
+    # The form is gone from a finished run's page; a post still reaches the engine, which refuses.
+    ((level, text),) = send(admin_client, run, "paid")
+    assert level == "warning" and text.startswith("Did not send event paid: ")
+    missing = reverse("admin:durable_django_workflowrun_send_event", args=[uuid.uuid4()])
+    assert admin_client.post(missing, {"event": "paid"}).status_code == 404
+
+
+def answer(client: Client, wait: Wait, data: dict[str, str]) -> Any:
+    return client.post(answer_url(admin.site, wait.pk), data, follow=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "data", "expected"),
+    [
+        (
+            {"kind": "approval"},
+            {"answer-approved": "reject", "answer-comment": "no"},
+            {"approved": False, "comment": "no"},
+        ),
+        ({"kind": "choice", "choices": ["red", "blue"]}, {"answer-choice": "blue"}, {"choice": "blue"}),
+        ({"kind": "text"}, {"answer-text": "because"}, {"text": "because"}),
+        (
+            {"kind": "form", "fields": FORM_SPEC["fields"]},
+            {"answer-amount": "7", "answer-express": "on", "answer-ship_on": "2026-02-01"},
+            {"amount": 7, "rate": None, "note": None, "express": True, "ship_on": "2026-02-01"},
+        ),
+    ],
+)
+def test_answering_each_kind_of_input_resumes_the_run(
+    embedded: EmbeddedQueue, admin_client: Client, options: dict[str, Any], data: dict[str, str], expected: Any
+) -> None:
+    run = start_waiting(embedded, "it_admin_ask", {"name": "question", **options})
+    wait = Wait.objects.get(run=run)
+    response = answer(admin_client, wait, data)
+    assert response.redirect_chain == [(INBOX, 302)]
+    assert messages_of(response) == [("success", f"Answered question of it_admin_ask run {str(run.pk)[:8]}.")]
+    embedded.run_until_idle(timeout=30)
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert run.context["question"] == {**expected, "by": "admin"}
+    wait.refresh_from_db()
+    assert (wait.status, wait.resolved_by.get_username()) == ("resolved", "admin")
+    # Answered: listed under the pending ones, without a form.
+    html = page(admin_client, answer_url(admin.site, wait.pk))
+    assert not elements(html, "durable-answer-form")
+    assert texts(html, "durable-not-answerable") == ["This input is no longer waiting (Resolved)."]
+
+
+def test_the_engine_s_refusal_of_an_answer_lands_on_its_field(
+    embedded: EmbeddedQueue, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = start_waiting(embedded, "it_admin_ask", {"name": "shipping", "kind": "form", "fields": FORM_SPEC["fields"]})
+    wait = Wait.objects.get(run=run)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        exc = InvalidInput("amount must be at most 100.")
+        exc.field = "amount"
+        raise exc
+
+    monkeypatch.setattr(resume, "provide_input", refuse)
+    response = answer(admin_client, wait, {"answer-amount": "500", "answer-ship_on": "2026-02-01"})
+    html = response.content.decode()
+    assert texts(html, "errorlist", within="field-amount") == ["amount must be at most 100."]
+    monkeypatch.undo()
+    # Once the engine takes the answer, it goes through.
+    response = answer(admin_client, wait, {"answer-amount": "5", "answer-ship_on": "2026-02-01"})
+    assert response.redirect_chain == [(INBOX, 302)]
+
+
+def test_an_input_answered_meanwhile_says_so(
+    embedded: EmbeddedQueue, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = start_waiting(embedded, "it_admin_refund", {"amount": 10})
+    wait = Wait.objects.get(run=run)
+
+    def taken(*args: Any, **kwargs: Any) -> None:
+        raise RunStateError("the run no longer waits for refund_ok.")
+
+    monkeypatch.setattr(resume, "provide_input", taken)
+    response = answer(admin_client, wait, {"answer-approved": "approve"})
+    assert response.redirect_chain == [(answer_url(admin.site, wait.pk), 302)]
+    assert messages_of(response) == [("warning", "Your answer was not taken: the run no longer waits for refund_ok.")]
+    monkeypatch.undo()
+    cancel_run(run)
+    response = answer(admin_client, wait, {"answer-approved": "approve"})
+    ((level, text),) = messages_of(response)
+    assert level == "warning" and text in (
+        "This input is no longer waiting (Cancelled).",
+        "The run has finished (Cancelled).",
+    )

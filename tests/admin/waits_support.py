@@ -1,4 +1,4 @@
-"""Runs that wait, written as rows (no engine): what the admin's pages of waits are tested on."""
+"""Runs that wait: written as rows (no engine) to test the pages on, or started on the embedded queue."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 from django.utils import timezone
 
+from durable_django import start_workflow
 from durable_django.models import Event, ParallelGroup, StepResult, Wait, WorkflowRun
+from durable_django.testing import EmbeddedQueue
 
 APPROVAL_PROMPT = "Refund <b>250</b> EUR to the customer?"
 
@@ -85,7 +87,7 @@ def branch_waits(run: WorkflowRun) -> tuple[ParallelGroup, list[Wait]]:
         step_result=mail,
         kind="event",
         name="mail_sent",
-        events=["mail_sent"],
+        events=[],
         created_at=now - timedelta(minutes=3),
         due_at=now + timedelta(minutes=7),
         timeout_seconds=600,
@@ -107,3 +109,11 @@ def branch_waits(run: WorkflowRun) -> tuple[ParallelGroup, list[Wait]]:
 
 def buffered(run: WorkflowRun, name: str = "early", payload: Any = None) -> Event:
     return Event.objects.create(run=run, name=name, payload=payload)
+
+
+def start_waiting(queue: EmbeddedQueue, workflow: str, data: dict[str, Any]) -> WorkflowRun:
+    """Start ``workflow`` and run it until it waits (or ends)."""
+    run = start_workflow(workflow, data)
+    queue.run_until_idle(timeout=30)
+    run.refresh_from_db()
+    return run

@@ -29,11 +29,12 @@ pytestmark = pytest.mark.django_db
 
 INBOX = reverse("admin:durable_django_wait_inbox")
 
+# Declared in the order PostgreSQL's jsonb keeps keys (shorter first): the form shows them in that order.
 FORM_SPEC = {
     "fields": {
-        "amount": {"type": "integer", "required": True, "label": "Amount"},
-        "rate": {"type": "number", "required": False, "label": "Rate"},
         "note": {"type": "string", "required": False, "label": "Note", "help": "Shown to the customer"},
+        "rate": {"type": "number", "required": False, "label": "Rate"},
+        "amount": {"type": "integer", "required": True, "label": "Amount"},
         "express": {"type": "boolean", "required": False, "label": "Express"},
         "ship_on": {"type": "date", "required": True, "label": "Ship on"},
     }
@@ -338,13 +339,13 @@ def test_a_form_has_a_typed_field_per_declared_field(admin_client: Client) -> No
         if field["type"] not in ("hidden", "submit")
     ]
     assert [(field["name"], field["type"]) for field in inputs] == [
-        ("answer-amount", "number"),
-        ("answer-rate", "number"),
         ("answer-note", "text"),
+        ("answer-rate", "number"),
+        ("answer-amount", "number"),
         ("answer-express", "checkbox"),
         ("answer-ship_on", "date"),
     ]
-    assert [field.get("required") for field in inputs] == ["", None, None, None, ""]
+    assert [field.get("required") for field in inputs] == [None, None, "", None, ""]
     assert "Shown to the customer" in html
     required = [label["text"] for label in elements(html, "required", tag="label")]
     assert required == ["Amount:", "Ship on:"]

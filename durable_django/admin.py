@@ -3,8 +3,8 @@
 Nothing here writes run state. Retrying and cancelling (the list actions and the buttons of a
 run's page) go through :mod:`durable_django.operations`, like the API and the management
 commands, and need the change permission on workflow runs; so does sending an event to a run
-(see :mod:`durable_django.admin_waits`, which also has the waits, events and the inbox). Every
-field is read-only; a run may be deleted (with the delete permission) only once it, its parent
+(:mod:`durable_django.admin_waits`; the inbox and the admins of waits and events are in
+:mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the delete permission) only once it, its parent
 and its children are finished.
 """
 
@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import BaseModelAdmin
-from django.contrib.admin.utils import flatten, flatten_fieldsets, unquote
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.utils import flatten, flatten_fieldsets
 from django.db.models import Prefetch, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path
 from django.utils import timezone
@@ -28,7 +27,10 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from . import operations
+from . import (
+    admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
+    operations,
+)
 from .admin_display import (
     branch_table,
     change_url,
@@ -41,7 +43,7 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
-from .admin_waits import run_waits, send_event_from_form, waits_context
+from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
 from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
 from .timeline import build_timeline, format_duration
@@ -197,7 +199,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(_Display, admin.ModelAdmin):
+class WorkflowRunAdmin(RunWaitsAdmin, _Display, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow_display",
@@ -373,11 +375,8 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
             can_operate = self.has_change_permission(request, obj)
             context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
             context["can_cancel"] = can_operate and not obj.is_finished
-            waits = run_waits(obj)
-            context["waits_section"] = waits_context(request, self.admin_site, obj, waits, can_operate)
-            context["timeline"] = build_timeline(
-                obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now(), waits=waits
-            )
+            waits = self.add_waits(request, context, obj, can_operate)
+            context["timeline"] = build_timeline(obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now(), waits)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # -- retry and cancel ------------------------------------------------------------------------
@@ -415,11 +414,7 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
                 self.admin_site.admin_view(view),
                 name="{}_{}_{}".format(*info, operation),
             )
-            for operation, view in (
-                ("retry", self.retry_view),
-                ("cancel", self.cancel_view),
-                ("send_event", self.send_event_view),
-            )
+            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view), *self.waits_urls())
         ]
         # Before the default patterns: their catch-all "<object_id>/" would swallow these.
         return buttons + super().get_urls()
@@ -432,31 +427,10 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
         """The Cancel button of a run's page (POST only)."""
         return self._button(request, object_id, "cancel")
 
-    def send_event_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """The send-event form of a run's page (POST only): hands the event to the engine."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        run = self._changeable_run(request, object_id)
-        name, text, level = send_event_from_form(request, run)
-        if level == messages.SUCCESS:
-            self.log_change(request, run, gettext("Sent event %(event)s.") % {"event": name})
-        self.message_user(request, text, level)
-        return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk) + "#waits")
-
-    def _changeable_run(self, request: HttpRequest, object_id: str) -> WorkflowRun:
-        if not self.has_change_permission(request):
-            raise PermissionDenied
-        run = self.get_object(request, unquote(object_id))
-        if run is None:
-            raise Http404(gettext("No workflow run has the id %(id)s.") % {"id": object_id})
-        if not self.has_change_permission(request, run):
-            raise PermissionDenied
-        return run
-
     def _button(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        run = self._changeable_run(request, object_id)
+        run = self.changeable_run(request, object_id)
         self._operate(request, run, operation)
         return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk))
 

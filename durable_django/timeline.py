@@ -156,8 +156,27 @@ class _Span:
         return _pct(self.width)
 
 
+class _Labelled(_Span):
+    """A bar with a label inside it or just past either end."""
+
+    label_position: LabelPosition
+
+    @property
+    def label_x(self) -> str:
+        """Where the label's anchor goes: inside the bar's start, or just past either end."""
+        if self.label_position == "inside":
+            return _pct(self.offset + 0.4)
+        if self.label_position == "right":
+            return _pct(self.offset + self.width + 0.5)
+        return _pct(self.offset - 0.5)
+
+    @property
+    def label_anchor(self) -> str:
+        return "end" if self.label_position == "left" else "start"
+
+
 @dataclass(frozen=True)
-class Bar(_Span):
+class Bar(_Labelled):
     """One step attempt: ``offset`` and ``width`` are percent of the axis."""
 
     step: str
@@ -175,22 +194,9 @@ class Bar(_Span):
     def end(self) -> str:
         return _pct(self.offset + self.width)
 
-    @property
-    def label_x(self) -> str:
-        """Where the label's anchor goes: inside the bar's start, or just past either end."""
-        if self.label_position == "inside":
-            return _pct(self.offset + 0.4)
-        if self.label_position == "right":
-            return _pct(self.offset + self.width + 0.5)
-        return _pct(self.offset - 0.5)
-
-    @property
-    def label_anchor(self) -> str:
-        return "end" if self.label_position == "left" else "start"
-
 
 @dataclass(frozen=True)
-class WaitBar(_Span):
+class WaitBar(_Labelled):
     """One wait of a step or branch: from when it began to when it ended (or to now)."""
 
     pk: int | None
@@ -203,18 +209,6 @@ class WaitBar(_Span):
     label: str
     title: str
     label_position: LabelPosition
-
-    @property
-    def label_x(self) -> str:
-        if self.label_position == "inside":
-            return _pct(self.offset + 0.4)
-        if self.label_position == "right":
-            return _pct(self.offset + self.width + 0.5)
-        return _pct(self.offset - 0.5)
-
-    @property
-    def label_anchor(self) -> str:
-        return "end" if self.label_position == "left" else "start"
 
 
 @dataclass(frozen=True)
@@ -414,14 +408,9 @@ def _wait_bar(wait: Wait, axis: _Axis, open_end: datetime) -> WaitBar:
     else:
         outcome = f"after {lasted}"
     label = f"{what} · {outcome}" if outcome else what
-    title = f"{what}: {wait.status}, from +{axis.relative(begin)}"
-    if is_open:
-        title += f", waiting for {lasted}"
-    else:
-        title += f", for {lasted}"
-    if wait.due_at is not None:
-        ends = "ends" if wait.kind == "sleep" else "times out"
-        title += f"; {ends} at +{axis.relative(wait.due_at)}" if is_open else ""
+    title = f"{what}: {wait.status}, from +{axis.relative(begin)}, {'waiting for' if is_open else 'for'} {lasted}"
+    if is_open and wait.due_at is not None:
+        title += f"; {'ends' if wait.kind == 'sleep' else 'times out'} at +{axis.relative(wait.due_at)}"
     return WaitBar(
         pk=wait.pk,
         kind=wait.kind,

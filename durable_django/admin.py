@@ -46,7 +46,7 @@ from .admin_display import (
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
 from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
-from .timeline import build_timeline, format_duration
+from .timeline import build_timeline, format_duration, wait_subject
 
 if TYPE_CHECKING:
     _AdminBase = BaseModelAdmin[Any]
@@ -142,7 +142,8 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
-        return super().get_queryset(request).select_related("group").order_by("id")
+        waiting = Prefetch("waits", queryset=Wait.objects.waiting().order_by("created_at"), to_attr="open_waits")
+        return super().get_queryset(request).select_related("group").prefetch_related(waiting).order_by("id")
 
     @admin.display(description=_("step"))
     def step_link(self, obj: StepResult) -> SafeString:
@@ -154,6 +155,10 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
 
     @admin.display(description=_("output or error"))
     def result(self, obj: StepResult) -> SafeString:
+        waits = getattr(obj, "open_waits", None)
+        if waits:  # the attempt's code is done; the step goes on when its wait ends
+            subjects = ", ".join(wait_subject(wait) for wait in waits)
+            return format_html('<span class="durable-step-waits">{} {}</span>', gettext("waits for"), subjects)
         return format_html("<code>{}</code>", outcome(obj))
 
 

@@ -155,6 +155,18 @@ def test_run_page_of_a_waiting_run_runs_the_same_queries_for_1_and_for_many_wait
     assert queries() == with_one
 
 
+def test_step_attempts_that_wait_say_what_for(admin_client: Client) -> None:
+    run, _ = waiting_run()
+    branch_waits(run)
+    html = page(admin_client, change_url(run))
+    assert texts(html, "field-result", within="tabular") == [
+        '{"prepared": true}',
+        "waits for input refund_ok",
+        "waits for event mail_sent",
+        "",
+    ]
+
+
 def test_waits_are_drawn_on_the_timeline_of_the_run_page(admin_client: Client) -> None:
     run, wait = waiting_run()
     _, (event, sleep) = branch_waits(run)

@@ -312,13 +312,26 @@ class WaitAdmin(_ReadOnlyAdmin):
         return HttpResponseRedirect(inbox_url(self.admin_site))
 
 
+class EventStateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("buffered", _("Buffered")), ("taken", _("Taken"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() in ("buffered", "taken"):
+            return queryset.filter(consumed_at__isnull=self.value() == "buffered")
+        return queryset
+
+
 @admin.register(Event)
 class EventAdmin(_ReadOnlyAdmin):
     """Events sent to runs: buffered until a wait takes them."""
 
     list_display = ("id", "run_link", "name", "payload_preview", "created", "state", "consumed_by_link")
     # Not by name: listing every distinct name would scan the whole table on each page load.
-    list_filter = (("consumed_at", admin.EmptyFieldListFilter),)
+    list_filter = (EventStateFilter,)
     search_fields = ("name",)
     search_help_text = _("An event's name, or a run's whole id.")
     ordering = ("-created_at", "-id")

@@ -207,6 +207,12 @@ def test_waits_and_events_are_listed_read_only(admin_client: Client) -> None:
     assert page(admin_client, reverse("admin:durable_django_event_change", args=[event.pk]))
     by_run = page(admin_client, reverse("admin:durable_django_event_changelist") + f"?q={run.pk}")
     assert texts(by_run, "field-name") == ["early"]
+    assert (
+        texts(page(admin_client, reverse("admin:durable_django_event_changelist") + "?state=taken"), "field-name") == []
+    )
+    assert texts(
+        page(admin_client, reverse("admin:durable_django_event_changelist") + "?state=buffered"), "field-name"
+    ) == ["early"]
 
 
 def test_the_app_index_links_the_inbox(admin_client: Client) -> None:

@@ -200,6 +200,16 @@ def test_expense_approval_director_rejects_with_an_amount_of_zero(embedded, alan
     assert ExpenseClaim.objects.get().status == "rejected"
 
 
+def test_expense_approval_director_pays_no_more_than_was_claimed(embedded, alan, director):
+    run = time_out(embedded, start(embedded, "expense_approval", claim_input(alan, approval_timeout=60)))
+
+    provide_input(run.pk, "director_decision", {"approved_amount": 99999, "note": "Generous"}, user=director)
+    run = resume(embedded, run)
+
+    assert (run.context["decision"]["amount_cents"], run.context["paid_cents"]) == (4200, 4200)
+    assert ExpenseClaim.objects.get().approved_cents == 4200
+
+
 def test_expense_approval_refuses_a_form_answer_that_does_not_fit(embedded, alan, director):
     run = time_out(embedded, start(embedded, "expense_approval", claim_input(alan, approval_timeout=60)))
 

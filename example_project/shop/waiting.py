@@ -86,7 +86,7 @@ def escalate(ctx: Ctx) -> Result:
 
 def route_director_decision(ctx: Ctx) -> Result:
     answer = ctx["director_decision"]  # {"approved_amount": 3000, "note": "...", "by": "director"}
-    amount = min(answer["approved_amount"], ctx["amount_cents"])
+    amount = max(0, min(answer["approved_amount"], ctx["amount_cents"]))  # never more than claimed
     decision = {"approved": amount > 0, "by": answer["by"], "note": answer["note"] or "", "amount_cents": amount}
     return goto("approve" if amount > 0 else "reject", {"decision": decision})
 

@@ -46,9 +46,17 @@ __all__ = [
     "parallel_ok",
     "parallel_result",
     "parallel_results",
+    "provide_input",
     "retry_run",
+    "send_event",
+    "sleep",
+    "sleep_until",
     "start_workflow",
     "step",
+    "wait_for_all",
+    "wait_for_any",
+    "wait_for_event",
+    "wait_for_input",
     "workflow",
 ]
 
@@ -57,11 +65,14 @@ __all__ = [
 from .context import assign, parallel_ok, parallel_result, parallel_results
 from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, step, workflow
 from .results import error, goto, ok
+from .waits import sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
 
 _LAZY = {
     "call_workflow": ".children",
     "cancel_run": ".operations",
+    "provide_input": ".resume",
     "retry_run": ".operations",
+    "send_event": ".resume",
     "start_workflow": ".engine",
 }
 
@@ -69,6 +80,7 @@ if TYPE_CHECKING:
     from .children import call_workflow
     from .engine import start_workflow
     from .operations import cancel_run, retry_run
+    from .resume import provide_input, send_event
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from . import results
 from .context import StepScope, Unserializable, roundtrip, step_scope
 from .definition import Step
 from .models import StepResult, StepStatus
-from .results import ERROR, GOTO, OK, Outcome, normalize
+from .results import ERROR, GOTO, OK, WAIT, Outcome, normalize
 
 
 @dataclass
@@ -37,7 +37,12 @@ class Attempt:
 
     @property
     def failed(self) -> bool:
-        return self.outcome.kind not in (OK, GOTO)
+        return self.outcome.kind not in (OK, GOTO, WAIT)
+
+    @property
+    def waits(self) -> bool:
+        """The step returned a wait: it is completed, and its run (or branch) waits."""
+        return self.outcome.kind == WAIT
 
     @property
     def reason(self) -> Any:
@@ -75,6 +80,14 @@ def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool
     except Unserializable as exc:
         reason = results.unserializable_output(f"step {step.name!r} returned data that cannot be stored as JSON: {exc}")
         return Attempt(Outcome(ERROR, reason=reason), started, finished, retryable=False)
+    if outcome.kind == WAIT and outcome.wait.has_timeout_value:
+        try:
+            roundtrip(outcome.wait.timeout_value)
+        except Unserializable as exc:
+            message = f"step {step.name!r} returned a wait whose timeout_value cannot be stored as JSON: {exc}"
+            return Attempt(
+                Outcome(ERROR, reason=results.invalid_step_return(message)), started, finished, retryable=False
+            )
     return Attempt(outcome, started, finished, output=output)
 
 

@@ -37,6 +37,7 @@ from .context import to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .join import Moved
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .results import ERROR, Outcome
 from .store import Claimed
 
 logger = logging.getLogger("durable_django")
@@ -189,8 +190,11 @@ def _drain(
         elif elapsed > TARGET_SECONDS * 2:
             size = max(size // 2, 1)
         retries = _retries(group, wf, outcomes)
-        results = [(row, attempt) for row, _, attempt in outcomes]
-        if joins_here and block.into is None and not retries and len(outcomes) == group.branch_count:
+        waits = [(row, attempt) for row, _, attempt in outcomes if attempt.waits]
+        if waits and dispatch.executes_inline(run.pk):
+            outcomes, waits = [_no_wait_in_child(row, step, attempt) for row, step, attempt in outcomes], []
+        results = [(row, attempt) for row, _, attempt in outcomes if not attempt.waits]
+        if joins_here and block.into is None and not retries and not waits and len(outcomes) == group.branch_count:
             # The job that entered a short block executed all of it: its join is known before
             # anything is written, and is recorded with the results.
             closing = join.closing_for(group, run, wf, block, join.latest_of(outcomes))
@@ -202,11 +206,13 @@ def _drain(
                 return join.join_group(group.pk)
             return None
         decide = (
-            partial(join.decide_in_transaction, group, run, wf, block, outcomes)
+            partial(join.decide_in_transaction, group, run, wf, block, [] if waits else outcomes)
             if joins_here and block.into is None
             else None
         )
-        recorded = store.record_batch(group.pk, results, retries, (names, size) if more else None, decide)
+        recorded = store.record_batch(
+            group.pk, results, retries, (names, size) if more else None, decide, waits=waits, run_id=run.pk
+        )
         if recorded.counts is not None and join.decides(block, recorded.counts):
             return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
         batch = recorded.next_batch
@@ -330,16 +336,34 @@ def run_branch(row_id: int) -> Moved | None:
         return None
     queue = queue_for(wf, step)
     joins_here = queue_for(wf) == queue
+    if attempt.waits and dispatch.executes_inline(run.pk):
+        _, _, attempt = _no_wait_in_child(claimed, step, attempt)
     outcome = [(claimed, step, attempt)]
     decide = (
-        partial(join.decide_in_transaction, group, run, wf, block, outcome)
+        partial(join.decide_in_transaction, group, run, wf, block, [] if attempt.waits else outcome)
         if joins_here and block.into is None
         else None
     )
-    recorded = store.record_branch(row.pk, group.pk, attempt, decide)
+    if attempt.waits:
+        recorded: store.Recorded | None = store.record_batch(
+            group.pk, [], {}, None, decide, waits=[(claimed, attempt)], run_id=run.pk
+        )
+    else:
+        recorded = store.record_branch(row.pk, group.pk, attempt, decide)
     if recorded is None or recorded.counts is None or not join.decides(block, recorded.counts):
         return None
     return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
+
+
+def _no_wait_in_child(row: Claimed, step: Step, attempt: Attempt) -> tuple[Claimed, Step, Attempt]:
+    """A branch of a child workflow executed inside its parent's step cannot wait: it fails."""
+    if not attempt.waits:
+        return row, step, attempt
+    reason = results.invalid_step_return(
+        f"branch {step.name!r} returned a wait, but its run is a child workflow executed inside its parent's "
+        "step by call_workflow, which cannot wait; wait in the parent workflow instead"
+    )
+    return row, step, Attempt(Outcome(ERROR, reason=reason), attempt.started_at, attempt.finished_at, retryable=False)
 
 
 def finish_branch(

@@ -57,6 +57,7 @@ RUN_WORKFLOW = "durable_django.jobs.run_workflow"
 RUN_BRANCHES = "durable_django.jobs.run_branches"
 RUN_BRANCH = "durable_django.jobs.run_branch"
 JOIN_GROUP = "durable_django.jobs.join_group"
+WAKE_WAIT = "durable_django.jobs.wake_wait"
 
 # The ids of run_branches jobs ("drain jobs"), which pending branch rows name as their job.
 DRAIN_PREFIX = "durable-drain-"
@@ -100,6 +101,18 @@ def join_job_id(group_id: int) -> str:
 def join_group_job(group_id: int, run_id: Any, queue: str) -> Job:
     """Join a decided group and continue its run on ``queue``."""
     return Job(JOIN_GROUP, (group_id, queue), queue, run_id, job_id=join_job_id(group_id))
+
+
+WAKE_PREFIX = "durable-wake-"
+
+
+def wake_job_id(wait_id: int) -> str:
+    return f"{WAKE_PREFIX}{wait_id}"
+
+
+def wake_wait_job(wait_id: int, run_id: Any, queue: str, delay: float) -> Job:
+    """End wait ``wait_id`` when it is due (a sleep's end, a timeout): a job scheduled for then."""
+    return Job(WAKE_WAIT, (wait_id,), queue, run_id, delay=max(delay, 0.0), job_id=wake_job_id(wait_id))
 
 
 # -- connections --------------------------------------------------------------------------------
@@ -242,6 +255,31 @@ def send(jobs: Iterable[Job]) -> None:
             description=_describe(job),
         )
     logger.debug("enqueued %d immediate and %d delayed jobs", sum(map(len, immediate.values())), len(delayed))
+
+
+def withdraw(jobs: Iterable[tuple[str, str]]) -> None:
+    """Delete scheduled jobs ``(queue, job id)`` that have nothing left to do (a wait resolved early).
+
+    Only tidiness: a withdrawn job that ran anyway would find nothing to do.
+    """
+    for queue_name, job_id in jobs:
+        queue = get_queue(queue_name)
+        ScheduledJobRegistry(queue=queue).remove(job_id)
+        queue.connection.delete(RQJob.key_for(job_id))
+
+
+def withdraw_after_commit(jobs: list[tuple[str, str]]) -> None:
+    """:func:`withdraw` once the current transaction commits; a Redis error only costs a no-op job later."""
+    if not jobs:
+        return
+
+    def run() -> None:
+        try:
+            withdraw(jobs)
+        except Exception:
+            logger.warning("could not withdraw %d scheduled jobs", len(jobs), exc_info=True)
+
+    transaction.on_commit(run)
 
 
 def _describe(job: Job) -> str:

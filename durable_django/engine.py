@@ -16,7 +16,7 @@ from typing import Any
 from django.db import IntegrityError
 
 from . import blocks, dispatch, leases, results, store
-from .attempts import call_step, retry_delay
+from .attempts import Attempt, call_step, retry_delay
 from .context import Unserializable, merge, roundtrip, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, get_workflow, queue_for
 from .exceptions import InvalidInput
@@ -156,6 +156,8 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         finished_at=attempt.finished_at,
         job_id=dispatch.current_job_id(),
     )
+    if attempt.waits:
+        return _suspend(run, wf, step, row, attempt)
     if not attempt.failed:
         position = wf.position(step.name)
         target = None if position is None else position + 1
@@ -181,4 +183,33 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         return None
     logger.info("run %s failed at step %r", run.pk, step.name)
     store.fail_run(run, step.name, attempt.reason, [row])
+    return None
+
+
+def _suspend(run: WorkflowRun, wf: Workflow, step: Step, row: StepResult, attempt: Attempt) -> WorkflowRun | None:
+    """The step returned a wait: it is completed, and the run waits; the run when the wait was over at once."""
+    request = attempt.outcome.wait
+    if dispatch.executes_inline(run.pk):
+        # A child called by a step runs inside that step, which cannot be suspended.
+        reason = results.invalid_step_return(
+            f"step {step.name!r} returned a wait, but its run is a child workflow executed inside its parent's "
+            "step by call_workflow, which cannot wait; wait in the parent workflow instead"
+        )
+        row.status, row.error = StepStatus.FAILED, reason
+        store.fail_run(run, step.name, reason, [row])
+        return None
+    row.status, row.output = StepStatus.COMPLETED, attempt.output
+    context = merge(run.context, attempt.output)
+    position = wf.position(step.name)
+    target = None if position is None else position + 1
+    waiting = {"context": context, "status": RunStatus.WAITING, **released_fields()}
+    suspended = store.waits.suspend_run(
+        run, row, request, waiting, lambda wait: store.move_fields(wf, target, store.waits.with_value(context, wait))
+    )
+    if suspended is None:
+        return None
+    if suspended.resumed:
+        logger.info("run %s: the wait of step %r was over at once", run.pk, step.name)
+        return run
+    logger.info("run %s waits (%s %r) after step %r", run.pk, request.kind, suspended.wait.name, step.name)
     return None

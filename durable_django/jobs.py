@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, dispatch, engine, join
+from . import blocks, dispatch, engine, join, resume
 
 P = ParamSpec("P")
 
@@ -69,9 +69,16 @@ def join_group(group_id: int, queue: str) -> None:
     _go_on(join.join_group(group_id))
 
 
+@_fresh_connections_after_db_errors
+def wake_wait(wait_id: int) -> None:
+    """End a sleep or time a wait out once it is due; the run's next job is sent from there."""
+    resume.wake(wait_id)
+
+
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     dispatch.RUN_WORKFLOW: run_workflow,
     dispatch.RUN_BRANCH: run_branch,
     dispatch.RUN_BRANCHES: run_branches,
     dispatch.JOIN_GROUP: join_group,
+    dispatch.WAKE_WAIT: wake_wait,
 }

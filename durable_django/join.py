@@ -79,9 +79,9 @@ def decide_in_transaction(
     """
     if not decides(block, counts):
         return None
-    if counts.finals == group.branch_count:
-        return run, closing_for(group, run, wf, block, latest_of(outcomes))
-    return run, closing_for(group, run, wf, block)
+    if outcomes and counts.finals == group.branch_count:
+        return run, closing_for(group, run, wf, block, latest_of(outcomes), waiting=counts.waiting)
+    return run, closing_for(group, run, wf, block, waiting=counts.waiting)
 
 
 def latest_of(outcomes: list[tuple[Claimed, Step, Attempt]]) -> dict[str, tuple[Any, ...]]:
@@ -102,6 +102,8 @@ def closing_for(
     wf: Workflow,
     block: Parallel,
     latest: dict[str, tuple[Any, ...]] | None = None,
+    *,
+    waiting: int | None = None,
 ) -> Closing:
     """How a decided block without ``into`` closes: failed at its first failure (``fail_fast``), or
     completed with every result in ``__results__`` and the run moved to the next step."""
@@ -113,7 +115,9 @@ def closing_for(
         _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
         logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
         fields = store.fail_fields(name, error, parallel=group.name)
-        return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True)
+        # Branches still waiting are cancelled with their waits (``waiting``: how many, as counted last).
+        waits = group.waiting_count if waiting is None else waiting
+        return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True, cancel_waits=waits > 0)
     position = wf.position(group.name)
     target = None if position is None else position + 1
     fields = store.move_fields(wf, target, {**run.context, RESULTS_KEY: collected})

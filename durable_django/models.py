@@ -364,7 +364,9 @@ class Event(models.Model):
         verbose_name_plural = _("events")
         indexes = [
             models.Index(
-                fields=["run", "name", "created_at"], condition=Q(consumed_at__isnull=True), name="durable_event_buffered"
+                fields=["run", "name", "created_at"],
+                condition=Q(consumed_at__isnull=True),
+                name="durable_event_buffered",
             ),
         ]
 

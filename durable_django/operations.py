@@ -19,7 +19,7 @@ from . import dispatch, leases, store
 from .definition import Workflow, find_workflow, queue_for
 from .exceptions import RunStateError
 from .leases import released_fields
-from .models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .models import ParallelGroup, RunStatus, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
 
@@ -73,6 +73,12 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         "finished_at": None,
         **released_fields(leases.expiry(now) if group is None else None),
     }
+    timed_out = _timed_out_wait(run) if group is None else None
+    if timed_out is not None:
+        # The step completed and its wait timed out: the run waits again, with a fresh timeout.
+        if not store.waits.wait_again(run, timed_out, {**fields, **released_fields()}):
+            raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
+        return []
     if group is None:
         # A sequential step (or a run that never reached its block): one more attempt of that step.
         fields["current_attempt"] = run.current_attempt + 1
@@ -85,6 +91,19 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     return _reopen_group(run, wf, group)
 
 
+def _timed_out_wait(run: WorkflowRun) -> Wait | None:
+    """The wait whose timeout failed ``run`` at a sequential step, if that is how it failed."""
+    reason = (run.error or {}).get("reason") if isinstance(run.error, dict) else None
+    if not isinstance(reason, dict) or reason.get("type") != "wait_timeout":
+        return None
+    return (
+        Wait.objects.filter(run=run, status=WaitStatus.TIMED_OUT, step_result__group__isnull=True)
+        .select_related("step_result")
+        .order_by("-id")
+        .first()
+    )
+
+
 def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -> list[dispatch.Job]:
     """Give every branch without a completed result a new attempt and reopen ``group``."""
     latest: dict[str, StepResult] = {}
@@ -94,9 +113,17 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
     names = [member.name for member in block.steps] if block else list(latest)
     fresh: list[store.NextAttempt] = []
     running = 0
+    again: list[tuple[StepResult, Wait]] = []
+    timed_out = {
+        wait.step_result_id: wait for wait in Wait.objects.filter(step_result__group=group, status=WaitStatus.TIMED_OUT)
+    }
     for name in names:
         row = latest.get(name)
         if row is not None and row.status == StepStatus.COMPLETED:
+            continue
+        if row is not None and row.pk in timed_out:
+            # The branch completed and its wait timed out: it waits again, with a fresh timeout.
+            again.append((row, timed_out[row.pk]))
             continue
         if row is not None and row.status in (StepStatus.RUNNING, StepStatus.PENDING):
             # Still executing (or queued) from before: its result counts when it arrives.
@@ -105,8 +132,10 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
         attempt = row.attempt + 1 if row is not None else 1
         queue = queue_for(wf, block.branch(name) if block else None)
         fresh.append(store.next_attempt(run.pk, group.pk, name, attempt, queue, 0.0))
-    pending = len(fresh) + running
+    pending = len(fresh) + running + len(again)
     store.reopen_group(group.pk, [nxt.row for nxt in fresh], pending)
+    if again:
+        store.waits.branches_wait_again(run, group.pk, again, all_wait=not fresh and not running)
     _reopen_children(run, *(nxt.row.step for nxt in fresh))
     jobs = [nxt.job() for nxt in fresh]
     if pending == 0:
@@ -122,7 +151,9 @@ def _reopen_children(run: WorkflowRun, *steps: str) -> None:
 
 
 def cancel_run(run: RunRef) -> WorkflowRun:
-    """Cancel a pending or running run and its unfinished children; returns the run as it is now.
+    """Cancel a pending, running or waiting run and its unfinished children; returns the run as it is now.
+
+    Its waits are cancelled with it.
 
     No further step or branch of it starts. A step already executing may finish, but its result
     does not move the run. Raises :class:`~durable_django.exceptions.RunStateError` when the run
@@ -133,7 +164,7 @@ def cancel_run(run: RunRef) -> WorkflowRun:
         if not _cancel(current.pk, timezone.now()):
             current.refresh_from_db()
             raise RunStateError(
-                f"Run {current.pk} is {current.status}; only a pending or running run can be cancelled."
+                f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
     logger.info("run %s of workflow %r cancelled", current.pk, current.workflow)
     current.refresh_from_db()

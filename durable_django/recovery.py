@@ -31,7 +31,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, dispatch, join, leases, results, store
+from . import blocks, dispatch, join, leases, results, resume, store
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
@@ -53,6 +53,7 @@ class Report:
     joins_sent_again: int = 0
     retries_released: int = 0
     failed_worker_lost: int = 0
+    waits_woken: int = 0
 
     @property
     def total(self) -> int:
@@ -164,9 +165,19 @@ def recover(now: datetime | None = None) -> Report:
     )
     for group in undecided.annotate(last=Max("branches__finished_at")).filter(last__lt=settled):
         _send_join_again(group, now, report)
+    _wake_overdue(now, report)
     if report.total:
         logger.warning("recovery: %s", report)
     return report
+
+
+def _wake_overdue(now: datetime, report: Report) -> None:
+    """End sleeps and timeouts whose wake-up job did not run (lost, or no RQ scheduler running)."""
+    grace = max(durable_settings.RECOVER_INTERVAL, 2.0)
+    for wait in store.waits.overdue(now, grace):
+        if resume.wake(wait.pk) in ("resolved", "timed_out"):
+            logger.warning("wait %s of run %s was overdue: its wake-up job never ran; ended it", wait.pk, wait.run_id)
+            report.waits_woken += 1
 
 
 def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .context import Unserializable, roundtrip
+from .waits import WaitRequest
 
 OK = "ok"
 ERROR = "error"
 GOTO = "goto"
+WAIT = "wait"
 
 
 def ok(data: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
@@ -39,12 +41,14 @@ def goto(step_name: str, data: dict[str, Any] | None = None) -> tuple[str, str, 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A step's return value, normalised. ``kind`` is ``ok``, ``error``, ``goto`` or ``invalid``."""
+    """A step's return value, normalised. ``kind`` is ``ok``, ``error``, ``goto``, ``wait`` or ``invalid``."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
     reason: Any = None
     target: str = ""
+    # For ``wait``: the durable_django.waits.WaitRequest the step returned.
+    wait: Any = None
 
 
 def _describe(value: Any) -> str:
@@ -57,7 +61,10 @@ def _describe(value: Any) -> str:
 # Marks an argument that was not given (``None`` is a value).
 _ABSENT: Any = object()
 
-EXPECTED = "ok(dict), error(reason), goto(step, dict), a dict, or one of the tuples ('ok', dict), ('error', reason), ('goto', step, dict)"
+EXPECTED = (
+    "ok(dict), error(reason), goto(step, dict), a wait (sleep(), wait_for_event(), wait_for_input(), ...), "
+    "a dict, or one of the tuples ('ok', dict), ('error', reason), ('goto', step, dict)"
+)
 
 
 def normalize(value: Any) -> Outcome:
@@ -68,6 +75,10 @@ def normalize(value: Any) -> Outcome:
     """
     if isinstance(value, dict):
         return Outcome(OK, data=value)
+    if isinstance(value, WaitRequest):
+        if value.problem:
+            return _invalid(value.problem)
+        return Outcome(WAIT, data={} if value.data is None else value.data, wait=value)
     if isinstance(value, tuple) and value:
         tag = value[0]
         if tag == OK and len(value) == 2:
@@ -182,6 +193,11 @@ def child_incomplete(run_id: Any, workflow: str, status: str) -> dict[str, Any]:
         "message": f"child run {run_id} of workflow {workflow!r} ended {status}",
         "run": str(run_id),
     }
+
+
+def wait_timeout(name: str) -> dict[str, Any]:
+    """A wait's timeout passed before its event or input arrived, and it has no ``timeout_value``."""
+    return {"type": "wait_timeout", "wait": name, "message": f"the wait for {name!r} timed out"}
 
 
 def run_error(step_name: str, reason: Any, **where: Any) -> dict[str, Any]:

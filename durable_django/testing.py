@@ -11,6 +11,11 @@ No Redis server is needed::
 
 Jobs go through real RQ code paths (serialization, enqueue, scheduled jobs for retry backoff);
 only the Redis server is replaced. Requires ``fakeredis`` (the ``embedded`` extra).
+
+Runs that wait (a sleep, an event, an input) do not keep :meth:`EmbeddedQueue.run_until_idle`
+busy: it returns with them ``waiting``. Send the event or answer the input, then call
+:meth:`EmbeddedQueue.run_until_idle` again; :func:`make_due` ends a sleep or timeout now, and
+:meth:`EmbeddedQueue.run_due` executes what is due without waiting for anything.
 """
 
 from __future__ import annotations
@@ -57,13 +62,19 @@ class EmbeddedQueue:
         """Jobs waiting in the queues now (scheduled ones not counted)."""
         return sum(queue.count for queue in self.queues())
 
-    def next_scheduled_in(self) -> float | None:
-        """Seconds until the earliest scheduled job (a retry's backoff) is due, or ``None``."""
+    def next_scheduled_in(self, *, include_waits: bool = True) -> float | None:
+        """Seconds until the earliest scheduled job (a retry's backoff, a wait's wake-up) is due, or ``None``.
+
+        ``include_waits=False`` leaves out the wake-up jobs of sleeps and timeouts.
+        """
         soonest = None
         for queue in self.queues():
             registry = queue.scheduled_job_registry
-            for _, score in queue.connection.zrange(registry.key, 0, 0, withscores=True):
+            for job_id, score in queue.connection.zrange(registry.key, 0, -1, withscores=True):
+                if not include_waits and _text(job_id).startswith(dispatch.WAKE_PREFIX):
+                    continue
                 soonest = score if soonest is None else min(soonest, score)
+                break
         return None if soonest is None else max(0.0, soonest - time.time())
 
     @staticmethod
@@ -101,9 +112,25 @@ class EmbeddedQueue:
         worker = _EmbeddedWorker(self.queues(), connection=self.connection)
         worker.work(burst=True, logging_level="WARNING")
 
-    def run_until_idle(self, timeout: float = 60.0) -> int:
+    def run_due(self) -> int:
+        """Execute every job that is due now (wake-ups of waits included) and what they queue; no sleeping.
+
+        Returns how many worker passes it took.
+        """
+        passes = 0
+        while True:
+            self.run_commit_hooks()
+            self.enqueue_due_jobs()
+            self.run_queued()
+            passes += 1
+            if not (self.pending_jobs() or self.run_commit_hooks()):
+                return passes
+
+    def run_until_idle(self, timeout: float = 60.0, *, include_waits: bool = False) -> int:
         """Execute jobs, including retries once their backoff is due, until nothing is left.
 
+        Runs that wait return ``waiting``: the wake-up jobs of their sleeps and timeouts are left
+        scheduled, unless ``include_waits`` (then it also sleeps until those are due and runs them).
         Returns how many worker passes it took. Raises ``TimeoutError`` after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
@@ -115,12 +142,31 @@ class EmbeddedQueue:
             passes += 1
             if self.pending_jobs() or self.run_commit_hooks():
                 continue
-            wait = self.next_scheduled_in()
+            wait = self.next_scheduled_in(include_waits=include_waits)
             if wait is None:
                 return passes
             if time.monotonic() + wait > deadline:
                 raise TimeoutError(f"jobs still scheduled after {timeout} s")
             time.sleep(min(wait + 0.01, 1.0))
+
+
+def make_due(wait: Any) -> None:
+    """Make ``wait`` (a :class:`~durable_django.models.Wait` or its id) due now: its sleep ends, or
+    its timeout passes, at the next :meth:`EmbeddedQueue.run_due` (or worker pass)."""
+    from django.utils import timezone
+
+    from .conf import durable_settings
+    from .models import Wait
+
+    pk = wait.pk if isinstance(wait, Wait) else wait
+    row = Wait.objects.get(pk=pk)
+    Wait.objects.filter(pk=pk).update(due_at=timezone.now())
+    dispatch.withdraw([(durable_settings.QUEUE, dispatch.wake_job_id(pk))])
+    dispatch.send([dispatch.wake_wait_job(pk, row.run_id, durable_settings.QUEUE, 0.0)])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _EmbeddedWorker(SimpleWorker):

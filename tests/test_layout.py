@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: list[set[str]] = [
     {"exceptions", "conf"},
-    {"context", "results", "definition"},
+    {"context", "results", "definition", "waits"},
     {"models"},
     {"leases", "attempts"},
     {"dispatch"},
@@ -28,12 +28,12 @@ LAYERS: list[set[str]] = [
     {"join"},
     {"blocks"},
     {"engine"},
-    {"jobs", "recovery", "operations", "children"},
+    {"jobs", "recovery", "operations", "children", "resume"},
     {"checks", "testing", "timeline", "admin_display", "admin", "api", "management", "worker", "apps", PACKAGE},
 ]
 
 # (importing module, imported module): lazy imports that are there on purpose.
-DELIBERATE_LAZY = {("definition", "engine")}
+DELIBERATE_LAZY = {("definition", "engine"), ("testing", "models"), ("testing", "conf")}
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ def test_cancelling_a_parent_cancels_its_unfinished_children(embedded: EmbeddedQ
 @pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
 def test_cancel_refuses_a_finished_run(status: str) -> None:
     run = WorkflowRun.objects.create(workflow="anything", status=status)
-    with pytest.raises(RunStateError, match=f"is {status}; only a pending or running run can be cancelled"):
+    with pytest.raises(RunStateError, match=f"is {status}; only a pending, running or waiting run can be cancelled"):
         cancel_run(run.pk)
     run.refresh_from_db()
     assert (run.status, run.version) == (status, 0)

@@ -15,6 +15,7 @@ commits (:func:`durable_django.dispatch.submit`).
   deciding results), give back claimed branches, reopen a group;
 - :mod:`.branches`: claim a batch or one attempt, record a batch or one result, the next attempt
   of a branch, and the deadlines of waiting branches;
+- :mod:`.waits`: a run or branches suspended on a wait, a wait resolved once, buffered events;
 - :mod:`.heartbeat`: renewing the leases this process holds.
 
 The hand-written statements are PostgreSQL fast paths (with a portable fallback where needed):
@@ -30,6 +31,7 @@ The hand-written statements are PostgreSQL fast paths (with a portable fallback 
 
 from __future__ import annotations
 
+from . import waits
 from .branches import (
     Decide,
     NextAttempt,
@@ -117,4 +119,5 @@ __all__ = [
     "retry_branch",
     "take_over_child",
     "transition",
+    "waits",
 ]

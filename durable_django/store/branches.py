@@ -18,6 +18,7 @@ from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
 from . import sql
 from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
+from .waits import settle, suspend_branches
 
 # Asked, inside the transaction that counted a batch's final results, whether they decided the
 # block and how it closes then: the run to move and how, or None to leave the group open.
@@ -70,6 +71,8 @@ def record_batch(
     retries: dict[int, NextAttempt],
     claim_next: tuple[list[str] | None, int] | None,
     decide: Decide | None = None,
+    waits: list[tuple[Claimed, Attempt]] | None = None,
+    run_id: Any = None,
 ) -> Recorded:
     """Store a batch of attempts, count its final ones, close the group if they decided it, and
     claim the next batch: one transaction.
@@ -77,15 +80,20 @@ def record_batch(
     ``retries`` maps a row to its next attempt: those rows are not final. Rows recovery took over
     meanwhile (this worker looked dead) are no longer this worker's to record: they are left out,
     as are their retries. ``decide`` is asked whether the counted results decided the block.
+    ``waits``: attempts of run ``run_id`` that returned a wait; their branches wait (one over at
+    once is recorded as final with the rest), and when every unfinished branch of the block waits,
+    so does the run.
     """
     connection = connections[router.db_for_write(StepResult)]
     with transaction.atomic():
-        if connection.vendor == "postgresql" and not retries:
+        if waits:
+            outcomes = [*outcomes, *suspend_branches(group_id, run_id, waits)]
+        if connection.vendor == "postgresql" and not retries and not waits:
             # Every result is final: stored and counted in one statement.
             mine, recorded_counts = _store_and_count(group_id, outcomes, connection)
             recorded = Recorded(mine, recorded_counts)
         else:
-            recorded = Recorded(_store_batch(outcomes))
+            recorded = Recorded(_store_batch(outcomes) if outcomes else set())
             finals = failures = 0
             again: list[NextAttempt] = []
             for row, attempt in outcomes:
@@ -107,7 +115,13 @@ def record_batch(
                 recorded.closed = close_in_transaction(closing[0], group_id, closing[1])
         if claim_next is not None and not recorded.closed:
             recorded.next_batch = claim_batch(group_id, *claim_next)
+        if not recorded.closed and not recorded.next_batch and (waits or (recorded.counts and recorded.counts.waiting)):
+            settle(group_id, run_id if run_id is not None else _run_of(group_id), None if waits else recorded.counts)
     return recorded
+
+
+def _run_of(group_id: int) -> Any:
+    return ParallelGroup.objects.filter(pk=group_id).values_list("run_id", flat=True).first()
 
 
 def _store_and_count(
@@ -125,17 +139,17 @@ def _store_and_count(
         f"WITH stored AS ({store}), counted AS (UPDATE {table} SET "
         "pending_count = pending_count - (SELECT count(*) FROM stored), "
         "failed_count = failed_count + (SELECT count(*) FROM stored WHERE stored.status = %s) "
-        "WHERE id = %s AND EXISTS (SELECT 1 FROM stored) RETURNING pending_count, failed_count, status) "
+        "WHERE id = %s AND EXISTS (SELECT 1 FROM stored) RETURNING pending_count, failed_count, status, waiting_count) "
         "SELECT (SELECT array_agg(stored.id) FROM stored), (SELECT count(*) FROM stored), "
-        "(SELECT count(*) FROM stored WHERE stored.status = %s), "
-        "(SELECT pending_count FROM counted), (SELECT failed_count FROM counted), (SELECT status FROM counted)"
+        "(SELECT count(*) FROM stored WHERE stored.status = %s), (SELECT pending_count FROM counted), "
+        "(SELECT failed_count FROM counted), (SELECT status FROM counted), (SELECT waiting_count FROM counted)"
     )
     with connection.cursor() as cursor:
         cursor.execute(statement, [*params, failed, group_id, failed])
-        ids, stored, stored_failed, pending, failed_count, status = cursor.fetchone()
+        ids, stored, stored_failed, pending, failed_count, status, waiting = cursor.fetchone()
     if not stored:
         return set(), None
-    return set(ids), Counts(pending, failed_count, stored, stored_failed, status)
+    return set(ids), Counts(pending, failed_count, stored, stored_failed, status, waiting)
 
 
 def record_block_and_join(
@@ -366,6 +380,8 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide |
         closing = decide(recorded.counts) if decide is not None and recorded.counts is not None else None
         if closing is not None:
             recorded.closed = close_in_transaction(closing[0], group_id, closing[1])
+        if not recorded.closed and recorded.counts is not None and recorded.counts.waiting:
+            settle(group_id, _run_of(group_id), recorded.counts)
     return recorded
 
 

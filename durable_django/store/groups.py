@@ -12,8 +12,9 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from .. import dispatch, leases
+from ..conf import durable_settings
 from ..leases import held_fields, released_fields
-from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
+from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 from . import sql
 from .runs import transition
 
@@ -240,6 +241,8 @@ class Counts:
     failures: int
     # The group's status as the batch found it: a closed (cancelled) group is decided by nobody.
     status: str = GroupStatus.RUNNING
+    # Branches that wait (for a sleep, an event, an input): when all pending ones do, the run waits.
+    waiting: int = 0
 
 
 # Every counter update locks its group's row. Whoever also moves the run locks the group first
@@ -257,10 +260,11 @@ def count_finals(group_id: int, finals: int, failures: int) -> Counts:
     table = connection.ops.quote_name(ParallelGroup._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            COUNT.format(table=table) + " RETURNING pending_count, failed_count, status", [finals, failures, group_id]
+            COUNT.format(table=table) + " RETURNING pending_count, failed_count, status, waiting_count",
+            [finals, failures, group_id],
         )
-        pending, failed, status = cursor.fetchone()
-    return Counts(pending, failed, finals, failures, status)
+        pending, failed, status, waiting = cursor.fetchone()
+    return Counts(pending, failed, finals, failures, status, waiting)
 
 
 def fail_pending_branches(group_id: int, reason: Any) -> Counts | None:
@@ -294,8 +298,10 @@ class Closing:
     results: dict[str, Any] | None
     error: Any
     run_fields: dict[str, Any]
-    # The block was decided early (fail_fast): its branches not started are cancelled.
+    # The block was decided early (fail_fast): its branches not started are cancelled,
     cancel_pending: bool = False
+    # and so are those that wait, with their waits.
+    cancel_waits: bool = False
 
 
 def close_group(run: WorkflowRun, group_id: int, closing: Closing) -> bool:
@@ -339,6 +345,17 @@ def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> b
         )
         if cancelled:
             ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
+    if closing.cancel_waits:
+        waits = Wait.objects.filter(step_result__group_id=group_id, status=WaitStatus.WAITING)
+        due = list(waits.exclude(due_at=None).values_list("pk", flat=True))
+        waits.update(status=WaitStatus.CANCELLED, resolved_at=now)
+        waiting = StepResult.objects.filter(group_id=group_id, status=StepStatus.WAITING).update(
+            status=StepStatus.CANCELLED, finished_at=now
+        )
+        ParallelGroup.objects.filter(pk=group_id).update(
+            pending_count=F("pending_count") - waiting, waiting_count=F("waiting_count") - waiting
+        )
+        dispatch.withdraw_after_commit([(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due])
     return True
 
 

@@ -13,14 +13,16 @@ from django.db.models import F
 from django.utils import timezone
 
 from .. import dispatch, leases, results
+from ..conf import durable_settings
 from ..definition import Workflow
 from ..leases import held_fields, released_fields
-from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 from . import sql
 
 logger = logging.getLogger("durable_django")
 
 UNFINISHED = (RunStatus.PENDING, RunStatus.RUNNING)
+CANCELLABLE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
 
 
 # -- fields of a run ------------------------------------------------------------------------------
@@ -226,13 +228,14 @@ def reopen_run(run: WorkflowRun, fields: dict[str, Any], group_id: int | None = 
 
 
 def cancel_run(run_id: Any, now: datetime) -> bool:
-    """Cancel a pending or running run, its branches not started and its open groups (not its children).
+    """Cancel a pending, running or waiting run, its branches not started, its waits and its open
+    groups (not its children).
 
     Runs inside the caller's transaction. The run's open groups are locked first, as by every
     writer that moves a run on from a block.
     """
     list(ParallelGroup.objects.select_for_update().filter(run_id=run_id, status=GroupStatus.RUNNING).values_list("pk"))
-    updated = WorkflowRun.objects.filter(pk=run_id, status__in=UNFINISHED).update(
+    updated = WorkflowRun.objects.filter(pk=run_id, status__in=CANCELLABLE).update(
         status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1, **released_fields()
     )
     if not updated:
@@ -240,6 +243,13 @@ def cancel_run(run_id: Any, now: datetime) -> bool:
     StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
         status=StepStatus.CANCELLED, finished_at=now, **released_fields()
     )
+    waits = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
+    due = list(waits.exclude(due_at=None).values_list("pk", flat=True))
+    if waits.update(status=WaitStatus.CANCELLED, resolved_at=now):
+        StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING).update(
+            status=StepStatus.CANCELLED, finished_at=now
+        )
+        dispatch.withdraw_after_commit([(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due])
     ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
         status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
     )

@@ -95,7 +95,7 @@ def test_failed_run_retried_through_the_api_completes_on_workers(
     refused = api.post(url("run-cancel", run_id))
     assert (refused.status_code, refused.json()) == (
         409,
-        {"detail": f"Run {run_id} is failed; only a pending or running run can be cancelled."},
+        {"detail": f"Run {run_id} is failed; only a pending, running or waiting run can be cancelled."},
     )
 
     redis_db.set(key(token, "repaired"), 1)

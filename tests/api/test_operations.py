@@ -106,7 +106,7 @@ def test_cancel_of_a_finished_run_is_409(api: APIClient, status: str) -> None:
     response = api.post(url("run-cancel", run.pk))
     assert (response.status_code, response.json()) == (
         409,
-        {"detail": f"Run {run.pk} is {status}; only a pending or running run can be cancelled."},
+        {"detail": f"Run {run.pk} is {status}; only a pending, running or waiting run can be cancelled."},
     )
     run.refresh_from_db()
     assert run.status == status

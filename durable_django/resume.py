@@ -10,6 +10,7 @@ again and its join is sent. Nothing here executes a step: the caller may be a we
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -31,6 +32,9 @@ from .waits import validate_answer
 logger = logging.getLogger("durable_django")
 
 RunRef = WorkflowRun | uuid.UUID | str
+
+# A wake-up job that comes at most this early waits for its wait's due time itself.
+EARLY_SECONDS = 1.5
 
 DELIVERED = "delivered"
 BUFFERED = "buffered"
@@ -110,9 +114,15 @@ def provide_input(run_id: RunRef, name: str, answer: dict[str, Any], *, user: An
 
 def wake(wait_id: int) -> str:
     """End a sleep, or time out a wait, that is due; returns what happened (for logs and tests)."""
-    run_id = Wait.objects.filter(pk=wait_id).values_list("run_id", flat=True).first()
-    if run_id is None:
+    found = Wait.objects.filter(pk=wait_id).values_list("run_id", "due_at", "status").first()
+    if found is None:
         return "missing"
+    run_id, due_at, status = found
+    early = (due_at - timezone.now()).total_seconds() if due_at is not None else 0.0
+    if status == WaitStatus.WAITING and 0 < early <= EARLY_SECONDS:
+        # RQ's scheduler works in whole seconds: the job came a little early. Wait here (outside
+        # any transaction) rather than a scheduler tick more.
+        time.sleep(early)
     with transaction.atomic():
         run = _locked(run_id)
         wait = (

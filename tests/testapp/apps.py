@@ -12,6 +12,7 @@ class TestAppConfig(AppConfig):
         from . import (
             api_wait_workflows,  # noqa: F401 - registers the waits' API and command tests' workflows
             recovery_workflows,  # noqa: F401 - registers the fault-injection tests' workflows
+            wait_workflows,  # noqa: F401 - registers the waits' integration tests' workflows
         )
 
         kind = os.environ.get("DURABLE_IT_CRASH_BEFORE_SEND")

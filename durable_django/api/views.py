@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
 
-from .. import operations
+from .. import context, operations
 from ..definition import Workflow, find_workflow, get_workflow, queue_for, registered_workflows
 from ..engine import get_or_start_run
 from ..exceptions import InvalidInput, RunStateError, WorkflowNotFound
@@ -218,6 +218,9 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         takes it at once (``delivered``); otherwise the run keeps it until one does (``buffered``).
         """
         run = self.get_object()
+        name_problem = context.text_problem(event)
+        if name_problem:
+            raise ValidationError({"event": [f"The event's name {name_problem}."]})
         payload = None if request_body_size(request) == 0 else request.data
         problem = storage_problem(payload)
         if problem:

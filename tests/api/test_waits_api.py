@@ -302,6 +302,18 @@ def test_an_event_payload_the_database_cannot_store_is_a_400_naming_the_payload(
     assert Wait.objects.get(run=run).status == "waiting"
 
 
+def test_an_event_name_the_database_cannot_store_is_a_400_naming_the_event(
+    api: APIClient, embedded: EmbeddedQueue
+) -> None:
+    run = waiting(embedded, flows.event)
+    response = api.post(f"{url('run-detail', run.pk)}events/a%00b/", {}, format="json")
+    assert (response.status_code, response.json()) == (
+        400,
+        {"event": ["The event's name contains a NUL character (\\u0000), which the database cannot store."]},
+    )
+    assert not Event.objects.exists()
+
+
 def test_an_event_body_that_is_not_json_is_a_400(api: APIClient, embedded: EmbeddedQueue) -> None:
     run = waiting(embedded, flows.event)
     response = api.post(url("run-events", run.pk, "payment.settled"), "{oops", content_type="application/json")

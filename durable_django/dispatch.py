@@ -242,8 +242,11 @@ def send(jobs: Iterable[Job]) -> None:
             ]
         )
     for job in delayed:
-        # RQ's scheduler keeps whole seconds and truncates; round up so a backoff is never shorter than asked.
-        due = datetime.fromtimestamp(math.ceil(time.time() + job.delay), tz=UTC)
+        # RQ's scheduler keeps whole seconds and truncates; round up so a backoff is never shorter than
+        # asked. A wait's wake-up is rounded down instead: it comes up to a second early and waits for
+        # its due time itself (durable_django.resume.wake), so that it ends within a scheduler tick.
+        at = time.time() + job.delay
+        due = datetime.fromtimestamp(math.floor(at) if job.func == WAKE_WAIT else math.ceil(at), tz=UTC)
         get_queue(job.queue).enqueue_at(
             due,
             job.func,

@@ -10,6 +10,7 @@ again and its join is sent. Nothing here executes a step: the caller may be a we
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from . import dispatch, join, leases, results, store
 from .conf import durable_settings
-from .context import Unserializable, roundtrip
+from .context import Unserializable, roundtrip, text_problem
 from .definition import Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput, RunStateError
 from .leases import released_fields
@@ -31,6 +32,9 @@ from .waits import validate_answer
 logger = logging.getLogger("durable_django")
 
 RunRef = WorkflowRun | uuid.UUID | str
+
+# A wake-up job that comes at most this early waits for its wait's due time itself.
+EARLY_SECONDS = 1.5
 
 DELIVERED = "delivered"
 BUFFERED = "buffered"
@@ -47,7 +51,7 @@ def _run_pk(run: RunRef) -> uuid.UUID:
 def _locked(pk: uuid.UUID) -> WorkflowRun:
     run = lock_run(pk)
     if run is None:
-        raise WorkflowRun.DoesNotExist(f"No workflow run has the id {pk}.")
+        raise WorkflowRun.DoesNotExist(f"No workflow run has the id {str(pk)!r}.")
     return run
 
 
@@ -59,8 +63,10 @@ def send_event(run_id: RunRef, event: str, payload: Any = None) -> str:
     ``WorkflowRun.DoesNotExist`` for an unknown run, :class:`RunStateError` for a finished one and
     :class:`InvalidInput` for a payload that is not JSON.
     """
-    if not isinstance(event, str) or not event.strip() or len(event) > 200:
-        raise InvalidInput(f"An event's name must be a non-empty string of at most 200 characters, got {event!r}.")
+    if not isinstance(event, str) or not event.strip() or len(event) > 200 or text_problem(event):
+        raise InvalidInput(
+            f"An event's name must be a non-empty string of at most 200 characters of text, got {event!r}."
+        )
     try:
         payload = roundtrip(payload)
     except Unserializable as exc:
@@ -110,9 +116,15 @@ def provide_input(run_id: RunRef, name: str, answer: dict[str, Any], *, user: An
 
 def wake(wait_id: int) -> str:
     """End a sleep, or time out a wait, that is due; returns what happened (for logs and tests)."""
-    run_id = Wait.objects.filter(pk=wait_id).values_list("run_id", flat=True).first()
-    if run_id is None:
+    found = Wait.objects.filter(pk=wait_id).values_list("run_id", "due_at", "status").first()
+    if found is None:
         return "missing"
+    run_id, due_at, status = found
+    early = (due_at - timezone.now()).total_seconds() if due_at is not None else 0.0
+    if status == WaitStatus.WAITING and 0 < early <= EARLY_SECONDS:
+        # RQ's scheduler works in whole seconds: the job came a little early. Wait here (outside
+        # any transaction) rather than a scheduler tick more.
+        time.sleep(early)
     with transaction.atomic():
         run = _locked(run_id)
         wait = (

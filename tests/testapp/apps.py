@@ -9,7 +9,11 @@ class TestAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import recovery_workflows  # noqa: F401 - registers the fault-injection tests' workflows
+        from . import (
+            api_wait_workflows,  # noqa: F401 - registers the waits' API and command tests' workflows
+            recovery_workflows,  # noqa: F401 - registers the fault-injection tests' workflows
+            wait_workflows,  # noqa: F401 - registers the waits' integration tests' workflows
+        )
 
         kind = os.environ.get("DURABLE_IT_CRASH_BEFORE_SEND")
         if kind:

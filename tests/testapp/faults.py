@@ -1,6 +1,6 @@
 """Faults the fault-injection tests inject into worker processes.
 
-``DURABLE_IT_CRASH_BEFORE_SEND=<run|drain|branch|join>`` in a worker's environment installs
+``DURABLE_IT_CRASH_BEFORE_SEND=<run|drain|branch|join|wake>`` in a worker's environment installs
 :func:`crash_before_send`: the first process about to enqueue a job of that kind for a run dies
 right after the database commit and before the job reaches Redis, once per run.
 """
@@ -21,6 +21,7 @@ KINDS = {
     "drain": dispatch.RUN_BRANCHES,
     "branch": dispatch.RUN_BRANCH,
     "join": dispatch.JOIN_GROUP,
+    "wake": dispatch.WAKE_WAIT,
 }
 
 

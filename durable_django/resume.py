@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import dispatch, join, leases, results, store
 from .conf import durable_settings
-from .context import Unserializable, roundtrip
+from .context import Unserializable, roundtrip, text_problem
 from .definition import Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput, RunStateError
 from .leases import released_fields
@@ -51,7 +51,7 @@ def _run_pk(run: RunRef) -> uuid.UUID:
 def _locked(pk: uuid.UUID) -> WorkflowRun:
     run = lock_run(pk)
     if run is None:
-        raise WorkflowRun.DoesNotExist(f"No workflow run has the id {pk}.")
+        raise WorkflowRun.DoesNotExist(f"No workflow run has the id {str(pk)!r}.")
     return run
 
 
@@ -63,8 +63,10 @@ def send_event(run_id: RunRef, event: str, payload: Any = None) -> str:
     ``WorkflowRun.DoesNotExist`` for an unknown run, :class:`RunStateError` for a finished one and
     :class:`InvalidInput` for a payload that is not JSON.
     """
-    if not isinstance(event, str) or not event.strip() or len(event) > 200:
-        raise InvalidInput(f"An event's name must be a non-empty string of at most 200 characters, got {event!r}.")
+    if not isinstance(event, str) or not event.strip() or len(event) > 200 or text_problem(event):
+        raise InvalidInput(
+            f"An event's name must be a non-empty string of at most 200 characters of text, got {event!r}."
+        )
     try:
         payload = roundtrip(payload)
     except Unserializable as exc:

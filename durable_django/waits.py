@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .context import text_problem
 from .exceptions import InvalidInput
 
 # Marks an argument that was not given (``None`` is a value).
@@ -92,7 +93,8 @@ def _name_problem(name: Any, what: str) -> str:
         return f"{what} must be a non-empty string, got {name!r}"
     if len(name) > 200:
         return f"{what} must be at most 200 characters long"
-    return ""
+    problem = text_problem(name)
+    return f"{what} {problem}" if problem else ""
 
 
 def sleep(seconds: float | dt.timedelta, data: dict[str, Any] | None = None) -> WaitRequest:
@@ -302,6 +304,15 @@ def validate_answer(input_kind: str, spec: dict[str, Any], answer: Any) -> dict[
     Raises :class:`~durable_django.exceptions.InvalidInput` naming the field (``exc.field``) when
     the answer does not fit.
     """
+    cleaned = _validated(input_kind, spec, answer)
+    for field_name, value in cleaned.items():
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem:
+            raise _invalid(field_name, f"{field_name} {problem}.")
+    return cleaned
+
+
+def _validated(input_kind: str, spec: dict[str, Any], answer: Any) -> dict[str, Any]:
     if not isinstance(answer, dict):
         raise _invalid("answer", f"The answer must be a JSON object, got {type(answer).__name__}.")
     if input_kind == "approval":

@@ -25,7 +25,7 @@ def run_command(*args: str) -> tuple[str, str]:
     ("name", "phrase"),
     [
         ("durable_retry", "Retry failed workflow runs"),
-        ("durable_cancel", "Cancel pending or running workflow runs"),
+        ("durable_cancel", "Cancel pending, running or waiting workflow runs"),
         ("durable_runs", "List workflow runs, newest first"),
     ],
 )

@@ -218,6 +218,10 @@ def test_send_event_refuses_finished_and_unknown_runs_and_unstorable_payloads(
     waiting = drive(embedded, define([step("w", returning(wait_for_event("x")))]).start())
     with pytest.raises(InvalidInput, match="not JSON-serializable"):
         send_event(waiting.pk, "x", object())
+    with pytest.raises(InvalidInput, match="NUL character"):
+        send_event(waiting.pk, "x", {"note": "a\x00b"})
+    with pytest.raises(InvalidInput, match="of text"):
+        send_event(waiting.pk, "x\x00")
     assert waiting.waits.get().status == "waiting"
 
 
@@ -356,6 +360,9 @@ def test_an_input_is_not_buffered_and_cannot_be_answered_twice(embedded: Embedde
     with pytest.raises(RunStateError, match="does not wait for the input 'note'"):
         provide_input(run.pk, "note", {"text": "early"})
     run = drive(embedded, run)
+    with pytest.raises(InvalidInput) as nul:
+        provide_input(run.pk, "note", {"text": "a\x00b"})
+    assert nul.value.field == "text"
     provide_input(run.pk, "note", {"text": "hello"})
     with pytest.raises(RunStateError, match="does not wait for the input 'note'"):
         provide_input(run.pk, "note", {"text": "again"})
@@ -520,3 +527,14 @@ def test_a_child_workflow_cannot_wait_and_says_so(embedded: EmbeddedQueue, defin
     reason = run.error["reason"]["reason"]
     assert reason["type"] == "invalid_step_return"
     assert "child workflow" in reason["message"]
+
+
+@runs
+def test_current_run_id_names_the_run_of_the_executing_step(embedded: EmbeddedQueue, define: Definer) -> None:
+    from durable_django import NotInStepError, current_run_id
+
+    wf = define([step("who", lambda ctx: ok({"me": current_run_id()}))])
+    run = drive(embedded, wf.start())
+    assert run.context == {"me": str(run.pk)}
+    with pytest.raises(NotInStepError, match="current_run_id"):
+        current_run_id()

@@ -21,13 +21,26 @@ from ..conf import durable_settings
 CHANGE_PERMISSION = "durable_django.change_workflowrun"
 
 
-class CanOperateRuns(BasePermission):
-    """Reading is allowed; starting, retrying and cancelling runs needs ``durable_django.change_workflowrun``."""
+#: Actions whose view checks a permission of its own instead (an input's permission).
+OWN_PERMISSION_ACTIONS = frozenset({"inputs"})
 
-    message = f"Starting, retrying or cancelling a run needs the {CHANGE_PERMISSION!r} permission."
+
+class CanOperateRuns(BasePermission):
+    """Reading is allowed; starting, retrying and cancelling runs and sending them events needs
+    ``durable_django.change_workflowrun``.
+
+    Answering an input is left to its view, which requires the input's own permission
+    (``durable_django.provide_input`` unless the input names another).
+    """
+
+    message = (
+        f"Starting, retrying or cancelling a run or sending it an event needs the {CHANGE_PERMISSION!r} permission."
+    )
 
     def has_permission(self, request: Request, view: APIView) -> bool:
-        return request.method in SAFE_METHODS or bool(request.user and request.user.has_perm(CHANGE_PERMISSION))
+        if request.method in SAFE_METHODS or getattr(view, "action", None) in OWN_PERMISSION_ACTIONS:
+            return True
+        return bool(request.user and request.user.has_perm(CHANGE_PERMISSION))
 
 
 def _load(classes: Iterable[Any]) -> list[Any]:

@@ -45,7 +45,7 @@ class DurableSchemaView(DurableAPIMixin, SpectacularAPIView):
     renderer_classes = [OpenApiJsonRenderer, OpenApiJsonRenderer2, OpenApiYamlRenderer, OpenApiYamlRenderer2]
     custom_settings = {
         "TITLE": "durable_django API",
-        "DESCRIPTION": "Workflow runs, their step results and parallel groups, and the registered workflows.",
+        "DESCRIPTION": "Workflow runs, their step results, parallel groups and waits, and the registered workflows.",
         "VERSION": __version__,
         "PREPROCESSING_HOOKS": ["durable_django.api.schema.durable_endpoints"],
         # Without drf-spectacular's default hook, choices stay inline: runs and steps share one set of

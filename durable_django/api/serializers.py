@@ -1,17 +1,30 @@
-"""Serializers of the API: runs, step results and parallel groups as stored, the body of a start
-request, the query parameters of the list endpoints, and workflow descriptions."""
+"""Serializers of the API: runs, step results, parallel groups and waits as stored, the body of a
+start request, the query parameters of the list endpoints, and workflow descriptions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import context
 from ..definition import find_workflow
-from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from ..models import (
+    GroupStatus,
+    InputKind,
+    ParallelGroup,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    Wait,
+    WaitKind,
+    WaitStatus,
+    WorkflowRun,
+)
+from ..waits import can_answer
 
 # Deeper input is refused: steps copy and merge contexts, and the engine's JSON handling recurses.
 MAX_INPUT_DEPTH = 100
@@ -113,9 +126,75 @@ class ParallelGroupSerializer(serializers.ModelSerializer[ParallelGroup]):
         read_only_fields = fields
 
 
-class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
-    """A run, as stored (the list endpoint's items)."""
+#: The attribute a run list's prefetched open waits are stored in.
+OPEN_WAITS = "open_waits"
 
+
+def wait_rows() -> QuerySet[Wait]:
+    """Waits with what their serializer reads alongside: the step result and the user who answered."""
+    return Wait.objects.select_related("step_result", "resolved_by").order_by("created_at", "id")
+
+
+class WaitSerializer(serializers.ModelSerializer[Wait]):
+    """What a step or a branch waits for (or waited for): a time, events or a person's input."""
+
+    step = serializers.CharField(
+        source="step_result.step", read_only=True, help_text="The name of the step (or branch) that waits."
+    )
+    group = serializers.IntegerField(
+        source="step_result.group_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The parallel group of the branch that waits; null for a sequential step.",
+    )
+    resolved_by = serializers.CharField(
+        source="resolved_by.username",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The username of the person who answered an input; null otherwise.",
+    )
+    can_answer = serializers.SerializerMethodField(
+        help_text="Whether the requesting user may answer this input now: an input still waiting, "
+        "and the user has its permission."
+    )
+
+    class Meta:
+        model = Wait
+        fields = (
+            "id",
+            "run",
+            "step",
+            "group",
+            "kind",
+            "name",
+            "events",
+            "mode",
+            "status",
+            "due_at",
+            "created_at",
+            "resolved_at",
+            "payload",
+            "input_kind",
+            "prompt",
+            "spec",
+            "permission",
+            "resolved_by",
+            "can_answer",
+        )
+        read_only_fields = fields
+
+    def get_can_answer(self, wait: Wait) -> bool:
+        if wait.kind != WaitKind.INPUT or wait.status != WaitStatus.WAITING:
+            return False
+        request = self.context.get("request")
+        return can_answer(getattr(request, "user", None), wait.permission)
+
+
+class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
+    """A run, as stored, with what it waits for now (the list endpoint's items)."""
+
+    waits = serializers.SerializerMethodField(help_text="The run's waits that are still waiting, oldest first.")
     duration = serializers.FloatField(
         read_only=True,
         allow_null=True,
@@ -142,15 +221,28 @@ class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
             "started_at",
             "finished_at",
             "duration",
+            "waits",
         )
         read_only_fields: tuple[str, ...] = fields
 
+    @extend_schema_field(WaitSerializer(many=True))
+    def get_waits(self, run: WorkflowRun) -> Any:
+        # The list prefetches them (see RunViewSet.get_queryset); a run on its own reads them now.
+        waits = getattr(run, OPEN_WAITS, None)
+        if waits is None:
+            waits = wait_rows().filter(run=run, status=WaitStatus.WAITING)
+        return WaitSerializer(waits, many=True, context=self.context).data
+
 
 class RunDetailSerializer(RunSerializer):
-    """A run with its step results and parallel groups."""
+    """A run with its step results, parallel groups and every wait it had."""
 
     steps = StepResultSerializer(many=True, read_only=True)
     groups = ParallelGroupSerializer(many=True, read_only=True)
+    # DRF takes declared fields off the class, so this replaces the list's method field (the stubs cannot tell).
+    waits = WaitSerializer(  # type: ignore[assignment]
+        many=True, read_only=True, help_text="Every wait of the run, oldest first."
+    )
 
     class Meta(RunSerializer.Meta):
         fields = (*RunSerializer.Meta.fields, "steps", "groups")
@@ -208,6 +300,31 @@ class GroupFilterSerializer(serializers.Serializer[dict[str, Any]]):
 
     run = serializers.UUIDField(required=False)
     status = serializers.ChoiceField(choices=GroupStatus.choices, required=False)
+
+
+class WaitFilterSerializer(serializers.Serializer[dict[str, Any]]):
+    """Query parameters of ``GET waits/``."""
+
+    run = serializers.UUIDField(required=False)
+    status = serializers.ChoiceField(choices=WaitStatus.choices, required=False)
+    kind = serializers.ChoiceField(choices=WaitKind.choices, required=False)
+    name = serializers.CharField(
+        required=False,
+        max_length=200,
+        trim_whitespace=False,
+        help_text="The event's or input's name (events of any/all joined by |).",
+    )
+    input_kind = serializers.ChoiceField(choices=InputKind.choices, required=False)
+
+
+class EventResultSerializer(serializers.Serializer[dict[str, Any]]):
+    """The answer of ``POST runs/{id}/events/{event}/``."""
+
+    result = serializers.ChoiceField(
+        choices=["delivered", "buffered"],
+        read_only=True,
+        help_text="delivered: a wait of the run took the event; buffered: kept until a wait of the run takes it.",
+    )
 
 
 _RETRY_SCHEMA = {

@@ -6,7 +6,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from .schema import DurableSchemaView
-from .views import ParallelGroupViewSet, RunViewSet, StepResultViewSet, WorkflowViewSet
+from .views import ParallelGroupViewSet, RunViewSet, StepResultViewSet, WaitViewSet, WorkflowViewSet
 
 app_name = "durable_api"
 
@@ -14,6 +14,7 @@ router = SimpleRouter()
 router.register("runs", RunViewSet, basename="run")
 router.register("steps", StepResultViewSet, basename="step")
 router.register("groups", ParallelGroupViewSet, basename="group")
+router.register("waits", WaitViewSet, basename="wait")
 router.register("workflows", WorkflowViewSet, basename="workflow")
 
 urlpatterns = [

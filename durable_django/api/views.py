@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Prefetch, QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
@@ -16,14 +16,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
 
-from .. import operations
+from .. import context, operations
 from ..definition import Workflow, find_workflow, get_workflow, queue_for, registered_workflows
 from ..engine import get_or_start_run
 from ..exceptions import InvalidInput, RunStateError, WorkflowNotFound
-from ..models import ParallelGroup, StepResult, WorkflowRun
-from .base import DurableAPIMixin, document
+from ..models import ParallelGroup, StepResult, Wait, WaitKind, WaitStatus, WorkflowRun
+from ..resume import provide_input, send_event
+from ..waits import can_answer
+from .base import DurableAPIMixin, document, request_body_size
 from .pagination import DurablePagination
 from .serializers import (
+    OPEN_WAITS,
+    EventResultSerializer,
     GroupFilterSerializer,
     ParallelGroupSerializer,
     RunDetailSerializer,
@@ -32,13 +36,19 @@ from .serializers import (
     StartRunSerializer,
     StepFilterSerializer,
     StepResultSerializer,
+    WaitFilterSerializer,
+    WaitSerializer,
     WorkflowSerializer,
+    storage_problem,
+    wait_rows,
 )
 
 DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 FIELD_ERRORS = OpenApiResponse(
     OpenApiTypes.OBJECT, description="Invalid fields: each field's name with a list of messages."
 )
+ANY_JSON: dict[str, Any] = {"description": "Any JSON value."}
+JSON_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": {}}
 
 
 M = TypeVar("M", bound=Model)
@@ -81,8 +91,13 @@ class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
         return f"No {name} has the id {self.kwargs[self.lookup_url_kwarg or self.lookup_field]!r}."
 
 
+def with_details(runs: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
+    """``runs`` with what their detail shows alongside: step results, parallel groups and waits."""
+    return runs.prefetch_related("steps", "groups", Prefetch("waits", queryset=wait_rows()))
+
+
 class RunViewSet(RowViewSet[WorkflowRun]):
-    """Workflow runs: list, read, start, retry and cancel."""
+    """Workflow runs: list, read, start, retry, cancel, send events and answer inputs."""
 
     queryset = WorkflowRun.objects.all()
     filters_class = RunFilterSerializer
@@ -92,16 +107,22 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     def get_queryset(self) -> QuerySet[WorkflowRun]:
         queryset = super().get_queryset()
-        if self.action != "list":
-            queryset = queryset.prefetch_related("steps", "groups")
-        return queryset
+        if self.action in ("events", "inputs"):
+            # Only the run's id and status are read before the engine is called.
+            return queryset
+        if self.action == "list":
+            return queryset.prefetch_related(
+                Prefetch("waits", queryset=wait_rows().filter(status=WaitStatus.WAITING), to_attr=OPEN_WAITS)
+            )
+        return with_details(queryset)
 
     @document(summary="List runs, newest first", parameters=[RunFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
     @document(
-        summary="A run with its step results and parallel groups", responses={200: RunDetailSerializer, 404: DETAIL}
+        summary="A run with its step results, parallel groups and waits",
+        responses={200: RunDetailSerializer, 404: DETAIL},
     )
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
@@ -156,7 +177,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         return self._operate(operations.retry_run)
 
     @document(
-        summary="Cancel a pending or running run",
+        summary="Cancel a pending, running or waiting run",
         request=None,
         responses={
             202: RunDetailSerializer,
@@ -168,6 +189,94 @@ class RunViewSet(RowViewSet[WorkflowRun]):
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel a run and its unfinished children, as ``durable_django.cancel_run`` does."""
         return self._operate(operations.cancel_run)
+
+    def _current(self, run: WorkflowRun) -> Response:
+        """The run as its detail endpoint shows it now."""
+        return self._respond(with_details(WorkflowRun.objects.all()).get(pk=run.pk), status.HTTP_200_OK)
+
+    @document(
+        summary="Send an event to a run",
+        parameters=[
+            OpenApiParameter(
+                "event", str, OpenApiParameter.PATH, description="The event's name, as the run's wait names it."
+            )
+        ],
+        request={"application/json": ANY_JSON},
+        responses={
+            200: EventResultSerializer,
+            400: FIELD_ERRORS,
+            404: DETAIL,
+            409: OpenApiResponse(DETAIL, description="The run has finished."),
+            413: DETAIL,
+        },
+    )
+    @action(detail=True, methods=["post"], url_path=r"events/(?P<event>[^/]+)", url_name="events")
+    def events(self, request: Request, event: str, pk: str | None = None) -> Response:
+        """Send ``event`` to the run, as ``durable_django.send_event`` does; the body is its payload.
+
+        The body is any JSON value (an empty body is ``null``). A wait of the run for that event
+        takes it at once (``delivered``); otherwise the run keeps it until one does (``buffered``).
+        """
+        run = self.get_object()
+        name_problem = context.text_problem(event)
+        if name_problem:
+            raise ValidationError({"event": [f"The event's name {name_problem}."]})
+        payload = None if request_body_size(request) == 0 else request.data
+        problem = storage_problem(payload)
+        if problem:
+            raise ValidationError({"payload": [f"The payload {problem}."]})
+        try:
+            result = send_event(run.pk, event, payload)
+        except InvalidInput as exc:
+            raise ValidationError({exc.field or "payload": [str(exc)]}) from None
+        except RunStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except WorkflowRun.DoesNotExist:
+            raise NotFound(self.not_found_message()) from None
+        return Response(EventResultSerializer({"result": result}).data)
+
+    @document(
+        summary="Answer a run's wait for input",
+        parameters=[OpenApiParameter("name", str, OpenApiParameter.PATH, description="The input's name.")],
+        request={"application/json": JSON_OBJECT},
+        responses={
+            200: RunDetailSerializer,
+            400: FIELD_ERRORS,
+            403: DETAIL,
+            404: DETAIL,
+            409: OpenApiResponse(DETAIL, description="The run does not wait for this input."),
+            413: DETAIL,
+        },
+    )
+    @action(detail=True, methods=["post"], url_path=r"inputs/(?P<name>[^/]+)", url_name="inputs")
+    def inputs(self, request: Request, name: str, pk: str | None = None) -> Response:
+        """Answer the run's input ``name``, as ``durable_django.provide_input`` does; the body is the answer.
+
+        The user needs the input's own permission, or ``durable_django.provide_input`` when it names
+        none. The run then goes on with the answer in its context.
+        """
+        run = self.get_object()
+        wait = Wait.objects.filter(run=run, kind=WaitKind.INPUT, name=name, status=WaitStatus.WAITING).first()
+        if wait is not None and not can_answer(request.user, wait.permission):
+            self.permission_denied(
+                request,
+                message=f"Answering this input needs the {wait.permission or 'durable_django.provide_input'!r} "
+                "permission.",
+            )
+        answer: Any = request.data if request_body_size(request) else None
+        problem = storage_problem(answer)
+        if problem:
+            raise ValidationError({"answer": [f"The answer {problem}."]})
+        try:
+            user = request.user if request.user.is_authenticated else None
+            run = provide_input(run.pk, name, answer, user=user)
+        except InvalidInput as exc:
+            raise ValidationError({exc.field or "answer": [str(exc)]}) from None
+        except RunStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except WorkflowRun.DoesNotExist:
+            raise NotFound(self.not_found_message()) from None
+        return self._current(run)
 
 
 class StepResultViewSet(RowViewSet[StepResult]):
@@ -198,6 +307,22 @@ class ParallelGroupViewSet(RowViewSet[ParallelGroup]):
         return super().list(request, *args, **kwargs)
 
     @document(summary="A parallel group", responses={200: ParallelGroupSerializer, 404: DETAIL})
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+
+class WaitViewSet(RowViewSet[Wait]):
+    """Waits: what runs wait (or waited) for, oldest first; ``?status=waiting&kind=input`` is an inbox."""
+
+    queryset = wait_rows()
+    serializer_class = WaitSerializer
+    filters_class = WaitFilterSerializer
+
+    @document(summary="List waits, oldest first", parameters=[WaitFilterSerializer])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @document(summary="A wait", responses={200: WaitSerializer, 404: DETAIL})
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 NOT_LOGGED_IN = {"detail": "Authentication credentials were not provided."}
 NOT_STAFF = {"detail": "You do not have permission to perform this action."}
 NO_CHANGE_PERMISSION = {
-    "detail": "Starting, retrying or cancelling a run needs the 'durable_django.change_workflowrun' permission."
+    "detail": "Starting, retrying or cancelling a run or sending it an event needs the 'durable_django.change_workflowrun' permission."
 }
 
 

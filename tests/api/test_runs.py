@@ -144,6 +144,7 @@ def test_detail_has_every_run_field(api: APIClient) -> None:
         "started_at": None,
         "finished_at": None,
         "duration": None,
+        "waits": [],
         "steps": [],
         "groups": [],
     }

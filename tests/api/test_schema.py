@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from durable_django import ok, step
-from durable_django.models import ParallelGroup, StepResult, WorkflowRun
+from durable_django.models import ParallelGroup, StepResult, Wait, WorkflowRun
 from tests.engine_support import Definer
 
 from .conftest import url
@@ -35,10 +35,14 @@ PATHS = {
     "/api/durable/runs/{id}/": ["get"],
     "/api/durable/runs/{id}/retry/": ["post"],
     "/api/durable/runs/{id}/cancel/": ["post"],
+    "/api/durable/runs/{id}/events/{event}/": ["post"],
+    "/api/durable/runs/{id}/inputs/{name}/": ["post"],
     "/api/durable/steps/": ["get"],
     "/api/durable/steps/{id}/": ["get"],
     "/api/durable/groups/": ["get"],
     "/api/durable/groups/{id}/": ["get"],
+    "/api/durable/waits/": ["get"],
+    "/api/durable/waits/{id}/": ["get"],
     "/api/durable/workflows/": ["get"],
     "/api/durable/workflows/{name}/": ["get"],
 }
@@ -86,6 +90,72 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     assert body["properties"]["input"]["type"] == "object"
     parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
     assert sorted(parameter["name"] for parameter in parameters) == ["page", "parent", "status", "workflow"]
+
+
+def test_schema_describes_sending_an_event_and_answering_an_input(api: APIClient) -> None:
+    schema = fetch_schema(api)
+    events = schema["paths"]["/api/durable/runs/{id}/events/{event}/"]["post"]
+    assert sorted(events["responses"]) == ["200", "400", "404", "409", "413"]
+    assert events["requestBody"]["content"]["application/json"]["schema"] == {"description": "Any JSON value."}
+    assert events["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EventResult"
+    }
+    assert schema["components"]["schemas"]["EventResult"]["properties"]["result"]["enum"] == ["delivered", "buffered"]
+    assert sorted(parameter["name"] for parameter in events["parameters"]) == ["event", "id"]
+
+    inputs = schema["paths"]["/api/durable/runs/{id}/inputs/{name}/"]["post"]
+    assert sorted(inputs["responses"]) == ["200", "400", "403", "404", "409", "413"]
+    assert inputs["requestBody"]["content"]["application/json"]["schema"] == {
+        "type": "object",
+        "additionalProperties": {},
+    }
+    assert inputs["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RunDetail"
+    }
+    assert sorted(parameter["name"] for parameter in inputs["parameters"]) == ["id", "name"]
+
+
+def test_schema_describes_waits_and_their_filters(api: APIClient) -> None:
+    schema = fetch_schema(api)
+    parameters = schema["paths"]["/api/durable/waits/"]["get"]["parameters"]
+    assert sorted(parameter["name"] for parameter in parameters) == [
+        "input_kind",
+        "kind",
+        "name",
+        "page",
+        "run",
+        "status",
+    ]
+    wait = schema["components"]["schemas"]["Wait"]["properties"]
+    assert list(wait) == [
+        "id",
+        "run",
+        "step",
+        "group",
+        "kind",
+        "name",
+        "events",
+        "mode",
+        "status",
+        "due_at",
+        "created_at",
+        "resolved_at",
+        "payload",
+        "input_kind",
+        "prompt",
+        "spec",
+        "permission",
+        "resolved_by",
+        "can_answer",
+    ]
+    assert wait["can_answer"]["type"] == "boolean"
+    run_waits = {"type": "array", "items": {"$ref": "#/components/schemas/Wait"}, "readOnly": True}
+    assert {key: schema["components"]["schemas"]["Run"]["properties"]["waits"][key] for key in run_waits} == run_waits
+    detail_waits = schema["components"]["schemas"]["RunDetail"]["properties"]["waits"]
+    assert (detail_waits["type"], detail_waits["items"]) == ("array", {"$ref": "#/components/schemas/Wait"})
+    statuses = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
+    [status] = [parameter for parameter in statuses if parameter["name"] == "status"]
+    assert "waiting" in status["schema"]["enum"]
 
 
 def test_schema_needs_no_drf_spectacular_app_nor_rest_framework_settings(api: APIClient) -> None:
@@ -144,7 +214,14 @@ def existing(define: Definer) -> dict[str, str]:
     run = WorkflowRun.objects.create(workflow=wf.name, status="failed", error={"step": "only"})
     group = ParallelGroup.objects.create(run=run, name="block", on_error="fail_fast")
     row = StepResult.objects.create(run=run, step="only", status="failed", group=group)
-    return {"runs": str(run.pk), "steps": str(row.pk), "groups": str(group.pk), "workflows": wf.name}
+    wait = Wait.objects.create(run=run, step_result=row, kind="input", name="approve", input_kind="approval")
+    return {
+        "runs": str(run.pk),
+        "steps": str(row.pk),
+        "groups": str(group.pk),
+        "waits": str(wait.pk),
+        "workflows": wf.name,
+    }
 
 
 # A workflow's name is any string: no request to that operation is invalid by the schema.

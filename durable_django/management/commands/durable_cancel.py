@@ -1,4 +1,4 @@
-"""``manage.py durable_cancel RUN_ID...``: cancel pending or running runs."""
+"""``manage.py durable_cancel RUN_ID...``: cancel pending, running or waiting runs."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from durable_django.operations import cancel_run
 
 class Command(RunOperationCommand):
     help = (
-        "Cancel pending or running workflow runs and their unfinished child runs. No further step starts; "
+        "Cancel pending, running or waiting workflow runs and their unfinished child runs. No further step starts; "
         "a step already executing may finish but does not move the run. Finished runs are refused."
     )
     operation = staticmethod(cancel_run)
-    run_help = "id (UUID) of a pending or running run"
+    run_help = "id (UUID) of a pending, running or waiting run"
     done = "cancelled"
 
     def describe(self, run: WorkflowRun) -> str:

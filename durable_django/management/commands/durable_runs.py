@@ -8,12 +8,38 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from durable_django.models import RunStatus, WorkflowRun
+from durable_django.models import RunStatus, Wait, WaitKind, WaitStatus, WorkflowRun
+
+
+def describe_wait(wait: Wait) -> str:
+    """What an open wait waits for, in a few words: ``event payment.settled``, ``input approve (approval)``."""
+    due = "" if wait.due_at is None else f"{wait.due_at:%Y-%m-%d %H:%M:%S}"
+    if wait.kind == WaitKind.SLEEP:
+        return f"sleep until {due}" if due else "sleep"
+    if wait.kind == WaitKind.INPUT:
+        text = f"input {wait.name} ({wait.input_kind})"
+    elif wait.mode in ("any", "all"):
+        text = f"{wait.mode} of events {', '.join(wait.events)}"
+    else:
+        text = f"event {wait.name}"
+    if due:
+        text += f", times out at {due}"
+    return text
+
+
+def open_waits(run_ids: list[Any]) -> dict[Any, list[Wait]]:
+    """The waits still waiting of these runs, by run id, oldest first."""
+    waits: dict[Any, list[Wait]] = {}
+    rows = Wait.objects.filter(run_id__in=run_ids, status=WaitStatus.WAITING).order_by("created_at", "id")
+    for wait in rows:
+        waits.setdefault(wait.run_id, []).append(wait)
+    return waits
 
 
 class Command(BaseCommand):
     help = (
-        "List workflow runs, newest first. Filter by workflow, status or parent run; --json prints one object per line."
+        "List workflow runs, newest first, with what waiting runs wait for. Filter by workflow, status or "
+        "parent run; --json prints one object per line."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -40,16 +66,20 @@ class Command(BaseCommand):
             runs = runs[: options["limit"]]
         fields = ("id", "workflow", "status", "current_step", "created_at", "finished_at", "error")
         rows = list(runs.values(*fields))
+        waits = open_waits([row["id"] for row in rows if row["status"] == RunStatus.WAITING])
         if options["json"]:
             for row in rows:
+                row["waiting_for"] = [describe_wait(wait) for wait in waits.get(row["id"], [])]
                 self.stdout.write(json.dumps(row, default=str))
             return
         if not rows:
             self.stdout.write("No runs.")
             return
-        self.stdout.write(f"{'id':36}  {'workflow':24}  {'status':9}  {'step':20}  created")
+        self.stdout.write(f"{'id':36}  {'workflow':24}  {'status':9}  {'step':20}  {'created':19}  waiting for")
         for row in rows:
-            self.stdout.write(
+            line = (
                 f"{row['id']!s:36}  {row['workflow'][:24]:24}  {row['status']:9}  "
-                f"{(row['current_step'] or '-')[:20]:20}  {row['created_at']:%Y-%m-%d %H:%M:%S}"
+                f"{(row['current_step'] or '-')[:20]:20}  {row['created_at']:%Y-%m-%d %H:%M:%S}  "
+                + "; ".join(describe_wait(wait) for wait in waits.get(row["id"], []))
             )
+            self.stdout.write(line.rstrip())

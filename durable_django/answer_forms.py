@@ -86,8 +86,11 @@ class FieldsForm(AnswerForm):
 
     def __init__(self, wait: Wait, *args: Any, **kwargs: Any) -> None:
         super().__init__(wait, *args, **kwargs)
-        for name, spec in (wait.spec or {}).get("fields", {}).items():
-            self.fields[name] = form_field(spec)
+        declared = (wait.spec or {}).get("fields", {})
+        # jsonb keeps no key order: the declared order is stored beside the fields.
+        order = [name for name in (wait.spec or {}).get("order", []) if name in declared]
+        for name in [*order, *(name for name in declared if name not in order)]:
+            self.fields[name] = form_field(declared[name])
 
     def answer(self) -> dict[str, Any]:
         answer: dict[str, Any] = {}

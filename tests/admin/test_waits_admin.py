@@ -522,3 +522,23 @@ def test_an_input_answered_meanwhile_says_so(
         "This input is no longer waiting (Cancelled).",
         "The run has finished (Cancelled).",
     )
+
+
+def test_a_form_keeps_the_declared_order_of_its_fields_whatever_the_database_keeps(admin_client: Client) -> None:
+    from durable_django.waits import wait_for_input
+
+    declared = {
+        "ship_on": {"type": "date"},
+        "express": {"type": "boolean", "required": False},
+        "amount": {"type": "integer"},
+    }
+    spec = wait_for_input("shipping", kind="form", fields=declared).spec
+    assert spec["order"] == ["ship_on", "express", "amount"]
+    _, wait = waiting_run(name="shipping", input_kind="form", spec=spec)
+    html = page(admin_client, answer_url(admin.site, wait.pk))
+    names = [
+        field["name"]
+        for field in elements(html, tag="input", within="durable-answer-form")
+        if field["type"] not in ("hidden", "submit")
+    ]
+    assert names == ["answer-ship_on", "answer-express", "answer-amount"]

@@ -16,13 +16,21 @@ from .services.payment import DECLINED_TOKEN
 COMPLETED = "completed"
 FAILED = "failed"
 
+# The guide's order_processing lists its handlers after fulfill_order, and steps run in the order
+# they are listed: a goto only says where to go on from. Shown as the guide has it, and explained.
+FALLS_THROUGH = (
+    "the context holds needs_payment_retry and backordered together, as in the guide's example: steps "
+    "run in the order they are listed, {how}. To run one handler only, make each path end with a goto "
+    "past the others (as checkout and deliver_order do)."
+)
+
 
 @dataclass(frozen=True)
 class Example:
     """One run to start, and what it must end with.
 
     ``expect`` lists keys and values the final context (for a completed run) or the error (for a
-    failed one) must contain.
+    failed one) must contain. ``note`` explains, under the run's output, what would look wrong.
     """
 
     workflow: str
@@ -30,6 +38,7 @@ class Example:
     input: dict[str, Any]
     status: str
     expect: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
     def problems(self, status: str, context: dict[str, Any] | None, error: dict[str, Any] | None) -> list[str]:
         """What differs between this expectation and a finished run (empty when it matches)."""
@@ -147,14 +156,21 @@ def examples(tag: str) -> list[Example]:
             "fulfilled",
             order_input("processing-ok"),
             COMPLETED,
-            {"ready": True, "fulfilled": True},
+            {"ready": True, "fulfilled": True, "needs_payment_retry": True, "backordered": True},
+            note=FALLS_THROUGH.format(
+                how="so after fulfill_order the run passes through handle_payment_issue and handle_backorder too"
+            ),
         ),
         Example(
             "order_processing",
             "card declined (goto handle_payment_issue)",
             order_input("processing-declined", **declined),
             COMPLETED,
-            {"needs_payment_retry": True, "fulfilled": None},
+            {"needs_payment_retry": True, "backordered": True, "fulfilled": None},
+            note=FALLS_THROUGH.format(
+                how="and the goto to handle_payment_issue only says where to continue: handle_backorder, "
+                "listed after it, runs too"
+            ),
         ),
         Example(
             "order_processing",

@@ -1,4 +1,11 @@
 # durable_django: `make demo` runs the examples with no servers, `make test` runs everything.
+#
+# The test suite's servers come from the environment, passed through to every command below:
+#   DATABASE_URL  PostgreSQL; the tests create and drop the database test_<its name>
+#                 (default postgres://postgres@127.0.0.1:5432/durable_django: test_durable_django)
+#   REDIS_URL     Redis database the integration tests empty (FLUSHDB) before and after each test
+#                 (default redis://127.0.0.1:6379/15)
+# The admin's browser tests need Chromium: `make chromium` installs it (they are skipped without it).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,6 +16,8 @@ VENV6 ?= .venv-django6
 export PYTHONPATH := $(CURDIR)
 
 CHROMIUM ?= /usr/bin/chromium
+# The browser tests drive the Chromium at this path.
+export DURABLE_CHROMIUM ?= $(CHROMIUM)
 
 VENV_BENCH ?= .venv-bench
 # e.g. make bench BENCH_ARGS=--quick
@@ -19,6 +28,8 @@ BENCH_ARGS ?=
 help:
 	@echo "make demo   run every example workflow end to end (embedded SQLite + in-process queue)"
 	@echo "make test   install and run the whole suite: lint, checks, tests (PostgreSQL, Redis, rqworker)"
+	@echo "            (DATABASE_URL and REDIS_URL choose the servers; see the top of this Makefile)"
+	@echo "make chromium  install Debian's Chromium (apt-get, with sudo) for the admin's browser tests"
 	@echo "make bench  measure durable_django next to Celery, RQ and DBOS (BENCH_ARGS=--quick for a short run)"
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +41,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # The admin's browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+# An explicit step (it runs apt-get, with sudo when not root): no other target runs it.
 chromium:
 	@if [ ! -x "$(CHROMIUM)" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -50,13 +62,13 @@ check: venv
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django check --fail-level WARNING
 	DURABLE_TEST_DATABASE=sqlite DJANGO_SETTINGS_MODULE=tests.settings $(PY) -m django makemigrations --check --dry-run
 
-pytest: venv chromium
+pytest: venv
 	$(PY) -m pytest
 
-pytest-sqlite: venv chromium
+pytest-sqlite: venv
 	DURABLE_TEST_DATABASE=sqlite $(PY) -m pytest -m "not integration" -q
 
-test-django6: chromium
+test-django6:
 	@if [ -z "$(NEW_PYTHON)" ]; then echo "No Python >= 3.12 here: skipping the Django 6 run"; exit 0; fi; \
 	set -e; \
 	if [ ! -f $(VENV6)/.installed ] || [ pyproject.toml -nt $(VENV6)/.installed ]; then \

@@ -65,7 +65,7 @@ __all__ = [
 # The definition API and the helpers import no models, so they load before Django's app
 # registry is ready (workflows modules may be imported early). The rest is loaded on first use.
 from .context import assign, current_run_id, parallel_ok, parallel_result, parallel_results
-from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, step, workflow
+from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, start_workflow, step, workflow
 from .results import error, goto, ok
 from .waits import can_answer, sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
 
@@ -75,12 +75,10 @@ _LAZY = {
     "provide_input": ".resume",
     "retry_run": ".operations",
     "send_event": ".resume",
-    "start_workflow": ".engine",
 }
 
 if TYPE_CHECKING:
     from .children import call_workflow
-    from .engine import start_workflow
     from .operations import cancel_run, retry_run
     from .resume import provide_input, send_event
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import Warning as CheckWarning
+from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, TABLE, durable_settings
@@ -13,8 +17,8 @@ from .definition import Step, registered_workflows
 
 
 @register(Tags.compatibility)
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    errors: list[Error] = []
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     raw = getattr(settings, "DURABLE", {})
     if not isinstance(raw, dict):
         return [
@@ -66,11 +70,8 @@ def _unimportable(key: str, paths: list[str] | tuple[str, ...]) -> list[Error]:
     return errors
 
 
-@register(Tags.compatibility)
-def check_queues(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Every queue a workflow uses must be configured in ``RQ_QUEUES``."""
-    configured = set(getattr(settings, "RQ_QUEUES", {}) or {})
-    errors: list[Error] = []
+def _used_queues() -> dict[str, str]:
+    """Every queue durable_django uses, and who uses it first (for the messages)."""
     needed: dict[str, str] = {}
     raw = getattr(settings, "DURABLE", {})
     if isinstance(raw, dict):
@@ -82,7 +83,15 @@ def check_queues(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             for member in (node,) if isinstance(node, Step) else node.steps:
                 if member.queue:
                     needed.setdefault(member.queue, f"workflow {wf.name!r}, step {member.name!r}")
-    for queue, user in sorted(needed.items()):
+    return needed
+
+
+@register(Tags.compatibility)
+def check_queues(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every queue a workflow uses must be configured in ``RQ_QUEUES``."""
+    configured = set(getattr(settings, "RQ_QUEUES", {}) or {})
+    errors: list[CheckMessage] = []
+    for queue, user in sorted(_used_queues().items()):
         if queue not in configured:
             errors.append(
                 Error(
@@ -92,3 +101,73 @@ def check_queues(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 )
             )
     return errors
+
+
+@register(Tags.compatibility)
+def check_scheduler(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Queues on which RQ's scheduler can never run: django-rq's ``"ASYNC": False``.
+
+    Retries with a delay and the wake-ups of sleeps and timeouts are RQ scheduled jobs, which only a
+    worker running RQ's scheduler moves onto their queue. Whether a worker runs one is decided on
+    its command line (``durable_worker --without-scheduler``, ``rqworker`` without
+    ``--with-scheduler``), which no setting shows: the worker says so when it starts, and the
+    recovery sweeper when it finds scheduled jobs overdue. What settings do show is a queue that no
+    worker serves at all.
+    """
+    queues = getattr(settings, "RQ_QUEUES", {}) or {}
+    warnings: list[CheckMessage] = []
+    for queue, user in sorted(_used_queues().items()):
+        config = queues.get(queue)
+        if isinstance(config, dict) and config.get("ASYNC", True) is False:
+            warnings.append(
+                CheckWarning(
+                    f"Queue {queue!r} (used by {user}) is configured with 'ASYNC': False: its jobs run at "
+                    "once in the process that sends them, and no worker runs RQ's scheduler for it, so "
+                    "retries with a delay and the wake-ups of sleeps and timeouts never run.",
+                    hint="Drop 'ASYNC': False and run workers (manage.py durable_worker); in tests, use "
+                    "durable_django.testing.EmbeddedQueue, which runs scheduled jobs too.",
+                    id="durable_django.W001",
+                )
+            )
+    return warnings
+
+
+API_URLCONF = "durable_django.api.urls"
+
+
+def _resolvers(patterns: list[URLPattern | URLResolver]) -> Iterator[URLResolver]:
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield pattern
+            yield from _resolvers(pattern.url_patterns)
+
+
+@register(Tags.urls)
+def check_api_installed(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The REST API mounted in the URLconf needs ``rest_framework`` in ``INSTALLED_APPS``.
+
+    Its JSON endpoints answer without it, which hides the mistake: DRF's translations of its
+    messages and its own system checks come with the installed app, and only then is the API
+    configured as documented.
+    """
+    if apps.is_installed("rest_framework") or not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    try:
+        mounted = any(
+            getattr(resolver.urlconf_module, "__name__", resolver.urlconf_name) == API_URLCONF
+            for resolver in _resolvers(get_resolver().url_patterns)
+        )
+    except Exception:
+        # A URLconf that cannot be imported is reported by Django's own URL checks.
+        return []
+    if not mounted:
+        return []
+    return [
+        Error(
+            f"The REST API ({API_URLCONF}) is included in the URLconf, but 'rest_framework' is not in "
+            "settings.INSTALLED_APPS.",
+            hint="Add 'rest_framework' (and 'rest_framework.authtoken' for token authentication) to "
+            "INSTALLED_APPS, or remove include('durable_django.api.urls') from your urls.py.",
+            id="durable_django.E006",
+        )
+    ]

@@ -18,7 +18,7 @@ from typing import Any
 from . import blocks, dispatch, engine, jobs, join, results, store
 from .attempts import Attempt
 from .context import current_scope, to_step_context
-from .definition import Step, Workflow, queue_for, resolve
+from .definition import Step, Workflow, given_input, queue_for, resolve
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
@@ -35,6 +35,7 @@ def call_workflow(
     """
     scope = current_scope("call_workflow")
     wf = resolve(workflow_or_name)
+    input = given_input(wf.name, input)
     if ref is None:
         count = scope.child_calls.get(wf.name, 0) + 1
         scope.child_calls[wf.name] = count

@@ -11,10 +11,10 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .conf import durable_settings
-from .exceptions import WorkflowDefinitionError, WorkflowNotFound
+from .exceptions import InvalidInput, WorkflowDefinitionError, WorkflowNotFound
 
 if TYPE_CHECKING:
     from .models import WorkflowRun
@@ -25,6 +25,30 @@ IntoFn = Callable[[dict[str, Any], dict[str, Any]], Any]
 ON_ERROR_CHOICES = ("fail_fast", "complete_all")
 BACKOFF_CHOICES = ("exponential", "linear", "constant")
 RETRY_OPTIONS = ("max_attempts", "backoff", "base", "max_backoff", "jitter")
+
+
+class NoInput:
+    """The type of :data:`NO_INPUT`."""
+
+    def __repr__(self) -> str:
+        return "NO_INPUT"
+
+
+NO_INPUT: Final = NoInput()
+"""The default of ``start``'s ``input``: left out, the run starts with ``{}``.
+
+Not ``None``, so that an explicit ``None`` (an input that was never filled in, say) is refused
+rather than silently taken as ``{}``.
+"""
+
+
+def given_input(wf_name: str, input: dict[str, Any] | NoInput) -> dict[str, Any]:
+    """The input a run of ``wf_name`` starts with: ``{}`` when left out; ``None`` is refused."""
+    if isinstance(input, NoInput):
+        return {}
+    if input is None:
+        raise InvalidInput(f"Input of workflow {wf_name!r} must be a dict, not None; pass {{}} or omit it.")
+    return input
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +185,17 @@ class Workflow:
                         return node, member
         return None
 
-    def start(self, input: dict[str, Any] | None = None, *, idempotency_key: str | None = None) -> WorkflowRun:
-        """Save a new run of this workflow and dispatch it once the surrounding transaction commits."""
+    def start(self, input: dict[str, Any] | NoInput = NO_INPUT, *, idempotency_key: str | None = None) -> WorkflowRun:
+        """Save a new run of this workflow and dispatch it once the surrounding transaction commits.
+
+        ``input`` must be a JSON-serializable dict; left out, it is ``{}``. Anything else, ``None``
+        included, raises :class:`~durable_django.exceptions.InvalidInput` and saves nothing.
+        """
         # The one deliberate lazy import of the package: definitions load before the app registry
         # (workflows modules may be imported early), the engine needs the models.
         from .engine import get_or_start_run
 
-        run, _ = get_or_start_run(self, input, idempotency_key=idempotency_key)
+        run, _ = get_or_start_run(self, given_input(self.name, input), idempotency_key=idempotency_key)
         return run
 
     def describe(self) -> list[dict[str, Any]]:
@@ -362,6 +390,13 @@ def get_workflow(name: str) -> Workflow:
         return _registry[name]
     except KeyError:
         raise WorkflowNotFound(f"No workflow named {name!r} is registered.") from None
+
+
+def start_workflow(
+    name: str, input: dict[str, Any] | NoInput = NO_INPUT, *, idempotency_key: str | None = None
+) -> WorkflowRun:
+    """Start the workflow registered under ``name``; see :meth:`Workflow.start`."""
+    return get_workflow(name).start(input, idempotency_key=idempotency_key)
 
 
 def find_workflow(name: str) -> Workflow | None:

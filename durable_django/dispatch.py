@@ -384,3 +384,9 @@ def take_sweep_turn(owner: str, interval: float) -> bool:
     """Whether this process may sweep now: a key taken with ``SET NX PX`` lets one process per interval."""
     connection = get_queue(durable_settings.QUEUE).connection
     return bool(connection.set(SWEEP_LOCK_KEY, owner, nx=True, px=max(int(interval * 1000), 100)))
+
+
+def take_notice_turn(key: str, every: int) -> bool:
+    """Whether this process may log the notice ``key`` now: at most once every ``every`` seconds, across processes."""
+    connection = get_queue(durable_settings.QUEUE).connection
+    return bool(connection.set(key, "1", nx=True, ex=every))

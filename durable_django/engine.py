@@ -18,7 +18,7 @@ from django.db import IntegrityError
 from . import blocks, dispatch, leases, results, store
 from .attempts import Attempt, call_step, retry_delay
 from .context import Unserializable, merge, roundtrip, to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow, get_workflow, queue_for
+from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput
 from .leases import released_fields
 from .models import RunStatus, StepResult, StepStatus, WorkflowRun
@@ -81,13 +81,6 @@ def get_or_start_run(
         raise IntegrityError(f"a run with the id {run.pk} exists already")
     logger.info("started run %s of workflow %r", run.pk, wf.name)
     return run, True
-
-
-def start_workflow(
-    name: str, input: dict[str, Any] | None = None, *, idempotency_key: str | None = None
-) -> WorkflowRun:
-    """Start the workflow registered under ``name``; see :meth:`Workflow.start`."""
-    return get_workflow(name).start(input, idempotency_key=idempotency_key)
 
 
 # -- executing ------------------------------------------------------------------------------------

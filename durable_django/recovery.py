@@ -168,7 +168,23 @@ def recover(now: datetime | None = None) -> Report:
     _wake_overdue(now, report)
     if report.total:
         logger.warning("recovery: %s", report)
+    overdue = report.retries_released + report.waits_woken
+    if overdue and dispatch.take_notice_turn(NO_SCHEDULER_NOTICE, NOTICE_EVERY):
+        logger.warning(
+            "%d scheduled job(s) (retries with a delay, wake-ups of sleeps and timeouts) were overdue and moved "
+            "by recovery, late: no worker seems to run RQ's scheduler for their queue. Run at least one worker "
+            "with it (manage.py durable_worker without --without-scheduler, or rqworker --with-scheduler). "
+            "Said at most once every %d s.",
+            overdue,
+            NOTICE_EVERY,
+        )
     return report
+
+
+# Redis key and period of the sweeper's notice that no RQ scheduler is running: once a minute across
+# every process that sweeps, however many overdue jobs each sweep finds.
+NO_SCHEDULER_NOTICE = "durable_django:notice:no-scheduler"
+NOTICE_EVERY = 60
 
 
 def _wake_overdue(now: datetime, report: Report) -> None:

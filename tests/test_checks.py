@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 import pytest
-from django.core.checks import Error
+from django.conf import settings
+from django.core.checks import CheckMessage
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from durable_django import ok, step
-from durable_django.checks import check_queues, check_settings
+from durable_django.checks import check_api_installed, check_queues, check_scheduler, check_settings
 from tests.engine_support import Definer
 
 
-def messages(errors: list[Error]) -> list[tuple[str, str]]:
+def messages(errors: list[CheckMessage]) -> list[tuple[str, str]]:
     return [(error.id or "", error.msg) for error in errors]
 
 
 def test_the_default_settings_pass() -> None:
     with override_settings(DURABLE={}):
-        assert (check_settings(), check_queues()) == ([], [])
+        assert (check_settings(), check_queues(), check_scheduler(), check_api_installed()) == ([], [], [], [])
 
 
 def test_durable_that_is_not_a_dict_is_e001() -> None:
@@ -107,3 +109,69 @@ def test_manage_py_check_fails_on_a_bad_setting() -> None:
     assert "(durable_django.E004) settings.DURABLE['LEASE_SECONDS'] must be a positive number of seconds, not -15." in (
         str(excinfo.value)
     )
+
+
+# -- RQ's scheduler ---------------------------------------------------------------------------
+
+
+def test_a_queue_no_worker_serves_is_w001(define: Definer) -> None:
+    wf = define([step("send", lambda ctx: ok({}), queue="emails", retry={"max_attempts": 3})])
+    queues = {
+        "default": {"URL": "redis://localhost:6379/0"},
+        "emails": {"URL": "redis://localhost:6379/0", "ASYNC": False},
+    }
+    with override_settings(RQ_QUEUES=queues):
+        found = check_scheduler()
+    assert messages(found) == [
+        (
+            "durable_django.W001",
+            f"Queue 'emails' (used by workflow {wf.name!r}, step 'send') is configured with 'ASYNC': False: its "
+            "jobs run at once in the process that sends them, and no worker runs RQ's scheduler for it, so "
+            "retries with a delay and the wake-ups of sleeps and timeouts never run.",
+        )
+    ]
+    assert "EmbeddedQueue" in (found[0].hint or "")
+    with override_settings(RQ_QUEUES={**queues, "emails": {"URL": "redis://localhost:6379/0", "ASYNC": True}}):
+        assert check_scheduler() == []
+
+
+def test_w001_is_a_warning_that_manage_py_check_shows_without_failing() -> None:
+    out = StringIO()
+    queues = {name: {**config, "ASYNC": name != "default"} for name, config in settings.RQ_QUEUES.items()}
+    with override_settings(RQ_QUEUES=queues):
+        call_command("check", stdout=out, stderr=out)
+    assert "(durable_django.W001) Queue 'default' (used by DURABLE['QUEUE'])" in out.getvalue()
+
+
+# -- the REST API and rest_framework ----------------------------------------------------------
+
+WITHOUT_DRF = [app for app in settings.INSTALLED_APPS if not app.startswith("rest_framework")]
+
+
+def test_the_api_mounted_without_rest_framework_installed_is_e006() -> None:
+    with override_settings(INSTALLED_APPS=WITHOUT_DRF):
+        found = check_api_installed()
+    assert messages(found) == [
+        (
+            "durable_django.E006",
+            "The REST API (durable_django.api.urls) is included in the URLconf, but 'rest_framework' is not in "
+            "settings.INSTALLED_APPS.",
+        )
+    ]
+    assert "Add 'rest_framework'" in (found[0].hint or "")
+
+
+def test_e006_finds_the_api_included_inside_another_include() -> None:
+    with override_settings(INSTALLED_APPS=WITHOUT_DRF, ROOT_URLCONF="tests.testapp.urlconfs.nested_api"):
+        assert [message.id for message in check_api_installed()] == ["durable_django.E006"]
+
+
+def test_without_the_api_in_the_urlconf_rest_framework_is_not_needed() -> None:
+    with override_settings(INSTALLED_APPS=WITHOUT_DRF, ROOT_URLCONF="tests.testapp.urlconfs.no_api"):
+        assert check_api_installed() == []
+
+
+def test_manage_py_check_fails_when_the_api_is_mounted_without_rest_framework() -> None:
+    with override_settings(INSTALLED_APPS=WITHOUT_DRF), pytest.raises(SystemCheckError) as excinfo:
+        call_command("check")
+    assert "(durable_django.E006)" in str(excinfo.value)

@@ -401,3 +401,24 @@ def test_child_whose_branches_all_finished_is_joined_on_resume(embedded: Embedde
     assert calls == []
     group.refresh_from_db()
     assert group.status == "completed"
+
+
+@runs
+def test_call_workflow_refuses_none_as_input(embedded: EmbeddedQueue, define: Definer) -> None:
+    child = define(payment_steps([]))
+    raised: list[BaseException] = []
+
+    def pay(ctx: dict[str, Any]) -> Any:
+        try:
+            call_workflow(child, None, ref="payment")  # type: ignore[arg-type]
+        except Exception as exc:
+            raised.append(exc)
+            raise
+        return ok({})
+
+    run = finish(embedded, define([step("pay", pay)]).start())
+    assert [str(exc) for exc in raised] == [
+        f"Input of workflow {child.name!r} must be a dict, not None; pass {{}} or omit it."
+    ]
+    assert run.status == "failed"
+    assert not WorkflowRun.objects.filter(parent=run).exists()

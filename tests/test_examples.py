@@ -545,6 +545,34 @@ def test_run_examples_runs_the_order_processing_examples_as_expected(monkeypatch
     out = capsys.readouterr().out
     assert out.count("result: as expected") == 4
     assert "All 4 runs ended as expected." in out
+    # The runs whose contexts hold needs_payment_retry and backordered together say why, just
+    # before their verdict; the other two have no note.
+    sections = {section.splitlines()[0]: section for section in out.split("== order_processing: ")[1:]}
+    notes = {label: note_of(section) for label, section in sections.items()}
+    assert list(notes.values())[2:] == ["", ""]
+    why = "the context holds needs_payment_retry and backordered together, as in the guide's example"
+    assert notes["fulfilled"].startswith(why)
+    assert (
+        "after fulfill_order the run passes through handle_payment_issue and handle_backorder too"
+        in (notes["fulfilled"])
+    )
+    declined = notes["card declined (goto handle_payment_issue)"]
+    assert declined.startswith(why)
+    assert "the goto to handle_payment_issue only says where to continue: handle_backorder" in declined
+    for label in ("fulfilled", "card declined (goto handle_payment_issue)"):
+        section = sections[label]
+        assert '"backordered": true' in section and '"needs_payment_retry": true' in section
+        assert section.index("\nnote: ") < section.index("\nresult: as expected")
+
+
+def note_of(section: str) -> str:
+    """The note printed in one run's section of the demo's output, unwrapped ("" when none)."""
+    lines = section.splitlines()
+    start = next((n for n, line in enumerate(lines) if line.startswith("note: ")), None)
+    if start is None:
+        return ""
+    end = next(n for n in range(start, len(lines)) if lines[n].startswith("result: "))
+    return " ".join(line.strip() for line in lines[start:end]).removeprefix("note: ")
 
 
 def test_run_examples_shows_that_each_onboarding_run_executed_in_one_job(monkeypatch, capsys):

@@ -16,11 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from durable_django import error, ok, parallel, step
-from durable_django.apps import is_rq_worker_process
+from durable_django.apps import is_rq_worker_process, runs_scheduler, warn_without_scheduler
 from durable_django.dispatch import run_job_id
 from durable_django.jobs import join_group, run_branch, run_branches, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
-from durable_django.recovery import Report, recover
+from durable_django.recovery import NO_SCHEDULER_NOTICE, Report, recover
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer, attempts, finish, recorder
 
@@ -337,3 +337,97 @@ def test_durable_recover_prints_what_it_did(embedded: EmbeddedQueue, define: Def
 )
 def test_the_sweeper_starts_only_in_worker_processes(argv: list[str], expected: bool) -> None:
     assert is_rq_worker_process(argv) is expected
+
+
+# -- without RQ's scheduler -----------------------------------------------------------------------
+
+
+def notices(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if "no worker seems to run RQ's scheduler" in record.getMessage()
+    ]
+
+
+@runs
+def test_overdue_scheduled_jobs_are_noticed_at_most_once_a_minute(
+    embedded: EmbeddedQueue, define: Definer, caplog: pytest.LogCaptureFixture
+) -> None:
+    wf = define(
+        [
+            step(
+                "flaky",
+                lambda ctx: error("down"),
+                retry={"max_attempts": 9, "backoff": "constant", "base": 30, "jitter": False},
+            )
+        ]
+    )
+    caplog.set_level("WARNING", logger="durable_django.recovery")
+    first, second = wf.start({}), wf.start({})
+    embedded.run_commit_hooks()
+    worker_pass(embedded)
+    assert recover(now=later(20)).total == 0  # due in 30 s: not overdue, nothing said
+    assert notices(caplog) == []
+
+    assert recover(now=later(120)).retries_released == 2
+    assert notices(caplog) == [
+        "2 scheduled job(s) (retries with a delay, wake-ups of sleeps and timeouts) were overdue and moved by "
+        "recovery, late: no worker seems to run RQ's scheduler for their queue. Run at least one worker with it "
+        "(manage.py durable_worker without --without-scheduler, or rqworker --with-scheduler). Said at most once "
+        "every 60 s."
+    ]
+    worker_pass(embedded)  # both fail again: their next retries are scheduled
+    assert recover(now=later(300)).retries_released == 2
+    assert len(notices(caplog)) == 1  # within the minute: not said again
+
+    embedded.connection.delete(NO_SCHEDULER_NOTICE)  # the minute has passed
+    worker_pass(embedded)
+    assert recover(now=later(600)).retries_released == 2
+    assert len(notices(caplog)) == 2
+    assert {run.pk for run in (first, second)} == set(
+        WorkflowRun.objects.filter(status="running").values_list("pk", flat=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["manage.py", "durable_worker"], True),
+        (["manage.py", "durable_worker", "default", "--without-scheduler"], False),
+        (["manage.py", "durable_worker", "--without-sch"], False),
+        (["manage.py", "rqworker", "default"], False),
+        (["manage.py", "rqworker", "default", "--with-scheduler"], True),
+        (["manage.py", "rqworker-pool", "default"], True),
+        (["manage.py", "rqworker", "--help"], None),
+        (["manage.py", "rqworker", "--no-such-option"], None),
+    ],
+)
+def test_a_worker_command_line_says_whether_it_runs_the_scheduler(argv: list[str], expected: bool | None) -> None:
+    assert runs_scheduler(argv) is expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["manage.py", "durable_worker", "--without-scheduler"], "(durable_worker --without-scheduler)"),
+        (["manage.py", "rqworker", "default"], "(rqworker without --with-scheduler)"),
+        (["manage.py", "durable_worker"], None),
+        (["manage.py", "rqworker", "--with-scheduler"], None),
+    ],
+)
+def test_a_worker_without_the_scheduler_says_so_when_it_starts(
+    argv: list[str], said: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="durable_django.worker")
+    warn_without_scheduler(argv)
+    logged = [record.getMessage() for record in caplog.records]
+    if said is None:
+        assert logged == []
+    else:
+        assert len(logged) == 1
+        assert logged[0].startswith(f"this worker runs without RQ's scheduler {said}: retries with a delay")
+        assert "about 20 s late" in logged[0]
+        with override_settings(DURABLE={"RECOVER_IN_WORKERS": False}):
+            warn_without_scheduler(argv)
+        assert "unless durable_recover --loop runs" in caplog.records[-1].getMessage()

@@ -68,6 +68,27 @@ def test_start_without_input_uses_an_empty_dict(embedded: EmbeddedQueue, wf: Any
 
 
 @runs
+def test_start_workflow_without_input_uses_an_empty_dict(embedded: EmbeddedQueue, wf: Any) -> None:
+    run = start_workflow(wf.name)
+    run.refresh_from_db()
+    assert (run.input, run.context) == ({}, {})
+
+
+@runs
+def test_none_as_input_is_refused_naming_the_workflow(embedded: EmbeddedQueue, wf: Any) -> None:
+    expected = f"Input of workflow {wf.name!r} must be a dict, not None; pass {{}} or omit it."
+    with pytest.raises(InvalidInput) as by_object:
+        wf.start(None)
+    with pytest.raises(InvalidInput) as by_name:
+        start_workflow(wf.name, None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        wf.start(None, idempotency_key="k")
+    assert str(by_object.value) == str(by_name.value) == expected
+    assert WorkflowRun.objects.count() == 0
+    assert embedded.pending_jobs() == 0
+
+
+@runs
 def test_start_with_a_parallel_block_first(embedded: EmbeddedQueue, define: Definer) -> None:
     flow = define([parallel(step("a", lambda ctx: ok({"a": 1})), name="fan")])
     run = flow.start()

@@ -24,6 +24,14 @@ from .waiting import start_payment
 COMPLETED = "completed"
 FAILED = "failed"
 
+# The guide's order_processing lists its handlers after fulfill_order, and steps run in the order
+# they are listed: a goto only says where to go on from. Shown as the guide has it, and explained.
+FALLS_THROUGH = (
+    "the context holds needs_payment_retry and backordered together, as in the guide's example: steps "
+    "run in the order they are listed, {how}. To run one handler only, make each path end with a goto "
+    "past the others (as checkout and deliver_order do)."
+)
+
 
 @dataclass(frozen=True)
 class Example:
@@ -33,6 +41,7 @@ class Example:
     failed one) must contain. ``responses``: what the demo does when the run waits at one of
     its steps (by the step's name); ``early``: what it sends right after the start, before the
     run waits for it. ``start``: how the run is started, ``start_workflow`` by default.
+    ``note`` explains, under the run's output, what would look wrong.
     """
 
     workflow: str
@@ -43,6 +52,7 @@ class Example:
     responses: Mapping[str, Response] = field(default_factory=dict)
     early: tuple[Response, ...] = ()
     start: Callable[[dict[str, Any]], WorkflowRun] | None = None
+    note: str = ""
 
     def begin(self) -> WorkflowRun:
         """Start this example's run."""
@@ -166,14 +176,21 @@ def examples(tag: str) -> list[Example]:
             "fulfilled",
             order_input("processing-ok"),
             COMPLETED,
-            {"ready": True, "fulfilled": True},
+            {"ready": True, "fulfilled": True, "needs_payment_retry": True, "backordered": True},
+            note=FALLS_THROUGH.format(
+                how="so after fulfill_order the run passes through handle_payment_issue and handle_backorder too"
+            ),
         ),
         Example(
             "order_processing",
             "card declined (goto handle_payment_issue)",
             order_input("processing-declined", **declined),
             COMPLETED,
-            {"needs_payment_retry": True, "fulfilled": None},
+            {"needs_payment_retry": True, "backordered": True, "fulfilled": None},
+            note=FALLS_THROUGH.format(
+                how="and the goto to handle_payment_issue only says where to continue: handle_backorder, "
+                "listed after it, runs too"
+            ),
         ),
         Example(
             "order_processing",

@@ -20,7 +20,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def browser_missing() -> str | None:
     """Why the browser tests cannot run here, or ``None`` when they can."""
     if not (CHROMIUM.exists() or shutil.which(str(CHROMIUM))):
-        return f"the browser tests need Chromium at {CHROMIUM} (apt-get install chromium)"
+        return f"the browser tests need Chromium at {CHROMIUM}: run make chromium, or set DURABLE_CHROMIUM to its path"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

@@ -92,6 +92,9 @@ def test_retry_waits_in_rq_scheduled_registry_until_a_scheduler_runs(workers):
     assert attempts(run, "flaky") == [(1, "failed")]
     assert calls(token, "flaky") == 1
 
+    # The worker said at its start what it does not do.
+    assert "this worker runs without RQ's scheduler (durable_worker --without-scheduler)" in pool.output()
+
     workers(1)  # this one runs RQ's scheduler
     pool.finish(run)
 

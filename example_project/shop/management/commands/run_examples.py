@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -177,6 +178,8 @@ class Command(BaseCommand):
         )
         self.say(self.style.MIGRATE_HEADING(f"== {example.workflow}: {example.label}"))
         self.print_details(run, indent="")
+        if example.note and not problems:
+            self.say(textwrap.fill(f"note: {example.note}", width=100, subsequent_indent="      "))
         self.say(f"result: {verdict}\n")
 
     def print_details(self, run: WorkflowRun, indent: str) -> None:

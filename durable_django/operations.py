@@ -19,6 +19,7 @@ from . import dispatch, leases, store
 from .definition import Workflow, find_workflow, queue_for
 from .exceptions import RunStateError
 from .leases import released_fields
+from .logging import run_fields
 from .models import ParallelGroup, RunStatus, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
@@ -50,7 +51,13 @@ def retry_run(run: RunRef) -> WorkflowRun:
     with transaction.atomic():
         jobs = _reopen(current)
         dispatch.submit(*jobs)
-    logger.info("run %s of workflow %r retried at %r", current.pk, current.workflow, current.current_step)
+    logger.info(
+        "run %s of workflow %r retried at %r",
+        current.pk,
+        current.workflow,
+        current.current_step,
+        extra=run_fields(current.pk, current.workflow, step=current.current_step),
+    )
     current.refresh_from_db()
     return current
 
@@ -166,7 +173,12 @@ def cancel_run(run: RunRef) -> WorkflowRun:
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
-    logger.info("run %s of workflow %r cancelled", current.pk, current.workflow)
+    logger.info(
+        "run %s of workflow %r cancelled",
+        current.pk,
+        current.workflow,
+        extra=run_fields(current.pk, current.workflow, outcome="cancelled"),
+    )
     current.refresh_from_db()
     return current
 

@@ -37,7 +37,9 @@ __all__ = [
     "WorkflowNotFound",
     "assign",
     "call_workflow",
+    "can_answer",
     "cancel_run",
+    "current_run_id",
     "error",
     "get_workflow",
     "goto",
@@ -62,10 +64,10 @@ __all__ = [
 
 # The definition API and the helpers import no models, so they load before Django's app
 # registry is ready (workflows modules may be imported early). The rest is loaded on first use.
-from .context import assign, parallel_ok, parallel_result, parallel_results
+from .context import assign, current_run_id, parallel_ok, parallel_result, parallel_results
 from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, step, workflow
 from .results import error, goto, ok
-from .waits import sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
+from .waits import can_answer, sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
 
 _LAZY = {
     "call_workflow": ".children",

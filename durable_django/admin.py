@@ -2,8 +2,10 @@
 
 Nothing here writes run state. Retrying and cancelling (the list actions and the buttons of a
 run's page) go through :mod:`durable_django.operations`, like the API and the management
-commands, and need the change permission on workflow runs. Every field is read-only; a run may
-be deleted (with the delete permission) only once it, its parent and its children are finished.
+commands, and need the change permission on workflow runs; so does sending an event to a run
+(:mod:`durable_django.admin_waits`; the inbox and the admins of waits and events are in
+:mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the delete permission) only once it, its parent
+and its children are finished.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import BaseModelAdmin
-from django.contrib.admin.utils import flatten, flatten_fieldsets, unquote
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.utils import flatten, flatten_fieldsets
 from django.db.models import Prefetch, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path
 from django.utils import timezone
@@ -26,7 +27,10 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from . import operations
+from . import (
+    admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
+    operations,
+)
 from .admin_display import (
     branch_table,
     change_url,
@@ -39,9 +43,10 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
-from .models import ParallelGroup, RunStatus, StepResult, WorkflowRun
-from .timeline import build_timeline, format_duration
+from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
+from .timeline import build_timeline, format_duration, wait_subject
 
 if TYPE_CHECKING:
     _AdminBase = BaseModelAdmin[Any]
@@ -137,7 +142,8 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
-        return super().get_queryset(request).select_related("group").order_by("id")
+        waiting = Prefetch("waits", queryset=Wait.objects.waiting().order_by("created_at"), to_attr="open_waits")
+        return super().get_queryset(request).select_related("group").prefetch_related(waiting).order_by("id")
 
     @admin.display(description=_("step"))
     def step_link(self, obj: StepResult) -> SafeString:
@@ -149,6 +155,10 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
 
     @admin.display(description=_("output or error"))
     def result(self, obj: StepResult) -> SafeString:
+        waits = getattr(obj, "open_waits", None)
+        if waits:  # the attempt's code is done; the step goes on when its wait ends
+            subjects = ", ".join(wait_subject(wait) for wait in waits)
+            return format_html('<span class="durable-step-waits">{} {}</span>', gettext("waits for"), subjects)
         return format_html("<code>{}</code>", outcome(obj))
 
 
@@ -194,7 +204,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(_Display, admin.ModelAdmin):
+class WorkflowRunAdmin(RunWaitsAdmin, _Display, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow_display",
@@ -325,8 +335,8 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        # A run's attempts and groups go with it, although their own admins are read-only.
-        parts = {str(StepResult._meta.verbose_name), str(ParallelGroup._meta.verbose_name)}
+        # A run's attempts, groups, waits and events go with it, although their own admins are read-only.
+        parts = {str(model._meta.verbose_name) for model in (StepResult, ParallelGroup, Wait, Event)}
         return deleted, counts, {name for name in perms_needed if str(name) not in parts}, protected
 
     # -- search: a whole id is an index lookup ---------------------------------------------------
@@ -370,7 +380,8 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
             can_operate = self.has_change_permission(request, obj)
             context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
             context["can_cancel"] = can_operate and not obj.is_finished
-            context["timeline"] = build_timeline(obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now())
+            waits = self.add_waits(request, context, obj, can_operate)
+            context["timeline"] = build_timeline(obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now(), waits)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # -- retry and cancel ------------------------------------------------------------------------
@@ -408,7 +419,7 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
                 self.admin_site.admin_view(view),
                 name="{}_{}_{}".format(*info, operation),
             )
-            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view))
+            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view), *self.waits_urls())
         ]
         # Before the default patterns: their catch-all "<object_id>/" would swallow these.
         return buttons + super().get_urls()
@@ -424,13 +435,7 @@ class WorkflowRunAdmin(_Display, admin.ModelAdmin):
     def _button(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_change_permission(request):
-            raise PermissionDenied
-        run = self.get_object(request, unquote(object_id))
-        if run is None:
-            raise Http404(gettext("No workflow run has the id %(id)s.") % {"id": object_id})
-        if not self.has_change_permission(request, run):
-            raise PermissionDenied
+        run = self.changeable_run(request, object_id)
         self._operate(request, run, operation)
         return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk))
 

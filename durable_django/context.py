@@ -145,6 +145,16 @@ def current_scope(helper: str) -> StepScope:
     return scope
 
 
+def current_run_id() -> str:
+    """The id of the run whose step (or branch, or ``into``) is executing, as a string.
+
+    For linking something outside to the run, so that it can answer later: a payment intent the
+    provider's webhook will settle with :func:`~durable_django.resume.send_event`, say. Raises
+    :class:`~durable_django.exceptions.NotInStepError` outside a step.
+    """
+    return str(current_scope("current_run_id").run_id)
+
+
 # -- helpers for parallel results ---------------------------------------------------------------
 
 

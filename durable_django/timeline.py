@@ -6,7 +6,9 @@ in percent of the axis, rows, colours and labels.
 
 Sequential steps are rows of their own; a step's retries share its row, one bar per attempt. A
 parallel group is a section with a header row (the group's own span) and one row per branch
-stacked under it, so branches that ran at the same time appear side by side.
+stacked under it, so branches that ran at the same time appear side by side. A step or branch
+that waited (a sleep, events, a person's input) gets a row of its waits right under its own: one
+bar per wait, from when it began to when it was resolved (or to now while it waits).
 """
 
 from __future__ import annotations
@@ -17,16 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, WorkflowRun
+from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, Wait, WorkflowRun
 
 #: Colour of each run, step and group status: timeline bars and the admin's status badges.
 #: Dark enough for white text on top in both light and dark admin themes.
 STATUS_COLOURS: dict[str, str] = {
     "pending": "#6b7280",
     "running": "#1d4ed8",
+    "waiting": "#7e22ce",
     "completed": "#15803d",
     "failed": "#b91c1c",
     "cancelled": "#b45309",
+    # Statuses of waits.
+    "resolved": "#0f766e",
+    "timed_out": "#a16207",
 }
 UNKNOWN_COLOUR = "#6b7280"
 
@@ -62,6 +68,7 @@ _NICE_STEPS: tuple[float, ...] = (
 )
 
 BarState = Literal["done", "running", "waiting"]
+WaitState = Literal["open", "closed"]
 LabelPosition = Literal["inside", "right", "left"]
 
 
@@ -149,8 +156,27 @@ class _Span:
         return _pct(self.width)
 
 
+class _Labelled(_Span):
+    """A bar with a label inside it or just past either end."""
+
+    label_position: LabelPosition
+
+    @property
+    def label_x(self) -> str:
+        """Where the label's anchor goes: inside the bar's start, or just past either end."""
+        if self.label_position == "inside":
+            return _pct(self.offset + 0.4)
+        if self.label_position == "right":
+            return _pct(self.offset + self.width + 0.5)
+        return _pct(self.offset - 0.5)
+
+    @property
+    def label_anchor(self) -> str:
+        return "end" if self.label_position == "left" else "start"
+
+
 @dataclass(frozen=True)
-class Bar(_Span):
+class Bar(_Labelled):
     """One step attempt: ``offset`` and ``width`` are percent of the axis."""
 
     step: str
@@ -168,29 +194,42 @@ class Bar(_Span):
     def end(self) -> str:
         return _pct(self.offset + self.width)
 
-    @property
-    def label_x(self) -> str:
-        """Where the label's anchor goes: inside the bar's start, or just past either end."""
-        if self.label_position == "inside":
-            return _pct(self.offset + 0.4)
-        if self.label_position == "right":
-            return _pct(self.offset + self.width + 0.5)
-        return _pct(self.offset - 0.5)
 
-    @property
-    def label_anchor(self) -> str:
-        return "end" if self.label_position == "left" else "start"
+@dataclass(frozen=True)
+class WaitBar(_Labelled):
+    """One wait of a step or branch: from when it began to when it ended (or to now)."""
+
+    pk: int | None
+    kind: str
+    what: str
+    status: str
+    state: WaitState
+    offset: float
+    width: float
+    label: str
+    title: str
+    label_position: LabelPosition
 
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the timeline: a sequential step or a branch, with one bar per attempt."""
+    """One line of the timeline: a sequential step or a branch, with one bar per attempt.
+
+    The line of a step's waits has no attempt bars but its ``waits`` (``is_waits``).
+    """
 
     label: str
     bars: tuple[Bar, ...]
+    waits: tuple[WaitBar, ...] = ()
+
+    @property
+    def is_waits(self) -> bool:
+        return bool(self.waits) and not self.bars
 
     @property
     def note(self) -> str:
+        if self.is_waits:
+            return f"{len(self.waits)} waits" if len(self.waits) > 1 else ""
         return f"{len(self.bars)} attempts" if len(self.bars) > 1 else ""
 
 
@@ -231,6 +270,10 @@ class Timeline:
         return [bar for section in self.sections for row in section.rows for bar in row.bars]
 
     @property
+    def waits(self) -> list[WaitBar]:
+        return [wait for section in self.sections for row in section.rows for wait in row.waits]
+
+    @property
     def is_empty(self) -> bool:
         return not self.sections
 
@@ -246,6 +289,7 @@ class Timeline:
     def legend(self) -> list[tuple[str, str]]:
         """``(status, colour)`` of each status drawn, in :data:`STATUS_COLOURS` order."""
         seen = {bar.status for bar in self.bars} | {s.group.status for s in self.sections if s.group is not None}
+        seen |= {wait.status for wait in self.waits}
         return [(status, colour) for status, colour in STATUS_COLOURS.items() if status in seen]
 
 
@@ -286,15 +330,19 @@ def _label_position(offset: float, width: float, label: str) -> LabelPosition:
     return "left" if offset >= needed else "inside"
 
 
-def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool) -> Bar:
+def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool, waited: datetime | None = None) -> Bar:
+    """``waited``: when the attempt's first wait began; its code ran until then, the wait bars go on."""
     begin = row.started_at or row.created_at
+    finished_at = row.finished_at
+    if waited is not None and row.started_at is not None and (finished_at is None or finished_at > waited):
+        finished_at = max(waited, begin)
     if row.started_at is None:
         state: BarState = "waiting"
-    elif row.finished_at is None:
+    elif finished_at is None:
         state = "running"
     else:
         state = "done"
-    end = max(row.finished_at or open_end, begin)
+    end = max(finished_at or open_end, begin)
     offset, width = axis.place(begin, end)
     duration = (end - begin).total_seconds() if state != "waiting" else None
     prefix = f"#{row.attempt} " if numbered else ""
@@ -324,6 +372,59 @@ def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool) -> Ba
     )
 
 
+def wait_subject(wait: Wait) -> str:
+    """What a wait waits for, in a few words: ``event paid``, ``any of a, b``, ``input approve``, ``sleep 5 min``."""
+    if wait.kind == "sleep":
+        if wait.due_at is not None:
+            return f"sleep {format_duration((wait.due_at - wait.created_at).total_seconds())}"
+        return "sleep"
+    if wait.kind == "event":
+        events = list(wait.events or []) or [wait.name]
+        if wait.mode == "any":
+            return f"any of {', '.join(events)}"
+        if wait.mode == "all":
+            return f"all of {', '.join(events)}"
+        return f"event {events[0]}"
+    if wait.kind == "input":
+        return f"input {wait.name}"
+    return f"{wait.kind} {wait.name}"
+
+
+def _wait_bar(wait: Wait, axis: _Axis, open_end: datetime) -> WaitBar:
+    begin = wait.created_at
+    is_open = wait.status == "waiting"
+    end = max(wait.resolved_at or open_end, begin)
+    offset, width = axis.place(begin, end)
+    what = wait_subject(wait)
+    lasted = format_duration((end - begin).total_seconds())
+    if is_open:
+        outcome = f"waiting {lasted}"
+    elif wait.status == "timed_out":
+        outcome = f"timed out after {lasted}"
+    elif wait.status == "cancelled":
+        outcome = f"cancelled after {lasted}"
+    elif wait.kind == "sleep":
+        outcome = ""  # it lasted what it says
+    else:
+        outcome = f"after {lasted}"
+    label = f"{what} · {outcome}" if outcome else what
+    title = f"{what}: {wait.status}, from +{axis.relative(begin)}, {'waiting for' if is_open else 'for'} {lasted}"
+    if is_open and wait.due_at is not None:
+        title += f"; {'ends' if wait.kind == 'sleep' else 'times out'} at +{axis.relative(wait.due_at)}"
+    return WaitBar(
+        pk=wait.pk,
+        kind=wait.kind,
+        what=what,
+        status=wait.status,
+        state="open" if is_open else "closed",
+        offset=offset,
+        width=width,
+        label=label,
+        title=title,
+        label_position=_label_position(offset, width, label),
+    )
+
+
 def _group_header(group: ParallelGroup, axis: _Axis, open_end: datetime) -> GroupHeader:
     end = group.finished_at or open_end
     offset, width = axis.place(group.created_at, max(end, group.created_at))
@@ -345,7 +446,13 @@ def _group_header(group: ParallelGroup, axis: _Axis, open_end: datetime) -> Grou
     )
 
 
-def _bounds(run: WorkflowRun, steps: Sequence[StepResult], groups: Iterable[ParallelGroup], now: datetime) -> _Axis:
+def _bounds(
+    run: WorkflowRun,
+    steps: Sequence[StepResult],
+    groups: Iterable[ParallelGroup],
+    waits: Sequence[Wait],
+    now: datetime,
+) -> _Axis:
     starts = [run.started_at or run.created_at]
     starts += [row.started_at or row.created_at for row in steps]
     starts += [group.created_at for group in groups]
@@ -354,6 +461,7 @@ def _bounds(run: WorkflowRun, steps: Sequence[StepResult], groups: Iterable[Para
         ends = [run.finished_at or start]
         ends += [moment for row in steps for moment in (row.started_at, row.finished_at) if moment is not None]
         ends += [group.finished_at for group in groups if group.finished_at is not None]
+        ends += [moment for wait in waits for moment in (wait.created_at, wait.resolved_at) if moment is not None]
         end = max(ends)
     else:
         end = max(now, start)
@@ -361,18 +469,27 @@ def _bounds(run: WorkflowRun, steps: Sequence[StepResult], groups: Iterable[Para
 
 
 def build_timeline(
-    run: WorkflowRun, steps: Iterable[StepResult], groups: Iterable[ParallelGroup], now: datetime
+    run: WorkflowRun,
+    steps: Iterable[StepResult],
+    groups: Iterable[ParallelGroup],
+    now: datetime,
+    waits: Iterable[Wait] = (),
 ) -> Timeline:
-    """Lay out ``run``'s step attempts (``steps``) and parallel ``groups`` on a time axis.
+    """Lay out ``run``'s step attempts (``steps``), parallel ``groups`` and ``waits`` on a time axis.
 
     Rows come in execution order (the rows' ids). Attempts still running end at ``now`` while the
     run is unfinished; in a finished run they end where the axis does and stay marked running.
     Attempts that never started (pending, or cancelled before they ran) are drawn as waiting from
-    the moment they were queued.
+    the moment they were queued. An attempt that waited ends where its first wait begins; its
+    waits are a line of their own under its line.
     """
     rows = sorted(steps, key=lambda row: row.pk or 0)
     group_list = sorted(groups, key=lambda group: (group.created_at, group.pk or 0))
-    axis = _bounds(run, rows, group_list, now)
+    wait_list = sorted(waits, key=lambda wait: (wait.created_at, wait.pk or 0))
+    waits_of: dict[int, list[Wait]] = {}
+    for wait in wait_list:
+        waits_of.setdefault(wait.step_result_id, []).append(wait)
+    axis = _bounds(run, rows, group_list, wait_list, now)
     finished = run.status in FINISHED_RUN_STATUSES
     open_end = axis.start + timedelta(seconds=axis.span) if finished else now
 
@@ -406,16 +523,22 @@ def build_timeline(
     # A group without branch rows still shows its span.
     layout += [(group, []) for group in group_list if group.pk not in group_lines]
 
+    def line_rows(line: list[StepResult]) -> list[Row]:
+        bars = []
+        for row in line:
+            row_waits = waits_of.get(row.pk or 0)
+            waited = row_waits[0].created_at if row_waits else None
+            bars.append(_bar(row, axis, open_end, numbered=len(line) > 1 or row.attempt > 1, waited=waited))
+        out = [Row(label=line[0].step, bars=tuple(bars))]
+        line_waits = [_wait_bar(wait, axis, open_end) for row in line for wait in waits_of.get(row.pk or 0, [])]
+        if line_waits:
+            out.append(Row(label=line[0].step, bars=(), waits=tuple(line_waits)))
+        return out
+
     sections = tuple(
         Section(
             group=_group_header(group, axis, open_end) if group is not None else None,
-            rows=tuple(
-                Row(
-                    label=line[0].step,
-                    bars=tuple(_bar(row, axis, open_end, numbered=len(line) > 1 or row.attempt > 1) for row in line),
-                )
-                for line in lines
-            ),
+            rows=tuple(row for line in lines for row in line_rows(line)),
         )
         for group, lines in layout
     )

@@ -240,7 +240,8 @@ def wait_for_input(
         problem = f"choices are for kind='choice' only (this input is {kind!r})"
     if not problem and kind == "form":
         spec_fields, problem = _form_fields(fields)
-        spec["fields"] = spec_fields
+        # The order as declared, which a JSON column of PostgreSQL (jsonb) does not keep.
+        spec["fields"], spec["order"] = spec_fields, list(spec_fields)
     elif not problem and fields is not None:
         problem = f"fields are for kind='form' only (this input is {kind!r})"
     if not problem and not isinstance(prompt, str):

@@ -88,6 +88,9 @@ RQ_QUEUES = {"default": {"URL": REDIS_URL}}
 
 DURABLE = {"QUEUE": "default"}
 
+# Signs the payment provider's webhooks (shop.webhooks).
+SHOP_WEBHOOK_SECRET = os.environ.get("SHOP_WEBHOOK_SECRET", "example-webhook-secret-not-for-production")
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

@@ -1,4 +1,4 @@
-"""Screenshots of the admin: the run list, and run pages with a parallel group and their timeline.
+"""Screenshots of the admin: the run list, run pages with a parallel group and their timeline, waits.
 
     python scripts/admin_screenshots.py OUTPUT_DIR [--chromium /usr/bin/chromium] [--width 1440]
 
@@ -6,9 +6,13 @@ Everything happens in a throwaway SQLite database in a temporary directory: the 
 project's workflows run to the end on the embedded queue (``manage.py run_examples``, no Redis
 needed), the admin is served on a free local port, and a headless Chromium (Debian's package,
 driven by Playwright) logs in and photographs it. Writes ``run-list.png``, ``run-detail.png`` (the
-completed run with the most attempts in one parallel block), ``run-timeline.png`` (its timeline alone), ``run-failed.png``
-(a failed run with its Retry button) and ``run-detail-dark.png`` (the run page in the dark theme)
-into OUTPUT_DIR, and prints their paths.
+completed run with the most attempts in one parallel block), ``run-timeline.png`` (its timeline
+alone), ``run-failed.png`` (a failed run with its Retry button), ``run-detail-dark.png`` (the run
+page in the dark theme), ``run-waiting.png`` (a run whose branches and a later step waited, the
+last wait still open), ``waits-timeline.png`` (its timeline alone), ``inbox.png`` (inputs
+waiting for an answer and answered ones) and ``answer-approval.png`` (an approval's page) into
+OUTPUT_DIR, and prints their paths. The runs that wait are the test app's
+(``tests/testapp/admin_wait_workflows.py``).
 """
 
 from __future__ import annotations
@@ -78,6 +82,50 @@ def create_runs() -> dict[str, Any]:
     return {"detail": detail.run_id, "failed": failed_runs[0].pk}
 
 
+def create_waiting_runs(username: str) -> dict[str, Any]:
+    """Runs that wait: for inputs (one answered), for events (one sent early and kept) and for time."""
+    import time
+
+    from django.contrib.auth import get_user_model
+
+    from durable_django import start_workflow
+    from durable_django.resume import provide_input, send_event
+    from durable_django.testing import EmbeddedQueue
+    from tests.testapp import admin_wait_workflows  # noqa: F401 - registers the workflows
+
+    user = get_user_model().objects.get(username=username)
+    with EmbeddedQueue() as queue:
+        notify = start_workflow("it_admin_notify", {"pause": 0.3})
+        refunds = [
+            start_workflow("it_admin_refund", {"amount": amount, "customer": customer})
+            for amount, customer in ((250, "Ada Lovelace"), (80, "Alan Turing"), (1200, "Grace Hopper"))
+        ]
+        delivery = start_workflow(
+            "it_admin_ask",
+            {
+                "name": "delivery",
+                "kind": "form",
+                "prompt": "When and where should the replacement go?",
+                "fields": {
+                    "street": {"type": "string", "label": "Street"},
+                    "floor": {"type": "integer", "required": False, "label": "Floor"},
+                    "ship_on": {"type": "date", "label": "Ship on"},
+                    "gift": {"type": "boolean", "required": False, "label": "Gift wrap"},
+                },
+            },
+        )
+        queue.run_until_idle(timeout=30)
+        # No wait of the run wants this one: its page lists it among the buffered events.
+        send_event(notify.pk, "invoice_ready", {"invoice": "INV-7"})
+        time.sleep(1.2)  # the pause branch's sleep is due: wake-ups are scheduled to the whole second
+        queue.run_until_idle(timeout=30)
+        send_event(notify.pk, "mail_sent", {"to": "ada@example.com"})
+        queue.run_until_idle(timeout=30)
+        provide_input(refunds[1].pk, "refund_ok", {"approved": True, "comment": "Loyal customer"}, user=user)
+        queue.run_until_idle(timeout=30)
+    return {"notify": notify.pk, "refund": refunds[0].pk, "delivery": delivery.pk}
+
+
 def create_user() -> str:
     from django.contrib.auth import get_user_model
 
@@ -123,12 +171,24 @@ def photograph(base_url: str, password: str, runs: dict[str, Any], out: Path, ch
     """Log in and save the screenshots; returns their paths."""
     from playwright.sync_api import sync_playwright
 
+    from durable_django.models import Wait
+
     runs_url = f"{base_url}/admin/durable_django/workflowrun/"
+    inbox_url = f"{base_url}/admin/durable_django/wait/inbox/"
+    approval = Wait.objects.filter(run_id=runs["refund"], kind="input").values_list("pk", flat=True).first()
     shots = [
         ("run-list.png", runs_url, "light"),
         ("run-detail.png", f"{runs_url}{runs['detail']}/change/", "light"),
         ("run-failed.png", f"{runs_url}{runs['failed']}/change/", "light"),
+        ("run-waiting.png", f"{runs_url}{runs['notify']}/change/", "light"),
+        ("inbox.png", inbox_url, "light"),
+        ("answer-approval.png", f"{inbox_url}{approval}/", "light"),
         ("run-detail-dark.png", f"{runs_url}{runs['detail']}/change/", "dark"),
+    ]
+    # Element screenshots taken on the page of a shot: (shot, file, selector).
+    parts = [
+        ("run-detail.png", "run-timeline.png", ".durable-timeline-module"),
+        ("run-waiting.png", "waits-timeline.png", ".durable-timeline-module"),
     ]
     saved = []
     with sync_playwright() as playwright:
@@ -146,10 +206,11 @@ def photograph(base_url: str, password: str, runs: dict[str, Any], out: Path, ch
                     path = out / name
                     page.screenshot(path=str(path), full_page=True, animations="disabled")
                     saved.append(path)
-                    if name == "run-detail.png":
-                        path = out / "run-timeline.png"
-                        page.locator(".durable-timeline-module").screenshot(path=str(path), animations="disabled")
-                        saved.append(path)
+                    for shot, part, selector in parts:
+                        if shot == name:
+                            path = out / part
+                            page.locator(selector).screenshot(path=str(path), animations="disabled")
+                            saved.append(path)
                 context.close()
         finally:
             browser.close()
@@ -167,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_django(Path(scratch) / "db.sqlite3")
         runs = create_runs()
         password = create_user()
+        runs.update(create_waiting_runs(USERNAME))
         with serve() as base_url:
             for path in photograph(base_url, password, runs, args.output, args.chromium, args.width):
                 print(path)

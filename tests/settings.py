@@ -95,3 +95,5 @@ def durable_from_environ(environ: Mapping[str, str]) -> dict[str, object]:
 DURABLE: dict[str, object] = durable_from_environ(os.environ)
 
 STATIC_URL = "static/"
+
+SHOP_WEBHOOK_SECRET = "webhook-secret-of-the-tests"

@@ -29,7 +29,21 @@ LAYERS: list[set[str]] = [
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children", "resume"},
-    {"checks", "testing", "timeline", "admin_display", "admin", "api", "management", "worker", "apps", PACKAGE},
+    {
+        "checks",
+        "testing",
+        "timeline",
+        "admin_display",
+        "answer_forms",
+        "admin_waits",
+        "admin_inbox",
+        "admin",
+        "api",
+        "management",
+        "worker",
+        "apps",
+        PACKAGE,
+    },
 ]
 
 # (importing module, imported module): lazy imports that are there on purpose.

@@ -1,4 +1,4 @@
-"""Operator actions: retry a failed run where it failed, cancel a pending or running one."""
+"""Operator actions: retry a failed run where it failed, cancel a pending, running or waiting one."""
 
 from __future__ import annotations
 

@@ -527,3 +527,14 @@ def test_a_child_workflow_cannot_wait_and_says_so(embedded: EmbeddedQueue, defin
     reason = run.error["reason"]["reason"]
     assert reason["type"] == "invalid_step_return"
     assert "child workflow" in reason["message"]
+
+
+@runs
+def test_current_run_id_names_the_run_of_the_executing_step(embedded: EmbeddedQueue, define: Definer) -> None:
+    from durable_django import NotInStepError, current_run_id
+
+    wf = define([step("who", lambda ctx: ok({"me": current_run_id()}))])
+    run = drive(embedded, wf.start())
+    assert run.context == {"me": str(run.pk)}
+    with pytest.raises(NotInStepError, match="current_run_id"):
+        current_run_id()

@@ -35,6 +35,21 @@ class ExternalEndpointAdmin(admin.ModelAdmin):
     list_display = ("key", "fail_first", "calls")
 
 
+@admin.register(models.ExpenseClaim)
+class ExpenseClaimAdmin(admin.ModelAdmin):
+    list_display = ("id", "employee", "amount_cents", "description", "status", "decided_by", "approved_cents")
+    list_filter = ("status",)
+    search_fields = ("employee__email", "description", "decided_by")
+
+
+@admin.register(models.PaymentIntent)
+class PaymentIntentAdmin(admin.ModelAdmin):
+    list_display = ("provider_ref", "order", "amount_cents", "status", "failure_reason", "run", "created_at")
+    list_filter = ("status",)
+    search_fields = ("provider_ref", "order__reference")
+    raw_id_fields = ("order", "run")
+
+
 admin.site.register(
     [
         models.Workspace,

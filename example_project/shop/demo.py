@@ -3,15 +3,23 @@
 Each :class:`Example` names its workflow, its input and what it must end with, so the demo is
 also a check. :func:`examples` seeds the rows they need under a fresh ``tag``, which keeps
 every invocation's customers and orders apart on a database that already holds earlier ones.
+The examples of ``shop.waiting`` also say how the demo answers what their runs wait for
+(see ``shop.responder``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from durable_django import start_workflow
+from durable_django.models import WorkflowRun
+
+from .responder import DIRECTOR, MANAGER, Answer, Response, Send, Webhook, staff_user
 from .seed import UNKNOWN_SKU, customer, order, seed_stock
 from .services.payment import DECLINED_TOKEN
+from .waiting import start_payment
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -22,7 +30,9 @@ class Example:
     """One run to start, and what it must end with.
 
     ``expect`` lists keys and values the final context (for a completed run) or the error (for a
-    failed one) must contain.
+    failed one) must contain. ``responses``: what the demo does when the run waits at one of
+    its steps (by the step's name); ``early``: what it sends right after the start, before the
+    run waits for it. ``start``: how the run is started, ``start_workflow`` by default.
     """
 
     workflow: str
@@ -30,6 +40,15 @@ class Example:
     input: dict[str, Any]
     status: str
     expect: dict[str, Any] = field(default_factory=dict)
+    responses: Mapping[str, Response] = field(default_factory=dict)
+    early: tuple[Response, ...] = ()
+    start: Callable[[dict[str, Any]], WorkflowRun] | None = None
+
+    def begin(self) -> WorkflowRun:
+        """Start this example's run."""
+        if self.start is not None:
+            return self.start(self.input)
+        return start_workflow(self.workflow, self.input)
 
     def problems(self, status: str, context: dict[str, Any] | None, error: dict[str, Any] | None) -> list[str]:
         """What differs between this expectation and a finished run (empty when it matches)."""
@@ -197,5 +216,115 @@ def examples(tag: str) -> list[Example]:
             {"reference": f"{tag}-children-sold-out"},
             COMPLETED,
             {"paid": True, "shipped": False},
+        ),
+        *waiting_examples(tag),
+    ]
+
+
+def waiting_examples(tag: str) -> list[Example]:
+    """The examples of ``shop.waiting``, and the staff users who answer their inputs."""
+    staff_user(MANAGER)
+    staff_user(DIRECTOR)
+    alan = customer(f"alan.{tag}@example.com", "Alan Turing")
+    barbara = customer(f"barbara.{tag}@example.com", "Barbara Liskov")
+
+    def claim(amount_cents: int, description: str, **options: Any) -> dict[str, Any]:
+        return {"employee_id": alan.pk, "amount_cents": amount_cents, "description": description, **options}
+
+    def order_of(name: str) -> dict[str, Any]:
+        return {"order_id": order(f"{tag}-{name}", barbara).pk}
+
+    packed = Send("warehouse.packed", {"weight_grams": 850})
+    fulfilled = order_of("fulfil-ok")["order_id"]
+    return [
+        Example(
+            "expense_approval",
+            "manager approves (input answered)",
+            claim(4200, "Train to the client"),
+            COMPLETED,
+            {"claim_status": "paid", "paid_cents": 4200, "employee_notified": True},
+            responses={"ask_manager": Answer({"approved": True, "comment": "Fine"}, MANAGER)},
+        ),
+        Example(
+            "expense_approval",
+            "manager rejects",
+            claim(25000, "Noise-cancelling headphones"),
+            COMPLETED,
+            {"claim_status": "rejected", "employee_notified": True},
+            responses={"ask_manager": Answer({"approved": False, "comment": "Not a business expense"}, MANAGER)},
+        ),
+        Example(
+            "expense_approval",
+            "manager does not answer (timeout escalates to a director's form)",
+            # A short timeout for the demo; the workflow's default is three days.
+            claim(9000, "Flight to the conference", approval_timeout=1.0),
+            COMPLETED,
+            {"manager_approval": None, "escalated": True, "claim_status": "paid", "paid_cents": 6000},
+            responses={"escalate": Answer({"approved_amount": 6000, "note": "Economy fare only"}, DIRECTOR)},
+        ),
+        Example(
+            "payment_with_webhook",
+            "webhook settles the payment (event delivered)",
+            order_of("pay-settled"),
+            COMPLETED,
+            {"payment_status": "settled"},
+            responses={"await_settlement": Webhook("payment.settled", {"amount_cents": 8900})},
+            start=start_payment,
+        ),
+        Example(
+            "payment_with_webhook",
+            "webhook arrives before the run waits (event buffered)",
+            order_of("pay-early"),
+            COMPLETED,
+            {"payment_status": "settled"},
+            early=(Webhook("payment.settled", {"amount_cents": 8900}, expect="buffered"),),
+            start=start_payment,
+        ),
+        Example(
+            "payment_with_webhook",
+            "webhook reports a failed payment (wait_for_any)",
+            order_of("pay-failed"),
+            COMPLETED,
+            {"payment_status": "failed"},
+            responses={"await_settlement": Webhook("payment.failed", {"reason": "insufficient_funds"})},
+            start=start_payment,
+        ),
+        Example(
+            "payment_with_webhook",
+            "no webhook (timeout value: the intent expires)",
+            {**order_of("pay-expired"), "settle_timeout": 1.0},
+            COMPLETED,
+            {"payment_status": "expired", "settlement": None},
+            start=start_payment,
+        ),
+        Example(
+            "follow_up_email",
+            "follow-up mailed after a sleep",
+            {"user_id": barbara.pk, "follow_up_after": 1.0},
+            COMPLETED,
+            {"welcomed": True, "follow_up_sent": True},
+        ),
+        Example(
+            "fulfil_order",
+            "a parallel branch waits for warehouse.packed",
+            {"order_id": fulfilled},
+            COMPLETED,
+            {"tracking_number": f"TRK{fulfilled:08d}", "weight_grams": 850},
+            responses={"packing": packed},
+        ),
+        Example(
+            "fulfil_order",
+            "the warehouse never answers (wait_timeout fails the run)",
+            {**order_of("fulfil-late"), "packing_timeout": 1.0},
+            FAILED,
+            {
+                "step": "packing",
+                "parallel": "parallel_1",
+                "reason": {
+                    "type": "wait_timeout",
+                    "wait": "warehouse.packed",
+                    "message": "the wait for 'warehouse.packed' timed out",
+                },
+            },
         ),
     ]

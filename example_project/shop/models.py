@@ -162,3 +162,69 @@ class ExternalEndpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.calls} call(s), fails the first {self.fail_first}"
+
+
+class ExpenseClaim(models.Model):
+    """An employee's expense claim: a manager approves it, or a director once the manager is too slow.
+
+    Employees have accounts in the shop like customers, so the outcome is mailed to them the
+    same way. ``approved_cents`` can be less than the claimed amount (a director's decision).
+    """
+
+    class Status(models.TextChoices):
+        SUBMITTED = "submitted"
+        ESCALATED = "escalated"
+        APPROVED = "approved"
+        PAID = "paid"
+        REJECTED = "rejected"
+
+    employee = models.ForeignKey(Account, models.CASCADE, related_name="expense_claims")
+    amount_cents = models.PositiveIntegerField()
+    description = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SUBMITTED)
+    decided_by = models.CharField(max_length=150, blank=True, help_text="Username of who approved or rejected it.")
+    approved_cents = models.PositiveIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True, help_text="The decider's comment.")
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        # Who may answer the workflow's approval inputs (see shop.waiting.expense_approval).
+        permissions = [("approve_expenses", "Can approve expense claims")]
+
+    def __str__(self) -> str:
+        return f"claim {self.pk}: {self.amount_cents} for {self.description} ({self.status})"
+
+
+class PaymentIntent(models.Model):
+    """A payment the (imaginary) provider settles later, telling the shop by webhook.
+
+    ``provider_ref`` is the provider's id of the intent, which its webhooks carry; ``run`` is the
+    workflow run that waits for them, so the webhook view knows where to send the event.
+    """
+
+    class Status(models.TextChoices):
+        CREATED = "created"
+        PROCESSING = "processing"
+        SETTLED = "settled"
+        FAILED = "failed"
+        EXPIRED = "expired"
+
+    order = models.ForeignKey(Order, models.CASCADE, related_name="payment_intents")
+    amount_cents = models.PositiveIntegerField()
+    provider_ref = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED)
+    failure_reason = models.CharField(max_length=100, blank=True)
+    run = models.OneToOneField(
+        "durable_django.WorkflowRun", models.SET_NULL, null=True, blank=True, related_name="payment_intent"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.provider_ref} ({self.status})"

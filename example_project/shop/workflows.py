@@ -3,7 +3,8 @@
 Loaded by durable_django's autodiscovery (like ``admin.py``). Each section names the guide's
 example it translates; ``python manage.py run_examples`` runs them all. Steps call the small
 services of ``shop.services``, so every branch does real work on real rows, and every outcome
-(a declined card, an empty warehouse, a bouncing address) is decided by the data.
+(a declined card, an empty warehouse, a bouncing address) is decided by the data. The examples
+that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, registered from here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from durable_django import (
     workflow,
 )
 
+from . import waiting  # noqa: F401 - registers the workflows that wait
 from .models import Order
 from .services import (
     analytics,

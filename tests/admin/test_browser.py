@@ -22,6 +22,7 @@ from durable_django.models import WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from tests.admin.conftest import CHROMIUM
 from tests.admin.support import CHANGELIST, change_url, fix, order
+from tests.admin.waits_support import start_waiting
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -146,7 +147,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
-def test_screenshot_script_writes_the_list_and_run_pages(tmp_path: Path) -> None:
+def test_screenshot_script_writes_the_list_run_and_inbox_pages(tmp_path: Path) -> None:
     # The script sets up its own settings and database: nothing of the test run's may leak in.
     env = {key: value for key, value in os.environ.items() if key not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
     result = subprocess.run(
@@ -158,8 +159,100 @@ def test_screenshot_script_writes_the_list_and_run_pages(tmp_path: Path) -> None
         timeout=240,
     )
     assert result.returncode == 0, result.stderr
-    names = ["run-list.png", "run-detail.png", "run-timeline.png", "run-failed.png", "run-detail-dark.png"]
+    names = [
+        "run-list.png",
+        "run-detail.png",
+        "run-timeline.png",
+        "run-failed.png",
+        "run-waiting.png",
+        "waits-timeline.png",
+        "inbox.png",
+        "answer-approval.png",
+        "run-detail-dark.png",
+    ]
     assert result.stdout.split() == [str(tmp_path / name) for name in names]
     for name in names:
         width, height = png_size(tmp_path / name)
         assert width >= 800 and height >= 150, (name, width, height)
+
+
+# -- waits -----------------------------------------------------------------------------------------
+
+
+def test_run_page_of_a_waiting_run_shows_its_waits_on_the_timeline_and_sends_an_event(
+    embedded: EmbeddedQueue, page: Any, tmp_path: Path
+) -> None:
+    run = start_waiting(embedded, "it_admin_notify", {"pause": 0})
+    embedded.run_until_idle(timeout=30)
+    assert WorkflowRun.objects.get(pk=run.pk).status == "waiting"
+    page.goto(change_url(run))
+    assert page.locator(".field-status_badge .durable-badge").first.inner_text().strip() == "Waiting"
+    kinds = page.locator("tr.durable-wait").evaluate_all("rows => rows.map(r => r.dataset.kind)")
+    assert "event" in kinds
+    assert page.locator("tr.durable-wait-waiting .wait-subject strong").first.inner_text() == "event mail_sent"
+    # The waits' bars are drawn inside the track, inside the block's section for the branches.
+    waits = page.locator(".dt-wait rect")
+    assert waits.count() == len(kinds)
+    track = page.locator(".dt-waits .dt-track").first.bounding_box()
+    for index in range(waits.count()):
+        box = waits.nth(index).bounding_box()
+        assert box["width"] >= 1 and box["height"] >= 8
+        assert track["x"] - 1 <= box["x"] <= track["x"] + track["width"]
+    assert page.locator(".dt-group .dt-wait").count() >= 1
+    page.locator(".durable-waits-module").screenshot(path=str(tmp_path / "waits.png"))
+
+    # The one event the run waits for is filled in; send it with a payload.
+    assert page.input_value("#durable-event-name") == "mail_sent"
+    page.fill("#durable-event-payload", '{"to": "ada@example.com"}')
+    page.get_by_role("button", name="Send event").click()
+    page.wait_for_selector(".messagelist .success")
+    assert page.locator(".messagelist .success").inner_text().strip() == (
+        f"Sent event mail_sent to run {str(run.pk)[:8]}: a wait took it."
+    )
+    # A JSON error is said, and nothing is sent.
+    page.fill("#durable-event-name", "paid")
+    page.fill("#durable-event-payload", "{not json")
+    page.get_by_role("button", name="Send event").click()
+    page.wait_for_selector(".messagelist .error")
+    assert "the payload is not JSON" in page.locator(".messagelist .error").inner_text()
+
+    embedded.run_until_idle(timeout=30)
+    page.reload()
+    mail = page.locator("tr.durable-wait[data-kind=event]").first
+    assert mail.locator(".wait-status").inner_text().strip() == "Resolved"
+    assert '"to": "ada@example.com"' in mail.locator(".wait-payload").inner_text()
+    page.screenshot(path=str(tmp_path / "run-waiting.png"), full_page=True, animations="disabled")
+    assert png_size(tmp_path / "run-waiting.png")[0] >= 800
+
+
+def test_an_approval_is_answered_in_the_inbox(embedded: EmbeddedQueue, page: Any, tmp_path: Path) -> None:
+    run = start_waiting(embedded, "it_admin_refund", {"amount": 250, "customer": "Ada <Lovelace>"})
+    assert run.status == "waiting"
+    page.goto("/admin/durable_django/")
+    page.locator(".durable-inbox-module").get_by_role("link", name="Inputs waiting for an answer").click()
+    page.wait_for_url("**/wait/inbox/")
+    item = page.locator(".durable-inbox-pending .durable-inbox-item")
+    assert item.count() == 1
+    assert "Refund 250 EUR to Ada <Lovelace>?" in item.inner_text()
+    page.screenshot(path=str(tmp_path / "inbox.png"), full_page=True)
+    item.get_by_role("link", name="Answer").click()
+    page.wait_for_selector(".durable-answer-form")
+    page.fill("#id_answer-comment", "Loyal customer")
+    page.screenshot(path=str(tmp_path / "answer.png"), full_page=True)
+    page.get_by_role("button", name="Approve").click()
+    page.wait_for_selector(".messagelist .success")
+    assert page.locator(".messagelist .success").inner_text().strip() == (
+        f"Answered refund_ok of it_admin_refund run {str(run.pk)[:8]}."
+    )
+    assert page.locator(".durable-inbox-pending").count() == 0
+    answered = page.locator(".durable-inbox-answered .durable-inbox-item")
+    assert answered.count() == 1
+    assert "answered by operator" in answered.inner_text()
+    assert "Decision: Approved" in answered.inner_text() and "Comment: Loyal customer" in answered.inner_text()
+
+    embedded.run_until_idle(timeout=30)
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert run.context["refund_ok"]["approved"] is True and run.context["refund_ok"]["by"] == "operator"
+    for name in ("inbox.png", "answer.png"):
+        assert png_size(tmp_path / name)[0] >= 800

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from durable_django.models import ParallelGroup, StepResult, WorkflowRun
+from durable_django.models import ParallelGroup, StepResult, Wait, WorkflowRun
 from durable_django.timeline import (
     STATUS_COLOURS,
     Timeline,
@@ -307,3 +307,109 @@ def test_ticks_fall_on_round_intervals(span: float, labels: list[str]) -> None:
 )
 def test_format_duration(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+# -- waits -----------------------------------------------------------------------------------------
+
+
+def wait(pk: int, row: int, kind: str, name: str, created: float, resolved: float | None, **fields: Any) -> Wait:
+    status = fields.pop("status", "waiting" if resolved is None else "resolved")
+    return Wait(
+        pk=pk,
+        step_result_id=row,
+        kind=kind,
+        name=name,
+        status=status,
+        created_at=at(created),
+        resolved_at=at(resolved),
+        **fields,
+    )
+
+
+def test_a_wait_gets_a_line_under_its_step_and_the_step_bar_ends_where_the_wait_begins() -> None:
+    steps = [
+        attempt(1, "prepare", "completed", 0, 1),
+        # The engine may keep the attempt open while it waits: its bar still ends at the wait.
+        attempt(2, "approve", "completed", 1, 9),
+        attempt(3, "ship", "completed", 9, 10),
+    ]
+    waits = [wait(1, 2, "input", "approve", 2, 9, input_kind="approval")]
+    timeline = build_timeline(run(), steps, [], NOW, waits=waits)
+    rows = timeline.sections[0].rows
+    assert [(row.label, row.is_waits) for row in rows] == [
+        ("prepare", False),
+        ("approve", False),
+        ("approve", True),
+        ("ship", False),
+    ]
+    approve = rows[1].bars[0]
+    assert (round(approve.offset, 2), round(approve.width, 2), approve.state, approve.label) == (
+        10.0,
+        10.0,
+        "done",
+        "1.00 s",
+    )
+    (bar,) = rows[2].waits
+    assert (round(bar.offset, 2), round(bar.width, 2), bar.state, bar.status) == (20.0, 70.0, "closed", "resolved")
+    assert (bar.what, bar.label, bar.colour) == ("input approve", "input approve · after 7.00 s", "#0f766e")
+    assert bar.title == "input approve: resolved, from +2.00 s, for 7.00 s"
+    # The attempt bars are still the timeline's bars; waits are apart.
+    assert len(timeline.bars) == 3 and timeline.waits == [bar]
+    assert ("resolved", STATUS_COLOURS["resolved"]) in timeline.legend
+
+
+def test_an_open_wait_runs_to_now_and_says_what_it_waits_for() -> None:
+    steps = [attempt(1, "pay", "waiting", 0, None)]
+    waits = [
+        wait(
+            1,
+            1,
+            "event",
+            "paid|refused",
+            1,
+            None,
+            events=["paid", "refused"],
+            mode="any",
+            due_at=at(61),
+            timeout_seconds=60,
+        )
+    ]
+    timeline = build_timeline(run("waiting", finished=None), steps, [], at(5), waits=waits)
+    pay, waits_row = timeline.sections[0].rows
+    assert (pay.bars[0].state, round(pay.bars[0].width, 2), pay.bars[0].colour) == ("done", 20.0, "#7e22ce")
+    (bar,) = waits_row.waits
+    assert (round(bar.offset, 2), round(bar.width, 2), bar.state) == (20.0, 80.0, "open")
+    assert bar.label == "any of paid, refused · waiting 4.00 s"
+    assert bar.title == "any of paid, refused: waiting, from +1.00 s, waiting for 4.00 s; times out at +1 min 1 s"
+
+
+def test_waits_of_branches_are_drawn_inside_their_group_and_several_waits_share_a_line() -> None:
+    steps = [
+        attempt(1, "mail", "completed", 0, 1, group=5),
+        attempt(2, "pause", "completed", 0, 10, group=5),
+    ]
+    waits = [
+        wait(1, 1, "event", "sent", 0.5, 1, events=["sent"]),
+        wait(2, 2, "sleep", "pause", 0, 4, due_at=at(4)),
+        wait(3, 2, "sleep", "pause", 5, 10, status="timed_out", due_at=at(10)),
+    ]
+    timeline = build_timeline(run(), steps, [group(5, "notify", "completed", 0, 10, branches=2)], NOW, waits=waits)
+    (section,) = timeline.sections
+    assert section.group is not None
+    assert [(row.label, row.is_waits, row.note) for row in section.rows] == [
+        ("mail", False, ""),
+        ("mail", True, ""),
+        ("pause", False, ""),
+        ("pause", True, "2 waits"),
+    ]
+    assert [bar.label for bar in section.rows[1].waits] == ["event sent · after 500 ms"]
+    assert [bar.label for bar in section.rows[3].waits] == ["sleep 4.00 s", "sleep 5.00 s · timed out after 5.00 s"]
+    # The pause branch's code ran no time before its first sleep.
+    assert section.rows[2].bars[0].width == 0.4
+
+
+def test_a_wait_resolved_after_the_last_step_stretches_the_axis_of_a_finished_run() -> None:
+    steps = [attempt(1, "hold", "completed", 0, 1)]
+    waits = [wait(1, 1, "input", "ok", 1, 20, input_kind="text")]
+    timeline = build_timeline(run(finished=None, status="cancelled"), steps, [], NOW, waits=waits)
+    assert timeline.span == 20.0

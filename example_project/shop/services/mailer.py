@@ -34,3 +34,9 @@ def send(user_id: int) -> tuple[str, SentMessage] | tuple[str, str]:
         return ("ok", deliver(account, "Your order was updated", f"Hello {account.name}, there is news."))
     except MailerError:
         return ("error", "undeliverable_address")
+
+
+def send_follow_up(user_id: int) -> SentMessage:
+    """Send the follow-up mail that comes a while after the welcome mail."""
+    account = Account.objects.get(pk=user_id)
+    return deliver(account, "How are you getting on?", f"Hello {account.name}, anything we can help with?")

@@ -1,8 +1,12 @@
-"""Payment: card authorizations for orders and charges for plain amounts."""
+"""Payment: card authorizations for orders, charges for plain amounts, and payment intents."""
 
 from __future__ import annotations
 
-from ..models import Charge, Order, PaymentAuthorization
+import secrets
+
+from django.utils import timezone
+
+from ..models import Charge, Order, PaymentAuthorization, PaymentIntent
 
 # The card token the (imaginary) provider always declines, after the providers' own test tokens.
 DECLINED_TOKEN = "tok_chargeDeclined"
@@ -30,3 +34,32 @@ def charge(amount_cents: int) -> tuple[str, Charge] | tuple[str, str]:
     if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
         return ("error", "invalid_amount")
     return ("ok", Charge.objects.create(amount_cents=amount_cents))
+
+
+# -- payment intents: settled later by the provider, which calls the shop's webhook ---------------
+
+
+def create_intent(order_id: int) -> PaymentIntent:
+    """A new intent for the order's total, registered with the provider (which assigns its reference)."""
+    order = Order.objects.get(pk=order_id)
+    return PaymentIntent.objects.create(
+        order=order, amount_cents=order.total_cents, provider_ref=f"pi_{secrets.token_hex(8)}"
+    )
+
+
+def confirm_intent(intent_id: int) -> PaymentIntent:
+    """Ask the provider to charge the intent; it answers later, with a webhook."""
+    PaymentIntent.objects.filter(pk=intent_id, status=PaymentIntent.Status.CREATED).update(
+        status=PaymentIntent.Status.PROCESSING
+    )
+    return PaymentIntent.objects.get(pk=intent_id)
+
+
+def close_intent(intent_id: int, status: str, failure_reason: str = "") -> PaymentIntent:
+    """Record how the intent ended: settled, failed (with the provider's reason) or expired."""
+    intent = PaymentIntent.objects.get(pk=intent_id)
+    intent.status = status
+    intent.failure_reason = failure_reason
+    intent.settled_at = timezone.now() if status == PaymentIntent.Status.SETTLED else None
+    intent.save(update_fields=["status", "failure_reason", "settled_at"])
+    return intent

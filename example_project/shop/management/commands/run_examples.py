@@ -16,12 +16,13 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
 
-from durable_django import start_workflow
 from durable_django.conf import durable_settings
-from durable_django.models import WorkflowRun
+from durable_django.models import Wait, WorkflowRun
 
 from ...demo import Example, examples
+from ...responder import Responder
 
 WORKERS = 2
 
@@ -32,7 +33,8 @@ class Command(BaseCommand):
         "end and print each run: its status, every step attempt in order, and its final context or "
         "error. Without REDIS_URL the runs execute in this process on an embedded queue (no Redis "
         f"server needed). With REDIS_URL set, {WORKERS} real durable_worker processes execute them and the "
-        "command waits for the database to show every run finished. Exits non-zero when a run does "
+        "command waits for the database to show every run finished. Runs that wait for an input or an "
+        "event are answered by the command itself, as each example says. Exits non-zero when a run does "
         "not end as expected, so it doubles as a smoke test. Safe to run again on the same database."
     )
 
@@ -52,6 +54,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.verbosity = options["verbosity"]
+        self.responder = Responder()
         tag = uuid.uuid4().hex[:8]
         chosen = [ex for ex in examples(tag) if not options["only"] or ex.workflow in options["only"]]
         if not chosen:
@@ -59,16 +62,18 @@ class Command(BaseCommand):
         redis_url = os.environ.get("REDIS_URL")
         mode = f"durable_worker x{WORKERS} on {redis_url}" if redis_url else "embedded queue, in this process"
         self.say(f"Running {len(chosen)} example runs ({mode}; database {settings.DATABASES['default']['NAME']})\n")
+        started = time.monotonic()
         runs = (
             self.run_with_workers(chosen, options["timeout"])
             if redis_url
             else self.run_embedded(chosen, options["timeout"])
         )
+        self.say(f"Every run finished after {time.monotonic() - started:.1f} s.\n")
 
         failures = []
         for example, run in zip(chosen, runs, strict=True):
             run.refresh_from_db()
-            problems = example.problems(run.status, run.context, run.error)
+            problems = example.problems(run.status, run.context, run.error) + self.responder.problems[run.pk]
             self.print_run(example, run, problems)
             if problems:
                 failures.append(f"{example.workflow} ({example.label}): {'; '.join(problems)}")
@@ -81,15 +86,40 @@ class Command(BaseCommand):
     # -- driving the runs -----------------------------------------------------------------------
 
     def start(self, chosen: list[Example]) -> list[WorkflowRun]:
-        return [start_workflow(example.workflow, example.input) for example in chosen]
+        runs = []
+        for example in chosen:
+            # A run's first job is sent when this transaction commits: what an example sends early
+            # reaches the run before it can wait for it, with workers as on the embedded queue.
+            with transaction.atomic():
+                run = example.begin()
+                runs.append(run)
+                self.responder.track(run, example.responses, example.early)
+        return runs
 
     def run_embedded(self, chosen: list[Example], timeout: float) -> list[WorkflowRun]:
         from durable_django.testing import EmbeddedQueue
 
+        deadline = time.monotonic() + timeout
         with EmbeddedQueue() as queue:
             runs = self.start(chosen)
-            queue.run_until_idle(timeout=timeout)
-        return runs
+            # run_due executes what is due now (jobs, retries whose backoff is over, the wake-ups of
+            # sleeps and timeouts) without sleeping, so the waits are answered while retries back off.
+            while True:
+                queue.run_due()
+                if self.responder.respond():
+                    continue
+                if not self.unfinished(runs):
+                    return runs
+                if time.monotonic() > deadline:
+                    raise CommandError(f"{self.unfinished(runs)} runs were still unfinished after {timeout:g} s.")
+                time.sleep(0.05)
+
+    def unfinished(self, runs: list[WorkflowRun]) -> int:
+        ids = [run.pk for run in runs]
+        return (
+            WorkflowRun.objects.filter(pk__in=ids).unfinished().count()
+            + WorkflowRun.objects.filter(parent__in=ids).unfinished().count()
+        )
 
     def run_with_workers(self, chosen: list[Example], timeout: float) -> list[WorkflowRun]:
         # Workers inherit this process's environment (settings, DATABASE_URL, REDIS_URL), so
@@ -112,20 +142,15 @@ class Command(BaseCommand):
         return runs
 
     def wait_for(self, runs: list[WorkflowRun], workers: list[subprocess.Popen], timeout: float, log: Any) -> None:
-        """Poll the database until every run (and every child run) is finished."""
-        ids = [run.pk for run in runs]
+        """Poll the database until every run (and every child run) is finished, answering their waits."""
         deadline = time.monotonic() + timeout
-        while (
-            WorkflowRun.objects.filter(pk__in=ids).unfinished().exists()
-            or WorkflowRun.objects.filter(parent__in=ids).unfinished().exists()
-        ):
+        while self.responder.respond() or self.unfinished(runs):
             if all(worker.poll() is not None for worker in workers):
                 log.seek(0)
                 tail = log.read().decode(errors="replace")[-3000:]
                 raise CommandError(f"Every worker exited before the runs finished. Their output:\n{tail}")
             if time.monotonic() > deadline:
-                waiting = WorkflowRun.objects.filter(pk__in=ids).unfinished().count()
-                raise CommandError(f"{waiting} runs were still unfinished after {timeout:g} s.")
+                raise CommandError(f"{self.unfinished(runs)} runs were still unfinished after {timeout:g} s.")
             time.sleep(0.2)
 
     def stop(self, workers: list[subprocess.Popen]) -> None:
@@ -167,6 +192,10 @@ class Command(BaseCommand):
         if jobs:
             # A short run executes in the one job its start sent; retries and big blocks take more.
             self.say(f"{indent}executed by {len(jobs)} RQ job{'s' if len(jobs) > 1 else ''}")
+        for wait in run.waits.select_related("step_result", "resolved_by").order_by("id"):
+            self.say(f"{indent}{self.describe_wait(wait)}")
+        for note in self.responder.notes.get(run.pk, []):
+            self.say(f"{indent}the demo {note}")
         for child in run.children.order_by("created_at"):
             self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r}:")
             self.print_details(child, indent + "    ")
@@ -174,6 +203,23 @@ class Command(BaseCommand):
         text = json.dumps(self.readable(value), indent=2, sort_keys=True, cls=DjangoJSONEncoder)
         self.say(f"{indent}{label}:")
         self.say("\n".join(f"{indent}  {line}" for line in text.splitlines()))
+
+    def describe_wait(self, wait: Wait) -> str:
+        """``waited for input 'manager_approval' (approval) in step ask_manager: resolved after 0.1 s by ...``."""
+        if wait.kind == "sleep":
+            what = f"{(wait.due_at - wait.created_at).total_seconds():.1f} s" if wait.due_at else "a sleep"
+        elif wait.kind == "input":
+            what = f"input {wait.name!r} ({wait.input_kind})"
+        elif wait.mode == "one":
+            what = f"event {wait.name}"
+        else:
+            what = f"{wait.mode} of the events {', '.join(wait.events)}"
+        text = f"waited for {what} in step {wait.step_result.step}: {wait.status.replace('_', ' ')}"
+        if wait.resolved_at is not None:
+            text += f" after {(wait.resolved_at - wait.created_at).total_seconds():.1f} s"
+        if wait.resolved_by is not None:
+            text += f" by {wait.resolved_by.get_username()}"
+        return text
 
     def compact(self, value: Any) -> str:
         text = json.dumps(self.readable(value), sort_keys=True, cls=DjangoJSONEncoder)

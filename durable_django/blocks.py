@@ -36,6 +36,7 @@ from .conf import durable_settings
 from .context import to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .join import Moved
+from .logging import log_attempt, run_fields, seconds
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, Outcome
 from .store import Claimed
@@ -80,7 +81,13 @@ def enter(
     if opened is None:
         return None
     group, claimed = opened
-    logger.info("run %s fanned out %d branches of %r", run.pk, len(block.steps), block.name)
+    logger.info(
+        "run %s fanned out %d branches of %r",
+        run.pk,
+        len(block.steps),
+        block.name,
+        extra=run_fields(run.pk, run.workflow, step=block.name),
+    )
     return _drain(group, run, wf, block, queue, claimed) if claimed else None
 
 
@@ -121,7 +128,13 @@ def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
             break
         except DatabaseError:
             # A passing fault (a lock, a dropped connection): the batch keeps its rows if it persists.
-            logger.warning("group %s: could not hand branches over (try %d of 3)", group.pk, attempt + 1, exc_info=True)
+            logger.warning(
+                "group %s: could not hand branches over (try %d of 3)",
+                group.pk,
+                attempt + 1,
+                exc_info=True,
+                extra={"run_id": str(group.run_id)},
+            )
             connections.close_all()
             time.sleep(0.05)
     else:
@@ -129,7 +142,12 @@ def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
         return
     if released:
         dispatch.submit(job)
-        logger.info("group %s: a branch overran its batch; %d branches handed to other workers", group.pk, len(rows))
+        logger.info(
+            "group %s: a branch overran its batch; %d branches handed to other workers",
+            group.pk,
+            len(rows),
+            extra={"run_id": str(group.run_id)},
+        )
 
 
 def _execute(
@@ -194,11 +212,13 @@ def _drain(
         if waits and dispatch.executes_inline(run.pk):
             outcomes, waits = [_no_wait_in_child(row, step, attempt) for row, step, attempt in outcomes], []
         results = [(row, attempt) for row, _, attempt in outcomes if not attempt.waits]
+        _log_branches(run, group, outcomes, retries)
         if joins_here and block.into is None and not retries and not waits and len(outcomes) == group.branch_count:
             # The job that entered a short block executed all of it: its join is known before
             # anything is written, and is recorded with the results.
             closing = join.closing_for(group, run, wf, block, join.latest_of(outcomes))
             recorded = store.record_block_and_join(group.pk, run, results, closing)
+            _log_cancelled(run, group, recorded)
             if recorded.closed:
                 return Moved(run, wf, queue) if run.status == RunStatus.RUNNING else None
             if recorded.counts is not None and join.decides(block, recorded.counts):
@@ -213,10 +233,55 @@ def _drain(
         recorded = store.record_batch(
             group.pk, results, retries, (names, size) if more else None, decide, waits=waits, run_id=run.pk
         )
+        _log_cancelled(run, group, recorded)
         if recorded.counts is not None and join.decides(block, recorded.counts):
             return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
         batch = recorded.next_batch
     return None
+
+
+def _log_branches(
+    run: WorkflowRun,
+    group: ParallelGroup,
+    outcomes: list[tuple[Claimed, Step, Attempt]],
+    retries: dict[int, store.NextAttempt] | None = None,
+) -> None:
+    """One line per branch of a batch (see :func:`durable_django.logging.log_attempt`), written
+    before the batch is recorded; nothing at all is done per branch when the logger would drop it."""
+    if not logger.isEnabledFor(logging.WARNING):
+        return
+    quiet = not logger.isEnabledFor(logging.INFO)
+    for row, _, attempt in outcomes:
+        failed = attempt.failed
+        if quiet and not failed:
+            continue
+        nxt = retries.get(row.pk) if failed and retries else None
+        log_attempt(
+            logger,
+            run.pk,
+            run.workflow,
+            row.step,
+            row.attempt,
+            "failed" if failed else "waiting" if attempt.waits else "completed",
+            seconds(attempt.started_at, attempt.finished_at),
+            reason=attempt.reason if failed else None,
+            retry_in=nxt.delay if nxt is not None else None,
+            branch_of=group.name,
+        )
+
+
+def _log_cancelled(run: WorkflowRun, group: ParallelGroup, recorded: store.Recorded | None) -> None:
+    """The line of a batch whose results arrived after its run was cancelled: they are recorded as cancelled."""
+    if recorded is None or recorded.counts is None or recorded.counts.status != GroupStatus.CANCELLED:
+        return
+    logger.info(
+        "run %s (%s): %d branch(es) of %r finished after the run was cancelled; recorded as cancelled",
+        run.pk,
+        run.workflow,
+        len(recorded.mine),
+        group.name,
+        extra=run_fields(run.pk, run.workflow, step=group.name, outcome="cancelled"),
+    )
 
 
 def _joined(
@@ -329,10 +394,8 @@ def run_branch(row_id: int) -> Moved | None:
     claimed = Claimed(row.pk, row.step, row.attempt)
     nxt = _retries(group, wf, [(claimed, step, attempt)]).get(row.pk)
     if nxt is not None:
-        if store.retry_branch(row.pk, attempt, nxt):
-            logger.info(
-                "branch %r of run %s failed (attempt %d); retrying in %.2fs", row.step, run.pk, row.attempt, nxt.delay
-            )
+        _log_branches(run, group, [(claimed, step, attempt)], {row.pk: nxt})
+        store.retry_branch(row.pk, attempt, nxt)
         return None
     queue = queue_for(wf, step)
     joins_here = queue_for(wf) == queue
@@ -344,12 +407,14 @@ def run_branch(row_id: int) -> Moved | None:
         if joins_here and block.into is None
         else None
     )
+    _log_branches(run, group, outcome)
     if attempt.waits:
         recorded: store.Recorded | None = store.record_batch(
             group.pk, [], {}, None, decide, waits=[(claimed, attempt)], run_id=run.pk
         )
     else:
         recorded = store.record_branch(row.pk, group.pk, attempt, decide)
+    _log_cancelled(run, group, recorded)
     if recorded is None or recorded.counts is None or not join.decides(block, recorded.counts):
         return None
     return _joined(group, run, wf, block, queue, recorded.closed, joins_here)

@@ -19,6 +19,7 @@ from . import blocks, dispatch, engine, jobs, join, results, store
 from .attempts import Attempt
 from .context import current_scope, to_step_context
 from .definition import Step, Workflow, given_input, queue_for, resolve
+from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
@@ -55,7 +56,9 @@ def call_workflow(
                 return _outcome(child)
         # Another execution of this step created the child first: treat it as found.
     if not child.is_finished:
-        logger.info("resuming unfinished child run %s (ref %r)", child.pk, ref)
+        logger.info(
+            "resuming unfinished child run %s (ref %r)", child.pk, ref, extra=run_fields(child.pk, child.workflow)
+        )
         with dispatch.inline(child.pk) as sink:
             sink.jobs.extend(resume_jobs(child, wf))
             _drain(sink)

@@ -133,6 +133,11 @@ def step_scope(scope: StepScope) -> Iterator[StepScope]:
         _current.reset(token)
 
 
+def active_scope() -> StepScope | None:
+    """The step executing in this thread or task, if one is."""
+    return _current.get()
+
+
 def current_scope(helper: str) -> StepScope:
     scope = _current.get()
     if scope is None:

@@ -21,6 +21,7 @@ from .context import Unserializable, merge, roundtrip, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput
 from .leases import released_fields
+from .logging import log_attempt, run_fields, seconds
 from .models import RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import GOTO
 
@@ -79,7 +80,7 @@ def get_or_start_run(
         if parent is not None:
             return WorkflowRun.objects.get(parent=parent, parent_step=parent_step, ref=ref), False
         raise IntegrityError(f"a run with the id {run.pk} exists already")
-    logger.info("started run %s of workflow %r", run.pk, wf.name)
+    logger.info("started run %s of workflow %r", run.pk, wf.name, extra=run_fields(run.pk, wf.name))
     return run, True
 
 
@@ -94,7 +95,12 @@ def run_workflow(run_id: Any, queue: str, version: int) -> None:
     wf = find_workflow(run.workflow)
     if wf is None:
         store.fail_run(run, run.current_step, results.workflow_not_found(run.workflow))
-        logger.error("run %s failed: its workflow %r is not registered", run.pk, run.workflow)
+        logger.error(
+            "run %s failed: its workflow %r is not registered",
+            run.pk,
+            run.workflow,
+            extra=run_fields(run.pk, run.workflow, outcome="failed"),
+        )
         return
     advance(run, wf, queue)
 
@@ -129,8 +135,6 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
         if moved_on is None:
             break
         run = moved_on
-    if run.status == RunStatus.COMPLETED:
-        logger.info("run %s of workflow %r completed", run.pk, wf.name)
 
 
 def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str) -> WorkflowRun | None:
@@ -158,25 +162,62 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
             target = wf.position(attempt.outcome.target)
             if target is None:
                 row.status, row.error = StepStatus.FAILED, results.goto_error(step.name, attempt.outcome.target)
-                store.fail_run(run, step.name, row.error, [row])
+                _log_step(run, step.name, row)
+                _lost_to_cancel(run, row, store.fail_run(run, step.name, row.error, [row]))
                 return None
         row.status, row.output = StepStatus.COMPLETED, attempt.output
+        _log_step(run, step.name, row)
         fields = store.move_fields(wf, target, merge(run.context, attempt.output))
         following = wf.steps[target] if target is not None and target < len(wf.steps) else None
         if isinstance(following, Parallel):
+            version = run.version
             moved = blocks.enter(run, wf, following, queue, fields=fields, rows=[row])
+            if moved is None and run.version == version:
+                _lost_to_cancel(run, row, False)  # the block was not entered: the run had moved on
             return moved.run if moved is not None else None
-        return run if store.transition(run, fields, [row]) else None
+        return run if _lost_to_cancel(run, row, store.transition(run, fields, [row])) else None
     row.status, row.error = StepStatus.FAILED, attempt.reason
     delay = retry_delay(step, attempt, attempt_no, run.pk)
+    _log_step(run, step.name, row, retry_in=delay)
     if delay is not None:
-        logger.info("step %r of run %s failed (attempt %d); retrying in %.2fs", step.name, run.pk, attempt_no, delay)
         fields = {"current_attempt": attempt_no + 1, **released_fields(leases.retry_deadline(delay))}
-        store.transition(run, fields, [row], resume_on=queue, delay=delay)
+        _lost_to_cancel(run, row, store.transition(run, fields, [row], resume_on=queue, delay=delay))
         return None
-    logger.info("run %s failed at step %r", run.pk, step.name)
-    store.fail_run(run, step.name, attempt.reason, [row])
+    _lost_to_cancel(run, row, store.fail_run(run, step.name, attempt.reason, [row]))
     return None
+
+
+def _lost_to_cancel(run: WorkflowRun, row: StepResult, moved: bool) -> bool:
+    """After the transition recording ``row`` (``moved``: whether it won): a transition that lost
+    because the run was cancelled meanwhile still records the attempt, as cancelled.
+
+    Only the lost race costs anything: a conditional insert, when the cancel is what moved the run.
+    """
+    if not moved and store.record_cancelled_attempt(run, row):
+        logger.info(
+            "run %s (%s): step %r finished after the run was cancelled; its attempt %d is recorded as cancelled",
+            run.pk,
+            run.workflow,
+            row.step,
+            row.attempt,
+            extra=run_fields(run.pk, run.workflow, step=row.step, attempt=row.attempt, outcome="cancelled"),
+        )
+    return moved
+
+
+def _log_step(run: WorkflowRun, step: str, row: StepResult, *, retry_in: float | None = None) -> None:
+    """The line of a sequential step's outcome (see :func:`durable_django.logging.log_attempt`)."""
+    log_attempt(
+        logger,
+        run.pk,
+        run.workflow,
+        step,
+        row.attempt,
+        str(row.status),
+        seconds(row.started_at, row.finished_at),
+        reason=row.error,
+        retry_in=retry_in,
+    )
 
 
 def _suspend(run: WorkflowRun, wf: Workflow, step: Step, row: StepResult, attempt: Attempt) -> WorkflowRun | None:
@@ -189,9 +230,11 @@ def _suspend(run: WorkflowRun, wf: Workflow, step: Step, row: StepResult, attemp
             "step by call_workflow, which cannot wait; wait in the parent workflow instead"
         )
         row.status, row.error = StepStatus.FAILED, reason
-        store.fail_run(run, step.name, reason, [row])
+        _log_step(run, step.name, row)
+        _lost_to_cancel(run, row, store.fail_run(run, step.name, reason, [row]))
         return None
     row.status, row.output = StepStatus.COMPLETED, attempt.output
+    _log_step(run, step.name, row)
     context = merge(run.context, attempt.output)
     position = wf.position(step.name)
     target = None if position is None else position + 1
@@ -200,9 +243,19 @@ def _suspend(run: WorkflowRun, wf: Workflow, step: Step, row: StepResult, attemp
         run, row, request, waiting, lambda wait: store.move_fields(wf, target, store.waits.with_value(context, wait))
     )
     if suspended is None:
+        _lost_to_cancel(run, row, False)
         return None
     if suspended.resumed:
-        logger.info("run %s: the wait of step %r was over at once", run.pk, step.name)
+        logger.info(
+            "run %s: the wait of step %r was over at once", run.pk, step.name, extra=run_fields(run.pk, run.workflow)
+        )
         return run
-    logger.info("run %s waits (%s %r) after step %r", run.pk, request.kind, suspended.wait.name, step.name)
+    logger.info(
+        "run %s waits (%s %r) after step %r",
+        run.pk,
+        request.kind,
+        suspended.wait.name,
+        step.name,
+        extra=run_fields(run.pk, run.workflow, step=step.name),
+    )
     return None

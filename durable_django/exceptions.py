@@ -37,3 +37,13 @@ class DurableConfigurationError(DurableError, ImproperlyConfigured):
 
 class RunStateError(DurableError):
     """The run is not in a state that allows this operation."""
+
+
+class AmbiguousRunId(DurableError, LookupError):
+    """More than one run has an id starting with this prefix: give more of the id."""
+
+    def __init__(self, prefix: str, candidates: int) -> None:
+        super().__init__(f"{candidates} runs have an id starting with {prefix!r}; give more of the id.")
+        self.prefix = prefix
+        #: How many runs the prefix matches.
+        self.candidates = candidates

@@ -21,6 +21,7 @@ from . import results, store
 from .attempts import Attempt
 from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
 from .store import Claimed, Closing, Counts
@@ -113,7 +114,13 @@ def closing_for(
     failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
         _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
-        logger.info("run %s failed fast at branch %r of %r", run.pk, name, group.name)
+        logger.info(
+            "run %s failed fast at branch %r of %r",
+            run.pk,
+            name,
+            group.name,
+            extra=run_fields(run.pk, run.workflow, step=name),
+        )
         fields = store.fail_fields(name, error, parallel=group.name)
         # Branches still waiting are cancelled with their waits (``waiting``: how many, as counted last).
         waits = group.waiting_count if waiting is None else waiting
@@ -177,7 +184,12 @@ def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
     wf = find_workflow(run.workflow)
     if wf is None:
         store.fail_run(run, run.current_step, results.workflow_not_found(run.workflow))
-        logger.error("run %s failed: its workflow %r is not registered", run.pk, run.workflow)
+        logger.error(
+            "run %s failed: its workflow %r is not registered",
+            run.pk,
+            run.workflow,
+            extra=run_fields(run.pk, run.workflow, outcome="failed"),
+        )
         return False, None
     position = wf.position(group.name)
     block = wf.block(group.name)

@@ -17,13 +17,48 @@ from django.utils import timezone
 
 from . import dispatch, leases, store
 from .definition import Workflow, find_workflow, queue_for
-from .exceptions import RunStateError
+from .exceptions import AmbiguousRunId, RunStateError
 from .leases import released_fields
+from .logging import run_fields
 from .models import ParallelGroup, RunStatus, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django")
 
 RunRef = WorkflowRun | uuid.UUID | str
+
+
+#: The shortest id prefix :func:`find_run_id` takes: what the admin and the docs show.
+MIN_PREFIX = 8
+_HEX = frozenset("0123456789abcdef")
+
+
+def find_run_id(text: str) -> uuid.UUID:
+    """The id of the run ``text`` names: its whole id, or a prefix of it of at least MIN_PREFIX
+    hex digits (``3f0c1a2b``, dashes allowed anywhere, any case) that no other run's id starts with.
+
+    What the commands and the API resolve a run id with. A whole id is returned as it is (whoever
+    loads the run finds out whether it exists); a prefix costs one indexed range read of the ids.
+    Raises ``WorkflowRun.DoesNotExist`` for text that names no run (or is no id or prefix) and
+    :class:`~durable_django.exceptions.AmbiguousRunId` when several runs' ids start with it.
+    """
+    given = str(text).strip()
+    digits = given.replace("-", "").lower()
+    if not MIN_PREFIX <= len(digits) <= 32 or not _HEX.issuperset(digits):
+        raise WorkflowRun.DoesNotExist(
+            f"No workflow run has the id {given!r} (an id, or at least {MIN_PREFIX} hex characters of one)."
+        )
+    if len(digits) == 32:
+        return uuid.UUID(digits)
+    # The ids starting with the prefix are one range of the primary key, on every database.
+    matching = WorkflowRun.objects.filter(
+        pk__gte=uuid.UUID(digits.ljust(32, "0")), pk__lte=uuid.UUID(digits.ljust(32, "f"))
+    )
+    found = list(matching.values_list("pk", flat=True)[:2])
+    if not found:
+        raise WorkflowRun.DoesNotExist(f"No workflow run has an id starting with {given!r}.")
+    if len(found) > 1:
+        raise AmbiguousRunId(given, matching.count())
+    return found[0]
 
 
 def _load(run: RunRef) -> WorkflowRun:
@@ -50,7 +85,13 @@ def retry_run(run: RunRef) -> WorkflowRun:
     with transaction.atomic():
         jobs = _reopen(current)
         dispatch.submit(*jobs)
-    logger.info("run %s of workflow %r retried at %r", current.pk, current.workflow, current.current_step)
+    logger.info(
+        "run %s of workflow %r retried at %r",
+        current.pk,
+        current.workflow,
+        current.current_step,
+        extra=run_fields(current.pk, current.workflow, step=current.current_step),
+    )
     current.refresh_from_db()
     return current
 
@@ -166,7 +207,12 @@ def cancel_run(run: RunRef) -> WorkflowRun:
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
-    logger.info("run %s of workflow %r cancelled", current.pk, current.workflow)
+    logger.info(
+        "run %s of workflow %r cancelled",
+        current.pk,
+        current.workflow,
+        extra=run_fields(current.pk, current.workflow, outcome="cancelled"),
+    )
     current.refresh_from_db()
     return current
 

@@ -36,6 +36,7 @@ from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Parallel, Step, Workflow, find_workflow, queue_for
 from .leases import released_fields
+from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django.recovery")
@@ -155,7 +156,12 @@ def recover(now: datetime | None = None) -> Report:
     for group in groups.filter(lease_expires_at__lt=now).exclude(lease_owner=""):
         taken_over.append(group.pk)
         if store.release_join(group.pk, owner=group.lease_owner):
-            logger.warning("join of group %s (run %s) lost its worker; sending it again", group.pk, group.run_id)
+            logger.warning(
+                "join of group %s (run %s) lost its worker; sending it again",
+                group.pk,
+                group.run_id,
+                extra={"run_id": str(group.run_id)},
+            )
             queue = queue_for(find_workflow(group.run.workflow))
             dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
             report.joins_taken_over += 1
@@ -192,7 +198,12 @@ def _wake_overdue(now: datetime, report: Report) -> None:
     grace = max(durable_settings.RECOVER_INTERVAL, 2.0)
     for wait in store.waits.overdue(now, grace):
         if resume.wake(wait.pk) in ("resolved", "timed_out"):
-            logger.warning("wait %s of run %s was overdue: its wake-up job never ran; ended it", wait.pk, wait.run_id)
+            logger.warning(
+                "wait %s of run %s was overdue: its wake-up job never ran; ended it",
+                wait.pk,
+                wait.run_id,
+                extra={"run_id": str(wait.run_id)},
+            )
             report.waits_woken += 1
 
 
@@ -203,7 +214,13 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     if not isinstance(node, Step):
         # A run lost at a block (its fan-out) or at a step its definition no longer has: send it again.
         if store.transition(run, released_fields(leases.expiry(now)), resume_on=queue_for(wf, node)):
-            logger.warning("run %s lost its worker %s at %r; sent again", run.pk, owner, run.current_step)
+            logger.warning(
+                "run %s lost its worker %s at %r; sent again",
+                run.pk,
+                owner,
+                run.current_step,
+                extra=run_fields(run.pk, run.workflow),
+            )
             report.steps_taken_over += 1
         return
     streak = lost_streak(run.pk, node.name) + 1
@@ -213,12 +230,24 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     )
     if streak >= durable_settings.MAX_WORKER_LOST:
         if store.fail_run(run, node.name, reason, [lost]):
-            logger.error("run %s failed: its worker was lost %d times in a row at %r", run.pk, streak, node)
+            logger.error(
+                "run %s failed: its worker was lost %d times in a row at %r",
+                run.pk,
+                streak,
+                node,
+                extra=run_fields(run.pk, run.workflow),
+            )
             report.failed_worker_lost += 1
         return
     fields_ = {"current_attempt": run.current_attempt + 1, **released_fields(leases.expiry(now))}
     if store.transition(run, fields_, [lost], resume_on=queue_for(wf, node)):
-        logger.warning("run %s lost its worker %s at %r; sent again", run.pk, owner, run.current_step)
+        logger.warning(
+            "run %s lost its worker %s at %r; sent again",
+            run.pk,
+            owner,
+            run.current_step,
+            extra=run_fields(run.pk, run.workflow),
+        )
         report.steps_taken_over += 1
 
 
@@ -249,10 +278,21 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     job = dispatch.run_workflow_job(run.pk, queue, run.version)
     done = _waiting_job(queue, job_id, job, now, lambda until: store.postpone_run(run, until))
     if done == "sent":
-        logger.warning("run %s waited for job %s, which is not in Redis; sent it again", run.pk, job_id)
+        logger.warning(
+            "run %s waited for job %s, which is not in Redis; sent it again",
+            run.pk,
+            job_id,
+            extra=run_fields(run.pk, run.workflow),
+        )
         report.runs_sent_again += 1
     elif done == "released":
-        logger.warning("run %s: scheduled job %s is overdue; moved it to queue %r", run.pk, job_id, queue)
+        logger.warning(
+            "run %s: scheduled job %s is overdue; moved it to queue %r",
+            run.pk,
+            job_id,
+            queue,
+            extra=run_fields(run.pk, run.workflow),
+        )
         report.retries_released += 1
 
 
@@ -272,7 +312,13 @@ def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
     live = row.run.status == RunStatus.RUNNING and group.status == GroupStatus.RUNNING
     if wf is not None and step is not None and live and streak < durable_settings.MAX_WORKER_LOST:
         if blocks.retry_lost_branch(row, wf, step, attempt):
-            logger.warning("branch %r of run %s lost its worker %s; sent again", row.step, row.run_id, row.lease_owner)
+            logger.warning(
+                "branch %r of run %s lost its worker %s; sent again",
+                row.step,
+                row.run_id,
+                row.lease_owner,
+                extra={"run_id": str(row.run_id)},
+            )
             report.branches_taken_over += 1
         return
     # Final: the block goes on without this branch (or was decided already); counters stay right.
@@ -286,7 +332,13 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
     job = dispatch.run_branch_job(row.pk, row.run_id, row.job_id, queue)
     done = _waiting_job(queue, row.job_id, job, now, lambda until: store.postpone_branch(row, until))
     if done == "sent":
-        logger.warning("branch %r of run %s: job %s is not in Redis; sent it again", row.step, row.run_id, row.job_id)
+        logger.warning(
+            "branch %r of run %s: job %s is not in Redis; sent it again",
+            row.step,
+            row.run_id,
+            row.job_id,
+            extra={"run_id": str(row.run_id)},
+        )
         report.branches_sent_again += 1
     elif done == "released":
         report.retries_released += 1
@@ -326,7 +378,12 @@ def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> Non
     # Joined meanwhile (its job ran while this sweep looked)? Then there is nothing to send.
     if not ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING, lease_owner="").exists():
         return
-    logger.warning("group %s of run %s is decided but its join never ran; sending it", group.pk, group.run_id)
+    logger.warning(
+        "group %s of run %s is decided but its join never ran; sending it",
+        group.pk,
+        group.run_id,
+        extra={"run_id": str(group.run_id)},
+    )
     dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
     report.joins_sent_again += 1
 

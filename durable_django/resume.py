@@ -25,6 +25,7 @@ from .context import Unserializable, roundtrip, text_problem
 from .definition import Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput, RunStateError
 from .leases import released_fields
+from .logging import run_fields
 from .models import RunStatus, Wait, WaitKind, WaitStatus, WorkflowRun
 from .store.waits import Resolution, lock_run, resolve, with_value
 from .waits import validate_answer
@@ -78,10 +79,10 @@ def send_event(run_id: RunRef, event: str, payload: Any = None) -> str:
             raise RunStateError(f"Run {pk} is {run.status}; it takes no more events.")
         for wait in store.waits.waits_for_event(pk, event):
             done = _resolve(run, wait, Resolution(WaitStatus.RESOLVED, event=event, payload=payload))
-            logger.info("event %r delivered to run %s (%s)", event, pk, done)
+            logger.info("event %r delivered to run %s (%s)", event, pk, done, extra=run_fields(run.pk, run.workflow))
             return DELIVERED
         store.waits.buffer_event(pk, event, payload)
-    logger.info("event %r buffered for run %s", event, pk)
+    logger.info("event %r buffered for run %s", event, pk, extra=run_fields(run.pk, run.workflow))
     return BUFFERED
 
 
@@ -109,7 +110,13 @@ def provide_input(run_id: RunRef, name: str, answer: dict[str, Any], *, user: An
         by = user.get_username() if user is not None and getattr(user, "is_authenticated", False) else ""
         resolution = Resolution(WaitStatus.RESOLVED, answer={**cleaned, "by": by}, user=user if by else None)
         _resolve(run, wait, resolution)
-    logger.info("input %r of run %s answered by %s", name, pk, by or "an anonymous caller")
+    logger.info(
+        "input %r of run %s answered by %s",
+        name,
+        pk,
+        by or "an anonymous caller",
+        extra=run_fields(run.pk, run.workflow),
+    )
     run.refresh_from_db()
     return run
 
@@ -160,7 +167,15 @@ def _resolve(run: WorkflowRun, wait: Wait, resolution: Resolution, *, withdraw: 
         block = wf.block(group_name) if wf is not None else None
         if join.decides(block, done.counts):
             store.waits.run_joins(run, row.group_id, queue_for(wf))
-    logger.info("wait %s (%s %r) of run %s %s", wait.pk, wait.kind, wait.name, run.pk, done.status)
+    logger.info(
+        "wait %s (%s %r) of run %s %s",
+        wait.pk,
+        wait.kind,
+        wait.name,
+        run.pk,
+        done.status,
+        extra=run_fields(run.pk, run.workflow),
+    )
     return done.status
 
 
@@ -179,7 +194,9 @@ def _moving_on(run: WorkflowRun, wf: Workflow | None) -> Callable[[Wait], tuple[
             return store.fail_fields(step_name, reason), None
         has_value, _ = store.waits.value_of(wait)
         if wait.status == WaitStatus.TIMED_OUT and not has_value:
-            logger.info("run %s failed: its wait for %r timed out", run.pk, wait.name)
+            logger.info(
+                "run %s failed: its wait for %r timed out", run.pk, wait.name, extra=run_fields(run.pk, run.workflow)
+            )
             return store.fail_fields(step_name, results.wait_timeout(wait.name)), None
         context = with_value(run.context, wait)
         target = position + 1

@@ -78,5 +78,5 @@ def test_durable_runs_lists_with_filters_as_json_lines() -> None:
     lines = out.splitlines()
     assert len(lines) == 2 and lines[1].split()[1:3] == ["other", "completed"]
     assert run_command("durable_runs", "--workflow", "nope")[0] == "No runs.\n"
-    with pytest.raises(CommandError, match="--parent: 'zzz' is not a run id"):
+    with pytest.raises(CommandError, match="--parent: no workflow run has the id 'zzz'"):
         run_command("durable_runs", "--parent", "zzz")

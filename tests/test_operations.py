@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
 
-from durable_django import blocks, call_workflow, error, ok, parallel, step
+from durable_django import blocks, call_workflow, error, ok, parallel, step, store
 from durable_django.exceptions import RunStateError
 from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
 from durable_django.operations import cancel_run, retry_run
 from durable_django.testing import EmbeddedQueue
-from tests.engine_support import Definer, attempts, finish
+from tests.engine_support import IMMEDIATE, Definer, attempts, finish
 
 runs = pytest.mark.django_db(transaction=True)
 
@@ -232,7 +232,9 @@ def test_cancel_during_a_block_stops_unstarted_branches_and_the_result_does_not_
     holder["run"] = run = wf.start({})
     run = finish(embedded, run)
     assert (run.status, run.current_step, ran) == ("cancelled", "block", ["a"])
-    assert attempts(run) == [("a", 1, "completed"), ("b", 1, "cancelled"), ("c", 1, "cancelled")]
+    # The branch that was executing ran to its end: it is cancelled too, with what it returned.
+    assert attempts(run) == [("a", 1, "cancelled"), ("b", 1, "cancelled"), ("c", 1, "cancelled")]
+    assert StepResult.objects.get(run=run, step="a").output == {"a": 1}
     group = ParallelGroup.objects.get(run=run)
     assert (group.status, group.results) == ("cancelled", None)
 
@@ -266,8 +268,10 @@ def test_cancelling_a_parent_cancels_its_unfinished_children(embedded: EmbeddedQ
     run = finish(embedded, run)
     child_run = WorkflowRun.objects.get(parent=run)
     assert (run.status, child_run.status) == ("cancelled", "cancelled")
-    assert attempts(child_run) == []
-    assert attempts(run) == []
+    # The child's step ran to its end after the cancel: recorded as cancelled, with its output.
+    assert attempts(child_run) == [("inner", 1, "cancelled")]
+    assert StepResult.objects.get(run=child_run).output == {"child": True}
+    assert attempts(run) == [("call", 1, "cancelled")]
 
 
 @runs
@@ -294,3 +298,111 @@ def test_a_cancelled_run_cannot_be_retried_and_a_retried_one_can_be_cancelled(
         retry_run(cancelled)
     run = finish(embedded, run)
     assert (run.status, attempts(run)) == ("cancelled", [("fails", 1, "failed")])
+
+
+# -- what a cancel leaves behind --------------------------------------------------------------------
+
+
+@runs
+def test_a_step_failing_after_cancel_is_recorded_as_cancelled_with_its_error(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    holder: dict[str, Any] = {}
+
+    def first(ctx: dict[str, Any]) -> Any:
+        cancel_run(holder["run"])
+        raise ValueError("too late")
+
+    wf = define([step("first", first, retry={"max_attempts": 3, **IMMEDIATE}), step("second", lambda ctx: ok({}))])
+    holder["run"] = run = wf.start({})
+    run = finish(embedded, run)
+    assert (run.status, attempts(run)) == ("cancelled", [("first", 1, "cancelled")])
+    row = StepResult.objects.get(run=run)
+    assert (row.output, row.error["type"], row.error["message"]) == (None, "ValueError", "too late")
+    assert (row.finished_at is not None, row.lease_owner) == (True, "")
+
+
+@runs
+def test_a_step_before_a_block_finishing_after_cancel_is_recorded_and_the_block_never_opens(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    holder: dict[str, Any] = {}
+
+    def first(ctx: dict[str, Any]) -> Any:
+        cancel_run(holder["run"])
+        return ok({"first": 1})
+
+    wf = define([step("first", first), parallel(step("a", lambda ctx: ok({})), name="blk")])
+    holder["run"] = run = wf.start({})
+    run = finish(embedded, run)
+    assert (run.status, attempts(run)) == ("cancelled", [("first", 1, "cancelled")])
+    assert StepResult.objects.get(run=run).output == {"first": 1}
+    assert not ParallelGroup.objects.filter(run=run).exists()
+
+
+@runs
+def test_branches_executing_when_the_run_is_cancelled_end_cancelled_with_their_outputs(
+    embedded: EmbeddedQueue, define: Definer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch does not look at the run's status between branches: all three run to their end.
+    monkeypatch.setattr(blocks, "CANCEL_CHECK_SECONDS", 3600.0)
+    holder: dict[str, Any] = {}
+
+    def last(ctx: dict[str, Any]) -> Any:
+        cancel_run(holder["run"])
+        return ok({"c": 3})
+
+    wf = define(
+        [
+            parallel(
+                step("a", lambda ctx: ok({"a": 1})), step("b", lambda ctx: error("no")), step("c", last), name="blk"
+            ),
+            step("after", lambda ctx: ok({})),
+        ]
+    )
+    holder["run"] = run = wf.start({})
+    run = finish(embedded, run)
+    assert (run.status, run.current_step) == ("cancelled", "blk")
+    rows = {row.step: row for row in StepResult.objects.filter(run=run)}
+    assert {name: row.status for name, row in rows.items()} == {"a": "cancelled", "b": "cancelled", "c": "cancelled"}
+    assert (rows["a"].output, rows["b"].error, rows["c"].output) == ({"a": 1}, "no", {"c": 3})
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.results) == ("cancelled", None)
+
+
+@runs
+def test_a_branch_attempt_of_its_own_finishing_after_cancel_is_recorded_as_cancelled(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    holder: dict[str, Any] = {"calls": 0}
+
+    def flaky(ctx: dict[str, Any]) -> Any:
+        holder["calls"] += 1
+        if holder["calls"] == 1:
+            return error("first try")
+        cancel_run(holder["run"])
+        return ok({"second": True})
+
+    wf = define([parallel(step("a", flaky, retry={"max_attempts": 2, **IMMEDIATE}), name="blk")])
+    holder["run"] = run = wf.start({})
+    run = finish(embedded, run)
+    assert (run.status, attempts(run)) == ("cancelled", [("a", 1, "failed"), ("a", 2, "cancelled")])
+    assert StepResult.objects.get(run=run, attempt=2).output == {"second": True}
+
+
+@runs
+def test_only_a_cancel_that_directly_followed_the_attempt_records_it() -> None:
+    run = WorkflowRun.objects.create(workflow="anything", status=RunStatus.RUNNING, current_step="s", version=3)
+    stale = WorkflowRun.objects.get(pk=run.pk)
+    # Something else moved the run first (recovery took the attempt over, say), then it was cancelled.
+    WorkflowRun.objects.filter(pk=run.pk).update(version=4)
+    cancel_run(run.pk)
+    row = StepResult(run=run, step="s", attempt=1, output={"x": 1})
+    assert store.record_cancelled_attempt(stale, row) is False
+    assert not StepResult.objects.filter(run=run).exists()
+    # Read at version 4, the cancel (version 5) is what it lost to: recorded once.
+    stale.version = 4
+    assert store.record_cancelled_attempt(stale, row) is True
+    assert list(StepResult.objects.filter(run=run).values_list("step", "status", "output")) == [
+        ("s", "cancelled", {"x": 1})
+    ]

@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
@@ -19,7 +19,7 @@ from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
 from .. import context, operations
 from ..definition import Workflow, find_workflow, get_workflow, queue_for, registered_workflows
 from ..engine import get_or_start_run
-from ..exceptions import InvalidInput, RunStateError, WorkflowNotFound
+from ..exceptions import AmbiguousRunId, InvalidInput, RunStateError, WorkflowNotFound
 from ..models import ParallelGroup, StepResult, Wait, WaitKind, WaitStatus, WorkflowRun
 from ..resume import provide_input, send_event
 from ..waits import can_answer
@@ -47,6 +47,14 @@ DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 FIELD_ERRORS = OpenApiResponse(
     OpenApiTypes.OBJECT, description="Invalid fields: each field's name with a list of messages."
 )
+RUN_ID = OpenApiParameter(
+    "id",
+    str,
+    OpenApiParameter.PATH,
+    description="The run's id, or a prefix of it of at least 8 hex characters that no other run's id starts with.",
+    pattern="^[0-9a-fA-F-]{8,36}$",
+)
+AMBIGUOUS = OpenApiResponse(DETAIL, description="The id prefix matches more than one run.")
 ANY_JSON: dict[str, Any] = {"description": "Any JSON value."}
 JSON_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": {}}
 
@@ -96,11 +104,35 @@ def with_details(runs: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
     return runs.prefetch_related("steps", "groups", Prefetch("waits", queryset=wait_rows()))
 
 
+class AmbiguousId(APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "More than one run has an id starting with this prefix."
+    default_code = "ambiguous_id"
+
+
 class RunViewSet(RowViewSet[WorkflowRun]):
-    """Workflow runs: list, read, start, retry, cancel, send events and answer inputs."""
+    """Workflow runs: list, read, start, retry, cancel, send events and answer inputs.
+
+    A run's routes take its whole id or a prefix of it of at least 8 hex characters that no
+    other run's id starts with (``/runs/3f0c1a2b/``): ambiguous is a 400 saying how many runs
+    it matches, and unknown a 404.
+    """
 
     queryset = WorkflowRun.objects.all()
     filters_class = RunFilterSerializer
+
+    def get_object(self) -> WorkflowRun:
+        given = self.kwargs["pk"]
+        try:
+            self.kwargs["pk"] = str(operations.find_run_id(given))
+        except WorkflowRun.DoesNotExist:
+            raise NotFound(self.not_found_message()) from None
+        except AmbiguousRunId as exc:
+            raise AmbiguousId(str(exc)) from None
+        try:
+            return super().get_object()
+        finally:
+            self.kwargs["pk"] = given
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer[WorkflowRun]]:
         return RunSerializer if self.action == "list" else RunDetailSerializer
@@ -122,7 +154,8 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     @document(
         summary="A run with its step results, parallel groups and waits",
-        responses={200: RunDetailSerializer, 404: DETAIL},
+        parameters=[RUN_ID],
+        responses={200: RunDetailSerializer, 400: AMBIGUOUS, 404: DETAIL},
     )
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
@@ -168,8 +201,14 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     @document(
         summary="Retry a failed run",
+        parameters=[RUN_ID],
         request=None,
-        responses={202: RunDetailSerializer, 404: DETAIL, 409: OpenApiResponse(DETAIL, description="Not failed.")},
+        responses={
+            202: RunDetailSerializer,
+            400: AMBIGUOUS,
+            404: DETAIL,
+            409: OpenApiResponse(DETAIL, description="Not failed."),
+        },
     )
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
@@ -178,9 +217,11 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     @document(
         summary="Cancel a pending, running or waiting run",
+        parameters=[RUN_ID],
         request=None,
         responses={
             202: RunDetailSerializer,
+            400: AMBIGUOUS,
             404: DETAIL,
             409: OpenApiResponse(DETAIL, description="Already finished."),
         },
@@ -197,9 +238,10 @@ class RunViewSet(RowViewSet[WorkflowRun]):
     @document(
         summary="Send an event to a run",
         parameters=[
+            RUN_ID,
             OpenApiParameter(
                 "event", str, OpenApiParameter.PATH, description="The event's name, as the run's wait names it."
-            )
+            ),
         ],
         request={"application/json": ANY_JSON},
         responses={
@@ -237,7 +279,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     @document(
         summary="Answer a run's wait for input",
-        parameters=[OpenApiParameter("name", str, OpenApiParameter.PATH, description="The input's name.")],
+        parameters=[RUN_ID, OpenApiParameter("name", str, OpenApiParameter.PATH, description="The input's name.")],
         request={"application/json": JSON_OBJECT},
         responses={
             200: RunDetailSerializer,

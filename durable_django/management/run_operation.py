@@ -7,15 +7,17 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from durable_django.exceptions import RunStateError
+from durable_django.exceptions import AmbiguousRunId, RunStateError
 from durable_django.models import WorkflowRun
+from durable_django.operations import find_run_id
 
 
 class RunOperationCommand(BaseCommand):
-    """Calls :attr:`operation` on every ``RUN_ID``; reports refusals on stderr and fails if there were any."""
+    """Calls :attr:`operation` on every ``RUN_ID`` (a whole id, or a prefix of at least 8 hex
+    characters of one); reports refusals on stderr and fails if there were any."""
 
-    operation: Callable[[str], WorkflowRun]
-    run_help = "id (UUID) of a run"
+    operation: Callable[[Any], WorkflowRun]
+    run_help = "id of a run (or its first 8 or more characters)"
     #: Past participle for the summary line, e.g. "retried".
     done = ""
 
@@ -29,10 +31,13 @@ class RunOperationCommand(BaseCommand):
         refused = 0
         for run_id in run_ids:
             try:
-                run = type(self).operation(run_id)
+                run = type(self).operation(find_run_id(run_id))
             except WorkflowRun.DoesNotExist:
                 refused += 1
                 self.stderr.write(f"{run_id}: no such run")
+            except AmbiguousRunId as exc:
+                refused += 1
+                self.stderr.write(f"{run_id}: ambiguous: {exc}")
             except RunStateError as exc:
                 refused += 1
                 self.stderr.write(f"{run_id}: refused: {exc}")
@@ -40,3 +45,14 @@ class RunOperationCommand(BaseCommand):
                 self.stdout.write(self.style.SUCCESS(f"{run.pk}: {self.describe(run)}"))
         if refused:
             raise CommandError(f"{refused} of {len(run_ids)} runs were not {self.done}.")
+
+
+def resolve_run(run_id: str) -> Any:
+    """The id of the run ``run_id`` names (see :func:`durable_django.operations.find_run_id`), or a
+    :class:`CommandError` saying why there is none."""
+    try:
+        return find_run_id(run_id)
+    except WorkflowRun.DoesNotExist:
+        raise CommandError(f"No workflow run has the id {run_id!r}.") from None
+    except AmbiguousRunId as exc:
+        raise CommandError(f"Ambiguous run id: {exc}") from None

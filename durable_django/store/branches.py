@@ -18,6 +18,7 @@ from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
 from . import sql
 from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
+from .runs import apply_move
 from .waits import settle, suspend_branches
 
 # Asked, inside the transaction that counted a batch's final results, whether they decided the
@@ -109,6 +110,9 @@ def record_batch(
                 dispatch.submit(*(nxt.job() for nxt in again))
             if finals:
                 recorded.counts = count_finals(group_id, finals, failures)
+        if recorded.counts is not None and recorded.counts.status == GroupStatus.CANCELLED:
+            # The run was cancelled while these branches executed: they ran, and are cancelled.
+            mark_cancelled(recorded.mine)
         if recorded.counts is not None:
             closing = decide(recorded.counts) if decide is not None else None
             if closing is not None:
@@ -218,12 +222,25 @@ def record_block_and_join(
     recorded = Recorded(set(ids), Counts(pending, failed_count, stored, stored_failed, GroupStatus.RUNNING))
     if moved_count:
         recorded.closed = True
-        run.version += 1
-        for name, value in closing.run_fields.items():
-            setattr(run, name, value)
+        apply_move(run, closing.run_fields)
+    elif status == GroupStatus.CANCELLED:
+        # The run was cancelled while the block executed. The statement committed the results
+        # already: they are marked cancelled by a second one, which only this path costs.
+        recorded.counts = Counts(pending, failed_count, stored, stored_failed, status)
+        mark_cancelled(recorded.mine)
     elif status != GroupStatus.RUNNING:
         raise RuntimeError(f"group {group_id} of run {run.pk} was closed without its run moving")
     return recorded
+
+
+def mark_cancelled(row_ids: set[int]) -> int:
+    """Results just stored for branches of a cancelled group are ``cancelled``, keeping their
+    output or error: they ran, but count for nothing. In the transaction that stored them."""
+    if not row_ids:
+        return 0
+    return StepResult.objects.filter(
+        pk__in=row_ids, status__in=(StepStatus.COMPLETED, StepStatus.FAILED), group__status=GroupStatus.CANCELLED
+    ).update(status=StepStatus.CANCELLED)
 
 
 def _json(value: Any) -> str | None:
@@ -377,6 +394,8 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide |
         if not updated:
             return None
         recorded = Recorded({row_id}, count_finals(group_id, 1, int(failed)))
+        if recorded.counts is not None and recorded.counts.status == GroupStatus.CANCELLED:
+            mark_cancelled(recorded.mine)
         closing = decide(recorded.counts) if decide is not None and recorded.counts is not None else None
         if closing is not None:
             recorded.closed = close_in_transaction(closing[0], group_id, closing[1])

@@ -16,7 +16,7 @@ from ..conf import durable_settings
 from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 from . import sql
-from .runs import transition
+from .runs import apply_move, transition
 
 
 @dataclass(slots=True)
@@ -142,9 +142,7 @@ def _open_statement(
     if not inserted:
         return None
     group.pk = inserted[0][0]
-    run.version += 1
-    for field, value in fields.items():
-        setattr(run, field, value)
+    apply_move(run, fields)
     claimed = sorted(
         (Claimed(pk, step, 1) for _, pk, step, status in inserted if status == StepStatus.RUNNING),
         key=lambda row: row.pk,
@@ -378,9 +376,7 @@ def _close_statement(
         moved_count, closed_count = cursor.fetchone()
     if not moved_count:
         return None
-    run.version += 1
-    for name, value in run_fields.items():
-        setattr(run, name, value)
+    apply_move(run, run_fields)
     return int(closed_count)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -16,6 +17,7 @@ from .. import dispatch, leases, results
 from ..conf import durable_settings
 from ..definition import Workflow
 from ..leases import held_fields, released_fields
+from ..logging import run_fields, run_finished
 from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 from . import sql
 
@@ -102,9 +104,14 @@ def claim_run(run_id: Any, version: int) -> WorkflowRun | None:
     claimed = list(WorkflowRun.objects.raw(f"{sql} RETURNING *", params))
     if not claimed:
         if not WorkflowRun.objects.filter(pk=key).exists():
-            logger.warning("run %s does not exist; dropping its job", run_id)
+            logger.warning("run %s does not exist; dropping its job", run_id, extra={"run_id": str(run_id)})
         else:
-            logger.debug("run %s is not waiting for job version %s; nothing to do", run_id, version)
+            logger.debug(
+                "run %s is not waiting for job version %s; nothing to do",
+                run_id,
+                version,
+                extra={"run_id": str(run_id)},
+            )
         return None
     return claimed[0]
 
@@ -132,7 +139,12 @@ def transition(
     if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block:
         # The common case, a sequential step: one statement, one round trip, one commit.
         if not _transition_statement(run, fields, rows[0] if rows else None, connection):
-            logger.info("run %s moved on while this worker held version %s; dropping its update", run.pk, run.version)
+            logger.info(
+                "run %s moved on while this worker held version %s; dropping its update",
+                run.pk,
+                run.version,
+                extra=run_fields(run.pk, run.workflow),
+            )
             return False
         dispatch.submit(*sent)  # committed already: sent at once
     else:
@@ -143,15 +155,51 @@ def transition(
             )
             if not updated:
                 logger.info(
-                    "run %s moved on while this worker held version %s; dropping its update", run.pk, run.version
+                    "run %s moved on while this worker held version %s; dropping its update",
+                    run.pk,
+                    run.version,
+                    extra=run_fields(run.pk, run.workflow),
                 )
                 return False
             if rows:
                 StepResult.objects.bulk_create(rows)
             dispatch.submit(*sent)
-    run.version = new_version
+    apply_move(run, fields)
+    return True
+
+
+def apply_move(run: WorkflowRun, fields: dict[str, Any]) -> None:
+    """Leave on ``run`` the version and ``fields`` a transition of it wrote.
+
+    A run that finished with it (completed or failed) is logged once the transaction commits.
+    """
+    run.version += 1
     for name, value in fields.items():
         setattr(run, name, value)
+    status = fields.get("status")
+    if status == RunStatus.COMPLETED or status == RunStatus.FAILED:
+        announce = partial(run_finished, logger, run.pk, run.workflow, str(status), fields.get("error"))
+        transaction.on_commit(announce, using=router.db_for_write(WorkflowRun))
+
+
+def record_cancelled_attempt(run: WorkflowRun, row: StepResult) -> bool:
+    """Store ``row``, an attempt that finished after its run was cancelled, as ``cancelled`` with
+    what it returned (its output, or its error): the run's history shows that it ran.
+
+    For a transition of ``run`` that lost its race. Only when the cancel is what moved the run
+    from the version the attempt ran under (the run is cancelled at the next version, and a
+    cancelled run moves no more): any other winner (recovery took the attempt over, say) recorded
+    the attempt its own way. One transaction, which locks the run first.
+    """
+    with transaction.atomic(using=router.db_for_write(WorkflowRun)):
+        cancelled = WorkflowRun.objects.select_for_update().filter(
+            pk=run.pk, version=run.version + 1, status=RunStatus.CANCELLED
+        )
+        if not list(cancelled.values_list("pk", flat=True)):
+            return False
+        row.status = StepStatus.CANCELLED
+        row.lease_owner, row.lease_expires_at = "", None
+        row.save(force_insert=True)
     return True
 
 

@@ -38,6 +38,7 @@ from ..models import (
 from ..results import OK, Outcome
 from ..waits import WaitRequest
 from .groups import Claimed, Counts, count_finals
+from .runs import apply_move
 
 # -- building and taking events ---------------------------------------------------------------------
 
@@ -216,9 +217,7 @@ def suspend_run(
             job = _wake_job(wait, now)
             if job is not None:
                 dispatch.submit(job)
-    run.version += 1
-    for name, value in fields.items():
-        setattr(run, name, value)
+    apply_move(run, fields)
     return Suspended(wait, resumed)
 
 
@@ -350,9 +349,7 @@ def resolve(wait: Wait, run: WorkflowRun, resolution: Resolution, run_fields: An
     if row.group_id is None:
         fields, job = run_fields(wait)
         WorkflowRun.objects.filter(pk=run.pk, version=run.version).update(version=run.version + 1, **fields)
-        run.version += 1
-        for name, value in fields.items():
-            setattr(run, name, value)
+        apply_move(run, fields)
         if job is not None:
             dispatch.submit(job(run.version))
         return Resolved(str(wait.status))

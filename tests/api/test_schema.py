@@ -75,7 +75,11 @@ def test_schema_describes_retry_and_cancel_as_bodiless_with_their_responses(api:
     for action in ("retry", "cancel"):
         operation = paths[f"/api/durable/runs/{{id}}/{action}/"]["post"]
         assert "requestBody" not in operation
-        assert sorted(operation["responses"]) == ["202", "404", "409"]
+        assert sorted(operation["responses"]) == ["202", "400", "404", "409"]
+        # A run's routes take an id prefix too: the id is a string, not a UUID.
+        (run_id,) = [param for param in operation["parameters"] if param["name"] == "id"]
+        assert run_id["schema"] == {"type": "string", "pattern": "^[0-9a-fA-F-]{8,36}$"}
+        assert "8 hex characters" in run_id["description"]
         assert operation["responses"]["409"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Detail"
         }

@@ -81,12 +81,41 @@ def test_cancel_while_branches_execute_on_workers_stops_the_run_where_it_is(work
 
     run.refresh_from_db()
     assert (run.status, run.current_step, run.context) == (RunStatus.CANCELLED, "gated", {"token": token})
-    statuses = sorted(StepResult.objects.filter(run=run).values_list("status", flat=True))
-    # The branches that were executing finish and keep their results; one not started by then never starts.
-    assert statuses in (["completed", "completed", "completed"], ["cancelled", "completed", "completed"])
+    branches = list(StepResult.objects.filter(run=run).values_list("status", "output"))
+    # Every branch ends cancelled: those that were executing ran to their end and keep their
+    # outputs; one not started by then never starts.
+    assert {status for status, _ in branches} == {StepStatus.CANCELLED}
+    executed = sorted(output["index"] for _, output in branches if output is not None)
+    assert len(executed) in (2, 3)
     started = sum(calls(token, f"gated_{i}") for i in range(3))
-    assert started == statuses.count("completed")
+    assert started == len(executed)
     assert ParallelGroup.objects.get(run=run).status == "cancelled"
+    assert calls(token, "after") == 0
+    assert pool.failed_jobs() == []
+
+
+def test_a_step_executing_when_its_run_is_cancelled_is_recorded_cancelled_with_its_output(workers, redis_db):
+    pool = workers(1)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_cancel_sleeper", {"token": token})
+    wait_for(lambda: calls(token, "sleeper") >= 1, 60, what="the step to be executing")
+    assert cancel_run(run).status == RunStatus.CANCELLED
+    assert rows(run) == []
+    redis_db.set(key(token, "gate"), 1)
+    wait_for(lambda: StepResult.objects.filter(run=run).exists(), 60, what="the step's attempt to be recorded")
+    pool.wait_until_quiet()
+
+    row = StepResult.objects.get(run=run)
+    assert (row.step, row.attempt, row.status, row.output, row.error) == (
+        "sleeper",
+        1,
+        StepStatus.CANCELLED,
+        {"slept": True},
+        None,
+    )
+    assert (row.started_at is not None, row.finished_at is not None, row.lease_owner) == (True, True, "")
+    run.refresh_from_db()
+    assert (run.status, run.current_step, run.context) == (RunStatus.CANCELLED, "sleeper", {"token": token})
     assert calls(token, "after") == 0
     assert pool.failed_jobs() == []
 

@@ -332,3 +332,16 @@ def _call_admin_import(ctx: Ctx) -> tuple[str, Any]:
 
 
 admin_sync = workflow("it_admin_sync", [step("sync_prices", _call_admin_import)])
+
+
+# -- it_cancel_sleeper: a sequential step held at a gate while the test cancels its run ------------
+
+
+def _sleeper(ctx: Ctx) -> tuple[str, Any]:
+    _count(ctx, "sleeper")
+    if not _wait_for_key(ctx, "gate"):
+        return error("the test never opened the gate")
+    return ok({"slept": True})
+
+
+cancel_sleeper = workflow("it_cancel_sleeper", [step("sleeper", _sleeper), step("after", _after)])

@@ -13,7 +13,7 @@ class Command(RunOperationCommand):
         "a step already executing may finish but does not move the run. Finished runs are refused."
     )
     operation = staticmethod(cancel_run)
-    run_help = "id (UUID) of a pending, running or waiting run"
+    run_help = "id of a pending, running or waiting run (or its first 8 or more characters)"
     done = "cancelled"
 
     def describe(self, run: WorkflowRun) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from durable_django.exceptions import InvalidInput, RunStateError
+from durable_django.management.run_operation import resolve_run
 from durable_django.models import Wait, WaitKind, WaitStatus, WorkflowRun
 from durable_django.resume import provide_input
 from durable_django.waits import can_answer
@@ -25,24 +25,25 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("run_id", metavar="RUN_ID", help="id (UUID) of the waiting run")
+        parser.add_argument(
+            "run_id", metavar="RUN_ID", help="id of the waiting run (or its first 8 or more characters)"
+        )
         parser.add_argument("name", metavar="NAME", help="the input's name")
         parser.add_argument("--answer", metavar="JSON", required=True, help="the answer, a JSON object")
         parser.add_argument("--user", metavar="USERNAME", help="the user who answers (recorded with the answer)")
 
     def handle(self, *args: Any, run_id: str, name: str, answer: str, user: str | None, **options: Any) -> None:
         value = parse_json("--answer", answer, "answer")
+        pk = resolve_run(run_id)
         person = None
         if user is not None:
             person = self.find_user(user)
-            wait = Wait.objects.filter(
-                run_id=self.run_pk(run_id), kind=WaitKind.INPUT, name=name, status=WaitStatus.WAITING
-            ).first()
+            wait = Wait.objects.filter(run_id=pk, kind=WaitKind.INPUT, name=name, status=WaitStatus.WAITING).first()
             if wait is not None and not can_answer(person, wait.permission):
                 needed = wait.permission or "durable_django.provide_input"
                 raise CommandError(f"User {user!r} may not answer this input: it needs the {needed!r} permission.")
         try:
-            run = provide_input(run_id, name, value, user=person)
+            run = provide_input(pk, name, value, user=person)
         except WorkflowRun.DoesNotExist:
             raise CommandError(f"No workflow run has the id {run_id!r}.") from None
         except RunStateError as exc:
@@ -50,12 +51,6 @@ class Command(BaseCommand):
         except InvalidInput as exc:
             raise CommandError(f"Invalid answer ({exc.field or 'answer'}): {exc}") from None
         self.stdout.write(self.style.SUCCESS(f"{run.pk}: answered {name!r}; the run is {run.status}"))
-
-    def run_pk(self, run_id: str) -> uuid.UUID:
-        try:
-            return uuid.UUID(run_id)
-        except ValueError:
-            raise CommandError(f"No workflow run has the id {run_id!r}.") from None
 
     def find_user(self, username: str) -> Any:
         model = get_user_model()

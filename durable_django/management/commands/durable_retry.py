@@ -13,7 +13,7 @@ class Command(RunOperationCommand):
         "parallel block re-runs only its failed or never-run branches. Runs that are not failed are refused."
     )
     operation = staticmethod(retry_run)
-    run_help = "id (UUID) of a failed run"
+    run_help = "id of a failed run (or its first 8 or more characters)"
     done = "retried"
 
     def describe(self, run: WorkflowRun) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from durable_django.exceptions import AmbiguousRunId
 from durable_django.models import RunStatus, Wait, WaitKind, WaitStatus, WorkflowRun
+from durable_django.operations import find_run_id
 
 
 def describe_wait(wait: Wait) -> str:
@@ -45,7 +46,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--workflow", help="only runs of this workflow")
         parser.add_argument("--status", choices=RunStatus.values, help="only runs in this status")
-        parser.add_argument("--parent", metavar="RUN_ID", help="only child runs of this run")
+        parser.add_argument(
+            "--parent", metavar="RUN_ID", help="only child runs of this run (its id, or its first 8 or more characters)"
+        )
         parser.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0 for all)")
         parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
@@ -57,9 +60,11 @@ class Command(BaseCommand):
             runs = runs.filter(status=options["status"])
         if options["parent"]:
             try:
-                runs = runs.filter(parent_id=uuid.UUID(options["parent"]))
-            except ValueError:
-                raise CommandError(f"--parent: {options['parent']!r} is not a run id (a UUID).") from None
+                runs = runs.filter(parent_id=find_run_id(options["parent"]))
+            except WorkflowRun.DoesNotExist:
+                raise CommandError(f"--parent: no workflow run has the id {options['parent']!r}.") from None
+            except AmbiguousRunId as exc:
+                raise CommandError(f"--parent: ambiguous run id: {exc}") from None
         if options["limit"] < 0:
             raise CommandError("--limit must be 0 or more.")
         if options["limit"]:

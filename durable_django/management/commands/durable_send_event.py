@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from durable_django.context import storage_problem
 from durable_django.exceptions import InvalidInput, RunStateError
+from durable_django.management.run_operation import resolve_run
 from durable_django.models import WorkflowRun
 from durable_django.resume import send_event
 
@@ -33,7 +34,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("run_id", metavar="RUN_ID", help="id (UUID) of the run")
+        parser.add_argument("run_id", metavar="RUN_ID", help="id of the run (or its first 8 or more characters)")
         parser.add_argument("event", metavar="EVENT", help="the event's name, as the run's wait names it")
         parser.add_argument(
             "--payload", metavar="JSON", help="the event's payload, any JSON value (default: null)", default=None
@@ -42,7 +43,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, run_id: str, event: str, payload: str | None, **options: Any) -> None:
         value = None if payload is None else parse_json("--payload", payload, "payload")
         try:
-            result = send_event(run_id, event, value)
+            result = send_event(resolve_run(run_id), event, value)
         except WorkflowRun.DoesNotExist:
             raise CommandError(f"No workflow run has the id {run_id!r}.") from None
         except RunStateError as exc:

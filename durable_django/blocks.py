@@ -297,7 +297,7 @@ def _joined(
     return None
 
 
-def run_branches(group_id: int, queue: str, index: int = 0) -> Moved | None:
+def run_branches(group_id: int, queue: str, index: int = 0, tag: str = "") -> Moved | None:
     """Execute the block's pending first attempts on ``queue`` in batches (drain job ``index``).
 
     Drain job ``index`` sends drain job ``index + 1`` as soon as it has claimed work and some is
@@ -331,7 +331,7 @@ def run_branches(group_id: int, queue: str, index: int = 0) -> Moved | None:
     only = None if len(names) == len(block.steps) else names
     batch = store.claim_batch(group.pk, only, 1)
     if batch and index + 1 < durable_settings.PARALLEL_JOBS and _unclaimed(group, only):
-        dispatch.submit(dispatch.run_branches_job(group.pk, run.pk, queue, index + 1))
+        dispatch.submit(dispatch.run_branches_job(group.pk, run.pk, queue, index + 1, tag=tag))
     return _drain(group, run, wf, block, queue, batch)
 
 

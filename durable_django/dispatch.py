@@ -83,10 +83,13 @@ def drain_job_id(group_id: int, queue: str, index: int) -> str:
 def run_branches_job(group_id: int, run_id: Any, queue: str, index: int = 0, *, tag: str = "") -> Job:
     """Execute a group's pending first attempts on ``queue`` in batches (drain job ``index``).
 
-    ``tag`` tells apart a drain job sent for branches a busy worker gave back from the block's own.
+    ``tag`` tells apart a drain job sent for branches a busy worker gave back from the block's own;
+    the drain jobs that one sends keep its tag, so no two drain jobs of a block share an id (RQ
+    would run one of them twice and lose the other's record).
     """
     job_id = drain_job_id(group_id, queue, index) + (f"-{tag}" if tag else "")
-    return Job(RUN_BRANCHES, (group_id, queue, index), queue, run_id, job_id=job_id)
+    args: tuple[Any, ...] = (group_id, queue, index, tag) if tag else (group_id, queue, index)
+    return Job(RUN_BRANCHES, args, queue, run_id, job_id=job_id)
 
 
 def run_branch_job(row_id: int, run_id: Any, job_id: str, queue: str, delay: float = 0.0) -> Job:

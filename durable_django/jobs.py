@@ -58,9 +58,9 @@ def run_branch(step_result_id: int) -> None:
 
 
 @_fresh_connections_after_db_errors
-def run_branches(group_id: int, queue: str, index: int = 0) -> None:
+def run_branches(group_id: int, queue: str, index: int = 0, tag: str = "") -> None:
     """Execute the pending first attempts of a parallel group's branches on ``queue``, in batches."""
-    _go_on(blocks.run_branches(group_id, queue, index))
+    _go_on(blocks.run_branches(group_id, queue, index, tag))
 
 
 @_fresh_connections_after_db_errors

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from rq import SimpleWorker
 
-from durable_django import blocks, call_workflow, dispatch, ok, parallel, step
+from durable_django import blocks, call_workflow, dispatch, jobs, ok, parallel, step
 from durable_django.models import ParallelGroup, StepResult
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer, attempts, finish
@@ -104,7 +105,10 @@ def test_a_branch_that_overruns_its_batch_hands_the_branches_not_started_to_anot
     handed = [job for job in sent if job.func == dispatch.RUN_BRANCHES]
     # One drain job took the two branches given back; the slow one stayed with the job that entered the block.
     assert [(job.args, job.job_id) for job in handed] == [
-        ((group.pk, "default", 1), dispatch.drain_job_id(group.pk, "default", 1) + f"-{quick_1_id(run)}")
+        (
+            (group.pk, "default", 1, str(quick_1_id(run))),
+            dispatch.drain_job_id(group.pk, "default", 1) + f"-{quick_1_id(run)}",
+        )
     ]
     jobs = dict(StepResult.objects.filter(run=run, group=group).values_list("step", "job_id"))
     assert jobs == {"slow": sent[0].job_id, "quick_1": handed[0].job_id, "quick_2": handed[0].job_id}
@@ -183,3 +187,23 @@ def test_a_short_block_whose_branch_was_taken_over_meanwhile_is_not_closed_by_th
         "b": ["ok", {"b": True}],
         "c": ["ok", {"c": 1}],
     }
+
+
+@runs
+def test_the_drain_jobs_sent_by_a_drain_job_of_branches_given_back_keep_its_tag(
+    embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job]
+) -> None:
+    # Two chains of drain jobs can work on one block: the block's own (drain job 1, 2, ...) and the
+    # one the branches a busy batch gave back start. Were two of them given one id, RQ would run
+    # one twice over and find the other's record gone.
+    wf = define([parallel(*(step(f"b_{i:02}", lambda ctx: ok(), queue="priority") for i in range(5)), name="block")])
+    run = wf.start()
+    default, _ = embedded.queues()
+    SimpleWorker([default], connection=embedded.connection).work(burst=True, logging_level="WARNING")
+    group = ParallelGroup.objects.get(run=run)
+    sent.clear()
+    jobs.run_branches(group.pk, "priority", 1, "77")
+    successors = [job for job in sent if job.func == dispatch.RUN_BRANCHES]
+    assert [(job.args, job.job_id) for job in successors] == [
+        ((group.pk, "priority", 2, "77"), dispatch.drain_job_id(group.pk, "priority", 2) + "-77")
+    ]

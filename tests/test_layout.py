@@ -32,7 +32,10 @@ LAYERS: list[set[str]] = [
     {
         "checks",
         "testing",
+        "timeaxis",
         "timeline",
+        "flowgraph",
+        "admin_run",
         "admin_display",
         "answer_forms",
         "admin_waits",

@@ -126,7 +126,7 @@ def ticks_for(span: float) -> tuple[Tick, ...]:
 # Labels are placed for a track at least this wide (a run page at 1280 pixels): on a wider
 # screen they only get more room. A label that would overlap another, or a bar it does not
 # belong to, is shortened or left out; the bar's tooltip says it all anyway.
-TRACK_PX = 640
+TRACK_PX = 600
 CHAR_PX = 6.6
 LABEL_GAP_PX = 4
 

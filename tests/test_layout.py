@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
         "timeaxis",
         "timeline",
         "flowgraph",
+        "flowsvg",
         "admin_run",
         "admin_display",
         "answer_forms",

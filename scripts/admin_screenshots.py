@@ -1,6 +1,6 @@
 """Screenshots of the admin: the run list, run pages with a parallel group and their timeline, waits.
 
-    python scripts/admin_screenshots.py OUTPUT_DIR [--chromium /usr/bin/chromium] [--width 1440]
+    python scripts/admin_screenshots.py OUTPUT_DIR [--chromium /usr/bin/chromium] [--width 1280] [--docs docs/images]
 
 Everything happens in a throwaway SQLite database in a temporary directory: the example
 project's workflows run to the end on the embedded queue (``manage.py run_examples``, no Redis
@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -44,6 +45,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 USERNAME = "screenshots"
+#: The screenshots docs/admin.md shows, copied into ``--docs DIR``.
+DOC_IMAGES = (
+    "run-running-top.png",
+    "run-goto-top.png",
+    "run-retried-top.png",
+    "run-waiting-top.png",
+    "run-running-dark.png",
+)
 
 
 def prepare_django(database: Path) -> None:
@@ -282,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="directory the PNG files are written to (created if missing)")
     parser.add_argument("--chromium", default=CHROMIUM, help=f"Chromium executable (default: {CHROMIUM})")
     parser.add_argument("--width", type=int, default=1280, help="viewport width in pixels (default: 1280)")
+    parser.add_argument("--docs", type=Path, help="also copy the images the docs show into this directory")
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="durable-screenshots-") as scratch:
@@ -294,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
             runs["running"] = running
             for path in photograph(base_url, password, runs, args.output, args.chromium, args.width):
                 print(path)
+    if args.docs is not None:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        for name in DOC_IMAGES:
+            shutil.copyfile(args.output / name, args.docs / name)
     return 0
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
-
 import pytest
 from django.db import connection
 from django.test import Client
@@ -13,32 +10,10 @@ from django.utils import timezone
 
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
+from tests.admin.run_page_support import running_run
 from tests.admin.support import change_url, elements, order, texts
 
 pytestmark = pytest.mark.django_db
-
-
-def running_run(**fields: Any) -> WorkflowRun:
-    """A run of ``it_admin_slow`` at ``load_rows``, as the engine leaves it while the step runs."""
-    now = timezone.now()
-    run = WorkflowRun.objects.create(
-        workflow="it_admin_slow",
-        status="running",
-        current_step="load_rows",
-        started_at=now - timedelta(seconds=8),
-        lease_owner="worker-7:4242:cafe",
-        lease_expires_at=now + timedelta(seconds=14),  # renewed a second ago
-        **fields,
-    )
-    StepResult.objects.create(
-        run=run,
-        step="fetch",
-        status="completed",
-        created_at=now - timedelta(seconds=8),
-        started_at=now - timedelta(seconds=8),
-        finished_at=now - timedelta(seconds=6),
-    )
-    return run
 
 
 def test_a_running_sequential_step_is_a_running_bar_and_node(admin_client: Client) -> None:

@@ -167,7 +167,8 @@ def test_expense_approval_escalates_to_a_directors_form_when_the_manager_does_no
                 "help": "0 rejects the claim",
             },
             "note": {"type": "string", "required": False, "label": "Note"},
-        }
+        },
+        "order": ["approved_amount", "note"],
     }
     assert steps(run) == ["record_claim", "ask_manager", "route_manager_decision", "escalate"]
 

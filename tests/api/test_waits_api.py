@@ -115,7 +115,8 @@ def test_wait_detail_has_every_field_of_an_input(api: APIClient, embedded: Embed
             "fields": {
                 "amount": {"type": "integer", "required": True, "label": "Amount"},
                 "note": {"type": "string", "required": False, "label": "Note"},
-            }
+            },
+            "order": ["amount", "note"],
         },
         "permission": "",
         "resolved_by": None,

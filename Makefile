@@ -94,7 +94,7 @@ bench: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python -m benchmarks.runner $(BENCH_ARGS)
 
 screenshots: venv chromium
-	$(PY) scripts/admin_screenshots.py $(or $(OUT),screenshots)
+	$(PY) scripts/admin_screenshots.py $(or $(OUT),screenshots) --docs docs/images
 
 clean:
 	rm -rf $(VENV) $(VENV6) example.sqlite3 .pytest_cache .ruff_cache

@@ -34,6 +34,7 @@ from . import (
 from .admin_display import (
     branch_table,
     change_url,
+    folded_json,
     moment,
     outcome,
     pretty_json,
@@ -43,10 +44,11 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
 from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
-from .timeline import build_timeline, format_duration, wait_subject
+from .timeline import format_duration, wait_subject
 
 if TYPE_CHECKING:
     _AdminBase = BaseModelAdmin[Any]
@@ -204,7 +206,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(RunWaitsAdmin, _Display, admin.ModelAdmin):
+class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow_display",
@@ -239,12 +241,13 @@ class WorkflowRunAdmin(RunWaitsAdmin, _Display, admin.ModelAdmin):
             },
         ),
         (_("Timing"), {"fields": ("created", "started", "finished", "duration_display")}),
-        (_("Data"), {"fields": ("input_json", "context_json", "error_json", "traceback", "error_history_json")}),
+        (_("Data"), {"fields": ("input_json", "context_json", "error_json", "error_history_json")}),
     )
     readonly_fields = flatten_fieldsets(fieldsets)
 
     class Media:
         css = CSS
+        js = ("durable_django/live.js",)
 
     @admin.display(description=_("run"), ordering="id")
     def short_id(self, obj: WorkflowRun) -> SafeString:
@@ -297,23 +300,19 @@ class WorkflowRunAdmin(RunWaitsAdmin, _Display, admin.ModelAdmin):
 
     @admin.display(description=_("input"))
     def input_json(self, obj: WorkflowRun) -> SafeString | str:
-        return self._json(obj.input)
+        return folded_json(obj.input)
 
     @admin.display(description=_("context"))
     def context_json(self, obj: WorkflowRun) -> SafeString | str:
-        return self._json(obj.context)
+        return folded_json(obj.context)
 
     @admin.display(description=_("error"))
     def error_json(self, obj: WorkflowRun) -> SafeString | str:
         return self._error(obj.error)
 
-    @admin.display(description=_("traceback"))
-    def traceback(self, obj: WorkflowRun) -> SafeString | str:
-        return self._traceback(obj.error)
-
     @admin.display(description=_("earlier errors"))
     def error_history_json(self, obj: WorkflowRun) -> SafeString | str:
-        return self._json(obj.error_history or None)
+        return folded_json(obj.error_history) if obj.error_history else self.get_empty_value_display()
 
     # -- permissions: read-only; a run is deleted only once it is finished ------------------------
 
@@ -381,7 +380,7 @@ class WorkflowRunAdmin(RunWaitsAdmin, _Display, admin.ModelAdmin):
             context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
             context["can_cancel"] = can_operate and not obj.is_finished
             waits = self.add_waits(request, context, obj, can_operate)
-            context["timeline"] = build_timeline(obj, obj.steps.order_by("id"), obj.groups.all(), timezone.now(), waits)
+            self.add_pictures(context, obj, waits)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # -- retry and cancel ------------------------------------------------------------------------

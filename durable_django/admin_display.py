@@ -49,6 +49,15 @@ def pretty_json(value: Any) -> SafeString:
     )
 
 
+def folded_json(value: Any, lines: int = 12) -> SafeString:
+    """:func:`pretty_json`, folded in a ``<details>`` (open by a click) when it is longer than ``lines``."""
+    block = pretty_json(value)
+    count = block.count("\n") + 1
+    if count <= lines:
+        return block
+    return format_html('<details class="durable-fold"><summary>{} lines</summary>{}</details>', count, block)
+
+
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
     """``value`` as one line of JSON, cut to ``limit`` characters."""
     if value is None:

@@ -13,127 +13,41 @@ bar per wait, from when it began to when it was resolved (or to now while it wai
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from .conf import durable_settings
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, Wait, WorkflowRun
-
-#: Colour of each run, step and group status: timeline bars and the admin's status badges.
-#: Dark enough for white text on top in both light and dark admin themes.
-STATUS_COLOURS: dict[str, str] = {
-    "pending": "#6b7280",
-    "running": "#1d4ed8",
-    "waiting": "#7e22ce",
-    "completed": "#15803d",
-    "failed": "#b91c1c",
-    "cancelled": "#b45309",
-    # Statuses of waits.
-    "resolved": "#0f766e",
-    "timed_out": "#a16207",
-}
-UNKNOWN_COLOUR = "#6b7280"
-
-# Label placement assumes a track about this wide; a narrower screen only clips some labels.
-TRACK_PX = 900
-CHAR_PX = 6.6
-# A bar that lasted no time at all still gets this much width (percent), so it can be seen.
-MIN_WIDTH = 0.4
-# The shortest axis: below this every tick would read "0 ms".
-MIN_SPAN = 0.001
-
-# Tick spacings (seconds) the axis picks from: the smallest one that gives at most MAX_TICKS ticks.
-MAX_TICKS = 8
-_NICE_STEPS: tuple[float, ...] = (
-    *(m * 10.0**e for e in range(-3, 1) for m in (1, 2, 5)),
-    10,
-    15,
-    30,
-    60,
-    120,
-    300,
-    600,
-    900,
-    1800,
-    3600,
-    2 * 3600,
-    3 * 3600,
-    6 * 3600,
-    12 * 3600,
-    86400,
-    2 * 86400,
-    7 * 86400,
+from .timeaxis import (
+    MIN_SPAN,
+    STATUS_COLOURS,
+    LabelPosition,
+    Tick,
+    fit_labels,
+    format_duration,
+    label_position,
+    pct,
+    status_colour,
+    ticks_for,
 )
 
-BarState = Literal["done", "running", "waiting"]
+__all__ = [
+    "STATUS_COLOURS",
+    "Timeline",
+    "build_timeline",
+    "format_duration",
+    "status_colour",
+    "ticks_for",
+    "wait_subject",
+]
+
+# A bar that lasted no time at all still gets this much width (percent), so it can be seen.
+MIN_WIDTH = 0.4
+
+BarState = Literal["done", "running", "waiting", "lost"]
 WaitState = Literal["open", "closed"]
-LabelPosition = Literal["inside", "right", "left"]
-
-
-def status_colour(status: str) -> str:
-    """The colour of a run, step or group status."""
-    return STATUS_COLOURS.get(status, UNKNOWN_COLOUR)
-
-
-def format_duration(seconds: float | None) -> str:
-    """``"12 ms"``, ``"1.25 s"``, ``"42.5 s"``, ``"3 min 4 s"``, ``"2 h 5 min"``, ``"3 d 4 h"``; ``"—"`` for ``None``."""
-    if seconds is None:
-        return "—"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return "<1 ms" if 0 < seconds < 0.0005 else f"{seconds * 1000:.0f} ms"
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        minutes, secs = divmod(whole, 60)
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    if whole < 86400:
-        hours, rest = divmod(whole, 3600)
-        minutes = rest // 60
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, rest = divmod(whole, 86400)
-    hours = rest // 3600
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
-def _format_tick(seconds: float, step: float, span: float) -> str:
-    """One unit along an axis: milliseconds on a sub-second axis, then seconds, then minutes and up."""
-    if not seconds:
-        return "0"
-    if span < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if step < 60:
-        return f"{seconds:g} s" if seconds < 60 else format_duration(seconds)
-    return format_duration(seconds)
-
-
-def _pct(value: float) -> str:
-    # SVG attributes need a dot decimal whatever the active locale; templates would localise a float.
-    return f"{value:.3f}"
-
-
-@dataclass(frozen=True)
-class Tick:
-    """A labelled mark of the time axis, ``offset`` percent from its start."""
-
-    offset: float
-    label: str
-
-    @property
-    def x(self) -> str:
-        return _pct(self.offset)
-
-    @property
-    def anchor(self) -> str:
-        """SVG ``text-anchor`` that keeps the label inside the axis."""
-        if self.offset <= 2:
-            return "start"
-        return "end" if self.offset >= 95 else "middle"
 
 
 class _Span:
@@ -149,11 +63,11 @@ class _Span:
 
     @property
     def x(self) -> str:
-        return _pct(self.offset)
+        return pct(self.offset)
 
     @property
     def w(self) -> str:
-        return _pct(self.width)
+        return pct(self.width)
 
 
 class _Labelled(_Span):
@@ -165,10 +79,10 @@ class _Labelled(_Span):
     def label_x(self) -> str:
         """Where the label's anchor goes: inside the bar's start, or just past either end."""
         if self.label_position == "inside":
-            return _pct(self.offset + 0.4)
+            return pct(self.offset + 0.4)
         if self.label_position == "right":
-            return _pct(self.offset + self.width + 0.5)
-        return _pct(self.offset - 0.5)
+            return pct(self.offset + self.width + 0.5)
+        return pct(self.offset - 0.5)
 
     @property
     def label_anchor(self) -> str:
@@ -189,10 +103,11 @@ class Bar(_Labelled):
     title: str
     label_position: LabelPosition
     duration: float | None
+    short_label: str = ""
 
     @property
     def end(self) -> str:
-        return _pct(self.offset + self.width)
+        return pct(self.offset + self.width)
 
 
 @dataclass(frozen=True)
@@ -209,6 +124,7 @@ class WaitBar(_Labelled):
     label: str
     title: str
     label_position: LabelPosition
+    short_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -282,6 +198,10 @@ class Timeline:
         return format_duration(self.span)
 
     @property
+    def has_lost(self) -> bool:
+        return any(bar.state == "lost" for bar in self.bars)
+
+    @property
     def has_waiting(self) -> bool:
         return any(bar.state == "waiting" for bar in self.bars)
 
@@ -291,16 +211,6 @@ class Timeline:
         seen = {bar.status for bar in self.bars} | {s.group.status for s in self.sections if s.group is not None}
         seen |= {wait.status for wait in self.waits}
         return [(status, colour) for status, colour in STATUS_COLOURS.items() if status in seen]
-
-
-def ticks_for(span: float) -> tuple[Tick, ...]:
-    """Evenly spaced ticks at a round interval, at most :data:`MAX_TICKS`, starting at 0."""
-    span = max(span, MIN_SPAN)
-    step = next((s for s in _NICE_STEPS if span / s <= MAX_TICKS), None)
-    if step is None:
-        step = _NICE_STEPS[-1] * math.ceil(span / (_NICE_STEPS[-1] * MAX_TICKS))
-    count = int(span / step + 1e-9)
-    return tuple(Tick(offset=i * step / span * 100, label=_format_tick(i * step, step, span)) for i in range(count + 1))
 
 
 @dataclass
@@ -321,23 +231,37 @@ class _Axis:
         return format_duration((moment - self.start).total_seconds())
 
 
-def _label_position(offset: float, width: float, label: str) -> LabelPosition:
-    needed = (len(label) * CHAR_PX + 8) / TRACK_PX * 100
-    if width >= needed:
-        return "inside"
-    if offset + width + needed <= 100:
-        return "right"
-    return "left" if offset >= needed else "inside"
+def is_lost(row: StepResult) -> bool:
+    """Whether ``row`` is an attempt whose worker went away (recorded by recovery, maybe without a start)."""
+    error = row.error
+    return row.status == "failed" and isinstance(error, dict) and error.get("type") == "worker_lost"
 
 
-def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool, waited: datetime | None = None) -> Bar:
-    """``waited``: when the attempt's first wait began; its code ran until then, the wait bars go on."""
+def _bar(
+    row: StepResult,
+    axis: _Axis,
+    open_end: datetime,
+    numbered: bool,
+    waited: datetime | None = None,
+    since: datetime | None = None,
+) -> Bar:
+    """``waited``: when the attempt's first wait began; its code ran until then, the wait bars go on.
+
+    ``since``: when the run last moved before this attempt, the start of a lost attempt whose
+    start was not recorded (recovery records it when it finds the lease expired).
+    """
+    lost = is_lost(row)
     begin = row.started_at or row.created_at
+    if lost and row.started_at is None and row.finished_at is not None:
+        begin = min(since or row.created_at, row.created_at, row.finished_at)
     finished_at = row.finished_at
     if waited is not None and row.started_at is not None and (finished_at is None or finished_at > waited):
         finished_at = max(waited, begin)
-    if row.started_at is None:
-        state: BarState = "waiting"
+    state: BarState
+    if lost:
+        state = "lost"
+    elif row.started_at is None:
+        state = "waiting"
     elif finished_at is None:
         state = "running"
     else:
@@ -348,6 +272,8 @@ def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool, waite
     prefix = f"#{row.attempt} " if numbered else ""
     if state == "done":
         label = prefix + format_duration(duration)
+    elif state == "lost":
+        label = f"{prefix}lost after {format_duration(duration)}" if row.started_at else f"{prefix}worker lost"
     elif state == "running":
         label = f"{prefix}running {format_duration(duration)}"
     else:
@@ -355,9 +281,17 @@ def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool, waite
     title = f"{row.step}, attempt {row.attempt}: {row.status}"
     if state == "waiting":
         title += f" (queued at +{axis.relative(begin)}, not started)"
+        if row.attempt > 1 and row.status == "pending" and row.lease_expires_at is not None:
+            due = row.lease_expires_at - timedelta(seconds=durable_settings.LEASE_SECONDS)
+            title += f"; due at +{axis.relative(max(due, begin))}"
+    elif state == "lost":
+        start = f"at +{axis.relative(begin)}" if row.started_at else f"after +{axis.relative(begin)} (not recorded)"
+        title += f", its worker was lost: started {start}, found lost at +{axis.relative(end)}"
     else:
         verb = "ran" if state == "done" else "running for"
         title += f", started at +{axis.relative(begin)}, {verb} {format_duration(duration)}"
+        if state == "running" and row.lease_owner:
+            title += f" on {row.lease_owner}"
     return Bar(
         step=row.step,
         attempt=row.attempt,
@@ -367,8 +301,9 @@ def _bar(row: StepResult, axis: _Axis, open_end: datetime, numbered: bool, waite
         width=width,
         label=label,
         title=title,
-        label_position=_label_position(offset, width, label),
+        label_position=label_position(offset, width, label),
         duration=duration,
+        short_label=f"#{row.attempt}" if numbered else "",
     )
 
 
@@ -421,7 +356,8 @@ def _wait_bar(wait: Wait, axis: _Axis, open_end: datetime) -> WaitBar:
         width=width,
         label=label,
         title=title,
-        label_position=_label_position(offset, width, label),
+        label_position=label_position(offset, width, label),
+        short_label=what if outcome else "",
     )
 
 
@@ -483,7 +419,7 @@ def build_timeline(
     the moment they were queued. An attempt that waited ends where its first wait begins; its
     waits are a line of their own under its line.
     """
-    rows = sorted(steps, key=lambda row: row.pk or 0)
+    rows = sorted(steps, key=lambda row: (row.pk is None, row.pk or 0))  # unsaved rows: drawn last
     group_list = sorted(groups, key=lambda group: (group.created_at, group.pk or 0))
     wait_list = sorted(waits, key=lambda wait: (wait.created_at, wait.pk or 0))
     waits_of: dict[int, list[Wait]] = {}
@@ -523,16 +459,24 @@ def build_timeline(
     # A group without branch rows still shows its span.
     layout += [(group, []) for group in group_list if group.pk not in group_lines]
 
+    # When the run last moved before each row: where an attempt lost without a recorded start began.
+    since: dict[int, datetime] = {}
+    moved = run.started_at or run.created_at
+    for row in rows:
+        since[id(row)] = moved
+        moved = max(moved, row.finished_at or row.started_at or moved)
+
     def line_rows(line: list[StepResult]) -> list[Row]:
         bars = []
         for row in line:
             row_waits = waits_of.get(row.pk or 0)
             waited = row_waits[0].created_at if row_waits else None
-            bars.append(_bar(row, axis, open_end, numbered=len(line) > 1 or row.attempt > 1, waited=waited))
-        out = [Row(label=line[0].step, bars=tuple(bars))]
+            numbered = len(line) > 1 or row.attempt > 1
+            bars.append(_bar(row, axis, open_end, numbered, waited=waited, since=since[id(row)]))
+        out = [Row(label=line[0].step, bars=fit_labels(bars))]
         line_waits = [_wait_bar(wait, axis, open_end) for row in line for wait in waits_of.get(row.pk or 0, [])]
         if line_waits:
-            out.append(Row(label=line[0].step, bars=(), waits=tuple(line_waits)))
+            out.append(Row(label=line[0].step, bars=(), waits=fit_labels(line_waits)))
         return out
 
     sections = tuple(

@@ -1,6 +1,6 @@
 """Screenshots of the admin: the run list, run pages with a parallel group and their timeline, waits.
 
-    python scripts/admin_screenshots.py OUTPUT_DIR [--chromium /usr/bin/chromium] [--width 1440]
+    python scripts/admin_screenshots.py OUTPUT_DIR [--chromium /usr/bin/chromium] [--width 1280] [--docs docs/images]
 
 Everything happens in a throwaway SQLite database in a temporary directory: the example
 project's workflows run to the end on the embedded queue (``manage.py run_examples``, no Redis
@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -44,6 +45,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 USERNAME = "screenshots"
+#: The screenshots docs/admin.md shows, copied into ``--docs DIR``.
+DOC_IMAGES = (
+    "run-running-top.png",
+    "run-goto-top.png",
+    "run-retried-top.png",
+    "run-waiting-top.png",
+    "run-running-dark.png",
+)
 
 
 def prepare_django(database: Path) -> None:
@@ -126,6 +135,56 @@ def create_waiting_runs(username: str) -> dict[str, Any]:
     return {"notify": notify.pk, "refund": refunds[0].pk, "delivery": delivery.pk}
 
 
+def create_page_runs() -> dict[str, Any]:
+    """Runs for the run page: a failed one retried by hand (and failed again), a goto loop with an into."""
+    import time
+
+    from durable_django import start_workflow
+    from durable_django.operations import retry_run
+    from durable_django.testing import EmbeddedQueue
+    from tests.testapp import admin_run_workflows  # noqa: F401 - registers the workflows
+
+    with EmbeddedQueue() as queue:
+        flaky = start_workflow("it_admin_flaky", {"token": "screenshots"})
+        review = start_workflow("it_admin_review", {})
+        queue.run_until_idle(timeout=30)
+        time.sleep(1.5)  # an operator looks at it first: the axis stretches
+        retry_run(flaky.pk)
+        queue.run_until_idle(timeout=30)
+    return {"retried": flaky.pk, "review": review.pk}
+
+
+@contextmanager
+def running_run() -> Iterator[Any]:
+    """A run whose step runs right now (in a worker thread) while the pages are photographed."""
+    import time
+
+    from durable_django import dispatch, jobs, start_workflow
+    from durable_django.conf import durable_settings
+    from durable_django.models import WorkflowRun
+    from durable_django.testing import EmbeddedQueue
+    from tests.testapp.admin_run_workflows import SLOW_RELEASE
+
+    SLOW_RELEASE.clear()
+    with EmbeddedQueue() as queue:
+        run = start_workflow("it_admin_slow", {"hold": 120})
+        # The run's first job, executed in a thread as a worker would (RQ's own worker wants the main thread).
+        job = dispatch.run_workflow_job(run.pk, durable_settings.QUEUE, run.version)
+        worker = threading.Thread(target=jobs.run_workflow, args=job.args, daemon=True)
+        worker.start()
+        for _ in range(100):
+            if WorkflowRun.objects.filter(pk=run.pk, current_step="load_rows", status="running").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(2.5)  # the step has been running a while
+        try:
+            yield run.pk
+        finally:
+            SLOW_RELEASE.set()
+            worker.join(timeout=60)
+            queue.run_until_idle(timeout=30)
+
+
 def create_user() -> str:
     from django.contrib.auth import get_user_model
 
@@ -183,12 +242,22 @@ def photograph(base_url: str, password: str, runs: dict[str, Any], out: Path, ch
         ("run-waiting.png", f"{runs_url}{runs['notify']}/change/", "light"),
         ("inbox.png", inbox_url, "light"),
         ("answer-approval.png", f"{inbox_url}{approval}/", "light"),
+        ("run-retried.png", f"{runs_url}{runs['retried']}/change/", "light"),
+        ("run-goto.png", f"{runs_url}{runs['review']}/change/", "light"),
+        ("run-running.png", f"{runs_url}{runs['running']}/change/", "light"),
         ("run-detail-dark.png", f"{runs_url}{runs['detail']}/change/", "dark"),
+        ("run-running-dark.png", f"{runs_url}{runs['running']}/change/", "dark"),
     ]
     # Element screenshots taken on the page of a shot: (shot, file, selector).
     parts = [
         ("run-detail.png", "run-timeline.png", ".durable-timeline-module"),
         ("run-waiting.png", "waits-timeline.png", ".durable-timeline-module"),
+        ("run-detail.png", "run-top.png", "#durable-live-part"),
+        ("run-failed.png", "run-failed-top.png", "#durable-live-part"),
+        ("run-retried.png", "run-retried-top.png", "#durable-live-part"),
+        ("run-goto.png", "run-goto-top.png", "#durable-live-part"),
+        ("run-running.png", "run-running-top.png", "#durable-live-part"),
+        ("run-waiting.png", "run-waiting-top.png", "#durable-live-part"),
     ]
     saved = []
     with sync_playwright() as playwright:
@@ -221,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="directory the PNG files are written to (created if missing)")
     parser.add_argument("--chromium", default=CHROMIUM, help=f"Chromium executable (default: {CHROMIUM})")
-    parser.add_argument("--width", type=int, default=1440, help="viewport width in pixels (default: 1440)")
+    parser.add_argument("--width", type=int, default=1280, help="viewport width in pixels (default: 1280)")
+    parser.add_argument("--docs", type=Path, help="also copy the images the docs show into this directory")
     args = parser.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="durable-screenshots-") as scratch:
@@ -229,9 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         runs = create_runs()
         password = create_user()
         runs.update(create_waiting_runs(USERNAME))
-        with serve() as base_url:
+        runs.update(create_page_runs())
+        with serve() as base_url, running_run() as running:
+            runs["running"] = running
             for path in photograph(base_url, password, runs, args.output, args.chromium, args.width):
                 print(path)
+    if args.docs is not None:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        for name in DOC_IMAGES:
+            shutil.copyfile(args.output / name, args.docs / name)
     return 0
 
 

@@ -32,7 +32,11 @@ LAYERS: list[set[str]] = [
     {
         "checks",
         "testing",
+        "timeaxis",
         "timeline",
+        "flowgraph",
+        "flowsvg",
+        "admin_run",
         "admin_display",
         "answer_forms",
         "admin_waits",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import pytest
 
 #: Debian's Chromium, which the browser tests drive through Playwright (no browser download).
 CHROMIUM = Path(os.environ.get("DURABLE_CHROMIUM", "/usr/bin/chromium"))
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "browser-pw"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,3 +50,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def fast_password_hashing(settings: Any) -> None:
     """Users are created and logged in by almost every test here: hash their passwords cheaply."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# -- the browser tests' Chromium and a logged-in page --------------------------------------------
+
+
+def _screenshots_module() -> Any:
+    spec = importlib.util.spec_from_file_location("admin_screenshots", ROOT / "scripts" / "admin_screenshots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the module, launched as the screenshot script launches it."""
+    from playwright.sync_api import sync_playwright
+
+    screenshots = _screenshots_module()
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls of the tests (and of
+    # the fixtures' teardown) run between browser calls, never inside one.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=screenshots.CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_server: Any, django_user_model: Any) -> Iterator[Any]:
+    """A page logged in to the admin through its login page."""
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/admin/")
+    assert page.url.endswith("/admin/login/?next=/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#user-tools")
+    yield page
+    context.close()

@@ -206,7 +206,10 @@ def test_run_page_shows_the_traceback_of_a_raised_exception(embedded: EmbeddedQu
     parent = sync(embedded, "traceback")
     child = parent.children.get()
     response = admin_client.get(change_url(child))
-    traceback = json_field(response, "traceback", "durable-traceback")
+    # At the top of the page: type and message, and the traceback folded as plain text.
+    assert texts(response.content, "durable-error-headline") == ["RuntimeError feed 'prices' is unreachable"]
+    (block,) = elements(response.content, "durable-traceback", within="durable-traceback-details")
+    traceback = str(block["text"])
     assert traceback.startswith("Traceback (most recent call last):\n")
     assert traceback.endswith("RuntimeError: feed 'prices' is unreachable\n")
     assert "RuntimeError: feed &#x27;prices&#x27; is unreachable" in response.content.decode()
@@ -221,7 +224,8 @@ def test_run_page_shows_the_traceback_of_a_raised_exception(embedded: EmbeddedQu
     ]
     # The parent failed with its child's error, traceback included.
     parent_page = admin_client.get(change_url(parent))
-    assert json_field(parent_page, "traceback", "durable-traceback") == traceback
+    (block,) = elements(parent_page.content, "durable-traceback", within="durable-run-error")
+    assert block["text"] == traceback
     assert json.loads(json_field(parent_page, "error_json"))["reason"]["reason"]["traceback"] == "(see Traceback)"
 
 

@@ -7,12 +7,10 @@ browser talks to pytest-django's live server, which shares the test database.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,50 +25,6 @@ from tests.admin.waits_support import start_waiting
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "browser-pw"
-
-
-def _screenshots_module() -> Any:
-    spec = importlib.util.spec_from_file_location("admin_screenshots", ROOT / "scripts" / "admin_screenshots.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One Chromium for the module, launched as the screenshot script launches it."""
-    from playwright.sync_api import sync_playwright
-
-    screenshots = _screenshots_module()
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls of the tests (and of
-    # the fixtures' teardown) run between browser calls, never inside one.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=screenshots.CHROMIUM_ARGS
-            )
-            yield chromium
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any, live_server: Any, django_user_model: Any) -> Iterator[Any]:
-    """A page logged in to the admin through its login page."""
-    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto("/admin/")
-    assert page.url.endswith("/admin/login/?next=/admin/")
-    page.fill("#id_username", "operator")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_selector("#user-tools")
-    yield page
-    context.close()
 
 
 def shown_statuses(page: Any) -> list[str]:
@@ -163,12 +117,22 @@ def test_screenshot_script_writes_the_list_run_and_inbox_pages(tmp_path: Path) -
         "run-list.png",
         "run-detail.png",
         "run-timeline.png",
+        "run-top.png",
         "run-failed.png",
+        "run-failed-top.png",
         "run-waiting.png",
         "waits-timeline.png",
+        "run-waiting-top.png",
         "inbox.png",
         "answer-approval.png",
+        "run-retried.png",
+        "run-retried-top.png",
+        "run-goto.png",
+        "run-goto-top.png",
+        "run-running.png",
+        "run-running-top.png",
         "run-detail-dark.png",
+        "run-running-dark.png",
     ]
     assert result.stdout.split() == [str(tmp_path / name) for name in names]
     for name in names:

@@ -10,6 +10,7 @@ class TestAppConfig(AppConfig):
 
     def ready(self) -> None:
         from . import (
+            admin_run_workflows,  # noqa: F401 - registers the run page tests' workflows
             admin_wait_workflows,  # noqa: F401 - registers the admin tests' workflows that wait
             api_wait_workflows,  # noqa: F401 - registers the waits' API and command tests' workflows
             recovery_workflows,  # noqa: F401 - registers the fault-injection tests' workflows

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis.exceptions
 from django.db import transaction
 from rq import Queue
 from rq.job import Job as RQJob
@@ -29,6 +30,10 @@ from rq.registry import ScheduledJobRegistry
 from .conf import durable_settings
 
 logger = logging.getLogger("durable_django.dispatch")
+
+
+# The errors of a Redis server that is down, unreachable or too slow to answer.
+QUEUE_UNAVAILABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def new_job_id() -> str:
@@ -208,7 +213,27 @@ def submit(*jobs: Job) -> None:
         jobs = tuple(job for job in jobs if job.run_id not in sink.run_ids)
         if not jobs:
             return
-    transaction.on_commit(lambda: send(jobs), robust=False)
+    transaction.on_commit(lambda: send_or_leave(jobs))
+
+
+def send_or_leave(jobs: Iterable[Job]) -> None:
+    """:func:`send` ``jobs``; if Redis fails, log a warning and leave them to recovery.
+
+    Called after a commit: the caller's transaction is done and must not be reported as failed
+    (nor its later ``on_commit`` hooks skipped). Every job describes rows that carry a deadline in
+    ``lease_expires_at``; once it passes with no job in Redis, recovery sends the job again.
+    """
+    jobs = list(jobs)
+    try:
+        send(jobs)
+    except Exception:
+        logger.warning(
+            "could not enqueue %d jobs after commit; recovery sends them again (runs %s, jobs %s)",
+            len(jobs),
+            ", ".join(sorted({str(job.run_id) for job in jobs})),
+            ", ".join(job.job_id for job in jobs),
+            exc_info=True,
+        )
 
 
 # Called with every batch of jobs just before it is enqueued (after its transaction committed).

@@ -7,9 +7,11 @@ needs nothing but ``rest_framework`` in ``INSTALLED_APPS``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from django.db import DatabaseError, InterfaceError
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import extend_schema
 from rest_framework import parsers, renderers, status
@@ -17,9 +19,11 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
-from rest_framework.views import APIView
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler, set_rollback
 
 from ..conf import durable_settings
+from ..dispatch import QUEUE_UNAVAILABLE
 from .permissions import authentication_classes, permission_classes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,6 +69,37 @@ class JSONRenderer(renderers.JSONRenderer):
     ensure_ascii = True
 
 
+# Seconds a client is asked to wait before trying again when the database or Redis is unreachable.
+RETRY_AFTER_SECONDS = 5
+
+UNAVAILABLE: tuple[type[Exception], ...] = (DatabaseError, InterfaceError, *QUEUE_UNAVAILABLE)
+
+
+def handle_exception(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's exception handler, with the database or Redis being unreachable answered as JSON.
+
+    A database error (``OperationalError`` and every other ``DatabaseError``, ``InterfaceError``)
+    or a Redis connection error or timeout is a ``503`` with ``{"detail": ...}`` and a
+    ``Retry-After`` header, never Django's HTML error page. Used by the API's views only
+    (:meth:`DurableAPIMixin.get_exception_handler`); ``REST_FRAMEWORK["EXCEPTION_HANDLER"]`` is
+    left to the project.
+    """
+    response = exception_handler(exc, context)
+    if response is not None or not isinstance(exc, UNAVAILABLE):
+        return response
+    set_rollback()
+    what = "database" if isinstance(exc, DatabaseError | InterfaceError) else "queue (Redis)"
+    view = context.get("view")
+    logging.getLogger("durable_django.api").error(
+        "%s unavailable in %s", what, type(view).__name__ if view is not None else "the API", exc_info=exc
+    )
+    return Response(
+        {"detail": f"The {what} is unavailable; try again later."},
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def request_body_size(request: Request) -> int:
     """The ``Content-Length`` of ``request``; 0 when it is absent or malformed, as for Django."""
     try:
@@ -84,6 +119,9 @@ class DurableAPIMixin(APIView):
     renderer_classes: Any = (JSONRenderer,)
     # The API's URLs carry no version, whatever DEFAULT_VERSIONING_CLASS says.
     versioning_class = None
+
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
+        return handle_exception
 
     def get_authenticators(self) -> list[BaseAuthentication]:
         return [cls() for cls in authentication_classes()]

@@ -328,7 +328,9 @@ def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetim
     """Where job ``job_id`` is: ``queued``, ``scheduled`` (with its time), ``overdue`` or ``missing``.
 
     A job a worker took (``started``) more than a lease ago but whose row nobody claimed counts as
-    missing: a live worker claims its row the moment it starts.
+    missing: a live worker claims its row the moment it starts. So does a ``queued`` job that has
+    sat in RQ's intermediate list for more than a lease (see :class:`HandOvers`): the worker that
+    took it died before marking it started.
     """
     queue = get_queue(queue_name)
     status = queue.connection.hget(RQJob.key_for(job_id), "status")
@@ -336,10 +338,18 @@ def job_state(queue_name: str, job_id: str, now: datetime) -> tuple[str, datetim
         return "missing", None
     status = _text(status)
     if status == "queued":
-        # In the queue, or in rq's hand-over list between a worker taking it and marking it started.
-        waiting = queue.get_job_position(job_id) is not None
-        handed_over = queue.connection.lpos(queue.intermediate_queue_key, job_id) is not None
-        return ("queued", None) if waiting or handed_over else ("missing", None)
+        # In the queue, or in rq's hand-over list between a worker taking it and marking it started,
+        # and there for less than a lease (past that, the worker that took it died).
+        if queue.get_job_position(job_id) is not None:
+            return "queued", None
+        hand_overs = HandOvers(queue_name, now)
+        pipe = queue.connection.pipeline(transaction=False)
+        pipe.lpos(queue.intermediate_queue_key, job_id)
+        pipe.zscore(hand_overs.key, job_id)
+        position, first_seen = pipe.execute()
+        seen = {} if first_seen is None else {job_id: float(first_seen)}
+        fresh = hand_overs.fresh([job_id] if position is not None else [], seen, looked_at=[job_id])
+        return ("queued", None) if job_id in fresh else ("missing", None)
     if status == "started":
         # A worker took it: it claims its row at once, unless it died right after taking it.
         started = queue.connection.hget(RQJob.key_for(job_id), "started_at")
@@ -368,15 +378,64 @@ def release_scheduled(queue_name: str, job_id: str) -> None:
     queue.enqueue_job(job)
 
 
+# RQ moves a job from its queue to the queue's intermediate list when a worker takes it, and out
+# again when that worker marks it started; a worker killed in between leaves it there, still
+# "queued", until RQ's own cleanup fails it many minutes later. RQ does not say since when a job is
+# there, so sweeps remember it: a sorted set per queue, on that queue's Redis, maps the job ids seen
+# in the intermediate list to the time they were first seen there. Sweepers add ids with ZADD NX (the
+# earliest sighting stays, whichever process made it) and drop ids no longer in the list. A job seen
+# there for longer than a lease is lost, whatever its hash says.
+HAND_OVER_SEEN_PREFIX = "durable_django:intermediate_seen:"
+
+
+def hand_over_seen_key(queue_name: str) -> str:
+    """The sorted set of job ids seen in queue ``queue_name``'s intermediate list, by first sighting."""
+    return f"{HAND_OVER_SEEN_PREFIX}{queue_name}"
+
+
+class HandOvers:
+    """Which jobs of one queue's intermediate list have been there for less than a lease, at ``now``."""
+
+    def __init__(self, queue_name: str, now: datetime) -> None:
+        self.key = hand_over_seen_key(queue_name)
+        self.connection = get_queue(queue_name).connection
+        self.now = now.timestamp()
+
+    def fresh(self, listed: Iterable[str], seen: dict[str, float], looked_at: Iterable[str] | None = None) -> set[str]:
+        """The ids among ``listed`` (in the list now) first seen there less than a lease ago.
+
+        ``seen`` holds the recorded first sightings of (at least) the ids ``looked_at``, all of
+        them when ``None``. Records the first sighting of listed ids not seen before and forgets
+        looked-at ids no longer listed, in one round trip and only when there is something to write.
+        """
+        listed = set(listed)
+        new = {job_id: self.now for job_id in listed if job_id not in seen}
+        gone = [
+            job_id for job_id in (seen if looked_at is None else looked_at) if job_id in seen and job_id not in listed
+        ]
+        if new or gone:
+            pipe = self.connection.pipeline(transaction=False)
+            if new:
+                pipe.zadd(self.key, new, nx=True)
+            if gone:
+                pipe.zrem(self.key, *gone)
+            pipe.execute()
+        lease = durable_settings.LEASE_SECONDS
+        return {job_id for job_id in listed if seen.get(job_id, self.now) > self.now - lease}
+
+
 class QueuedJobs:
     """Which jobs wait in their queues, read from Redis a chunk at a time during one sweep.
 
-    Only a job whose hash says ``queued`` and whose id is in its queue's list counts: anything
-    else (started, scheduled, missing) is for :func:`job_state` to look at one by one.
+    Only a job whose hash says ``queued`` and whose id is in its queue's list counts, or in the
+    queue's intermediate list for less than a lease (see :class:`HandOvers`): anything else
+    (started, scheduled, missing, handed to a worker that died) is for :func:`job_state` to look at
+    one by one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, now: datetime | None = None) -> None:
         self._lists: dict[str, set[str]] = {}
+        self._now = now or datetime.now(UTC)
 
     def _ids(self, queue_name: str) -> set[str]:
         # Read once per sweep: a job that leaves the list later is being executed (its run moves
@@ -386,7 +445,11 @@ class QueuedJobs:
             pipe = queue.connection.pipeline(transaction=False)
             pipe.lrange(queue.key, 0, -1)
             pipe.lrange(queue.intermediate_queue_key, 0, -1)
-            self._lists[queue_name] = {_text(job_id) for listed in pipe.execute() for job_id in listed}
+            hand_overs = HandOvers(queue_name, self._now)
+            pipe.zrange(hand_overs.key, 0, -1, withscores=True)
+            waiting, handed_over, seen = pipe.execute()
+            fresh = hand_overs.fresh(map(_text, handed_over), {_text(job_id): score for job_id, score in seen})
+            self._lists[queue_name] = {_text(job_id) for job_id in waiting} | fresh
         return self._lists[queue_name]
 
     def among(self, jobs: list[tuple[str, str]]) -> set[tuple[str, str]]:

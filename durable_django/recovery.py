@@ -122,7 +122,7 @@ def recover(now: datetime | None = None) -> Report:
     waiting = WorkflowRun.objects.filter(
         top, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="", lease_expires_at__lt=now
     ).order_by("lease_expires_at")
-    queued = dispatch.QueuedJobs()
+    queued = dispatch.QueuedJobs(now)
     for chunk in _chunks(waiting.iterator(chunk_size=SWEEP_CHUNK), SWEEP_CHUNK):
         # A backlog: every run whose job still waits in its queue is put off in one statement.
         jobs = {run.pk: _run_place(run) for run in chunk}

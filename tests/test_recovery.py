@@ -14,8 +14,9 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rq.job import Job as RQJob
 
-from durable_django import error, ok, parallel, step
+from durable_django import dispatch, error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process, runs_scheduler, warn_without_scheduler
 from durable_django.dispatch import run_job_id
 from durable_django.jobs import join_group, run_branch, run_branches, run_workflow
@@ -431,3 +432,78 @@ def test_a_worker_without_the_scheduler_says_so_when_it_starts(
         with override_settings(DURABLE={"RECOVER_IN_WORKERS": False}):
             warn_without_scheduler(argv)
         assert "unless durable_recover --loop runs" in caplog.records[-1].getMessage()
+
+
+# -- jobs handed to a worker that died ------------------------------------------------------------
+
+
+def _hand_over(embedded: EmbeddedQueue, queue_name: str = "default") -> None:
+    """Move the queue's oldest job to its intermediate list, as RQ does for a worker that takes it."""
+    queue = dispatch.get_queue(queue_name)
+    assert embedded.connection.lmove(queue.key, queue.intermediate_queue_key, "RIGHT", "LEFT") is not None
+
+
+@runs
+def test_a_run_whose_job_was_taken_by_a_worker_that_died_is_sent_again_after_a_lease(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    calls: list[Any] = []
+    wf = define([step("s", recorder(calls))])
+    run = wf.start({})
+    embedded.run_commit_hooks()
+    _hand_over(embedded)  # the worker that took it was killed before marking it started
+    when = later()
+    # Seen there for the first time: it may still be on its way to a live worker.
+    assert recover(now=when) == Report()
+    assert embedded.connection.zscore(dispatch.hand_over_seen_key("default"), run_job_id(run.pk, 0)) == pytest.approx(
+        when.timestamp()
+    )
+    assert recover(now=when + timedelta(seconds=10)) == Report()
+    # There for longer than a lease: lost, although RQ still says "queued".
+    assert recover(now=when + timedelta(seconds=16)) == Report(runs_sent_again=1)
+    assert recover(now=when + timedelta(seconds=17)) == Report()
+    assert finish(embedded, run).status == "completed"
+    assert len(calls) == 1
+
+
+@runs
+def test_a_job_in_the_intermediate_list_counts_as_queued_for_a_lease_then_as_missing(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("s", lambda ctx: ok())])
+    run = wf.start({})
+    embedded.run_commit_hooks()
+    job_id = run_job_id(run.pk, 0)
+    now = timezone.now()
+    assert dispatch.job_state("default", job_id, now) == ("queued", None)
+    _hand_over(embedded)
+    assert dispatch.job_state("default", job_id, now) == ("queued", None)
+    assert dispatch.QueuedJobs(now + timedelta(seconds=10)).among([("default", job_id)]) == {("default", job_id)}
+    assert dispatch.job_state("default", job_id, now + timedelta(seconds=16)) == ("missing", None)
+    assert dispatch.QueuedJobs(now + timedelta(seconds=16)).among([("default", job_id)]) == set()
+    # Once the job leaves the list its sighting is forgotten: a later hand-over starts afresh.
+    queue = dispatch.get_queue("default")
+    embedded.connection.lmove(queue.intermediate_queue_key, queue.key, "RIGHT", "LEFT")
+    assert dispatch.QueuedJobs(now).among([("default", job_id)]) == {("default", job_id)}
+    assert embedded.connection.zcard(dispatch.hand_over_seen_key("default")) == 0
+
+
+@runs
+def test_a_started_job_without_a_live_worker_counts_as_missing_past_a_lease(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("s", lambda ctx: ok())])
+    run = wf.start({})
+    embedded.run_commit_hooks()
+    job_id = run_job_id(run.pk, 0)
+    _hand_over(embedded)
+    started = timezone.now()
+    # The worker marked it started, then died before claiming its row.
+    embedded.connection.hset(
+        RQJob.key_for(job_id), mapping={"status": "started", "started_at": started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+    )
+    assert dispatch.job_state("default", job_id, started + timedelta(seconds=10)) == ("queued", None)
+    assert dispatch.job_state("default", job_id, started + timedelta(seconds=16)) == ("missing", None)
+    assert recover(now=started + timedelta(seconds=10)).total == 0
+    assert recover(now=started + timedelta(seconds=16)) == Report(runs_sent_again=1)
+    assert finish(embedded, run).status == "completed"

@@ -447,6 +447,37 @@ def test_work_committed_by_a_process_that_died_before_enqueueing_it_is_sent_by_t
     assert 0 <= latency <= RECOVERY_BOUND
 
 
+@pytest.mark.timeout(120)
+def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_sent_again_by_the_sweeper(
+    workers: Any, redis_db: Redis, short_leases: dict[str, str]
+) -> None:
+    # No worker yet: the job waits in its queue. Moving it to rq's intermediate list is what a
+    # worker does when it takes it; one killed right then never marks it started, and rq still
+    # says "queued" until its own cleanup, many minutes later.
+    token = uuid.uuid4().hex
+    run = start_workflow("it_dequeued", {"token": token})
+    queue = "rq:queue:default"
+    taken = redis_db.lmove(queue, f"{queue}:intermediate", "RIGHT", "LEFT")
+    assert taken == run_job_id(run.pk, 0).encode()
+    died_at = timezone.now()
+    run.refresh_from_db()
+    wait_for(lambda: timezone.now() > run.lease_expires_at, 30, what="the run's pick-up deadline to pass")
+
+    pool = workers(2, env=short_leases)
+    ready = timezone.now()
+    pool.finish(run)
+
+    assert (run.status, run.error) == (RunStatus.COMPLETED, None)
+    assert rows(run) == [("first", 1, "completed"), ("second", 1, "completed")]
+    assert executions(token) == {"first": 1, "second": 1}
+    first = StepResult.objects.get(run=run, step="first")
+    latency = seconds(ready, first.started_at)
+    figure("job left in rq's intermediate list, workers up -> step executing", latency)
+    figure("job left in rq's intermediate list, worker died -> step executing", seconds(died_at, first.started_at))
+    assert 0 <= latency <= RECOVERY_BOUND
+    assert pool.failed_jobs() == []
+
+
 # -- cut database connections -------------------------------------------------------------------------
 
 

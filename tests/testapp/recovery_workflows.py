@@ -296,3 +296,14 @@ handover = workflow(
         step("after", recorded("after")),
     ],
 )
+
+
+# -- it_dequeued: a run whose job a worker took from its queue and died before starting --------------
+
+dequeued = workflow(
+    "it_dequeued",
+    [
+        step("first", recorded("first")),
+        step("second", recorded("second")),
+    ],
+)

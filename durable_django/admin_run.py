@@ -26,7 +26,7 @@ from django.utils.dateparse import parse_datetime
 
 from .admin_display import moment, pretty_json, stored_traceback
 from .conf import durable_settings
-from .definition import Parallel, Step, Workflow, find_workflow
+from .definition import Branch, Foreach, Parallel, Step, Workflow, find_workflow
 from .flowgraph import build_flowgraph, describe_block, describe_step
 from .flowsvg import render_svg
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, Wait, WorkflowRun
@@ -76,8 +76,10 @@ def _sequential(definition: Workflow | None, run: WorkflowRun, groups: Sequence[
     """The current step's definition, ``True`` for a sequential step no longer defined, ``False`` for a block."""
     if definition is not None:
         node = definition.node(run.current_step)
-        if isinstance(node, Parallel):
+        if isinstance(node, Parallel | Foreach):
             return False
+        if isinstance(node, Branch):
+            return True
         return node if node is not None else True
     return not any(group.name == run.current_step for group in groups)
 
@@ -194,7 +196,9 @@ def step_table(
         latest[key] = row
         counts[key] = counts.get(key, 0) + 1
     out = []
-    for node in definition.steps:
+    for node in definition.flat:
+        if isinstance(node, Branch):
+            continue
         members = [("", node)] if isinstance(node, Step) else [(node.name, member) for member in node.steps]
         for block, step in members:
             found = latest.get((block, step.name))

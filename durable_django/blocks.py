@@ -34,7 +34,7 @@ from . import dispatch, join, leases, results, store
 from .attempts import Attempt, call_step, retry_delay
 from .conf import durable_settings
 from .context import to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .definition import Block, Step, Workflow, find_workflow, queue_for
 from .join import Moved
 from .logging import log_attempt, run_fields, seconds
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
@@ -60,7 +60,7 @@ CANCEL_CHECK_SECONDS = 0.002
 def enter(
     run: WorkflowRun,
     wf: Workflow,
-    block: Parallel,
+    block: Block,
     queue: str,
     *,
     fields: dict[str, Any] | None = None,
@@ -185,7 +185,7 @@ def _execute(
 
 
 def _drain(
-    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, queue: str, batch: list[Claimed]
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Block, queue: str, batch: list[Claimed]
 ) -> Moved | None:
     """Execute ``batch``, then claim and execute more of the block's branches on ``queue`` until none is left.
 
@@ -285,7 +285,7 @@ def _log_cancelled(run: WorkflowRun, group: ParallelGroup, recorded: store.Recor
 
 
 def _joined(
-    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, queue: str, closed: bool, joins_here: bool
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Block, queue: str, closed: bool, joins_here: bool
 ) -> Moved | None:
     """After the results that decided ``block`` were recorded: join it here, or have its queue's worker do it."""
     if block.into is None and joins_here:
@@ -432,7 +432,7 @@ def _no_wait_in_child(row: Claimed, step: Step, attempt: Attempt) -> tuple[Claim
 
 
 def finish_branch(
-    row: StepResult, group: ParallelGroup, wf: Workflow | None, block: Parallel | None, attempt: Attempt
+    row: StepResult, group: ParallelGroup, wf: Workflow | None, block: Block | None, attempt: Attempt
 ) -> bool:
     """Record ``attempt`` as the final result of branch ``row``; the join job is sent if that decides the block.
 

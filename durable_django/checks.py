@@ -13,7 +13,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, TABLE, durable_settings
-from .definition import Step, registered_workflows
+from .definition import registered_workflows
 
 
 @register(Tags.compatibility)
@@ -79,10 +79,9 @@ def _used_queues() -> dict[str, str]:
     for wf in registered_workflows().values():
         if wf.queue:
             needed.setdefault(wf.queue, f"workflow {wf.name!r}")
-        for node in wf.steps:
-            for member in (node,) if isinstance(node, Step) else node.steps:
-                if member.queue:
-                    needed.setdefault(member.queue, f"workflow {wf.name!r}, step {member.name!r}")
+        for member in wf.all_steps():
+            if member.queue:
+                needed.setdefault(member.queue, f"workflow {wf.name!r}, step {member.name!r}")
     return needed
 
 

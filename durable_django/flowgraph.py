@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from .definition import Parallel, RetryPolicy, Step, Workflow
+from .definition import Branch, Foreach, Parallel, RetryPolicy, Step, Workflow
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, WorkflowRun
 from .timeaxis import format_duration
 
@@ -171,8 +171,10 @@ def _items(
 ) -> list[_Item]:
     if definition is not None:
         items = []
-        for node in definition.steps:
-            if isinstance(node, Parallel):
+        for node in definition.flat:
+            if isinstance(node, Branch):
+                items.append(_Item(node.name))
+            elif isinstance(node, Parallel | Foreach):
                 branches = [member.name for member in node.steps]
                 items.append(
                     _Item(node.name, block=node, branches=branches, branch_steps={m.name: m for m in node.steps})

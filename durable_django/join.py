@@ -20,7 +20,7 @@ from django.utils import timezone
 from . import results, store
 from .attempts import Attempt
 from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .definition import Block, Step, Workflow, find_workflow, queue_for
 from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
@@ -41,17 +41,17 @@ class Moved:
 # -- what decides a block -------------------------------------------------------------------------
 
 
-def stops_at_first_failure(block: Parallel | None) -> bool:
+def stops_at_first_failure(block: Block | None) -> bool:
     """Whether ``block`` is decided by its first failing branch (``fail_fast`` without ``into``)."""
     return block is not None and block.on_error == "fail_fast" and block.into is None
 
 
-def decided(block: Parallel | None, pending: int, failed: int) -> bool:
+def decided(block: Block | None, pending: int, failed: int) -> bool:
     """Whether a group with these counters is decided: its join can run."""
     return pending == 0 or (failed > 0 and stops_at_first_failure(block))
 
 
-def decides(block: Parallel | None, counts: Counts) -> bool:
+def decides(block: Block | None, counts: Counts) -> bool:
     """Whether the results just counted decided the block: it is decided now and was not before.
 
     Exactly one batch (or branch) of a block sees this, so the block is joined exactly once.
@@ -69,7 +69,7 @@ def decide_in_transaction(
     group: ParallelGroup,
     run: WorkflowRun,
     wf: Workflow,
-    block: Parallel,
+    block: Block,
     outcomes: list[tuple[Claimed, Step, Attempt]],
     counts: Counts,
 ) -> tuple[WorkflowRun, Closing] | None:
@@ -101,7 +101,7 @@ def closing_for(
     group: ParallelGroup,
     run: WorkflowRun,
     wf: Workflow,
-    block: Parallel,
+    block: Block,
     latest: dict[str, tuple[Any, ...]] | None = None,
     *,
     waiting: int | None = None,
@@ -125,8 +125,7 @@ def closing_for(
         # Branches still waiting are cancelled with their waits (``waiting``: how many, as counted last).
         waits = group.waiting_count if waiting is None else waiting
         return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True, cancel_waits=waits > 0)
-    position = wf.position(group.name)
-    target = None if position is None else position + 1
+    target = wf.following(group.name)
     fields = store.move_fields(wf, target, {**run.context, RESULTS_KEY: collected})
     return Closing(GroupStatus.COMPLETED, collected, None, fields)
 
@@ -147,7 +146,7 @@ def final_attempts(group: ParallelGroup) -> dict[str, tuple[Any, ...]]:
     return latest
 
 
-def collected_results(block: Parallel, latest: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+def collected_results(block: Block, latest: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
     keys = {member.name: member.key for member in block.steps}
     return {
         keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
@@ -206,7 +205,7 @@ def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
 
 
 def _join_into(
-    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Parallel, position: int
+    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Block, position: int
 ) -> tuple[bool, Workflow | None]:
     assert block.into is not None
     collected = collected_results(block, final_attempts(group))
@@ -227,7 +226,13 @@ def _join_into(
         except Unserializable as exc:
             message = f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}"
             outcome = Outcome(ERROR, reason=results.unserializable_output(message))
-    target = position + 1 if outcome.kind == OK else wf.position(outcome.target) if outcome.kind == GOTO else None
+    target = (
+        wf.following(group.name)
+        if outcome.kind == OK
+        else wf.goto_position(outcome.target)
+        if outcome.kind == GOTO
+        else None
+    )
     if target is None:
         reason = (
             results.goto_error(group.name, outcome.target)

@@ -34,7 +34,7 @@ from django.utils import timezone
 from . import blocks, dispatch, join, leases, results, resume, store
 from .attempts import Attempt
 from .conf import durable_settings
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .definition import Block, Step, Workflow, find_workflow, queue_for
 from .leases import released_fields
 from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
@@ -296,7 +296,7 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
         report.retries_released += 1
 
 
-def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Parallel | None]:
+def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Block | None]:
     """The group of branch ``row``, its run's workflow and the block (None when no longer defined)."""
     group = row.group
     assert group is not None

@@ -199,10 +199,10 @@ def _moving_on(run: WorkflowRun, wf: Workflow | None) -> Callable[[Wait], tuple[
             )
             return store.fail_fields(step_name, results.wait_timeout(wait.name)), None
         context = with_value(run.context, wait)
-        target = position + 1
-        if target >= len(wf.steps):
+        target = wf.following(step_name)
+        if target >= len(wf.flat):
             return store.move_fields(wf, None, context), None
-        following = wf.steps[target]
+        following = wf.flat[target]
         moved = {
             "context": context,
             "current_step": following.name,

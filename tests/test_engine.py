@@ -314,7 +314,7 @@ def test_an_onboarding_shaped_run_is_one_job_of_four_commits(
 @runs
 @pytest.mark.parametrize(
     ("count", "batches"),
-    [(1, [1]), (3, [3]), (32, [32]), (40, [32, 8]), (70, [32, 38])],
+    [(1, [1]), (3, [3]), (32, [32]), (40, [32, 8]), (50, [32, 18])],
 )
 def test_the_job_that_reaches_a_block_executes_its_branches_in_batches_that_double_while_they_are_quick(
     embedded: EmbeddedQueue, define: Definer, count: int, batches: list[int], quick_batches: None

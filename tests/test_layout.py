@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: list[set[str]] = [
     {"exceptions", "conf"},
-    {"context", "results", "definition", "waits", "logging"},
+    {"context", "results", "retry", "nodes", "definition", "waits", "logging"},
     {"models"},
     {"leases", "attempts"},
     {"dispatch"},

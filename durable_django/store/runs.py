@@ -42,7 +42,7 @@ def fail_fields(step_name: str, reason: Any, **where: Any) -> dict[str, Any]:
 
 def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> dict[str, Any]:
     """Fields that put a run at step ``position`` of ``wf`` (completing it past the last step)."""
-    if position is None or position >= len(wf.steps):
+    if position is None or position >= len(wf.flat):
         return {
             "context": context,
             "current_step": "",
@@ -52,7 +52,7 @@ def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> 
             **released_fields(),
         }
     # The process that moves the run on executes its next step: it holds the run's lease.
-    return {"context": context, "current_step": wf.steps[position].name, "current_attempt": 1, **held_fields()}
+    return {"context": context, "current_step": wf.flat[position].name, "current_attempt": 1, **held_fields()}
 
 
 # -- runs -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.core.management.base import CommandParser
 from django_rq.management.commands.rqworker import Command as RQWorkerCommand
 
 from durable_django.conf import durable_settings
-from durable_django.definition import Step, registered_workflows
+from durable_django.definition import registered_workflows
 
 WORKER_CLASS = "durable_django.worker.DurableWorker"
 
@@ -18,9 +18,7 @@ def workflow_queues() -> list[str]:
     """``DURABLE["QUEUE"]`` and every queue a registered workflow or step names, configured or not."""
     queues = [durable_settings.QUEUE]
     for wf in registered_workflows().values():
-        named = [wf.queue] + [
-            member.queue for node in wf.steps for member in ((node,) if isinstance(node, Step) else node.steps)
-        ]
+        named = [wf.queue] + [member.queue for member in wf.all_steps()]
         queues.extend(queue for queue in named if queue and queue not in queues)
     return queues
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from .definition import Branch, Foreach, Parallel, RetryPolicy, Step, Workflow
+from .definition import Block, Branch, Foreach, Parallel, RetryPolicy, Step, Workflow
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, WorkflowRun
 from .timeaxis import format_duration
 
@@ -66,7 +66,7 @@ def describe_step(step: Step) -> str:
     return "; ".join(parts)
 
 
-def describe_block(block: Parallel) -> str:
+def describe_block(block: Block) -> str:
     """What decides a block's outcome: ``on error: fail fast``, or ``into: merge — into decides``."""
     if block.into is not None:
         name = getattr(block.into, "__qualname__", None) or getattr(block.into, "__name__", None) or repr(block.into)
@@ -161,7 +161,7 @@ class _Item:
 
     name: str
     step: Step | None = None
-    block: Parallel | None = None
+    block: Block | None = None
     branches: list[str] | None = None
     branch_steps: dict[str, Step] = field(default_factory=dict)
 

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import dispatch, leases, store
-from .definition import Workflow, find_workflow, queue_for
+from .definition import Foreach, Workflow, find_workflow, queue_for
 from .exceptions import AmbiguousRunId, RunStateError
 from .leases import released_fields
 from .logging import run_fields
@@ -147,19 +147,22 @@ def _timed_out_wait(run: WorkflowRun) -> Wait | None:
 
 def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -> list[dispatch.Job]:
     """Give every branch without a completed result a new attempt and reopen ``group``."""
-    latest: dict[str, StepResult] = {}
+    latest: dict[tuple[str, int | None], StepResult] = {}
     for branch in StepResult.objects.filter(group=group).order_by("id"):
-        latest[branch.step] = branch
+        latest[(branch.step, branch.item_index)] = branch
     block = wf.block(group.name) if wf else None
-    names = [member.name for member in block.steps] if block else list(latest)
+    if isinstance(block, Foreach):
+        keys: list[tuple[str, int | None]] = [(block.name, index) for index in range(group.branch_count)]
+    else:
+        keys = [(member.name, None) for member in block.steps] if block else list(latest)
     fresh: list[store.NextAttempt] = []
     running = 0
     again: list[tuple[StepResult, Wait]] = []
     timed_out = {
         wait.step_result_id: wait for wait in Wait.objects.filter(step_result__group=group, status=WaitStatus.TIMED_OUT)
     }
-    for name in names:
-        row = latest.get(name)
+    for name, index in keys:
+        row = latest.get((name, index))
         if row is not None and row.status == StepStatus.COMPLETED:
             continue
         if row is not None and row.pk in timed_out:
@@ -172,9 +175,9 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
             continue
         attempt = row.attempt + 1 if row is not None else 1
         queue = queue_for(wf, block.branch(name) if block else None)
-        fresh.append(store.next_attempt(run.pk, group.pk, name, attempt, queue, 0.0))
+        fresh.append(store.next_attempt(run.pk, group.pk, name, attempt, queue, 0.0, index))
     pending = len(fresh) + running + len(again)
-    store.reopen_group(group.pk, [nxt.row for nxt in fresh], pending)
+    store.reopen_group(group, [nxt.row for nxt in fresh], pending)
     if again:
         store.waits.branches_wait_again(run, group.pk, again, all_wait=not fresh and not running)
     _reopen_children(run, *(nxt.row.step for nxt in fresh))
@@ -187,7 +190,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
 
 def _reopen_children(run: WorkflowRun, *steps: str) -> None:
     """Reopen failed children called by ``steps`` of ``run``; the calling step resumes them inline."""
-    for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED):
+    for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED, detached=False):
         _reopen(child)
 
 
@@ -220,6 +223,9 @@ def cancel_run(run: RunRef) -> WorkflowRun:
 def _cancel(run_id: Any, now: Any) -> bool:
     if not store.cancel_run(run_id, now):
         return False
-    for child_id in WorkflowRun.objects.filter(parent_id=run_id).unfinished().values_list("pk", flat=True):
+    # Children started with start_child (detached) live on: they were never part of the parent's work.
+    for child_id in (
+        WorkflowRun.objects.filter(parent_id=run_id, detached=False).unfinished().values_list("pk", flat=True)
+    ):
         _cancel(child_id, now)
     return True

@@ -65,11 +65,11 @@ class Report:
         return ", ".join(done) or "nothing to recover"
 
 
-def lost_streak(run_id: Any, step_name: str, group_id: int | None = None) -> int:
-    """How many of the latest attempts of a step ended with their worker lost, in a row."""
+def lost_streak(run_id: Any, step_name: str, group_id: int | None = None, item_index: int | None = None) -> int:
+    """How many of the latest attempts of a step (or foreach item) ended with their worker lost, in a row."""
     limit = durable_settings.MAX_WORKER_LOST + 1
     latest = (
-        StepResult.objects.filter(run_id=run_id, step=step_name, group_id=group_id)
+        StepResult.objects.filter(run_id=run_id, step=step_name, group_id=group_id, item_index=item_index)
         .exclude(status__in=(StepStatus.PENDING, StepStatus.RUNNING))
         .order_by("-id")
         .values_list("status", "error")[:limit]
@@ -307,7 +307,7 @@ def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Bloc
 def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
     group, wf, block = _branch_place(row)
     step = block.branch(row.step) if block else None
-    streak = lost_streak(row.run_id, row.step, row.group_id) + 1
+    streak = lost_streak(row.run_id, row.step, row.group_id, row.item_index) + 1
     attempt = Attempt.failure(results.worker_lost(streak), row.started_at or now)
     live = row.run.status == RunStatus.RUNNING and group.status == GroupStatus.RUNNING
     if wf is not None and step is not None and live and streak < durable_settings.MAX_WORKER_LOST:

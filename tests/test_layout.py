@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"leases", "attempts"},
     {"dispatch"},
     {"store"},
-    {"join"},
+    {"join", "items"},
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children", "resume"},

@@ -216,9 +216,20 @@ def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepRes
         return bool(cursor.fetchone()[0])
 
 
-def fail_run(run: WorkflowRun, step_name: str, reason: Any, rows: list[StepResult] | None = None) -> bool:
-    """Fail ``run`` at ``step_name`` with ``reason`` (storing ``rows`` with it)."""
-    return transition(run, fail_fields(step_name, reason), rows)
+def fail_run(
+    run: WorkflowRun,
+    step_name: str,
+    reason: Any,
+    rows: list[StepResult] | None = None,
+    *,
+    context: dict[str, Any] | None = None,
+) -> bool:
+    """Fail ``run`` at ``step_name`` with ``reason`` (storing ``rows`` with it, and ``context``
+    when the step before it changed it)."""
+    fields = fail_fields(step_name, reason)
+    if context is not None:
+        fields["context"] = context
+    return transition(run, fields, rows)
 
 
 def release_run(run: WorkflowRun) -> None:

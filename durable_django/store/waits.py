@@ -412,6 +412,7 @@ def branches_wait_again(
             run_id=run.pk,
             group_id=group_id,
             step=row.step,
+            item_index=row.item_index,
             attempt=row.attempt + 1,
             status=StepStatus.WAITING,
             output=row.output,

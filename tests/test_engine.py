@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rq import SimpleWorker
 
-from durable_django import blocks, error, ok, parallel, step
+from durable_django import blocks, error, foreach, ok, parallel, step
 from durable_django.definition import unregister
 from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
@@ -268,6 +268,22 @@ def test_each_sequential_step_costs_one_update_and_one_insert(
     assert drive_counting(embedded, run) == CLAIM + STEP * count
     run.refresh_from_db()
     assert run.status == "completed"
+
+
+@runs
+@pytest.mark.parametrize("count", [1, 3, 40, 50])
+def test_a_foreach_block_costs_what_a_parallel_block_of_as_many_branches_costs(
+    embedded: EmbeddedQueue, define: Definer, count: int, quick_batches: None
+) -> None:
+    # The items are evaluated in the job that reaches the block and stored on the group: the
+    # statements are the same, batch for batch, as for a static block of the same width.
+    static = define([parallel(*(step(f"b{i}", lambda ctx: ok({"x": 1})) for i in range(count)))])
+    dynamic = define([foreach("each", "things", lambda ctx: ok({"x": 1}))])
+    static_cost = drive_counting(embedded, static.start())
+    run = dynamic.start({"things": list(range(count))})
+    assert drive_counting(embedded, run) == static_cost
+    run.refresh_from_db()
+    assert (run.status, len(run.context["__results__"])) == ("completed", count)
 
 
 @runs

@@ -17,7 +17,7 @@ from durable_django import (
     step,
     workflow,
 )
-from durable_django.models import ParallelGroup, StepResult
+from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer, finish, recorder
 
@@ -292,3 +292,51 @@ def test_a_foreach_name_clashing_with_a_step_is_refused(define: Definer) -> None
         str(caught.value)
         == f"Workflow {name!r}, foreach block 'each': the name is used more than once in this workflow"
     )
+
+
+@runs
+@pytest.mark.parametrize(("limit", "peak"), [(None, 10), (1, 1), (3, 3)])
+def test_max_concurrency_bounds_how_many_items_are_taken_at_once(
+    embedded: EmbeddedQueue, define: Definer, limit: int | None, peak: int
+) -> None:
+    # Items claimed by a job count as executing from their claim: the running rows of the block,
+    # read inside each item, never exceed the limit (without one, the first batch takes all ten).
+    seen: list[int] = []
+
+    def item(ctx: dict[str, Any]) -> Any:
+        seen.append(StepResult.objects.filter(run_id=ctx["run"], status="running").count())
+        return ok({"n": ctx["item"]})
+
+    wf = define([foreach("each", "things", item, max_concurrency=limit)])
+    run = wf.start({"things": list(range(10))})
+    WorkflowRun.objects.filter(pk=run.pk).update(
+        input={"run": str(run.pk)}, context={"things": list(range(10)), "run": str(run.pk)}
+    )
+    run = finish(embedded, run)
+    assert run.status == "completed"
+    assert [result[1]["n"] for result in run.context["__results__"]] == list(range(10))
+    assert max(seen) == peak
+    assert len(seen) == 10
+
+
+@runs
+def test_a_retry_in_a_full_block_waits_for_a_free_slot(embedded: EmbeddedQueue, define: Definer) -> None:
+    tries: dict[int, int] = {}
+    seen: list[int] = []
+
+    def item(ctx: dict[str, Any]) -> Any:
+        seen.append(StepResult.objects.filter(run_id=ctx["run"], status="running").count())
+        tries[ctx["__index__"]] = tries.get(ctx["__index__"], 0) + 1
+        if ctx["__index__"] == 0 and tries[0] == 1:
+            return error("once")
+        return ok()
+
+    wf = define(
+        [foreach("each", "things", item, max_concurrency=1, retry={"max_attempts": 2, "base": 0, "jitter": False})]
+    )
+    run = wf.start({"things": [0, 1, 2]})
+    WorkflowRun.objects.filter(pk=run.pk).update(context={"things": [0, 1, 2], "run": str(run.pk)})
+    run = finish(embedded, run)
+    assert run.status == "completed"
+    assert tries == {0: 2, 1: 1, 2: 1}
+    assert max(seen) == 1

@@ -158,7 +158,11 @@ class DurableSettings:
     # REST API (durable_django.api): permission and authentication classes (dotted paths), page
     # size of list endpoints and the largest request body accepted, in bytes.
     API_PERMISSION_CLASSES = Setting(
-        ("rest_framework.permissions.IsAdminUser", "durable_django.api.permissions.CanOperateRuns"),
+        (
+            "rest_framework.permissions.IsAdminUser",
+            "durable_django.api.permissions.CanViewRows",
+            "durable_django.api.permissions.CanOperateRuns",
+        ),
         _path_tuple,
         accepts=_paths,
         must_be="a list or tuple of dotted paths",

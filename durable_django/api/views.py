@@ -378,6 +378,8 @@ class WorkflowViewSet(DurableViewSet[Any]):
     """The workflows registered in this process, by name."""
 
     serializer_class = WorkflowSerializer
+    # Workflows are no rows: reading them needs the permission to read runs (see CanViewRows).
+    permission_model = WorkflowRun
     lookup_field = "name"
     # Any name a workflow may have, dots included; only "/" cannot be addressed.
     lookup_value_regex = "[^/]+"

@@ -51,7 +51,26 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         elif setting.importable and value is not None:
             errors.extend(_unimportable(key, value))
+    errors.extend(_page_size_over_the_maximum(raw))
     return errors
+
+
+def _page_size_over_the_maximum(raw: dict[str, Any]) -> list[Error]:
+    # ?page_size= may not ask for more than API_MAX_PAGE_SIZE; neither may the default.
+    keys = ("API_PAGE_SIZE", "API_MAX_PAGE_SIZE")
+    if not all(TABLE[key].accepts(raw.get(key, TABLE[key].default)) for key in keys):
+        return []  # E004 above
+    size, largest = durable_settings.API_PAGE_SIZE, durable_settings.API_MAX_PAGE_SIZE
+    if size <= largest:
+        return []
+    return [
+        Error(
+            f"settings.DURABLE['API_PAGE_SIZE'] must be at most settings.DURABLE['API_MAX_PAGE_SIZE'] "
+            f"({largest}), not {size}.",
+            hint="Lower API_PAGE_SIZE or raise API_MAX_PAGE_SIZE.",
+            id="durable_django.E004",
+        )
+    ]
 
 
 def _unimportable(key: str, paths: list[str] | tuple[str, ...]) -> list[Error]:

@@ -156,9 +156,14 @@ class DurableSettings:
     # ... or once its resident memory exceeds this many MiB, checked after every job; 0: never.
     WORKER_MAX_MEMORY = Setting(512, int, accepts=_whole(0), must_be="a number of MiB (0 for no limit)")
     # REST API (durable_django.api): permission and authentication classes (dotted paths), page
-    # size of list endpoints and the largest request body accepted, in bytes.
+    # size of list endpoints and the largest one ?page_size= may ask for, and the largest request
+    # body accepted, in bytes.
     API_PERMISSION_CLASSES = Setting(
-        ("rest_framework.permissions.IsAdminUser", "durable_django.api.permissions.CanOperateRuns"),
+        (
+            "rest_framework.permissions.IsAdminUser",
+            "durable_django.api.permissions.CanViewRows",
+            "durable_django.api.permissions.CanOperateRuns",
+        ),
         _path_tuple,
         accepts=_paths,
         must_be="a list or tuple of dotted paths",
@@ -173,6 +178,7 @@ class DurableSettings:
         importable=True,
     )
     API_PAGE_SIZE = Setting(50, int, accepts=_whole(1), must_be="a positive integer")
+    API_MAX_PAGE_SIZE = Setting(1000, int, accepts=_whole(1), must_be="a positive integer")
     API_MAX_BODY_SIZE = Setting(1024 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from django.db.models import Model, Prefetch, QuerySet
@@ -12,6 +12,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_seri
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
@@ -25,6 +26,7 @@ from ..resume import provide_input, send_event
 from ..waits import can_answer
 from .base import DurableAPIMixin, document, request_body_size
 from .pagination import DurablePagination
+from .query import DurableOrdering, format_parameters, refuse_unknown
 from .serializers import (
     OPEN_WAITS,
     EventResultSerializer,
@@ -63,21 +65,46 @@ M = TypeVar("M", bound=Model)
 
 
 class DurableViewSet(DurableAPIMixin, GenericViewSet[M]):
-    """A viewset of the API: its pagination, and no filter backends of ``REST_FRAMEWORK``."""
+    """A viewset of the API: its pagination, its own filter backends, and a list's query parameters checked.
+
+    A list answers a 400 for a query parameter it does not know (naming it) and for invalid
+    values of those it knows (each named), before reading anything.
+    """
 
     pagination_class = DurablePagination
-    # The lists filter through validated query parameters of their own.
-    filter_backends = ()
+    # Not REST_FRAMEWORK's filter backends: the lists filter through validated query parameters of their own.
+    filter_backends: Sequence[type[BaseFilterBackend]] = ()
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if self.action == "list":
+            refuse_unknown(request.query_params, self.list_parameters())
+            errors = self.parameter_errors()
+            if errors:
+                raise ValidationError(errors)
+
+    def list_parameters(self) -> list[str]:
+        """The names of the query parameters the list takes, in the order its 400 lists them."""
+        return [*DurablePagination.query_parameters(), *format_parameters()]
+
+    def parameter_errors(self) -> dict[str, list[str]]:
+        """Each invalid query parameter of the list, with its messages."""
+        errors = DurablePagination().errors(self.request)
+        return {DurablePagination.page_size_query_param: errors} if errors else {}
 
 
 class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
     """List and read the rows of one model: DRF's ``ReadOnlyModelViewSet`` with the API's base and pagination.
 
-    The list is filtered by the query parameters that ``filters_class`` validates (a 400 names each
-    invalid one); a missing or malformed id is a 404 that names it.
+    The list is filtered by the query parameters that ``filters_class`` validates and ordered by
+    ``?ordering=`` among ``ordering_fields`` (``ordering`` is the default order, the queryset's);
+    a 400 names each invalid parameter. A missing or malformed id is a 404 that names it.
     """
 
     filters_class: type[serializers.Serializer[Any]]
+    filter_backends = (DurableOrdering,)
+    ordering_fields: tuple[str, ...]
+    ordering: tuple[str, ...]
 
     def get_queryset(self) -> QuerySet[M]:
         queryset = super().get_queryset()
@@ -87,6 +114,17 @@ class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
             # Each parameter is named after the model field it matches (a run's id for run and parent).
             queryset = queryset.filter(**filters.validated_data)
         return queryset
+
+    def list_parameters(self) -> list[str]:
+        return [*self.filters_class().fields, DurableOrdering.ordering_param, *super().list_parameters()]
+
+    def parameter_errors(self) -> dict[str, list[str]]:
+        filters = self.filters_class(data=self.request.query_params)
+        errors: dict[str, list[str]] = {} if filters.is_valid() else dict(filters.errors)
+        ordering = DurableOrdering().errors(self.request, self)
+        if ordering:
+            errors[DurableOrdering.ordering_param] = ordering
+        return {**errors, **super().parameter_errors()}
 
     def get_object(self) -> M:
         try:
@@ -120,6 +158,8 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     queryset = WorkflowRun.objects.all()
     filters_class = RunFilterSerializer
+    ordering_fields = ("created_at", "started_at", "finished_at", "status", "workflow")
+    ordering = ("-created_at",)
 
     def get_object(self) -> WorkflowRun:
         given = self.kwargs["pk"]
@@ -327,6 +367,8 @@ class StepResultViewSet(RowViewSet[StepResult]):
     queryset = StepResult.objects.all()
     serializer_class = StepResultSerializer
     filters_class = StepFilterSerializer
+    ordering_fields = ("id", "created_at", "started_at", "finished_at", "attempt", "step", "status")
+    ordering = ("id",)
 
     @document(summary="List step results", parameters=[StepFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -343,6 +385,8 @@ class ParallelGroupViewSet(RowViewSet[ParallelGroup]):
     queryset = ParallelGroup.objects.all()
     serializer_class = ParallelGroupSerializer
     filters_class = GroupFilterSerializer
+    ordering_fields = ("id", "created_at", "finished_at", "name", "status")
+    ordering = ("created_at", "id")
 
     @document(summary="List parallel groups", parameters=[GroupFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -359,6 +403,8 @@ class WaitViewSet(RowViewSet[Wait]):
     queryset = wait_rows()
     serializer_class = WaitSerializer
     filters_class = WaitFilterSerializer
+    ordering_fields = ("id", "created_at", "due_at", "resolved_at", "kind", "name", "status")
+    ordering = ("created_at", "id")
 
     @document(summary="List waits, oldest first", parameters=[WaitFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -378,6 +424,8 @@ class WorkflowViewSet(DurableViewSet[Any]):
     """The workflows registered in this process, by name."""
 
     serializer_class = WorkflowSerializer
+    # Workflows are no rows: reading them needs the permission to read runs (see CanViewRows).
+    permission_model = WorkflowRun
     lookup_field = "name"
     # Any name a workflow may have, dots included; only "/" cannot be addressed.
     lookup_value_regex = "[^/]+"

@@ -35,6 +35,7 @@ from .serializers import (
     RunDetailSerializer,
     RunFilterSerializer,
     RunSerializer,
+    RunStepFilterSerializer,
     StartRunSerializer,
     StepFilterSerializer,
     StepResultSerializer,
@@ -112,7 +113,10 @@ class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
             filters = self.filters_class(data=self.request.query_params)
             filters.is_valid(raise_exception=True)
             # Each parameter is named after the model field it matches (a run's id for run and parent).
-            queryset = queryset.filter(**filters.validated_data)
+            # (A boolean left out is None, not False: query strings are no HTML forms.)
+            queryset = queryset.filter(
+                **{name: value for name, value in filters.validated_data.items() if value is not None}
+            )
         return queryset
 
     def list_parameters(self) -> list[str]:
@@ -179,7 +183,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     def get_queryset(self) -> QuerySet[WorkflowRun]:
         queryset = super().get_queryset()
-        if self.action in ("events", "inputs"):
+        if self.action in ("events", "inputs", "steps"):
             # Only the run's id and status are read before the engine is called.
             return queryset
         if self.action == "list":
@@ -270,6 +274,30 @@ class RunViewSet(RowViewSet[WorkflowRun]):
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel a run and its unfinished children, as ``durable_django.cancel_run`` does."""
         return self._operate(operations.cancel_run)
+
+    @document(
+        summary="A run's step results, paged (a block's items, its failed ones...)",
+        parameters=[RUN_ID, RunStepFilterSerializer],
+        responses={200: StepResultSerializer(many=True), 400: FIELD_ERRORS, 404: DETAIL},
+    )
+    @action(detail=True, methods=["get"], url_path="steps", url_name="steps", filter_backends=[])
+    def steps(self, request: Request, pk: str | None = None) -> Response:
+        """The run's step results in the order they were written, filtered and paged like ``steps/``."""
+        refuse_unknown(
+            request.query_params,
+            [*RunStepFilterSerializer().fields, *DurablePagination.query_parameters(), *format_parameters()],
+        )
+        filters = RunStepFilterSerializer(data=request.query_params)
+        errors: dict[str, Any] = {} if filters.is_valid() else dict(filters.errors)
+        paging = DurablePagination().errors(request)
+        if paging:
+            errors[DurablePagination.page_size_query_param] = paging
+        if errors:
+            raise ValidationError(errors)
+        run = self.get_object()
+        rows = StepResult.objects.filter(run=run, **filters.validated_data).order_by("id")
+        page = self.paginator.paginate_queryset(rows, request, view=self) if self.paginator is not None else None
+        return self.get_paginated_response(StepResultSerializer(page, many=True).data)
 
     def _current(self, run: WorkflowRun) -> Response:
         """The run as its detail endpoint shows it now."""

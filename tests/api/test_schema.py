@@ -37,6 +37,7 @@ PATHS = {
     "/api/durable/runs/{id}/cancel/": ["post"],
     "/api/durable/runs/{id}/events/{event}/": ["post"],
     "/api/durable/runs/{id}/inputs/{name}/": ["post"],
+    "/api/durable/runs/{id}/steps/": ["get"],
     "/api/durable/steps/": ["get"],
     "/api/durable/steps/{id}/": ["get"],
     "/api/durable/groups/": ["get"],
@@ -94,6 +95,7 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     assert body["properties"]["input"]["type"] == "object"
     parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
     assert sorted(parameter["name"] for parameter in parameters) == [
+        "detached",
         "ordering",
         "page",
         "page_size",
@@ -101,6 +103,20 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
         "status",
         "workflow",
     ]
+    steps = schema["paths"]["/api/durable/runs/{id}/steps/"]["get"]
+    assert sorted(parameter["name"] for parameter in steps["parameters"]) == [
+        "group",
+        "id",
+        "item_index",
+        "kind",
+        "page",
+        "page_size",
+        "status",
+        "step",
+    ]
+    assert steps["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PaginatedStepResultList"
+    }
 
 
 def test_schema_describes_sending_an_event_and_answering_an_input(api: APIClient) -> None:

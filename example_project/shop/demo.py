@@ -235,6 +235,62 @@ def examples(tag: str) -> list[Example]:
             {"paid": True, "shipped": False},
         ),
         *waiting_examples(tag),
+        *control_flow_examples(tag),
+    ]
+
+
+def control_flow_examples(tag: str) -> list[Example]:
+    """The examples of ``shop.control_flow``: a foreach over order lines, a branch on the shipping kind."""
+    margaret = customer(f"margaret.{tag}@example.com", "Margaret Hamilton")
+    lines = [
+        {"sku": "KB-01", "quantity": 1, "unit_cents": 8900},
+        {"sku": "KB-01", "quantity": 2, "unit_cents": 8900},
+        {"sku": "MUG-01", "quantity": 4, "unit_cents": 1200},
+    ]
+
+    def fulfilment(name: str, shipping: str, order_lines: list[dict[str, Any]] = lines) -> dict[str, Any]:
+        placed = order(f"{tag}-{name}", margaret, quantity=3)
+        return {"order_id": placed.pk, "lines": order_lines, "shipping": shipping}
+
+    charged = 8900 + 2 * 8900 + 4 * 1200
+    return [
+        Example(
+            "order_fulfilment",
+            "three lines charged (foreach, into sums), express courier (branch), audit child",
+            fulfilment("fulfilment-express", "express"),
+            COMPLETED,
+            {"charged_cents": charged, "lines_charged": 3, "carrier": "courier", "fulfilled": True},
+        ),
+        Example(
+            "order_fulfilment",
+            "standard shipping prints a label",
+            fulfilment("fulfilment-standard", "standard"),
+            COMPLETED,
+            {"charged_cents": charged, "carrier": "postal", "fulfilled": True},
+        ),
+        Example(
+            "order_fulfilment",
+            "pick-up in store (an empty case)",
+            fulfilment("fulfilment-pickup", "pickup"),
+            COMPLETED,
+            {"charged_cents": charged, "tracking_number": None, "fulfilled": True},
+        ),
+        Example(
+            "order_fulfilment",
+            "an unknown product on line 2 (into: error)",
+            fulfilment(
+                "fulfilment-ghost", "standard", [lines[0], {"sku": UNKNOWN_SKU, "quantity": 1, "unit_cents": 500}]
+            ),
+            FAILED,
+            {"step": "charge_lines", "reason": {"type": "lines_not_charged", "lines": [1]}},
+        ),
+        Example(
+            "order_fulfilment",
+            "a shipping kind no case handles (no_branch_matched)",
+            fulfilment("fulfilment-drone", "drone"),
+            FAILED,
+            {"step": "ship", "reason": {"type": "no_branch_matched", "value": "drone"}},
+        ),
     ]
 
 

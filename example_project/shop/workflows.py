@@ -25,7 +25,10 @@ from durable_django import (
     workflow,
 )
 
-from . import waiting  # noqa: F401 - registers the workflows that wait
+from . import (
+    control_flow,  # noqa: F401 - registers the foreach / branch / start_child examples
+    waiting,  # noqa: F401 - registers the workflows that wait
+)
 from .models import Order
 from .services import (
     analytics,

@@ -1,4 +1,4 @@
-"""Redis outages as the durable worker lives them (on fakeredis).
+"""Redis outages as the durable worker and the sweeper live them (on fakeredis).
 
 A fake server that is "down" refuses every command, as a stopped Redis does; the worker's pauses
 between attempts go to a fake clock, so each test says exactly how long the worker waited. RQ's
@@ -23,7 +23,8 @@ from rq import Worker
 from rq.registry import FailedJobRegistry
 
 from durable_django import ok, step, worker
-from durable_django.recovery import recover
+from durable_django.models import WorkflowRun
+from durable_django.recovery import Sweeper, recover
 from durable_django.testing import EmbeddedQueue
 from durable_django.worker import DurableWorker, wait_until_answering
 from tests.engine_support import Definer, attempts
@@ -217,3 +218,29 @@ def test_a_worker_command_started_while_redis_is_down_waits_for_it(
         ),
         ("INFO", "durable_worker (queue 'default'): Redis answers after 3.5 s"),
     ]
+
+
+# -- the sweeper ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_sweeper_says_once_that_redis_is_down_and_once_that_it_is_back(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweeper = Sweeper()
+    outage.server.connected = False
+    with caplog.at_level(logging.INFO, logger="durable_django.recovery"):
+        assert [sweeper.sweep_once(), sweeper.sweep_once()] == [None, None]
+        outage.server.connected = True
+        report = sweeper.sweep_once()
+
+    assert report is not None and report.total == 0
+    assert logged(caplog, "durable_django.recovery") == [
+        (
+            "WARNING",
+            "recovery sweeps wait for Redis, which does not answer (ConnectionError: FakeRedis is emulating a "
+            "connection error.)",
+        ),
+        ("INFO", "recovery sweeps again: Redis answers"),
+    ]
+    assert WorkflowRun.objects.count() == 0

@@ -403,6 +403,7 @@ class Sweeper:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._redis_down = False
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -424,10 +425,22 @@ class Sweeper:
     def sweep_once(self) -> Report | None:
         """Sweep if no other process swept during this interval; ``None`` when it did not sweep."""
         try:
-            if not dispatch.take_sweep_turn(leases.owner(), durable_settings.RECOVER_INTERVAL):
+            turn = dispatch.take_sweep_turn(leases.owner(), durable_settings.RECOVER_INTERVAL)
+            if self._redis_down:
+                self._redis_down = False
+                logger.info("recovery sweeps again: Redis answers")
+            if not turn:
                 return None
             close_old_connections()
             return recover()
+        except dispatch.QUEUE_UNAVAILABLE as error:
+            # Redis is down: said once per outage rather than with a traceback every interval.
+            if not self._redis_down:
+                self._redis_down = True
+                logger.warning(
+                    "recovery sweeps wait for Redis, which does not answer (%s: %s)", type(error).__name__, error
+                )
+            return None
         except Exception:
             # A database or Redis outage must not end recovery: the next interval tries again.
             logger.exception("recovery sweep failed")

@@ -82,6 +82,11 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (and is not a zombie)."""
+    return not _gone(pid)
+
+
 def lease_pid(lease_owner: str) -> int:
     """The pid in a ``lease_owner`` (``host:pid:token``): the process that executes the leased work."""
     return int(lease_owner.rsplit(":", 2)[1])

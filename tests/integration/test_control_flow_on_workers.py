@@ -84,3 +84,51 @@ def test_a_branch_block_takes_its_case_on_workers(workers, redis_db):
         ("after", "step"),
     ]
     assert pool.failed_jobs() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_foreach_item_whose_worker_is_killed_runs_again_with_its_item_and_the_block_joins_once(
+    workers, redis_db, settings
+):
+    from durable_django.models import WorkflowRun
+    from tests.testapp.recovery_workflows import executions
+
+    from .support import lease_pid, wait_for
+
+    lease = {"DURABLE_LEASE_SECONDS": "3", "DURABLE_RECOVER_INTERVAL": "1"}
+    settings.DURABLE = {"LEASE_SECONDS": 3.0, "RECOVER_INTERVAL": 1.0}
+    pool = workers(3, env=lease)
+    token = uuid.uuid4().hex
+    victim = 5
+    run = start_workflow("it_killed_item", {"token": token, "victim": victim})
+
+    wait_for(lambda: executions(token).get(f"item_{victim:02}") == 1, 60, what="the victim item to execute")
+    held = StepResult.objects.get(run=run, item_index=victim)
+    assert held.status == "running"
+    batch = set(StepResult.objects.filter(run=run, lease_owner=held.lease_owner).values_list("item_index", flat=True))
+    # The block's limit holds over what the killed worker had taken too.
+    assert StepResult.objects.filter(run=run, status="running").count() <= 8
+    pool.kill(pool.worker_of(lease_pid(held.lease_owner)))
+    pool.finish(run, timeout=90)
+
+    run = WorkflowRun.objects.get(pk=run.pk)
+    assert (run.status, run.error) == (RunStatus.COMPLETED, None)
+    assert run.context["doubled"] == [2 * i for i in range(30)]
+    items = StepResult.objects.filter(run=run, group__isnull=False)
+    # Each item completed exactly once; those the killed worker held after one lost attempt, with their own item.
+    completed = Counter(items.filter(status="completed").values_list("item_index", flat=True))
+    assert completed == dict.fromkeys(range(30), 1)
+    assert set(items.filter(status="failed").values_list("item_index", flat=True)) == batch
+    assert {row.item_index: row.output for row in items.filter(status="completed", item_index__in=batch)} == {
+        index: {"double": 2 * index} for index in batch
+    }
+    counts = executions(token)
+    # Items outside the killed batch executed once; those in it at most twice (once before the kill).
+    assert {i: counts[f"item_{i:02}"] for i in range(30) if i not in batch} == {
+        i: 1 for i in range(30) if i not in batch
+    }
+    assert all(1 <= counts[f"item_{i:02}"] <= 2 for i in batch)
+    assert counts[f"item_{victim:02}"] == 2
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.failed_count) == ("completed", 0, 0)
+    assert pool.failed_jobs() == []

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from durable_django import branch, foreach, ok, step, workflow
+from durable_django import branch, error, foreach, ok, step, workflow
 
 from .workflows import key, redis
 
@@ -63,5 +63,26 @@ workflow(
             {"fan": [foreach("fan_items", "numbers", _item)], "single": [step("one", lambda ctx: ok({"one": True}))]},
         ),
         step("after", lambda ctx: ok({"after": True})),
+    ],
+)
+
+
+# -- it_killed_item: a foreach of 30 items whose ``victim`` item holds its worker until it is killed --
+
+
+def _held_item(ctx: Ctx) -> Any:
+    from .recovery_workflows import effect, wait_for_gate
+
+    execution = effect(ctx, f"item_{ctx['__index__']:02}")
+    if ctx["__index__"] == ctx["victim"] and execution == 1 and not wait_for_gate(ctx, "victim_gate"):
+        return error("the test never killed the victim's worker")
+    return ok({"double": ctx["item"] * 2})
+
+
+workflow(
+    "it_killed_item",
+    [
+        foreach("items", lambda ctx: list(range(30)), _held_item, max_concurrency=8),
+        step("after", lambda ctx: ok({"doubled": [data["double"] for _, data in ctx["__results__"]]})),
     ],
 )

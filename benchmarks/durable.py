@@ -21,13 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import common
 from .common import BenchmarkError, Peer, Sample
 
 SETTINGS = "benchmarks.settings"
-DATABASE = "durable_bench"
-REDIS_DB = 9
+# The database and Redis database of benchmarks/settings.py (BENCH_DATABASE_URL, BENCH_REDIS_URL).
+DATABASE = urlsplit(
+    os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/durable_bench")
+).path.lstrip("/")
+REDIS_DB = int(urlsplit(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")).path.lstrip("/") or 0)
 QUEUE = "bench"
 #: ``--worker-class`` choices, in the order of the report's columns: how durable_django's workers
 #: are started. ``durable_worker`` is the command of that name; the others are ``rqworker`` of
@@ -77,9 +81,9 @@ def reset() -> None:
     """Empty durable_django's tables and the benchmark's Redis database."""
     from django.db import connection
 
-    from durable_django.models import ParallelGroup, StepResult, WorkflowRun
+    from durable_django.models import Event, ParallelGroup, StepResult, Wait, WorkflowRun
 
-    tables = ", ".join(model._meta.db_table for model in (StepResult, ParallelGroup, WorkflowRun))
+    tables = ", ".join(model._meta.db_table for model in (Event, Wait, StepResult, ParallelGroup, WorkflowRun))
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {tables}")
     common.redis_client(REDIS_DB).flushdb()

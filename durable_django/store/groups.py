@@ -14,7 +14,7 @@ from django.utils import timezone
 from .. import dispatch, leases
 from ..conf import durable_settings
 from ..leases import held_fields, released_fields
-from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
+from ..models import GroupStatus, ParallelGroup, StepKind, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
 from . import sql
 from .runs import apply_move, transition
 
@@ -119,18 +119,18 @@ def _open_statement(
     qn = connection.ops.quote_name
     columns = (
         *("run_id", "group_id", "step", "status", "job_id", "started_at", "lease_owner"),
-        *("attempt", "created_at", "lease_expires_at"),
+        *("attempt", "created_at", "lease_expires_at", "kind"),
     )
     # A pending branch names its queue's drain job, whose id (dispatch.drain_job_id) holds the
     # group's id: composed here from the id the group was just given.
     parts.append(
         f"branches AS (INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
         "SELECT %s, opened.id, u.step, u.status, "
-        "CASE WHEN u.status = %s THEN u.job ELSE %s || opened.id || u.job END, u.started_at, u.owner, 1, %s, %s "
+        "CASE WHEN u.status = %s THEN u.job ELSE %s || opened.id || u.job END, u.started_at, u.owner, 1, %s, %s, %s "
         "FROM opened, unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[]) "
         "AS u(step, status, job, started_at, owner) RETURNING id, step, status)"
     )
-    params += [run.pk, StepStatus.RUNNING.value, dispatch.DRAIN_PREFIX, now, leases.expiry(now)]
+    params += [run.pk, StepStatus.RUNNING.value, dispatch.DRAIN_PREFIX, now, leases.expiry(now), StepKind.STEP.value]
     params += [list(column) for column in zip(*branches, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(
@@ -206,12 +206,12 @@ def _insert_branches(
     qn = connection.ops.quote_name
     columns = (
         *("run_id", "group_id", "step", "job_id", "status", "started_at", "lease_owner"),
-        *("attempt", "created_at", "lease_expires_at"),
+        *("attempt", "created_at", "lease_expires_at", "kind"),
     )
     # One array per varying column instead of a dozen parameters per row: the statement stays small.
     sql = (
         f"INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
-        "SELECT %s, %s, u.step, u.job_id, u.status, u.started_at, u.lease_owner, 1, %s, %s FROM "
+        "SELECT %s, %s, u.step, u.job_id, u.status, u.started_at, u.lease_owner, 1, %s, %s, %s FROM "
         "unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[]) "
         "AS u(step, job_id, status, started_at, lease_owner) RETURNING id, step, status"
     )
@@ -219,7 +219,8 @@ def _insert_branches(
         (step, job_id, StepStatus.RUNNING.value, now, me) for step in first
     ]
     rows += [(step, job, StepStatus.PENDING.value, None, "") for step, job in pending]
-    params: list[Any] = [group.run_id, group.pk, now, deadline, *(list(column) for column in zip(*rows, strict=True))]
+    params: list[Any] = [group.run_id, group.pk, now, deadline, StepKind.STEP.value]
+    params += [list(column) for column in zip(*rows, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         inserted = cursor.fetchall()

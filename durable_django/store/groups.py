@@ -47,11 +47,12 @@ def open_group(
     *,
     fields: dict[str, Any] | None = None,
     rows: list[StepResult] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> tuple[ParallelGroup, list[Claimed]] | None:
     """Fan out: the run waits on block ``name``, whose group and branch rows are written at once.
 
     ``fields`` and ``rows``: the outcome of the step before the block, committed in the same
-    transaction. The branches of ``plan.first`` are claimed by this process (they are returned);
+    transaction; ``context``: kept on the group (the block's branches have compensations). The branches of ``plan.first`` are claimed by this process (they are returned);
     the others are pending, each naming the drain job sent on commit that will take it. ``None``
     when the run moved on meanwhile.
     """
@@ -60,7 +61,8 @@ def open_group(
     connection = connections[router.db_for_write(ParallelGroup)]
     if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block:
         try:
-            return _open_statement(run, name, on_error, plan, {**(fields or {}), **released_fields()}, rows, connection)
+            moving = {**(fields or {}), **released_fields()}
+            return _open_statement(run, name, on_error, plan, moving, rows, connection, context)
         except IntegrityError:
             return None
     try:
@@ -69,7 +71,7 @@ def open_group(
             if not transition(run, {**(fields or {}), **released_fields()}, rows):
                 return None
             group = ParallelGroup.objects.create(
-                run=run, name=name, on_error=on_error, branch_count=count, pending_count=count
+                run=run, name=name, on_error=on_error, branch_count=count, pending_count=count, context=context
             )
             claimed = _open(run, group, plan)
     except IntegrityError:
@@ -87,13 +89,14 @@ def _open_statement(
     fields: dict[str, Any],
     rows: list[StepResult] | None,
     connection: Any,
+    context: dict[str, Any] | None = None,
 ) -> tuple[ParallelGroup, list[Claimed]] | None:
     """:func:`open_group` as one PostgreSQL statement: the run's move, the previous step's row, the
     group and every branch row, each inserted only when the one before it was."""
     now = timezone.now()
     count = len(plan.first) + sum(map(len, plan.rest.values()))
     group = ParallelGroup(
-        run=run, name=name, on_error=on_error, branch_count=count, pending_count=count, created_at=now
+        run=run, name=name, on_error=on_error, branch_count=count, pending_count=count, created_at=now, context=context
     )
     moved, params = sql.move_run("moved", run, fields, connection)
     parts, source = [moved], "moved"

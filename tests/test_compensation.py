@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from durable_django import call_workflow, error, goto, ok, parallel, step, wait_for_event
@@ -426,3 +428,21 @@ def test_a_compensating_run_whose_job_vanished_is_sent_it_again(embedded: Embedd
     run = finish(embedded, run)
     assert (run.status, run.compensation) == ("failed", "completed")
     assert [name for name, _, _ in log] == ["refund", "release"]
+
+
+@runs
+def test_durable_cancel_compensate_runs_the_compensations_first(embedded: EmbeddedQueue, define: Definer) -> None:
+    log: list[Any] = []
+    wf = define(
+        [
+            step("reserve", lambda ctx: ok({"room": 3}), compensate=Undo(log, "release")),
+            step("wait", lambda ctx: wait_for_event("go")),
+        ]
+    )
+    run = finish(embedded, start_with_id(wf))
+    out = StringIO()
+    call_command("durable_cancel", str(run.pk), "--compensate", stdout=out)
+    assert out.getvalue() == f"{run.pk}: cancelled {wf.name}; running its compensations\n"
+    run = finish(embedded, run)
+    assert (run.status, run.compensation) == ("cancelled", "completed")
+    assert [name for name, _, _ in log] == ["release"]

@@ -74,7 +74,9 @@ class Command(BaseCommand):
         failures = []
         for example, run in zip(chosen, runs, strict=True):
             run.refresh_from_db()
-            problems = example.problems(run.status, run.context, run.error) + self.responder.problems[run.pk]
+            problems = (
+                example.problems(run.status, run.context, run.error, run.compensation) + self.responder.problems[run.pk]
+            )
             self.print_run(example, run, problems)
             if problems:
                 failures.append(f"{example.workflow} ({example.label}): {'; '.join(problems)}")
@@ -188,6 +190,8 @@ class Command(BaseCommand):
         self.say(f"{indent}steps:")
         for row in run.steps.select_related("group").order_by("id"):
             name = f"{row.group.name}/{row.step}" if row.group else row.step
+            if row.kind == "compensation":
+                name = f"undo {name}"
             value = row.output if row.status == "completed" else row.error
             shown = "" if value is None else self.compact(value)
             self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
@@ -199,6 +203,8 @@ class Command(BaseCommand):
             self.say(f"{indent}{self.describe_wait(wait)}")
         for note in self.responder.notes.get(run.pk, []):
             self.say(f"{indent}the demo {note}")
+        if run.compensation:
+            self.say(f"{indent}compensation: {run.compensation}")
         for child in run.children.order_by("created_at"):
             self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r}:")
             self.print_details(child, indent + "    ")

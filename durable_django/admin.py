@@ -377,8 +377,8 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         if obj is not None:
             can_operate = self.has_change_permission(request, obj)
-            context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
-            context["can_cancel"] = can_operate and not obj.is_finished
+            context["can_retry"] = can_operate and obj.status == RunStatus.FAILED and not obj.compensation
+            context["can_cancel"] = can_operate and not obj.is_finished and obj.status != RunStatus.COMPENSATING
             waits = self.add_waits(request, context, obj, can_operate)
             self.add_pictures(context, obj, waits)
         return super().render_change_form(request, context, add, change, form_url, obj)

@@ -82,7 +82,11 @@ def enter(
     for member in block.steps:
         if member.name not in taken:
             rest.setdefault(queue_for(wf, member), []).append(member.name)
-    opened = store.open_group(run, block.name, block.on_error, store.Plan(first, rest, queue), fields=fields, rows=rows)
+    # Branches with a compensation are compensated with the context the block started with.
+    context = (fields or {}).get("context", run.context) if any(m.compensate is not None for m in block.steps) else None
+    plan = store.Plan(first, rest, queue)
+    opening = store.Opening(context=context)
+    opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
     if opened is None:
         return None
     group, claimed = opened

@@ -15,6 +15,8 @@ import time
 import uuid
 from typing import Any
 
+from django.utils import timezone
+
 from . import blocks, dispatch, engine, jobs, join, results, store
 from .attempts import Attempt
 from .context import current_scope, to_step_context
@@ -113,6 +115,12 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
     needs are collected by the inline sink of the calling step, or returned.
     """
     run.refresh_from_db()
+    if run.status == RunStatus.COMPENSATING:
+        # It failed and was executing its compensations: they go on from what is recorded.
+        if run.lease_owner:
+            store.compensations.take_over_compensation(run, timezone.now(), queue_for(wf))
+            return []
+        return [dispatch.compensate_job(run.pk, queue_for(wf), run.version)]
     group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
     if group is None:
         node = wf.node(run.current_step)

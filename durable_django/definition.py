@@ -125,6 +125,10 @@ class Workflow:
         """Whether a step or branch of this workflow has a ``compensate`` function."""
         return any(member.compensate is not None for member in self.all_steps())
 
+    def compensable(self) -> dict[str, Step]:
+        """The steps and branches of this workflow that have a ``compensate`` function, by name."""
+        return {member.name: member for member in self.all_steps() if member.compensate is not None}
+
     def start(self, input: dict[str, Any] | NoInput = NO_INPUT, *, idempotency_key: str | None = None) -> WorkflowRun:
         """Save a new run of this workflow and dispatch it once the surrounding transaction commits.
 

@@ -176,7 +176,10 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         row.status, row.output = StepStatus.COMPLETED, attempt.output
         _log_step(run, step.name, row)
         assert target is not None
-        return _move_on(run, wf, row, target, merge(run.context, attempt.output), queue)
+        context = merge(run.context, attempt.output)
+        if step.compensate is not None:
+            row.context = context  # what its compensation is called with, should the run fail later
+        return _move_on(run, wf, row, target, context, queue)
     row.status, row.error = StepStatus.FAILED, attempt.reason
     delay = retry_delay(step, attempt, attempt_no, run.pk)
     _log_step(run, step.name, row, retry_in=delay)
@@ -295,6 +298,8 @@ def _suspend(run: WorkflowRun, wf: Workflow, step: Step, row: StepResult, attemp
     row.status, row.output = StepStatus.COMPLETED, attempt.output
     _log_step(run, step.name, row)
     context = merge(run.context, attempt.output)
+    if step.compensate is not None:
+        row.context = context  # the wait's value is added when it resolves
     target = wf.following(step.name)
     waiting = {"context": context, "status": RunStatus.WAITING, **released_fields()}
     suspended = store.waits.suspend_run(

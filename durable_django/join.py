@@ -130,7 +130,8 @@ def closing_for(
         where: dict[str, Any] = (
             {"parallel": group.name} if item is None else {"foreach": group.name, "item_index": item}
         )
-        fields = store.fail_fields(name, error, **where)
+        done = [branch[1] for branch in latest.values() if branch[2] == StepStatus.COMPLETED]
+        fields = store.failing_fields(run, name, error, done=done, **where)
         # Branches still waiting are cancelled with their waits (``waiting``: how many, as counted last).
         waits = group.waiting_count if waiting is None else waiting
         return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True, cancel_waits=waits > 0)
@@ -208,7 +209,7 @@ def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
     block = wf.block(group.name)
     if block is None or position is None:
         reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
-        closing = Closing(GroupStatus.FAILED, None, reason, store.fail_fields(group.name, reason))
+        closing = Closing(GroupStatus.FAILED, None, reason, store.failing_fields(run, group.name, reason))
         return store.close_group(run, group.pk, closing), None
     if block.into is not None:
         return _join_into(run, wf, group, block, position)
@@ -253,7 +254,7 @@ def _join_into(
             if outcome.kind == GOTO
             else results.stored_reason(outcome.reason)
         )
-        closing = Closing(GroupStatus.FAILED, collected, reason, store.fail_fields(group.name, reason))
+        closing = Closing(GroupStatus.FAILED, collected, reason, store.failing_fields(run, group.name, reason))
         return store.close_group(run, group.pk, closing), None
     closing = Closing(GroupStatus.COMPLETED, collected, None, store.move_fields(wf, target, context))
     if not store.close_group(run, group.pk, closing):

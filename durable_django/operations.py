@@ -100,6 +100,12 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it."""
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"Run {run.pk} is {run.status}; only a failed run can be retried.")
+    if run.compensation:
+        # Its completed steps were undone: going on from where it failed would build on undone work.
+        raise RunStateError(
+            f"Run {run.pk} ran its compensations (compensation {run.compensation}), which undid its completed "
+            "steps; it cannot be retried. Start a new run instead."
+        )
     now = timezone.now()
     history = [*run.error_history, {"error": run.error, "failed_at": run.finished_at, "retried_at": now}]
     wf = find_workflow(run.workflow)
@@ -194,34 +200,45 @@ def _reopen_children(run: WorkflowRun, *steps: str) -> None:
         _reopen(child)
 
 
-def cancel_run(run: RunRef) -> WorkflowRun:
+def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     """Cancel a pending, running or waiting run and its unfinished children; returns the run as it is now.
 
     Its waits are cancelled with it.
 
     No further step or branch of it starts. A step already executing may finish, but its result
-    does not move the run. Raises :class:`~durable_django.exceptions.RunStateError` when the run
-    has already finished.
+    does not move the run. ``compensate``: the compensations of its completed steps and branches
+    run first (the run is ``compensating`` meanwhile, then ``cancelled`` with ``compensation``
+    set); without any to run, it is cancelled at once. Its children are cancelled without
+    compensating. Raises :class:`~durable_django.exceptions.RunStateError` when the run has
+    already finished, or is compensating.
     """
     current = _load(run)
     with transaction.atomic():
-        if not _cancel(current.pk, timezone.now()):
+        if not _cancel(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
-    logger.info(
-        "run %s of workflow %r cancelled",
-        current.pk,
-        current.workflow,
-        extra=run_fields(current.pk, current.workflow, outcome="cancelled"),
-    )
     current.refresh_from_db()
+    if current.status == RunStatus.COMPENSATING:
+        logger.info(
+            "run %s of workflow %r cancelled; running its compensations",
+            current.pk,
+            current.workflow,
+            extra=run_fields(current.pk, current.workflow, outcome="compensating"),
+        )
+    else:
+        logger.info(
+            "run %s of workflow %r cancelled",
+            current.pk,
+            current.workflow,
+            extra=run_fields(current.pk, current.workflow, outcome="cancelled"),
+        )
     return current
 
 
-def _cancel(run_id: Any, now: Any) -> bool:
-    if not store.cancel_run(run_id, now):
+def _cancel(run_id: Any, now: Any, *, compensate: bool = False) -> bool:
+    if not store.cancel_run(run_id, now, compensate=compensate):
         return False
     # Children started with start_child (detached) live on: they were never part of the parent's work.
     for child_id in (

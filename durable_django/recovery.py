@@ -8,6 +8,9 @@ not RQ's registries, to find:
   until the step has lost its worker ``DURABLE["MAX_WORKER_LOST"]`` times in a row;
 - a join whose worker's lease ran out, or a block whose branches are all done but whose join job
   never arrived;
+- a run whose compensations were executing when its worker's lease ran out: the compensation
+  attempt that was executing is recorded as ``worker_lost`` and the run's compensate job is sent
+  again (see :mod:`durable_django.compensation`);
 - a run, branch or retry whose job should have started by now but is not in Redis (a crash
   between commit and enqueue, a flushed or restarted Redis), or a scheduled retry that is overdue
   because no RQ scheduler is moving it.
@@ -47,6 +50,7 @@ class Report:
     """What one :func:`recover` pass did."""
 
     steps_taken_over: int = 0
+    compensations_taken_over: int = 0
     branches_taken_over: int = 0
     joins_taken_over: int = 0
     runs_sent_again: int = 0
@@ -119,6 +123,12 @@ def recover(now: datetime | None = None) -> Report:
         lease_owner=""
     ):
         _take_over_run(run, now, report)
+    # Few runs compensate at a time: they are looked at one by one, by status.
+    for run in WorkflowRun.objects.filter(top, status=RunStatus.COMPENSATING, lease_expires_at__lt=now):
+        if run.lease_owner:
+            _take_over_compensation(run, now, report)
+        else:
+            _send_run_again(run, now, report)
     waiting = WorkflowRun.objects.filter(
         top, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="", lease_expires_at__lt=now
     ).order_by("lease_expires_at")
@@ -270,12 +280,30 @@ def _chunks(rows: Iterator[WorkflowRun], size: int) -> Iterator[list[WorkflowRun
 def _run_place(run: WorkflowRun) -> tuple[str, str]:
     """The queue and the id of the job that run ``run`` waits for."""
     wf = find_workflow(run.workflow)
+    if run.status == RunStatus.COMPENSATING:
+        return queue_for(wf), dispatch.compensate_job_id(run.pk, run.version)
     return queue_for(wf, wf.node(run.current_step) if wf else None), dispatch.run_job_id(run.pk, run.version)
+
+
+def _take_over_compensation(run: WorkflowRun, now: datetime, report: Report) -> None:
+    owner = run.lease_owner
+    if store.compensations.take_over_compensation(run, now, queue_for(find_workflow(run.workflow))):
+        logger.warning(
+            "run %s lost its worker %s while compensating; sent again",
+            run.pk,
+            owner,
+            extra=run_fields(run.pk, run.workflow),
+        )
+        report.compensations_taken_over += 1
 
 
 def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     queue, job_id = _run_place(run)
-    job = dispatch.run_workflow_job(run.pk, queue, run.version)
+    job = (
+        dispatch.compensate_job(run.pk, queue, run.version)
+        if run.status == RunStatus.COMPENSATING
+        else dispatch.run_workflow_job(run.pk, queue, run.version)
+    )
     done = _waiting_job(queue, job_id, job, now, lambda until: store.postpone_run(run, until))
     if done == "sent":
         logger.warning(

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"join", "items"},
     {"blocks"},
     {"engine"},
-    {"jobs", "recovery", "operations", "children", "resume"},
+    {"jobs", "recovery", "operations", "children", "resume", "compensation"},
     {
         "checks",
         "testing",

@@ -88,7 +88,7 @@ def open_group(
     """Fan out: the run waits on block ``name``, whose group and branch rows are written at once.
 
     ``fields`` and ``rows``: the outcome of the step before the block, committed in the same
-    transaction. The branches of ``plan.first`` are claimed by this process (they are returned);
+    transaction; ``context``: kept on the group (the block's branches have compensations). The branches of ``plan.first`` are claimed by this process (they are returned);
     the others are pending, each naming the drain job sent on commit that will take it. ``None``
     when the run moved on meanwhile.
     """

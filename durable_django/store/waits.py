@@ -347,6 +347,9 @@ def resolve(wait: Wait, run: WorkflowRun, resolution: Resolution, run_fields: An
     )
     row = wait.step_result
     if row.group_id is None:
+        if row.context is not None:
+            # A step with a compensation: its compensation sees the wait's value too.
+            StepResult.objects.filter(pk=row.pk).update(context=with_value(row.context, wait))
         fields, job = run_fields(wait)
         WorkflowRun.objects.filter(pk=run.pk, version=run.version).update(version=run.version + 1, **fields)
         apply_move(run, fields)

@@ -15,6 +15,7 @@ class TestAppConfig(AppConfig):
             api_wait_workflows,  # noqa: F401 - registers the waits' API and command tests' workflows
             control_flow_workflows,  # noqa: F401 - registers the foreach and branch integration tests' workflows
             recovery_workflows,  # noqa: F401 - registers the fault-injection tests' workflows
+            saga_workflows,  # noqa: F401 - registers the compensation tests' workflows on workers
             wait_workflows,  # noqa: F401 - registers the waits' integration tests' workflows
         )
 

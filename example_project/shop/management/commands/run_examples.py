@@ -74,7 +74,9 @@ class Command(BaseCommand):
         failures = []
         for example, run in zip(chosen, runs, strict=True):
             run.refresh_from_db()
-            problems = example.problems(run.status, run.context, run.error) + self.responder.problems[run.pk]
+            problems = (
+                example.problems(run.status, run.context, run.error, run.compensation) + self.responder.problems[run.pk]
+            )
             self.print_run(example, run, problems)
             if problems:
                 failures.append(f"{example.workflow} ({example.label}): {'; '.join(problems)}")
@@ -193,6 +195,8 @@ class Command(BaseCommand):
                 name = f"{row.step} -> case {row.output.get('case') if row.output else None!r}"
             else:
                 name = f"{row.group.name}/{row.step}" if row.group else row.step
+            if row.kind == "compensation":
+                name = f"undo {name}"
             value = row.output if row.status == "completed" else row.error
             shown = "" if value is None else self.compact(value)
             self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
@@ -204,6 +208,8 @@ class Command(BaseCommand):
             self.say(f"{indent}{self.describe_wait(wait)}")
         for note in self.responder.notes.get(run.pk, []):
             self.say(f"{indent}the demo {note}")
+        if run.compensation:
+            self.say(f"{indent}compensation: {run.compensation}")
         for child in run.children.order_by("created_at"):
             how = "started with start_child, not waited for" if child.detached else "called with call_workflow"
             self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r} ({how}):")

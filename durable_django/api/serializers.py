@@ -318,11 +318,15 @@ class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
 class RunStepFilterSerializer(serializers.Serializer[dict[str, Any]]):
     """Query parameters of ``GET runs/{id}/steps/``: a run's step results, e.g. a block's failed items."""
 
-    group = serializers.IntegerField(required=False, min_value=1, help_text="Only the rows of this group (a block).")
+    group = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="Only the rows of this group (a block)."
+    )
     status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
     step = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
     kind = serializers.ChoiceField(choices=StepKind.choices, required=False)
-    item_index = serializers.IntegerField(required=False, min_value=0, help_text="Only this item of a foreach block.")
+    item_index = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text="Only this item of a foreach block."
+    )
 
 
 class StepFilterSerializer(serializers.Serializer[dict[str, Any]]):
@@ -331,9 +335,13 @@ class StepFilterSerializer(serializers.Serializer[dict[str, Any]]):
     run = serializers.UUIDField(required=False)
     status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
     step = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
-    group = serializers.IntegerField(required=False, min_value=1, help_text="Only the rows of this group (a block).")
+    group = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="Only the rows of this group (a block)."
+    )
     kind = serializers.ChoiceField(choices=StepKind.choices, required=False)
-    item_index = serializers.IntegerField(required=False, min_value=0, help_text="Only this item of a foreach block.")
+    item_index = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text="Only this item of a foreach block."
+    )
 
 
 class GroupFilterSerializer(serializers.Serializer[dict[str, Any]]):

@@ -301,6 +301,22 @@ class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
         return value
 
 
+class CancelSerializer(serializers.Serializer[dict[str, Any]]):
+    """The optional body of ``POST runs/{id}/cancel/``."""
+
+    compensate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Run the compensations of the run's completed steps before it ends cancelled (default false).",
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        # Strictly a JSON boolean: DRF's BooleanField also takes "yes", 1, "on"...
+        if isinstance(data, dict) and "compensate" in data and not isinstance(data["compensate"], bool):
+            raise serializers.ValidationError({"compensate": ["Must be true or false."]})
+        return super().to_internal_value(data)
+
+
 class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
     """Query parameters of ``GET runs/``."""
 

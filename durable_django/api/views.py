@@ -29,6 +29,7 @@ from .pagination import DurablePagination
 from .query import DurableOrdering, format_parameters, refuse_unknown
 from .serializers import (
     OPEN_WAITS,
+    CancelSerializer,
     EventResultSerializer,
     GroupFilterSerializer,
     ParallelGroupSerializer,
@@ -262,18 +263,25 @@ class RunViewSet(RowViewSet[WorkflowRun]):
     @document(
         summary="Cancel a pending, running or waiting run",
         parameters=[RUN_ID],
-        request=None,
+        request=CancelSerializer,
         responses={
             202: RunDetailSerializer,
-            400: AMBIGUOUS,
+            400: FIELD_ERRORS,
             404: DETAIL,
-            409: OpenApiResponse(DETAIL, description="Already finished."),
+            409: OpenApiResponse(DETAIL, description="Already finished, or compensating."),
         },
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        """Cancel a run and its unfinished children, as ``durable_django.cancel_run`` does."""
-        return self._operate(operations.cancel_run)
+        """Cancel a run and its unfinished children, as ``durable_django.cancel_run`` does.
+
+        An optional body ``{"compensate": true}`` runs the compensations of its completed steps
+        first (the run is ``compensating`` meanwhile); without a body it is cancelled at once.
+        """
+        body = CancelSerializer(data=request.data if request_body_size(request) else {})
+        body.is_valid(raise_exception=True)
+        compensate = body.validated_data.get("compensate", False)
+        return self._operate(lambda run: operations.cancel_run(run, compensate=compensate))
 
     @document(
         summary="A run's step results, paged (a block's items, its failed ones...)",

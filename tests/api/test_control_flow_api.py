@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from durable_django import branch, error, foreach, ok, start_child, step
+from durable_django import branch, error, foreach, ok, sleep, start_child, step
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer
@@ -121,3 +121,31 @@ def test_the_case_a_branch_block_took_and_a_detached_child_are_in_the_detail(
     assert [item["id"] for item in listed["results"]] == [str(child.pk)]
     assert api.get(url("run-list"), {"parent": run["id"], "detached": "false"}).json()["count"] == 0
     assert StepResult.objects.filter(run_id=run["id"], kind="branch").count() == 1
+
+
+def test_cancel_with_compensate_runs_the_compensations_first(
+    api: APIClient, embedded: EmbeddedQueue, define: Definer
+) -> None:
+    undone: list[Any] = []
+    wf = define(
+        [
+            step("reserve", lambda ctx: ok({"room": 12}), compensate=lambda ctx: undone.append(ctx["room"]) or ok()),
+            step("wait", lambda ctx: sleep(3600)),
+        ]
+    )
+    started = api.post(url("run-list"), {"workflow": wf.name}, format="json").json()
+    embedded.run_until_idle(timeout=30)
+    assert WorkflowRun.objects.get(pk=started["id"]).status == "waiting"
+
+    refused = api.post(url("run-cancel", started["id"]), {"compensate": "yes"}, format="json")
+    assert (refused.status_code, refused.json()) == (400, {"compensate": ["Must be true or false."]})
+    response = api.post(url("run-cancel", started["id"]), {"compensate": True}, format="json")
+    assert response.status_code == 202
+    assert (response.json()["status"], response.json()["compensation"]) == ("compensating", "running")
+    embedded.run_until_idle(timeout=30)
+    run = api.get(url("run-detail", started["id"])).json()
+    assert (run["status"], run["compensation"], undone) == ("cancelled", "completed", [12])
+    reserve = next(row for row in run["steps"] if row["step"] == "reserve" and row["kind"] == "step")
+    assert [
+        (row["kind"], row["status"], row["compensates"]) for row in run["steps"] if row["kind"] == "compensation"
+    ] == [("compensation", "completed", reserve["id"])]

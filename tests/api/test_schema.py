@@ -71,11 +71,16 @@ def test_schema_is_served_as_yaml_on_request(api: APIClient) -> None:
     assert response.content.startswith(b"openapi: 3.")
 
 
-def test_schema_describes_retry_and_cancel_as_bodiless_with_their_responses(api: APIClient) -> None:
-    paths = fetch_schema(api)["paths"]
+def test_schema_describes_retry_as_bodiless_and_cancel_with_its_optional_body(api: APIClient) -> None:
+    schema = fetch_schema(api)
+    paths = schema["paths"]
+    assert "requestBody" not in paths["/api/durable/runs/{id}/retry/"]["post"]
+    cancel = paths["/api/durable/runs/{id}/cancel/"]["post"]["requestBody"]
+    assert cancel.get("required", False) is False
+    assert cancel["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Cancel"}
+    assert schema["components"]["schemas"]["Cancel"]["properties"]["compensate"]["type"] == "boolean"
     for action in ("retry", "cancel"):
         operation = paths[f"/api/durable/runs/{{id}}/{action}/"]["post"]
-        assert "requestBody" not in operation
         assert sorted(operation["responses"]) == ["202", "400", "404", "409"]
         # A run's routes take an id prefix too: the id is a string, not a UUID.
         (run_id,) = [param for param in operation["parameters"] if param["name"] == "id"]

@@ -12,7 +12,6 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from .. import dispatch, leases
-from ..conf import durable_settings
 from ..leases import held_fields, released_fields
 from ..models import (
     BlockKind,
@@ -21,12 +20,10 @@ from ..models import (
     StepKind,
     StepResult,
     StepStatus,
-    Wait,
-    WaitStatus,
     WorkflowRun,
 )
 from . import sql
-from .runs import apply_move, transition
+from .runs import apply_move, cancel_waits, transition
 
 
 @dataclass(slots=True)
@@ -420,16 +417,7 @@ def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> b
         if cancelled:
             ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
     if closing.cancel_waits:
-        waits = Wait.objects.filter(step_result__group_id=group_id, status=WaitStatus.WAITING)
-        due = list(waits.exclude(due_at=None).values_list("pk", flat=True))
-        waits.update(status=WaitStatus.CANCELLED, resolved_at=now)
-        waiting = StepResult.objects.filter(group_id=group_id, status=StepStatus.WAITING).update(
-            status=StepStatus.CANCELLED, finished_at=now
-        )
-        ParallelGroup.objects.filter(pk=group_id).update(
-            pending_count=F("pending_count") - waiting, waiting_count=F("waiting_count") - waiting
-        )
-        dispatch.withdraw_after_commit([(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due])
+        dispatch.withdraw_after_commit(cancel_waits(run.pk, now, group_id=group_id))
     return True
 
 

@@ -393,17 +393,35 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
     StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
         status=StepStatus.CANCELLED, finished_at=now, **released_fields()
     )
-    waits = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
-    due = list(waits.exclude(due_at=None).values_list("pk", flat=True))
-    if waits.update(status=WaitStatus.CANCELLED, resolved_at=now):
-        StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING).update(
-            status=StepStatus.CANCELLED, finished_at=now
-        )
-        dispatch.withdraw_after_commit([(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due])
+    dispatch.withdraw_after_commit(cancel_waits(run_id, now))
     ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
         status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
     )
     return True
+
+
+def cancel_waits(run_id: Any, now: datetime, *, group_id: int | None = None) -> list[tuple[str, str]]:
+    """Cancel the run's waiting waits (only those of branches of ``group_id``, if given) and their
+    waiting rows, in the caller's transaction; returns the wake jobs ``(queue, id)`` that have
+    nothing left to do, for :func:`durable_django.dispatch.withdraw_after_commit`.
+
+    Of a group (a fail_fast block decided while branches waited), the counters move with the rows.
+    """
+    waiting = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
+    if group_id is not None:
+        waiting = waiting.filter(step_result__group_id=group_id)
+    due = list(waiting.exclude(due_at=None).values_list("pk", flat=True))
+    if not waiting.update(status=WaitStatus.CANCELLED, resolved_at=now):
+        return []
+    rows = StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING)
+    if group_id is not None:
+        rows = rows.filter(group_id=group_id)
+    cancelled = rows.update(status=StepStatus.CANCELLED, finished_at=now)
+    if cancelled and group_id is not None:
+        ParallelGroup.objects.filter(pk=group_id).update(
+            pending_count=F("pending_count") - cancelled, waiting_count=F("waiting_count") - cancelled
+        )
+    return [(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due]
 
 
 # -- recovery: deadlines of waiting runs ---------------------------------------------------------

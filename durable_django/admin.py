@@ -44,6 +44,7 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_lists import GuardedListAdmin
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
@@ -206,7 +207,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
+class WorkflowRunAdmin(GuardedListAdmin, RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow_display",
@@ -449,7 +450,7 @@ def _deletable(run: WorkflowRun) -> bool:
 # -- attempts and groups on their own pages ------------------------------------------------------
 
 
-class _RunRowsAdmin(_ReadOnly, _Display, admin.ModelAdmin):
+class _RunRowsAdmin(GuardedListAdmin, _ReadOnly, _Display, admin.ModelAdmin):
     """Rows that belong to a run: searchable by the run's whole id as well."""
 
     show_full_result_count = False

@@ -38,6 +38,7 @@ LAYERS: list[set[str]] = [
         "flowsvg",
         "admin_run",
         "admin_display",
+        "admin_lists",
         "answer_forms",
         "admin_waits",
         "admin_inbox",

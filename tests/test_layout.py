@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"join"},
     {"blocks"},
     {"engine"},
-    {"jobs", "recovery", "operations", "children", "resume"},
+    {"jobs", "recovery", "operations", "children", "resume", "retention"},
     {
         "checks",
         "testing",
@@ -39,6 +39,7 @@ LAYERS: list[set[str]] = [
         "admin_run",
         "admin_display",
         "admin_lists",
+        "admin_delete",
         "answer_forms",
         "admin_waits",
         "admin_inbox",

@@ -55,9 +55,9 @@ def checked_statuses(statuses: Iterable[str]) -> tuple[str, ...]:
         raise ValueError(f"name at least one status: {finished}.")
     for status in chosen:
         if status in UNFINISHED_RUN_STATUSES:
-            unfinished = ", ".join(UNFINISHED_RUN_STATUSES)
+            *others, last = UNFINISHED_RUN_STATUSES
             raise ValueError(
-                f"{status!r} is not a finished status: a run that is {unfinished} is never deleted. "
+                f"{status!r} is not a finished status: a {', '.join(others)} or {last} run is never deleted. "
                 f"Give some of {finished}."
             )
         if status not in RunStatus.values:

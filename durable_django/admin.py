@@ -4,8 +4,10 @@ Nothing here writes run state. Retrying and cancelling (the list actions and the
 run's page) go through :mod:`durable_django.operations`, like the API and the management
 commands, and need the change permission on workflow runs; so does sending an event to a run
 (:mod:`durable_django.admin_waits`; the inbox and the admins of waits and events are in
-:mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the delete permission) only once it, its parent
-and its children are finished.
+:mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the
+delete permission) only once it, its parent and its children are finished
+(:mod:`durable_django.admin_delete`). A filter a list cannot apply is answered with a message
+(:mod:`durable_django.admin_lists`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from . import (
     admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
     operations,
 )
+from .admin_delete import RunDeletionAdmin
 from .admin_display import (
     branch_table,
     change_url,
@@ -44,10 +47,11 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_lists import GuardedListAdmin
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
-from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
+from .models import ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
 from .timeline import format_duration, wait_subject
 
 if TYPE_CHECKING:
@@ -206,7 +210,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
+class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow_display",
@@ -222,7 +226,7 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     date_hierarchy = "created_at"
     # Counting every run on each page load is a full scan of a big table.
     show_full_result_count = False
-    actions = ("retry_selected", "cancel_selected")
+    actions = ("retry_selected", "cancel_selected", "delete_selected")
     inlines = (ParallelGroupInline, StepResultInline)
     fieldsets = (
         (
@@ -314,29 +318,10 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     def error_history_json(self, obj: WorkflowRun) -> SafeString | str:
         return folded_json(obj.error_history) if obj.error_history else self.get_empty_value_display()
 
-    # -- permissions: read-only; a run is deleted only once it is finished ------------------------
+    # -- permissions: read-only; deleting is admin_delete's ----------------------------------------
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
-        if not super().has_delete_permission(request, obj):
-            return False
-        return obj is None or _deletable(obj)
-
-    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
-        # Django 6.1 says where the actions are shown (change list or change form); 5.2 does not.
-        where = {} if action_location is None else {"action_location": action_location}
-        actions = super().get_actions(request, **where)
-        # Bulk deletion would take unfinished runs down with the rest; runs are deleted one by one.
-        actions.pop("delete_selected", None)
-        return actions
-
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        # A run's attempts, groups, waits and events go with it, although their own admins are read-only.
-        parts = {str(model._meta.verbose_name) for model in (StepResult, ParallelGroup, Wait, Event)}
-        return deleted, counts, {name for name in perms_needed if str(name) not in parts}, protected
 
     # -- search: a whole id is an index lookup ---------------------------------------------------
 
@@ -439,17 +424,10 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
         return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk))
 
 
-def _deletable(run: WorkflowRun) -> bool:
-    """Finished, and so are its parent and children: deleting it pulls the rug from under no worker."""
-    if not run.is_finished or run.children.unfinished().exists():
-        return False
-    return run.parent_id is None or WorkflowRun.objects.filter(pk=run.parent_id).finished().exists()
-
-
 # -- attempts and groups on their own pages ------------------------------------------------------
 
 
-class _RunRowsAdmin(_ReadOnly, _Display, admin.ModelAdmin):
+class _RunRowsAdmin(GuardedListAdmin, _ReadOnly, _Display, admin.ModelAdmin):
     """Rows that belong to a run: searchable by the run's whole id as well."""
 
     show_full_result_count = False

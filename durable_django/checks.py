@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, TABLE, durable_settings
 from .definition import registered_workflows
+from .retention import checked_statuses, finished_statuses
 
 
 @register(Tags.compatibility)
@@ -71,6 +72,26 @@ def _page_size_over_the_maximum(raw: dict[str, Any]) -> list[Error]:
             id="durable_django.E004",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``DURABLE["RETENTION"]["status"]`` names finished statuses only: an unfinished run is never deleted."""
+    raw = getattr(settings, "DURABLE", {})
+    value = raw.get("RETENTION") if isinstance(raw, dict) else None
+    if not TABLE["RETENTION"].accepts(value) or value is None or value.get("status") is None:
+        return []  # None, or not even a dict of the right shape (durable_django.E004)
+    try:
+        checked_statuses(value["status"])
+    except ValueError as exc:
+        return [
+            Error(
+                f"settings.DURABLE['RETENTION']['status']: {exc}",
+                hint=f"Leave 'status' out to delete finished runs of every status ({', '.join(finished_statuses())}).",
+                id="durable_django.E007",
+            )
+        ]
+    return []
 
 
 def _unimportable(key: str, paths: list[str] | tuple[str, ...]) -> list[Error]:

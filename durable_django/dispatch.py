@@ -494,3 +494,9 @@ def take_notice_turn(key: str, every: int) -> bool:
     """Whether this process may log the notice ``key`` now: at most once every ``every`` seconds, across processes."""
     connection = get_queue(durable_settings.QUEUE).connection
     return bool(connection.set(key, "1", nx=True, ex=every))
+
+
+def take_turn(key: str, every: int) -> bool:
+    """Whether this process may do the periodic chore ``key`` now: at most once every ``every`` seconds, across processes."""
+    connection = get_queue(durable_settings.QUEUE).connection
+    return bool(connection.set(key, "1", nx=True, ex=every))

@@ -34,7 +34,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, dispatch, join, leases, results, resume, store
+from . import blocks, dispatch, join, leases, results, resume, retention, store
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Block, Step, Workflow, find_workflow, queue_for
@@ -194,6 +194,7 @@ def recover(now: datetime | None = None) -> Report:
             overdue,
             NOTICE_EVERY,
         )
+    retention.sweep(now)  # DURABLE["RETENTION"]: a few minutes apart, never in recovery's way
     return report
 
 

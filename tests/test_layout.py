@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"join", "items"},
     {"blocks"},
     {"engine"},
-    {"jobs", "recovery", "operations", "children", "resume", "compensation"},
+    {"jobs", "recovery", "operations", "children", "resume", "compensation", "retention"},
     {
         "checks",
         "testing",
@@ -38,6 +38,8 @@ LAYERS: list[set[str]] = [
         "flowsvg",
         "admin_run",
         "admin_display",
+        "admin_lists",
+        "admin_delete",
         "answer_forms",
         "admin_waits",
         "admin_inbox",

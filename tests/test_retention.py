@@ -86,8 +86,8 @@ def test_the_check_refuses_a_retention_that_would_delete_unfinished_runs() -> No
         [error] = check_retention()
     assert (error.id, error.msg, error.hint) == (
         "durable_django.E007",
-        "settings.DURABLE['RETENTION']['status']: 'running' is not a finished status: a pending, running or "
-        "waiting run is never deleted. Give some of completed, failed, cancelled.",
+        "settings.DURABLE['RETENTION']['status']: 'running' is not a finished status: a pending, running, "
+        "waiting or compensating run is never deleted. Give some of completed, failed, cancelled.",
         "Leave 'status' out to delete finished runs of every status (completed, failed, cancelled).",
     )
 

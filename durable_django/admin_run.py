@@ -342,9 +342,8 @@ def summary(run: WorkflowRun, live: Live | None, rows: Sequence[StepResult], now
         if row.group_id is not None and row.status == "pending" and row.attempt > 1:
             due = retry_due(row)
             if due is not None:
-                lines.append(
-                    f"Branch {row.step}: attempt {row.attempt} is due at {moment(due)} ({_relative(due, now)})"
-                )
+                what = f"Item {row.item_index} of {row.step}" if row.item_index is not None else f"Branch {row.step}"
+                lines.append(f"{what}: attempt {row.attempt} is due at {moment(due)} ({_relative(due, now)})")
     return {
         "lines": lines,
         "live": run.status in LIVE_STATUSES,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from durable_django import branch, foreach, step
 from durable_django.admin_items import ItemSummary, summarise_rows
+from durable_django.admin_run import summary
+from durable_django.conf import durable_settings
 from durable_django.flowgraph import build_flowgraph
 from durable_django.models import StepResult
 from durable_django.timeline import build_timeline
@@ -34,7 +37,7 @@ def choice(pk: int, case: str | None, value: Any, started: float) -> StepResult:
     return row
 
 
-def item(pk: int, index: int, status: str, started: float, finished: float, **fields: Any) -> StepResult:
+def item(pk: int, index: int, status: str, started: float | None, finished: float | None, **fields: Any) -> StepResult:
     row = attempt(pk, "gifts", status, started, finished, group=5, **fields)
     row.item_index = index
     return row
@@ -164,3 +167,11 @@ def test_items_are_counted_by_the_status_of_their_latest_attempt() -> None:
         0,
     )
     assert (summary.begin, summary.end) == (at(2), at(4))
+
+
+def test_an_item_waiting_for_its_retry_is_named_by_its_index_in_the_summary() -> None:
+    retry = item(6, 1, "pending", None, None, attempt=2)
+    retry.lease_expires_at = NOW + timedelta(seconds=3 + durable_settings.LEASE_SECONDS)
+    lines = summary(run("running", "gifts"), None, [item(5, 1, "failed", 2, 3), retry], NOW)["lines"]
+    assert len(lines) == 1 and lines[0].startswith("Item 1 of gifts: attempt 2 is due at ")
+    assert lines[0].endswith("(in 3.00 s)")

@@ -20,7 +20,6 @@ from django.contrib.admin.options import BaseModelAdmin
 from django.contrib.admin.utils import flatten, flatten_fieldsets
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.template.loader import render_to_string
 from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
@@ -35,9 +34,10 @@ from . import (
 )
 from .admin_delete import RunDeletionAdmin
 from .admin_display import (
-    branch_table,
+    bounded_results,
     change_url,
-    folded_json,
+    group_history,
+    group_outcomes,
     moment,
     outcome,
     pretty_json,
@@ -47,6 +47,7 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_items import group_rows
 from .admin_lists import GuardedListAdmin
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
@@ -100,6 +101,10 @@ class _Display(_AdminBase):
             return format_duration(((obj.finished_at or timezone.now()) - obj.created_at).total_seconds())
         return self._or_empty(format_duration(obj.duration) if obj.duration is not None else "")
 
+    @admin.display(description=_("earlier outcomes"))
+    def history_table(self, obj: ParallelGroup) -> SafeString | str:
+        return group_history(obj.history) if obj.history else self.get_empty_value_display()
+
     @admin.display(description=_("created at"), ordering="created_at")
     def created(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
         return moment(obj.created_at)
@@ -144,7 +149,18 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
     model = StepResult
     verbose_name = _("step attempt")
     verbose_name_plural = _("step attempts, in execution order")
-    fields = ("step_link", "group_name", "attempt", "status_badge", "started", "finished", "duration_display", "result")
+    fields = (
+        "step_link",
+        "kind",
+        "group_name",
+        "item_index",
+        "attempt",
+        "status_badge",
+        "started",
+        "finished",
+        "duration_display",
+        "result",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
@@ -171,10 +187,10 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
 class ParallelGroupInline(_RunPartInline, admin.StackedInline):
     model = ParallelGroup
     show_change_link = True
-    verbose_name = _("parallel group")
-    verbose_name_plural = _("parallel groups")
+    verbose_name_plural = _("parallel and foreach blocks")
     fields = (
         "status_badge",
+        "kind",
         "on_error",
         "counts",
         "created",
@@ -182,6 +198,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
         "duration_display",
         "branch_list",
         "error_json",
+        "history_table",
     )
     readonly_fields = fields
 
@@ -197,9 +214,10 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
             "pending": obj.pending_count,
         }
 
-    @admin.display(description=_("outcome of each branch"))
+    @admin.display(description=_("outcome of each branch or item"))
     def branch_list(self, obj: ParallelGroup) -> str:
-        return branch_table(obj.branches.all(), self.admin_site)
+        summaries = getattr(self, "item_summaries", {})  # set by RunPageAdmin.get_formset_kwargs
+        return group_outcomes(obj, obj.branches.all(), summaries.get(obj.pk), self.admin_site)
 
     @admin.display(description=_("error"))
     def error_json(self, obj: ParallelGroup) -> SafeString | str:
@@ -281,42 +299,6 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
                 "attempt": obj.current_attempt,
             }
         return obj.current_step
-
-    @admin.display(description=_("parent run"))
-    def parent_link(self, obj: WorkflowRun) -> SafeString | str:
-        return run_link(self.admin_site, obj.parent_id) if obj.parent_id else self.get_empty_value_display()
-
-    @admin.display(description=_("child runs"))
-    def children_links(self, obj: WorkflowRun) -> SafeString | str:
-        children = [
-            {
-                "link": run_link(self.admin_site, child.pk),
-                "workflow": child.workflow,
-                "badge": status_badge(child.status, child.get_status_display()),
-                "called_by": child.parent_step,
-                "ref": child.ref,
-            }
-            for child in obj.children.order_by("created_at").only("id", "workflow", "status", "parent_step", "ref")
-        ]
-        if not children:
-            return self.get_empty_value_display()
-        return render_to_string("admin/durable_django/children.html", {"children": children})
-
-    @admin.display(description=_("input"))
-    def input_json(self, obj: WorkflowRun) -> SafeString | str:
-        return folded_json(obj.input)
-
-    @admin.display(description=_("context"))
-    def context_json(self, obj: WorkflowRun) -> SafeString | str:
-        return folded_json(obj.context)
-
-    @admin.display(description=_("error"))
-    def error_json(self, obj: WorkflowRun) -> SafeString | str:
-        return self._error(obj.error)
-
-    @admin.display(description=_("earlier errors"))
-    def error_history_json(self, obj: WorkflowRun) -> SafeString | str:
-        return folded_json(obj.error_history) if obj.error_history else self.get_empty_value_display()
 
     # -- permissions: read-only; deleting is admin_delete's ----------------------------------------
 
@@ -451,15 +433,29 @@ class _RunRowsAdmin(GuardedListAdmin, _ReadOnly, _Display, admin.ModelAdmin):
 
 @admin.register(StepResult)
 class StepResultAdmin(_RunRowsAdmin):
-    list_display = ("id", "run_link", "step", "group", "attempt", "status_badge", "created_at", "duration_display")
-    list_filter = ("status",)
+    list_display = (
+        "id",
+        "run_link",
+        "step",
+        "kind",
+        "group",
+        "item_index",
+        "attempt",
+        "status_badge",
+        "created_at",
+        "duration_display",
+    )
+    list_filter = ("status", "kind")
     list_select_related = ("group",)
     search_fields = ("step",)
     search_help_text = _("A step name, or a run's whole id.")
     fields = (
         "run_link",
         "step",
+        "kind",
         "group",
+        "item_index",
+        "compensates",
         "attempt",
         "status_badge",
         "created",
@@ -488,13 +484,24 @@ class StepResultAdmin(_RunRowsAdmin):
 
 @admin.register(ParallelGroup)
 class ParallelGroupAdmin(_RunRowsAdmin):
-    list_display = ("id", "run_link", "name", "status_badge", "on_error", "branch_count", "failed_count", "created_at")
-    list_filter = ("status", "on_error")
+    list_display = (
+        "id",
+        "run_link",
+        "name",
+        "kind",
+        "status_badge",
+        "on_error",
+        "branch_count",
+        "failed_count",
+        "created_at",
+    )
+    list_filter = ("status", "kind", "on_error")
     search_fields = ("name",)
     search_help_text = _("A parallel block's name, or a run's whole id.")
     fields = (
         "run_link",
         "name",
+        "kind",
         "status_badge",
         "on_error",
         ("branch_count", "failed_count", "pending_count"),
@@ -504,16 +511,17 @@ class ParallelGroupAdmin(_RunRowsAdmin):
         "branch_list",
         "results_json",
         "error_json",
+        "history_table",
     )
     readonly_fields = flatten(fields)
 
-    @admin.display(description=_("outcome of each branch"))
+    @admin.display(description=_("outcome of each branch or item"))
     def branch_list(self, obj: ParallelGroup) -> str:
-        return branch_table(obj.branches.order_by("id"), self.admin_site)
+        return group_outcomes(obj, *group_rows(obj), self.admin_site)
 
     @admin.display(description=_("results"))
     def results_json(self, obj: ParallelGroup) -> SafeString | str:
-        return self._json(obj.results)
+        return self._json(bounded_results(obj.results))
 
     @admin.display(description=_("error"))
     def error_json(self, obj: ParallelGroup) -> SafeString | str:

@@ -223,7 +223,7 @@ def test_a_worker_command_started_while_redis_is_down_waits_for_it(
 # -- the sweeper ----------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_the_sweeper_says_once_that_redis_is_down_and_once_that_it_is_back(
     outage: Outage, caplog: pytest.LogCaptureFixture
 ) -> None:

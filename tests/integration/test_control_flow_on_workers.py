@@ -93,7 +93,7 @@ def test_a_foreach_item_whose_worker_is_killed_runs_again_with_its_item_and_the_
     from durable_django.models import WorkflowRun
     from tests.testapp.recovery_workflows import executions
 
-    from .support import lease_pid, wait_for
+    from .support import lease_pid, settled_batch, wait_for
 
     lease = {"DURABLE_LEASE_SECONDS": "3", "DURABLE_RECOVER_INTERVAL": "1"}
     settings.DURABLE = {"LEASE_SECONDS": 3.0, "RECOVER_INTERVAL": 1.0}
@@ -105,7 +105,7 @@ def test_a_foreach_item_whose_worker_is_killed_runs_again_with_its_item_and_the_
     wait_for(lambda: executions(token).get(f"item_{victim:02}") == 1, 60, what="the victim item to execute")
     held = StepResult.objects.get(run=run, item_index=victim)
     assert held.status == "running"
-    batch = set(StepResult.objects.filter(run=run, lease_owner=held.lease_owner).values_list("item_index", flat=True))
+    batch = settled_batch(run.pk, held.lease_owner, "item_index")
     # The block's limit holds over what the killed worker had taken too.
     assert StepResult.objects.filter(run=run, status="running").count() <= 8
     pool.kill(pool.worker_of(lease_pid(held.lease_owner)))

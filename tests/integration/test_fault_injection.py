@@ -40,7 +40,7 @@ from tests.testapp.faults import crash_key
 from tests.testapp.recovery_workflows import FAN_WIDTH, SLOW_WIDTH, WAVE_WIDTH, WIDE_WIDTH, executions
 from tests.testapp.workflows import calls, key
 
-from .support import WorkerPool, lease_pid, wait_for
+from .support import WorkerPool, lease_pid, settled_batch, wait_for
 
 # Frames of the engine in a worker's traceback start with this path, but for those of the worker
 # module, which wraps rq's own bookkeeping of a job.
@@ -131,8 +131,9 @@ def test_a_branch_whose_worker_is_killed_runs_again_and_its_block_joins_once(
     held = StepResult.objects.get(run=run, step=name)
     assert held.status == "running"
     # The job executing it holds a batch of branches, executed one after the other: those before the
-    # victim have run (their results not yet recorded), those after it have not started.
-    batch = set(StepResult.objects.filter(run=run, lease_owner=held.lease_owner).values_list("step", flat=True))
+    # victim have run (their results not yet recorded); those after it, not started, it gives back
+    # to other workers once the victim overruns the batch's budget (settled_batch waits for that).
+    batch = settled_batch(run.pk, held.lease_owner)
     executed = executions(token)
     killed_at = pool.kill(pool.worker_of(lease_pid(held.lease_owner)))
     pool.finish(run)

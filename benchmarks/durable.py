@@ -11,6 +11,7 @@ as the worker stored it, so polling the row only decides when to look, never wha
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import threading
 import time
@@ -20,13 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import common
 from .common import BenchmarkError, Peer, Sample
 
 SETTINGS = "benchmarks.settings"
-DATABASE = "durable_bench"
-REDIS_DB = 9
+# The database and Redis database of benchmarks/settings.py (BENCH_DATABASE_URL, BENCH_REDIS_URL).
+DATABASE = urlsplit(
+    os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/durable_bench")
+).path.lstrip("/")
+REDIS_DB = int(urlsplit(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")).path.lstrip("/") or 0)
 QUEUE = "bench"
 #: ``--worker-class`` choices, in the order of the report's columns: how durable_django's workers
 #: are started. ``durable_worker`` is the command of that name; the others are ``rqworker`` of
@@ -76,9 +81,9 @@ def reset() -> None:
     """Empty durable_django's tables and the benchmark's Redis database."""
     from django.db import connection
 
-    from durable_django.models import ParallelGroup, StepResult, WorkflowRun
+    from durable_django.models import Event, ParallelGroup, StepResult, Wait, WorkflowRun
 
-    tables = ", ".join(model._meta.db_table for model in (StepResult, ParallelGroup, WorkflowRun))
+    tables = ", ".join(model._meta.db_table for model in (Event, Wait, StepResult, ParallelGroup, WorkflowRun))
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {tables}")
     common.redis_client(REDIS_DB).flushdb()
@@ -173,19 +178,23 @@ class DurablePeer(Peer):
 # -- one run, many runs -------------------------------------------------------------------------
 
 
-def run_once(workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02) -> float:
+def run_once(
+    workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02, input: dict[str, Any] | None = None
+) -> float:
     """Seconds from ``start_workflow`` until the run's stored ``finished_at``."""
-    _, started, finished = finish_one(workflow, pool, timeout, interval)
+    _, started, finished = finish_one(workflow, pool, timeout, interval, input)
     return finished - started
 
 
-def finish_one(workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02) -> tuple[Any, float, float]:
+def finish_one(
+    workflow: str, pool: Peer | None, timeout: float, interval: float = 0.02, input: dict[str, Any] | None = None
+) -> tuple[Any, float, float]:
     """Start a run of ``workflow`` and wait for it: its id, when it was started and its stored ``finished_at``."""
     from durable_django import start_workflow
     from durable_django.models import RunStatus, WorkflowRun
 
     started = time.time()
-    run = start_workflow(workflow, {})
+    run = start_workflow(workflow, input or {})
     row = common.wait_for(
         lambda: (
             WorkflowRun.objects.filter(pk=run.pk, finished_at__isnull=False)
@@ -400,3 +409,79 @@ def memory(peer: DurablePeer, checkpoints: list[int]) -> dict[str, Any]:
     finally:
         peer.stop_workers()
     return {"rss_kib": rss}
+
+
+# -- foreach ------------------------------------------------------------------------------------
+
+
+def _peak(run_id: Any) -> int:
+    """How many items of the run's foreach block executed at the same moment, at most (from the rows)."""
+    from durable_django.models import StepResult
+
+    edges: list[tuple[float, int]] = []
+    for started, finished in StepResult.objects.filter(run_id=run_id, item_index__isnull=False).values_list(
+        "started_at", "finished_at"
+    ):
+        if started is not None and finished is not None:
+            edges += [(started.timestamp(), 1), (finished.timestamp(), -1)]
+    now = peak = 0
+    for _, step in sorted(edges, key=lambda edge: (edge[0], edge[1])):
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def foreach_figures(
+    peer: DurablePeer,
+    sizes: list[int],
+    repetitions: int,
+    workers: int = 2,
+    limited: tuple[int, int, float] = (4, 40, 0.1),
+) -> dict[str, Any]:
+    """A foreach over N items next to a static block of N branches (``workers`` processes), and
+    slow items under max_concurrency (``limited``: workers, items, seconds per item)."""
+    from .workflows import FANOUT_SIZES, FOREACH_LIMITS, fanout_name
+
+    out: dict[str, Any] = {"fan-out": {}, "max_concurrency": {}}
+    peer.start_workers(workers)
+    try:
+        for size in sizes:
+            if size not in FANOUT_SIZES:
+                continue
+            static, dynamic = [], []
+            for _ in range(repetitions):
+                reset()
+                static.append(run_once(fanout_name(size), peer, peer.timeout))
+                reset()
+                dynamic.append(run_once("bench_foreach", peer, peer.timeout, input={"n": size}))
+            out["fan-out"][str(size)] = {
+                "workers": workers,
+                "static_seconds": sorted(static),
+                "foreach_seconds": sorted(dynamic),
+                "ratio": statistics.median(dynamic) / statistics.median(static),
+            }
+    finally:
+        peer.stop_workers()
+    count, items, seconds = limited
+    peer.start_workers(count)
+    try:
+        for limit in FOREACH_LIMITS:
+            elapsed, peaks = [], []
+            for _ in range(repetitions):
+                reset()
+                run_id, started, finished = finish_one(
+                    f"bench_foreach_limit_{limit}", peer, peer.timeout, input={"n": items, "seconds": seconds}
+                )
+                elapsed.append(finished - started)
+                peaks.append(_peak(run_id))
+            out["max_concurrency"][str(limit)] = {
+                "workers": count,
+                "items": items,
+                "item_seconds": seconds,
+                "ideal_seconds": items * seconds / min(limit, count),
+                "seconds": sorted(elapsed),
+                "peak": max(peaks),
+            }
+    finally:
+        peer.stop_workers()
+    return out

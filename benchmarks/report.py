@@ -220,7 +220,58 @@ def slow_tables(results: list[Result]) -> list[str]:
 TIME_NOTE = "durable_django's time / the peer's time (below 1x: durable_django is faster):"
 
 
-def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], memory: dict[str, Any]) -> str:
+def render_foreach(foreach: dict[str, Any]) -> list[str]:
+    """The foreach section: a dynamic fan-out next to a static one, and max_concurrency."""
+    lines: list[str] = []
+    for label, entry in foreach.items():
+        if "error" in entry:
+            lines += [f"{label}: error: {entry['error']}", ""]
+            continue
+        rows = [
+            [
+                f"{int(size):,}",
+                str(figures["workers"]),
+                _spread(figures["static_seconds"]),
+                _spread(figures["foreach_seconds"]),
+                f"{figures['ratio']:.2f}x",
+            ]
+            for size, figures in entry["fan-out"].items()
+        ]
+        lines += [
+            f"{label}: a foreach over N no-op items, then a join that reads every result, next to a static "
+            "parallel block of N branches (seconds, median and min-max):",
+            "",
+        ]
+        lines += [*_table(["N", "workers", "parallel block", "foreach", "foreach / parallel"], rows), ""]
+        rows = [
+            [
+                limit,
+                str(figures["workers"]),
+                f"{figures['items']} x {figures['item_seconds']:g} s",
+                f"{figures['ideal_seconds']:.2f}",
+                _spread(figures["seconds"]),
+                str(figures["peak"]),
+            ]
+            for limit, figures in entry["max_concurrency"].items()
+        ]
+        lines += ["Slow items under max_concurrency (the most items seen executing at once, read from their rows):", ""]
+        lines += [*_table(["max_concurrency", "workers", "items", "ideal (s)", "seconds", "peak at once"], rows), ""]
+    return lines
+
+
+def _spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    middle = ordered[len(ordered) // 2]
+    return f"{middle:.3f} ({ordered[0]:.3f}-{ordered[-1]:.3f})"
+
+
+def render(
+    meta: dict[str, Any],
+    results: list[Result],
+    costs: dict[str, Any],
+    memory: dict[str, Any],
+    foreach: dict[str, Any] | None = None,
+) -> str:
     """The whole report as markdown."""
     lines = [f"# Benchmark run of {meta['started']}", ""]
     lines += [
@@ -288,6 +339,8 @@ def render(meta: dict[str, Any], results: list[Result], costs: dict[str, Any], m
         lines += ["## durable_django: cost per unit of work", "", *render_costs(costs), ""]
     if memory:
         lines += ["## durable_django: worker resident memory (RSS)", "", *render_memory(memory), ""]
+    if foreach:
+        lines += ["## durable_django: foreach", "", *render_foreach(foreach)]
     return "\n".join(lines)
 
 

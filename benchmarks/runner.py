@@ -27,7 +27,7 @@ from .common import BenchmarkError, Peer, Result, Sample
 PEERS = ("durable", "celery", "rq", "dbos")
 # Measured with each peer's workers, in this order within one set of workers; then cost and memory.
 MEASURED = ("fanout", "sequential", "latency", "throughput", "slow")
-SCENARIOS = (*MEASURED, "cost", "memory")
+SCENARIOS = (*MEASURED, "cost", "memory", "foreach")
 # Worker processes of each measured scenario but the fan-out (whose counts are --workers).
 SCENARIO_WORKERS = {"sequential": 1, "latency": 2, "throughput": 2, "slow": 3}
 SEQUENTIAL_STEPS = 100
@@ -201,6 +201,7 @@ class Run:
         self.results: list[Result] = []
         self.costs: dict[str, Any] = {}
         self.memory: dict[str, Any] = {}
+        self.foreach: dict[str, Any] = {}
         self.started = datetime.now(UTC)
         self.stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
         self.log_dir = args.output_dir / f"logs-{self.stamp}"
@@ -384,6 +385,17 @@ class Run:
                 finally:
                     peer.extra_env = {}
                     peer.stop_workers()
+        if "foreach" in self.args.scenarios:
+            # One worker kind is enough: the figures compare durable_django with itself.
+            peer = ours[0]
+            log(f"== foreach ({peer.label})")
+            try:
+                durable.prepare_database()
+                self.foreach[peer.label] = durable.foreach_figures(peer, self.args.sizes, self.args.repetitions)
+                log(f"  {json.dumps(self.foreach[peer.label])}")
+            except Exception as exc:
+                self.foreach[peer.label] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(traceback.format_exc())
         if "memory" in self.args.scenarios:
             for peer in ours:
                 log(f"== memory ({peer.label})")
@@ -418,7 +430,7 @@ class Run:
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         }
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        markdown = report.render(meta, self.results, self.costs, self.memory)
+        markdown = report.render(meta, self.results, self.costs, self.memory, self.foreach)
         path = args.output_dir / f"bench-{self.stamp}.md"
         path.write_text(markdown + "\n")
         data = {
@@ -426,6 +438,7 @@ class Run:
             "results": [r.as_dict() for r in self.results],
             "costs": self.costs,
             "memory": self.memory,
+            "foreach": self.foreach,
         }
         path.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
         return path

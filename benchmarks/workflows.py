@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from durable_django import error, ok, parallel, step, workflow
+from durable_django import error, foreach, ok, parallel, step, workflow
 
 from .common import SLOW_BRANCHES, SLOW_SECONDS
 
@@ -76,3 +76,32 @@ slow = workflow(
         step("after", read_results),
     ],
 )
+
+
+def read_list(ctx: dict[str, Any]) -> Any:
+    """The join of a foreach block: read every item's result."""
+    failed = [index for index, (kind, _) in enumerate(ctx["__results__"]) if kind != "ok"]
+    if failed:
+        return error(f"{len(failed)} items failed")
+    return ok({"joined": len(ctx["__results__"])})
+
+
+def pause(ctx: dict[str, Any]) -> Any:
+    """A slow item: it sleeps ``ctx["seconds"]``."""
+    time.sleep(ctx["seconds"])
+    return ok()
+
+
+# A foreach over ``n`` no-op items, next to the static blocks above: what a dynamic fan-out costs.
+bench_foreach = workflow(
+    "bench_foreach",
+    [foreach("fan", lambda ctx: list(range(ctx["n"])), noop), step("join", read_list)],
+)
+
+# Slow items under a concurrency limit: never more than the limit execute at once.
+FOREACH_LIMITS = (2, 10)
+for _limit in FOREACH_LIMITS:
+    workflow(
+        f"bench_foreach_limit_{_limit}",
+        [foreach("fan", lambda ctx: [None] * ctx["n"], pause, max_concurrency=_limit), step("join", read_list)],
+    )

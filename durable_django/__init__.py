@@ -24,8 +24,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "Branch",
     "DurableConfigurationError",
     "DurableError",
+    "Foreach",
     "InvalidInput",
     "NotInStepError",
     "Parallel",
@@ -36,11 +38,13 @@ __all__ = [
     "WorkflowDefinitionError",
     "WorkflowNotFound",
     "assign",
+    "branch",
     "call_workflow",
     "can_answer",
     "cancel_run",
     "current_run_id",
     "error",
+    "foreach",
     "get_workflow",
     "goto",
     "ok",
@@ -53,6 +57,7 @@ __all__ = [
     "send_event",
     "sleep",
     "sleep_until",
+    "start_child",
     "start_workflow",
     "step",
     "wait_for_all",
@@ -65,7 +70,21 @@ __all__ = [
 # The definition API and the helpers import no models, so they load before Django's app
 # registry is ready (workflows modules may be imported early). The rest is loaded on first use.
 from .context import assign, current_run_id, parallel_ok, parallel_result, parallel_results
-from .definition import Parallel, RetryPolicy, Step, Workflow, get_workflow, parallel, start_workflow, step, workflow
+from .definition import (
+    Branch,
+    Foreach,
+    Parallel,
+    RetryPolicy,
+    Step,
+    Workflow,
+    branch,
+    foreach,
+    get_workflow,
+    parallel,
+    start_workflow,
+    step,
+    workflow,
+)
 from .results import error, goto, ok
 from .waits import can_answer, sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
 
@@ -75,10 +94,11 @@ _LAZY = {
     "provide_input": ".resume",
     "retry_run": ".operations",
     "send_event": ".resume",
+    "start_child": ".children",
 }
 
 if TYPE_CHECKING:
-    from .children import call_workflow
+    from .children import call_workflow, start_child
     from .operations import cancel_run, retry_run
     from .resume import provide_input, send_event
 

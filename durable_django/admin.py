@@ -4,8 +4,10 @@ Nothing here writes run state. Retrying and cancelling (the list actions and the
 run's page) go through :mod:`durable_django.operations`, like the API and the management
 commands, and need the change permission on workflow runs; so does sending an event to a run
 (:mod:`durable_django.admin_waits`; the inbox and the admins of waits and events are in
-:mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the delete permission) only once it, its parent
-and its children are finished.
+:mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the
+delete permission) only once it, its parent and its children are finished
+(:mod:`durable_django.admin_delete`). A filter a list cannot apply is answered with a message
+(:mod:`durable_django.admin_lists`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from django.contrib.admin.options import BaseModelAdmin
 from django.contrib.admin.utils import flatten, flatten_fieldsets
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.template.loader import render_to_string
 from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
@@ -31,10 +32,12 @@ from . import (
     admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
     operations,
 )
+from .admin_delete import RunDeletionAdmin
 from .admin_display import (
-    branch_table,
+    bounded_results,
     change_url,
-    folded_json,
+    group_history,
+    group_outcomes,
     moment,
     outcome,
     pretty_json,
@@ -44,10 +47,12 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_items import group_rows
+from .admin_lists import GuardedListAdmin
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
-from .models import Event, ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
+from .models import ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
 from .timeline import format_duration, wait_subject
 
 if TYPE_CHECKING:
@@ -96,6 +101,10 @@ class _Display(_AdminBase):
             return format_duration(((obj.finished_at or timezone.now()) - obj.created_at).total_seconds())
         return self._or_empty(format_duration(obj.duration) if obj.duration is not None else "")
 
+    @admin.display(description=_("earlier outcomes"))
+    def history_table(self, obj: ParallelGroup) -> SafeString | str:
+        return group_history(obj.history) if obj.history else self.get_empty_value_display()
+
     @admin.display(description=_("created at"), ordering="created_at")
     def created(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
         return moment(obj.created_at)
@@ -140,7 +149,18 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
     model = StepResult
     verbose_name = _("step attempt")
     verbose_name_plural = _("step attempts, in execution order")
-    fields = ("step_link", "group_name", "attempt", "status_badge", "started", "finished", "duration_display", "result")
+    fields = (
+        "step_link",
+        "kind",
+        "group_name",
+        "item_index",
+        "attempt",
+        "status_badge",
+        "started",
+        "finished",
+        "duration_display",
+        "result",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
@@ -167,10 +187,10 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
 class ParallelGroupInline(_RunPartInline, admin.StackedInline):
     model = ParallelGroup
     show_change_link = True
-    verbose_name = _("parallel group")
-    verbose_name_plural = _("parallel groups")
+    verbose_name_plural = _("parallel and foreach blocks")
     fields = (
         "status_badge",
+        "kind",
         "on_error",
         "counts",
         "created",
@@ -178,6 +198,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
         "duration_display",
         "branch_list",
         "error_json",
+        "history_table",
     )
     readonly_fields = fields
 
@@ -193,9 +214,10 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
             "pending": obj.pending_count,
         }
 
-    @admin.display(description=_("outcome of each branch"))
+    @admin.display(description=_("outcome of each branch or item"))
     def branch_list(self, obj: ParallelGroup) -> str:
-        return branch_table(obj.branches.all(), self.admin_site)
+        summaries = getattr(self, "item_summaries", {})  # set by RunPageAdmin.get_formset_kwargs
+        return group_outcomes(obj, obj.branches.all(), summaries.get(obj.pk), self.admin_site)
 
     @admin.display(description=_("error"))
     def error_json(self, obj: ParallelGroup) -> SafeString | str:
@@ -206,7 +228,7 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
+class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow_display",
@@ -222,7 +244,7 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
     date_hierarchy = "created_at"
     # Counting every run on each page load is a full scan of a big table.
     show_full_result_count = False
-    actions = ("retry_selected", "cancel_selected")
+    actions = ("retry_selected", "cancel_selected", "delete_selected")
     inlines = (ParallelGroupInline, StepResultInline)
     fieldsets = (
         (
@@ -278,65 +300,10 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
             }
         return obj.current_step
 
-    @admin.display(description=_("parent run"))
-    def parent_link(self, obj: WorkflowRun) -> SafeString | str:
-        return run_link(self.admin_site, obj.parent_id) if obj.parent_id else self.get_empty_value_display()
-
-    @admin.display(description=_("child runs"))
-    def children_links(self, obj: WorkflowRun) -> SafeString | str:
-        children = [
-            {
-                "link": run_link(self.admin_site, child.pk),
-                "workflow": child.workflow,
-                "badge": status_badge(child.status, child.get_status_display()),
-                "called_by": child.parent_step,
-                "ref": child.ref,
-            }
-            for child in obj.children.order_by("created_at").only("id", "workflow", "status", "parent_step", "ref")
-        ]
-        if not children:
-            return self.get_empty_value_display()
-        return render_to_string("admin/durable_django/children.html", {"children": children})
-
-    @admin.display(description=_("input"))
-    def input_json(self, obj: WorkflowRun) -> SafeString | str:
-        return folded_json(obj.input)
-
-    @admin.display(description=_("context"))
-    def context_json(self, obj: WorkflowRun) -> SafeString | str:
-        return folded_json(obj.context)
-
-    @admin.display(description=_("error"))
-    def error_json(self, obj: WorkflowRun) -> SafeString | str:
-        return self._error(obj.error)
-
-    @admin.display(description=_("earlier errors"))
-    def error_history_json(self, obj: WorkflowRun) -> SafeString | str:
-        return folded_json(obj.error_history) if obj.error_history else self.get_empty_value_display()
-
-    # -- permissions: read-only; a run is deleted only once it is finished ------------------------
+    # -- permissions: read-only; deleting is admin_delete's ----------------------------------------
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
-        if not super().has_delete_permission(request, obj):
-            return False
-        return obj is None or _deletable(obj)
-
-    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
-        # Django 6.1 says where the actions are shown (change list or change form); 5.2 does not.
-        where = {} if action_location is None else {"action_location": action_location}
-        actions = super().get_actions(request, **where)
-        # Bulk deletion would take unfinished runs down with the rest; runs are deleted one by one.
-        actions.pop("delete_selected", None)
-        return actions
-
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        # A run's attempts, groups, waits and events go with it, although their own admins are read-only.
-        parts = {str(model._meta.verbose_name) for model in (StepResult, ParallelGroup, Wait, Event)}
-        return deleted, counts, {name for name in perms_needed if str(name) not in parts}, protected
 
     # -- search: a whole id is an index lookup ---------------------------------------------------
 
@@ -377,8 +344,8 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
         context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         if obj is not None:
             can_operate = self.has_change_permission(request, obj)
-            context["can_retry"] = can_operate and obj.status == RunStatus.FAILED
-            context["can_cancel"] = can_operate and not obj.is_finished
+            context["can_retry"] = can_operate and obj.status == RunStatus.FAILED and not obj.compensation
+            context["can_cancel"] = can_operate and not obj.is_finished and obj.status != RunStatus.COMPENSATING
             waits = self.add_waits(request, context, obj, can_operate)
             self.add_pictures(context, obj, waits)
         return super().render_change_form(request, context, add, change, form_url, obj)
@@ -439,17 +406,10 @@ class WorkflowRunAdmin(RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
         return HttpResponseRedirect(change_url(self.admin_site, WorkflowRun, run.pk))
 
 
-def _deletable(run: WorkflowRun) -> bool:
-    """Finished, and so are its parent and children: deleting it pulls the rug from under no worker."""
-    if not run.is_finished or run.children.unfinished().exists():
-        return False
-    return run.parent_id is None or WorkflowRun.objects.filter(pk=run.parent_id).finished().exists()
-
-
 # -- attempts and groups on their own pages ------------------------------------------------------
 
 
-class _RunRowsAdmin(_ReadOnly, _Display, admin.ModelAdmin):
+class _RunRowsAdmin(GuardedListAdmin, _ReadOnly, _Display, admin.ModelAdmin):
     """Rows that belong to a run: searchable by the run's whole id as well."""
 
     show_full_result_count = False
@@ -473,15 +433,29 @@ class _RunRowsAdmin(_ReadOnly, _Display, admin.ModelAdmin):
 
 @admin.register(StepResult)
 class StepResultAdmin(_RunRowsAdmin):
-    list_display = ("id", "run_link", "step", "group", "attempt", "status_badge", "created_at", "duration_display")
-    list_filter = ("status",)
+    list_display = (
+        "id",
+        "run_link",
+        "step",
+        "kind",
+        "group",
+        "item_index",
+        "attempt",
+        "status_badge",
+        "created_at",
+        "duration_display",
+    )
+    list_filter = ("status", "kind")
     list_select_related = ("group",)
     search_fields = ("step",)
     search_help_text = _("A step name, or a run's whole id.")
     fields = (
         "run_link",
         "step",
+        "kind",
         "group",
+        "item_index",
+        "compensates",
         "attempt",
         "status_badge",
         "created",
@@ -510,13 +484,24 @@ class StepResultAdmin(_RunRowsAdmin):
 
 @admin.register(ParallelGroup)
 class ParallelGroupAdmin(_RunRowsAdmin):
-    list_display = ("id", "run_link", "name", "status_badge", "on_error", "branch_count", "failed_count", "created_at")
-    list_filter = ("status", "on_error")
+    list_display = (
+        "id",
+        "run_link",
+        "name",
+        "kind",
+        "status_badge",
+        "on_error",
+        "branch_count",
+        "failed_count",
+        "created_at",
+    )
+    list_filter = ("status", "kind", "on_error")
     search_fields = ("name",)
     search_help_text = _("A parallel block's name, or a run's whole id.")
     fields = (
         "run_link",
         "name",
+        "kind",
         "status_badge",
         "on_error",
         ("branch_count", "failed_count", "pending_count"),
@@ -526,16 +511,17 @@ class ParallelGroupAdmin(_RunRowsAdmin):
         "branch_list",
         "results_json",
         "error_json",
+        "history_table",
     )
     readonly_fields = flatten(fields)
 
-    @admin.display(description=_("outcome of each branch"))
+    @admin.display(description=_("outcome of each branch or item"))
     def branch_list(self, obj: ParallelGroup) -> str:
-        return branch_table(obj.branches.order_by("id"), self.admin_site)
+        return group_outcomes(obj, *group_rows(obj), self.admin_site)
 
     @admin.display(description=_("results"))
     def results_json(self, obj: ParallelGroup) -> SafeString | str:
-        return self._json(obj.results)
+        return self._json(bounded_results(obj.results))
 
     @admin.display(description=_("error"))
     def error_json(self, obj: ParallelGroup) -> SafeString | str:

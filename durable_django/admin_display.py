@@ -1,4 +1,5 @@
-"""HTML fragments of the admin's pages: status badges, JSON, one-line previews, links, branch tables.
+"""HTML fragments of the admin's pages: status badges, JSON, one-line previews, links, branch tables,
+a foreach block's items and a block's earlier outcomes.
 
 Pure functions of stored values (no query of their own), shared by the model admins in
 :mod:`durable_django.admin`.
@@ -19,11 +20,13 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from .models import StepResult, StepStatus, WorkflowRun
-from .timeline import format_duration, status_colour
+from .admin_items import FIRST_ITEMS, ItemSummary, item_links
+from .models import ParallelGroup, StepResult, StepStatus, WorkflowRun
+from .timeaxis import format_duration, status_colour
 
 # One-line previews of outputs and errors in tables; the full value is on the row's own page.
 PREVIEW_CHARS = 120
@@ -141,3 +144,83 @@ def branch_table(branches: Iterable[StepResult], site: admin.AdminSite) -> str:
         for row in branches
     ]
     return render_to_string("admin/durable_django/branch_table.html", {"rows": rows})
+
+
+def group_outcomes(
+    group: ParallelGroup, rows: Iterable[StepResult], summary: ItemSummary | None, site: admin.AdminSite
+) -> str:
+    """A parallel group's :func:`branch_table`, or a foreach group's :func:`items_table`."""
+    if group.kind == "foreach":
+        return items_table(group, rows, summary, site)
+    return branch_table(rows, site)
+
+
+def items_table(
+    group: ParallelGroup, rows: Iterable[StepResult], summary: ItemSummary | None, site: admin.AdminSite
+) -> str:
+    """A foreach group's items in short, links to all of them, and a table of the ``rows`` drawn.
+
+    ``rows`` are the first items and the failed ones (every attempt of each), ``summary`` counts all.
+    """
+    summary = summary or ItemSummary(group.pk, 0, {}, 0, None, None)
+    values = group.items if isinstance(group.items, list) else []
+    listed = sorted(rows, key=lambda row: (row.item_index is None, row.item_index or 0, row.attempt, row.pk or 0))
+    lines = [
+        {
+            "url": change_url(site, StepResult, row.pk),
+            "item": row.item_index,
+            "value": preview(values[row.item_index], 60)
+            if row.item_index is not None and 0 <= row.item_index < len(values)
+            else "",
+            "attempt": row.attempt,
+            "status": row.status,
+            "badge": status_badge(row.status, row.get_status_display()),
+            "started": moment(row.started_at),
+            "duration": format_duration(row.duration) if row.duration is not None else "",
+            "outcome": outcome(row),
+        }
+        for row in listed
+    ]
+    drawn_failed = sum(1 for index, status in summary.drawn.items() if index >= FIRST_ITEMS and status == "failed")
+    first = min(FIRST_ITEMS, summary.items)
+    note = ""
+    if summary.hidden > 0:
+        note = f"Showing {len(summary.drawn):,} of {summary.items:,} items: the first {first:,}"
+        note += f" and {drawn_failed:,} failed after them." if drawn_failed else "."
+        if summary.hidden_failed:
+            note += f" {summary.hidden_failed:,} more failed items are in the list of the failed ones."
+    links = item_links(site.name, group.run_id, group.pk)
+    return render_to_string(
+        "admin/durable_django/items_table.html",
+        {"summary": summary, "lines": lines, "links": links, "note": note, "group": group},
+    )
+
+
+def group_history(history: Any) -> str:
+    """A retried block's earlier outcomes (its ``history``), oldest first: status, counts, when, error."""
+    entries = [entry for entry in history or [] if isinstance(entry, dict)]
+    lines = [
+        {
+            "number": number,
+            "badge": status_badge(str(entry.get("status") or ""), str(entry.get("status") or "")),
+            "branches": entry.get("branches", ""),
+            "failed": entry.get("failed", ""),
+            "finished": _stored_moment(entry.get("finished_at")),
+            "retried": _stored_moment(entry.get("retried_at")),
+            "error": preview(without_tracebacks(entry.get("error"))),
+        }
+        for number, entry in enumerate(entries, start=1)
+    ]
+    return render_to_string("admin/durable_django/group_history.html", {"lines": lines})
+
+
+def _stored_moment(value: Any) -> str:
+    when = parse_datetime(value) if isinstance(value, str) else None
+    return moment(when) if when is not None else ""
+
+
+def bounded_results(value: Any, limit: int = FIRST_ITEMS) -> Any:
+    """A block's results to show: a foreach block's list cut to its first ``limit`` entries, and how many more."""
+    if isinstance(value, list) and len(value) > limit:
+        return {"first": value[:limit], "more": len(value) - limit}
+    return value

@@ -24,6 +24,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import resume
 from .admin_display import change_url, moment, pretty_json, preview, run_link, short_id, status_badge
+from .admin_lists import GuardedListAdmin
 from .admin_waits import (
     ANSWERED_SHOWN,
     CSS,
@@ -46,7 +47,7 @@ from .waits import can_answer
 # -- waits and events on their own pages ---------------------------------------------------------
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
+class _ReadOnlyAdmin(GuardedListAdmin, admin.ModelAdmin):
     show_full_result_count = False
 
     class Media:

@@ -1,6 +1,8 @@
 """The top of a run's page: its status and error, the step running right now, retries, the graph.
 
 Pure functions of the run and its rows (no query of their own), read-only: nothing here writes.
+The rows are read once per page by :class:`RunPageAdmin`, all but the items of big foreach blocks
+(:mod:`durable_django.admin_items`): the inlines below show the same rows.
 
 A sequential step's row is written only once its attempt ends, so the step running right now is
 drawn from the run's own row: ``current_step`` and ``current_attempt``, on ``lease_owner``. Its
@@ -19,17 +21,35 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.admin.options import BaseModelAdmin
+from django.contrib import admin
+from django.contrib.admin.options import BaseModelAdmin, InlineModelAdmin
+from django.db.models import Prefetch, Q
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
-from .admin_display import moment, pretty_json, stored_traceback
+from .admin_display import (
+    change_url,
+    folded_json,
+    moment,
+    outcome,
+    pretty_json,
+    run_link,
+    status_badge,
+    stored_traceback,
+    without_tracebacks,
+)
+from .admin_items import DRAWN, ItemSummary, drawn_rows, extra_ids, summarise
 from .conf import durable_settings
-from .definition import Parallel, Step, Workflow, find_workflow
+from .definition import Branch, Foreach, Parallel, Step, Workflow, find_workflow
 from .flowgraph import build_flowgraph, describe_block, describe_step
 from .flowsvg import render_svg
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, Wait, WorkflowRun
+from .nodes import walk
 from .timeaxis import format_duration, status_colour
 from .timeline import build_timeline
 
@@ -39,7 +59,7 @@ else:
     _AdminBase = BaseModelAdmin
 
 #: Statuses of a run whose page refreshes itself.
-LIVE_STATUSES = ("pending", "running", "waiting")
+LIVE_STATUSES = ("pending", "running", "waiting", "compensating")
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -76,8 +96,10 @@ def _sequential(definition: Workflow | None, run: WorkflowRun, groups: Sequence[
     """The current step's definition, ``True`` for a sequential step no longer defined, ``False`` for a block."""
     if definition is not None:
         node = definition.node(run.current_step)
-        if isinstance(node, Parallel):
+        if isinstance(node, Parallel | Foreach):
             return False
+        if isinstance(node, Branch):
+            return True
         return node if node is not None else True
     return not any(group.name == run.current_step for group in groups)
 
@@ -110,7 +132,7 @@ def live_step(
     ):
         return None
     since = last_moved(run, rows, groups, waits)
-    previous = next((row for row in reversed(rows) if row.group_id is None), None)
+    previous = next((row for row in reversed(rows) if row.group_id is None and row.kind != "compensation"), None)
     if (
         isinstance(step, Step)
         and previous is not None
@@ -176,28 +198,56 @@ def _relative(when: datetime, now: datetime) -> str:
     return f"in {format_duration(seconds)}"
 
 
+def _cases(definition: Workflow) -> dict[str, str]:
+    """The branch block and case of each step or block inside a case: ``{"one": "route: case single"}``."""
+    out: dict[str, str] = {}
+    for node in definition.flat:
+        if isinstance(node, Branch):
+            for case, arm in node.arms():
+                for member in walk(arm):
+                    out[member.name] = f"{node.name}: {'default' if case is None else f'case {case}'}"
+    return out
+
+
 def step_table(
     definition: Workflow | None,
     rows: Sequence[StepResult],
     groups: Sequence[ParallelGroup],
     live: Live | None,
     now: datetime,
+    items: dict[int, ItemSummary] | None = None,
 ) -> list[dict[str, Any]]:
-    """One line per step of the definition: where it is, its retry policy, its latest attempt, its next one."""
+    """One line per step of the definition: where it is, its retry policy, its latest attempt, its next one.
+
+    A foreach block is one line for all its items: the status of the block, the attempts of all items.
+    """
     if definition is None:
         return []
     names = {group.pk: group.name for group in groups}
+    latest_group = {group.name: group for group in groups}
     latest: dict[tuple[str, str], StepResult] = {}
     counts: dict[tuple[str, str], int] = {}
     for row in [*rows, *([live.row] if live else [])]:
+        if row.kind == "compensation":
+            continue
         key = (names.get(row.group_id, "") if row.group_id is not None else "", row.step)
         latest[key] = row
         counts[key] = counts.get(key, 0) + 1
+    cases = _cases(definition)
     out = []
-    for node in definition.steps:
+    for node in definition.flat:
+        if isinstance(node, Branch):
+            continue
         members = [("", node)] if isinstance(node, Step) else [(node.name, member) for member in node.steps]
         for block, step in members:
             found = latest.get((block, step.name))
+            status = found.status if found is not None else ""
+            attempts = counts.get((block, step.name), 0)
+            if isinstance(node, Foreach):
+                group = latest_group.get(node.name)
+                summary = (items or {}).get(group.pk) if group is not None and group.pk is not None else None
+                status = group.status if group is not None else ""
+                attempts = summary.attempts if summary is not None else attempts
             nxt = ""
             if found is not None and found.status == "pending" and found.attempt > 1:
                 due = live.due if live is not None and found is live.row else retry_due(found)
@@ -207,15 +257,64 @@ def step_table(
                 {
                     "name": step.name,
                     "block": block,
-                    "block_note": describe_block(node) if isinstance(node, Parallel) else "",
+                    "block_note": describe_block(node) if isinstance(node, Parallel | Foreach) else "",
+                    "case": cases.get(node.name, ""),
                     "policy": describe_step(step),
-                    "status": found.status if found is not None else "",
-                    "colour": status_colour(found.status) if found is not None else "",
-                    "attempts": counts.get((block, step.name), 0),
+                    "status": status,
+                    "colour": status_colour(status) if status else "",
+                    "attempts": attempts,
                     "next": nxt,
                 }
             )
     return out
+
+
+def compensations(rows: Sequence[StepResult], site: admin.AdminSite) -> list[dict[str, Any]]:
+    """Every compensation attempt: the step it undoes (a link to that step's row), status, timing, outcome."""
+    undone = {row.pk: row for row in rows if row.kind != "compensation"}
+    out = []
+    for row in rows:
+        if row.kind != "compensation":
+            continue
+        target = undone.get(row.compensates_id) if row.compensates_id is not None else None
+        out.append(
+            {
+                "pk": row.pk,
+                "step": row.step,
+                "undoes_url": change_url(site, StepResult, row.compensates_id) if row.compensates_id else "",
+                "block": target.group.name
+                if target is not None and target.group_id is not None and target.group
+                else "",
+                "url": change_url(site, StepResult, row.pk) if row.pk else "",
+                "attempt": row.attempt,
+                "status": row.status,
+                "badge": status_badge(row.status, row.get_status_display()),
+                "started": moment(row.started_at),
+                "duration": format_duration(row.duration) if row.duration is not None else "",
+                "outcome": outcome(row),
+            }
+        )
+    return out
+
+
+def compensation_line(run: WorkflowRun, rows: Sequence[StepResult]) -> str:
+    """How the run's compensations go or went, in one line; ``""`` for a run without any."""
+    latest: dict[Any, StepResult] = {}
+    for row in rows:
+        if row.kind == "compensation":
+            latest[row.compensates_id or row.step] = row
+    if not latest and not run.compensation and run.status != "compensating":
+        return ""
+    done = [row.step for row in latest.values() if row.status == "completed"]
+    failed = [row.step for row in latest.values() if row.status == "failed"]
+    running = [row.step for row in latest.values() if row.status in ("running", "pending")]
+    undone = f"{len(done)} {'step' if len(done) == 1 else 'steps'} undone"
+    if run.status == "compensating":
+        line = f"Compensating: {undone} so far"
+        return line + (f", undoing {', '.join(running)}" if running else "")
+    if run.compensation == "failed" or failed:
+        return f"Compensation failed: {undone}, {len(failed)} could not be undone ({', '.join(failed)})"
+    return f"Compensation completed: {undone}" + (f" ({', '.join(done)})" if done else "")
 
 
 def summary(run: WorkflowRun, live: Live | None, rows: Sequence[StepResult], now: datetime) -> dict[str, Any]:
@@ -236,30 +335,58 @@ def summary(run: WorkflowRun, live: Live | None, rows: Sequence[StepResult], now
     if run.finished_at is not None and run.status in FINISHED_RUN_STATUSES:
         took = f" after {format_duration(run.duration)}" if run.duration is not None else ""
         lines.append(f"{run.get_status_display()} at {moment(run.finished_at)}{took}")
+    undoing = compensation_line(run, rows)
+    if undoing:
+        lines.append(undoing)
     for row in rows:
         if row.group_id is not None and row.status == "pending" and row.attempt > 1:
             due = retry_due(row)
             if due is not None:
-                lines.append(
-                    f"Branch {row.step}: attempt {row.attempt} is due at {moment(due)} ({_relative(due, now)})"
-                )
+                what = f"Item {row.item_index} of {row.step}" if row.item_index is not None else f"Branch {row.step}"
+                lines.append(f"{what}: attempt {row.attempt} is due at {moment(due)} ({_relative(due, now)})")
     return {
         "lines": lines,
         "live": run.status in LIVE_STATUSES,
         "finished": run.status in FINISHED_RUN_STATUSES,
         "error": error_summary(run.error),
         "earlier_errors": len(run.error_history or []),
+        "compensation": run.compensation,
+        "compensation_colour": status_colour(run.compensation) if run.compensation else "",
     }
 
 
+@dataclass(frozen=True)
+class Page:
+    """The rows a run's page draws (all but most items of big foreach blocks) and each foreach group in short."""
+
+    rows: list[StepResult]
+    items: dict[int, ItemSummary]
+    extra: list[int]  # ids of the failed items drawn past the first ones
+
+    @property
+    def shown(self) -> Q:
+        """The rows of :attr:`rows`, as a filter (for the inlines)."""
+        return DRAWN | Q(pk__in=self.extra) if self.extra else DRAWN
+
+
 class RunPageAdmin(_AdminBase):
-    """The top of a run's page (for :class:`durable_django.admin.WorkflowRunAdmin`)."""
+    """The top of a run's page, its family and data fields, and what its inlines show (for
+    :class:`durable_django.admin.WorkflowRunAdmin`)."""
 
     def _groups(self, obj: WorkflowRun) -> list[ParallelGroup]:
         """The run's groups, read once per page (the inlines ask too)."""
         if not hasattr(obj, "_page_groups"):
             obj._page_groups = list(obj.groups.all())  # type: ignore[attr-defined]
         return obj._page_groups  # type: ignore[attr-defined]
+
+    def _page(self, obj: WorkflowRun) -> Page:
+        """The run's rows, read once per page; a foreach block's items beyond the first are summed up."""
+        if not hasattr(obj, "_page_rows"):
+            has_items = any(group.kind == "foreach" for group in self._groups(obj))
+            rows = drawn_rows(obj.steps.select_related("group"), has_items)
+            items = summarise(obj.steps.all(), rows) if has_items else {}
+            obj._page_rows = Page(rows, items, extra_ids(rows))  # type: ignore[attr-defined]
+        return obj._page_rows  # type: ignore[attr-defined]
 
     def get_inlines(self, request: HttpRequest, obj: WorkflowRun | None) -> list[Any]:
         # No empty "Parallel groups" section on a run without blocks.
@@ -268,20 +395,86 @@ class RunPageAdmin(_AdminBase):
             inlines = [inline for inline in inlines if inline.model is not ParallelGroup]
         return inlines
 
+    # -- the run's fields: its parent and children, its data ------------------------------------
+
+    @admin.display(description=_("parent run"))
+    def parent_link(self, obj: WorkflowRun) -> SafeString | str:
+        return run_link(self.admin_site, obj.parent_id) if obj.parent_id else self.get_empty_value_display()
+
+    @admin.display(description=_("child runs"))
+    def children_links(self, obj: WorkflowRun) -> SafeString | str:
+        children = [
+            {
+                "link": run_link(self.admin_site, child.pk),
+                "workflow": child.workflow,
+                "badge": status_badge(child.status, child.get_status_display()),
+                "called_by": child.parent_step,
+                "ref": child.ref,
+                "detached": child.detached,
+            }
+            for child in obj.children.order_by("created_at").only(
+                "id", "workflow", "status", "parent_step", "ref", "detached"
+            )
+        ]
+        if not children:
+            return self.get_empty_value_display()
+        return render_to_string("admin/durable_django/children.html", {"children": children})
+
+    @admin.display(description=_("input"))
+    def input_json(self, obj: WorkflowRun) -> SafeString | str:
+        return folded_json(obj.input)
+
+    @admin.display(description=_("context"))
+    def context_json(self, obj: WorkflowRun) -> SafeString | str:
+        return folded_json(obj.context)
+
+    @admin.display(description=_("error"))
+    def error_json(self, obj: WorkflowRun) -> SafeString | str:
+        return pretty_json(without_tracebacks(obj.error)) if obj.error is not None else self.get_empty_value_display()
+
+    @admin.display(description=_("earlier errors"))
+    def error_history_json(self, obj: WorkflowRun) -> SafeString | str:
+        return folded_json(obj.error_history) if obj.error_history else self.get_empty_value_display()
+
+    def get_formset_kwargs(
+        self, request: HttpRequest, obj: WorkflowRun, inline: InlineModelAdmin[Any, Any], prefix: str
+    ) -> dict[str, Any]:
+        """The inlines show the rows the pictures draw: never every item of a big foreach block."""
+        kwargs: dict[str, Any] = super().get_formset_kwargs(request, obj, inline, prefix)  # type: ignore[misc]
+        if obj is None or obj.pk is None or "queryset" not in kwargs:
+            return kwargs
+        page = self._page(obj)
+        hidden = sum(summary.hidden for summary in page.items.values())
+        if inline.model is StepResult:
+            kwargs["queryset"] = kwargs["queryset"].filter(page.shown)
+            if hidden:
+                inline.verbose_name_plural = ngettext(
+                    "step attempts, in execution order (%(count)s item of a foreach block left off: see its group)",
+                    "step attempts, in execution order (%(count)s items of foreach blocks left off: see their groups)",
+                    hidden,
+                ) % {"count": f"{hidden:,}"}
+        elif inline.model is ParallelGroup:
+            branches = Prefetch("branches", queryset=StepResult.objects.filter(page.shown).order_by("id"))
+            kwargs["queryset"] = kwargs["queryset"].prefetch_related(None).prefetch_related(branches)
+            inline.item_summaries = page.items  # type: ignore[attr-defined]
+        return kwargs
+
     def add_pictures(self, context: dict[str, Any], obj: WorkflowRun, waits: list[Wait]) -> None:
-        """The run's summary, flow graph, timeline and steps table (the step running now included)."""
+        """The run's summary, flow graph, timeline, steps table and compensations (the step running now included)."""
         now = timezone.now()
-        rows = list(obj.steps.order_by("id"))
+        page = self._page(obj)
+        rows = page.rows
         groups = self._groups(obj)
         definition = find_workflow(obj.workflow)
         live = live_step(obj, rows, groups, waits, definition)
         drawn = [*rows, live.row] if live is not None else rows
-        graph = build_flowgraph(obj, definition, drawn, groups, now)
+        graph = build_flowgraph(obj, definition, drawn, groups, now, items=page.items)
         context.update(
             run_summary=summary(obj, live, rows, now),
             run_colour=status_colour(obj.status),
             flowgraph=graph,
             flowgraph_svg=render_svg(graph),
-            step_table=step_table(definition, rows, groups, live, now),
-            timeline=build_timeline(obj, drawn, groups, now, waits),
+            step_table=step_table(definition, rows, groups, live, now, page.items),
+            timeline=build_timeline(obj, drawn, groups, now, waits, definition=definition, items=page.items),
+            compensations=compensations(rows, self.admin_site),
         )

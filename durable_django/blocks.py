@@ -24,20 +24,21 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from django.db import DatabaseError, connections
 from django.db.models import Exists, OuterRef
 
-from . import dispatch, join, leases, results, store
+from . import dispatch, items, join, leases, results, store
 from .attempts import Attempt, call_step, retry_delay
 from .conf import durable_settings
 from .context import to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
 from .join import Moved
 from .logging import log_attempt, run_fields, seconds
-from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
+from .models import BlockKind, GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, Outcome
 from .store import Claimed
 
@@ -52,6 +53,8 @@ FIRST_BATCH = 32
 OVERRUN_SECONDS = 0.1
 # A batch reads its run's status again before a branch once this long has passed since the last read.
 CANCEL_CHECK_SECONDS = 0.002
+# An attempt of a foreach block that runs max_concurrency items already is sent again this much later.
+HOLD_BACK = 0.5
 
 
 # -- entering a block -----------------------------------------------------------------------------
@@ -60,7 +63,7 @@ CANCEL_CHECK_SECONDS = 0.002
 def enter(
     run: WorkflowRun,
     wf: Workflow,
-    block: Parallel,
+    block: Block,
     queue: str,
     *,
     fields: dict[str, Any] | None = None,
@@ -71,13 +74,19 @@ def enter(
     ``fields`` and ``rows``: the outcome of the step before the block, committed with the group.
     Returns the run when it went past the block in this job (its join moved it to the next step).
     """
+    if isinstance(block, Foreach):
+        return _enter_foreach(run, wf, block, queue, fields, rows)
     first = [member.name for member in block.steps if queue_for(wf, member) == queue][:FIRST_BATCH]
     taken = set(first)
     rest: dict[str, list[str]] = {}
     for member in block.steps:
         if member.name not in taken:
             rest.setdefault(queue_for(wf, member), []).append(member.name)
-    opened = store.open_group(run, block.name, block.on_error, store.Plan(first, rest, queue), fields=fields, rows=rows)
+    # Branches with a compensation are compensated with the context the block started with.
+    context = (fields or {}).get("context", run.context) if any(m.compensate is not None for m in block.steps) else None
+    plan = store.Plan(first, rest, queue)
+    opening = store.Opening(context=context)
+    opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
     if opened is None:
         return None
     group, claimed = opened
@@ -88,6 +97,48 @@ def enter(
         block.name,
         extra=run_fields(run.pk, run.workflow, step=block.name),
     )
+    return _drain(group, run, wf, block, queue, claimed) if claimed else None
+
+
+def _enter_foreach(
+    run: WorkflowRun,
+    wf: Workflow,
+    block: Foreach,
+    queue: str,
+    fields: dict[str, Any] | None,
+    rows: list[StepResult] | None,
+) -> Moved | None:
+    """Evaluate a foreach block's items and open its group, one row per item (see :func:`enter`).
+
+    Items that are not a JSON list fail the run (with the step before the block recorded); an
+    empty list opens an empty group that is joined at once (``into`` sees ``[]``).
+    """
+    context = fields["context"] if fields and "context" in fields else run.context
+    listed, reason = items.evaluate(block, run.pk, to_step_context(context))
+    if listed is None:
+        logger.info(
+            "run %s failed: the items of %r are not a list", run.pk, block.name, extra=run_fields(run.pk, run.workflow)
+        )
+        store.fail_run(run, block.name, reason, rows, context=context)
+        return None
+    here = queue_for(wf, block.member) == queue
+    first = min(len(listed), FIRST_BATCH, block.max_concurrency or FIRST_BATCH) if here else 0
+    rest = {queue_for(wf, block.member): [block.name] * (len(listed) - first)} if len(listed) > first else {}
+    plan = store.Plan([block.name] * first, rest, queue, indexed=True)
+    opening = store.Opening(BlockKind.FOREACH, listed)
+    opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
+    if opened is None:
+        return None
+    group, claimed = opened
+    logger.info(
+        "run %s fanned out %d items of %r",
+        run.pk,
+        len(listed),
+        block.name,
+        extra=run_fields(run.pk, run.workflow, step=block.name),
+    )
+    if not listed:
+        return join.join_group(group.pk)
     return _drain(group, run, wf, block, queue, claimed) if claimed else None
 
 
@@ -150,8 +201,22 @@ def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
         )
 
 
+def _context_of(group: ParallelGroup, block: Block, ctx: dict[str, Any]) -> Callable[[Claimed], dict[str, Any]]:
+    """How the context of one branch of ``group`` is made from the run's: a copy, with its item for
+    a foreach block."""
+    if isinstance(block, Foreach):
+        listed = group.items or []
+        return lambda row: items.item_context(ctx, block, listed, row.index or 0)
+    return lambda row: copy.deepcopy(ctx)
+
+
 def _execute(
-    group: ParallelGroup, run: WorkflowRun, ctx: dict[str, Any], steps: dict[str, Step], rows: list[Claimed], queue: str
+    group: ParallelGroup,
+    run: WorkflowRun,
+    context_of: Callable[[Claimed], dict[str, Any]],
+    steps: dict[str, Step],
+    rows: list[Claimed],
+    queue: str,
 ) -> list[tuple[Claimed, Step, Attempt]]:
     """Execute a claimed batch one branch after another, each with its own copy of the context.
 
@@ -171,7 +236,7 @@ def _execute(
         try:
             while row is not None:
                 step = steps[row.step]
-                outcomes.append((row, step, call_step(step, copy.deepcopy(ctx), run.pk, in_parallel=True)))
+                outcomes.append((row, step, call_step(step, context_of(row), run.pk, in_parallel=True)))
                 row = batch.next()
                 if row is not None and time.monotonic() - checked >= CANCEL_CHECK_SECONDS:
                     checked = time.monotonic()
@@ -185,7 +250,7 @@ def _execute(
 
 
 def _drain(
-    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, queue: str, batch: list[Claimed]
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Block, queue: str, batch: list[Claimed]
 ) -> Moved | None:
     """Execute ``batch``, then claim and execute more of the block's branches on ``queue`` until none is left.
 
@@ -195,14 +260,16 @@ def _drain(
     steps = {member.name: member for member in block.steps if queue_for(wf, member) == queue}
     names = None if len(steps) == len(block.steps) else list(steps)
     joins_here = queue_for(wf) == queue
-    ctx = to_step_context(run.context)
+    context_of = _context_of(group, block, to_step_context(run.context))
+    limit = block.max_concurrency if isinstance(block, Foreach) else None
     size = len(batch)
     while batch:
         started = time.monotonic()
-        outcomes = _execute(group, run, ctx, steps, batch, queue)
+        outcomes = _execute(group, run, context_of, steps, batch, queue)
         elapsed = time.monotonic() - started
-        # A short batch means nothing was left to claim: no need to ask again.
-        more = len(batch) == size
+        # A short batch means nothing was left to claim: no need to ask again (unless the
+        # block's max_concurrency is what made it short).
+        more = len(batch) == size or limit is not None
         if elapsed < TARGET_SECONDS / 2:
             size = min(size * 2, MAX_BATCH)
         elif elapsed > TARGET_SECONDS * 2:
@@ -231,7 +298,7 @@ def _drain(
             else None
         )
         recorded = store.record_batch(
-            group.pk, results, retries, (names, size) if more else None, decide, waits=waits, run_id=run.pk
+            group.pk, results, retries, (names, size, limit) if more else None, decide, waits=waits, run_id=run.pk
         )
         _log_cancelled(run, group, recorded)
         if recorded.counts is not None and join.decides(block, recorded.counts):
@@ -285,7 +352,7 @@ def _log_cancelled(run: WorkflowRun, group: ParallelGroup, recorded: store.Recor
 
 
 def _joined(
-    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Parallel, queue: str, closed: bool, joins_here: bool
+    group: ParallelGroup, run: WorkflowRun, wf: Workflow, block: Block, queue: str, closed: bool, joins_here: bool
 ) -> Moved | None:
     """After the results that decided ``block`` were recorded: join it here, or have its queue's worker do it."""
     if block.into is None and joins_here:
@@ -329,7 +396,7 @@ def run_branches(group_id: int, queue: str, index: int = 0, tag: str = "") -> Mo
     if not names:
         return None
     only = None if len(names) == len(block.steps) else names
-    batch = store.claim_batch(group.pk, only, 1)
+    batch = store.claim_batch(group.pk, only, 1, block.max_concurrency if isinstance(block, Foreach) else None)
     if batch and index + 1 < durable_settings.PARALLEL_JOBS and _unclaimed(group, only):
         dispatch.submit(dispatch.run_branches_job(group.pk, run.pk, queue, index + 1, tag=tag))
     return _drain(group, run, wf, block, queue, batch)
@@ -361,7 +428,7 @@ def _retries(
         if not group_open:
             return {}
         again[row.pk] = store.next_attempt(
-            group.run_id, group.pk, row.step, row.attempt + 1, queue_for(wf, step), delay
+            group.run_id, group.pk, row.step, row.attempt + 1, queue_for(wf, step), delay, row.index
         )
     return again
 
@@ -389,9 +456,19 @@ def run_branch(row_id: int) -> Moved | None:
         reason = results.unknown_step(f"workflow {run.workflow!r} has no branch {row.step!r} in block {group.name!r}")
         finish_branch(row, group, wf, None, Attempt.failure(reason, row.started_at))
         return None
+    if (
+        isinstance(block, Foreach)
+        and block.max_concurrency is not None
+        and store.hold_back_branch(row_id, group.pk, block.max_concurrency, run.pk, queue_for(wf, step), HOLD_BACK)
+    ):
+        logger.debug(
+            "branch %s waits for a free slot of %r", row_id, group.name, extra=run_fields(run.pk, run.workflow)
+        )
+        return None
+    claimed = Claimed(row.pk, row.step, row.attempt, row.item_index)
+    context = _context_of(group, block, to_step_context(run.context))(claimed)
     with store.heartbeat.hold(StepResult, row_id):
-        attempt = call_step(step, to_step_context(run.context), run.pk, in_parallel=True)
-    claimed = Claimed(row.pk, row.step, row.attempt)
+        attempt = call_step(step, context, run.pk, in_parallel=True)
     nxt = _retries(group, wf, [(claimed, step, attempt)]).get(row.pk)
     if nxt is not None:
         _log_branches(run, group, [(claimed, step, attempt)], {row.pk: nxt})
@@ -432,7 +509,7 @@ def _no_wait_in_child(row: Claimed, step: Step, attempt: Attempt) -> tuple[Claim
 
 
 def finish_branch(
-    row: StepResult, group: ParallelGroup, wf: Workflow | None, block: Parallel | None, attempt: Attempt
+    row: StepResult, group: ParallelGroup, wf: Workflow | None, block: Block | None, attempt: Attempt
 ) -> bool:
     """Record ``attempt`` as the final result of branch ``row``; the join job is sent if that decides the block.
 
@@ -446,5 +523,7 @@ def finish_branch(
 
 def retry_lost_branch(row: StepResult, wf: Workflow, step: Step, attempt: Attempt) -> bool:
     """Record a branch attempt whose worker was lost and send its next attempt at once."""
-    nxt = store.next_attempt(row.run_id, row.group_id, row.step, row.attempt + 1, queue_for(wf, step), 0.0)
+    nxt = store.next_attempt(
+        row.run_id, row.group_id, row.step, row.attempt + 1, queue_for(wf, step), 0.0, row.item_index
+    )
     return store.retry_branch(row.pk, attempt, nxt)

@@ -13,7 +13,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, TABLE, durable_settings
-from .definition import Step, registered_workflows
+from .definition import registered_workflows
+from .retention import checked_statuses, finished_statuses
 
 
 @register(Tags.compatibility)
@@ -51,7 +52,46 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         elif setting.importable and value is not None:
             errors.extend(_unimportable(key, value))
+    errors.extend(_page_size_over_the_maximum(raw))
     return errors
+
+
+def _page_size_over_the_maximum(raw: dict[str, Any]) -> list[Error]:
+    # ?page_size= may not ask for more than API_MAX_PAGE_SIZE; neither may the default.
+    keys = ("API_PAGE_SIZE", "API_MAX_PAGE_SIZE")
+    if not all(TABLE[key].accepts(raw.get(key, TABLE[key].default)) for key in keys):
+        return []  # E004 above
+    size, largest = durable_settings.API_PAGE_SIZE, durable_settings.API_MAX_PAGE_SIZE
+    if size <= largest:
+        return []
+    return [
+        Error(
+            f"settings.DURABLE['API_PAGE_SIZE'] must be at most settings.DURABLE['API_MAX_PAGE_SIZE'] "
+            f"({largest}), not {size}.",
+            hint="Lower API_PAGE_SIZE or raise API_MAX_PAGE_SIZE.",
+            id="durable_django.E004",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``DURABLE["RETENTION"]["status"]`` names finished statuses only: an unfinished run is never deleted."""
+    raw = getattr(settings, "DURABLE", {})
+    value = raw.get("RETENTION") if isinstance(raw, dict) else None
+    if not TABLE["RETENTION"].accepts(value) or value is None or value.get("status") is None:
+        return []  # None, or not even a dict of the right shape (durable_django.E004)
+    try:
+        checked_statuses(value["status"])
+    except ValueError as exc:
+        return [
+            Error(
+                f"settings.DURABLE['RETENTION']['status']: {exc}",
+                hint=f"Leave 'status' out to delete finished runs of every status ({', '.join(finished_statuses())}).",
+                id="durable_django.E007",
+            )
+        ]
+    return []
 
 
 def _unimportable(key: str, paths: list[str] | tuple[str, ...]) -> list[Error]:
@@ -79,10 +119,9 @@ def _used_queues() -> dict[str, str]:
     for wf in registered_workflows().values():
         if wf.queue:
             needed.setdefault(wf.queue, f"workflow {wf.name!r}")
-        for node in wf.steps:
-            for member in (node,) if isinstance(node, Step) else node.steps:
-                if member.queue:
-                    needed.setdefault(member.queue, f"workflow {wf.name!r}, step {member.name!r}")
+        for member in wf.all_steps():
+            if member.queue:
+                needed.setdefault(member.queue, f"workflow {wf.name!r}, step {member.name!r}")
     return needed
 
 

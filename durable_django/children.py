@@ -1,5 +1,5 @@
 """Child workflows: ``call_workflow`` runs a workflow inline, inside the calling step, and resumes
-an unfinished one.
+an unfinished one; ``start_child`` starts one that runs on its own (fire and forget).
 
 The child is a run of its own, linked to its parent, so it can be inspected like any other. Its
 jobs (branches, joins, retries) execute in the calling process, one after another; the step
@@ -14,6 +14,8 @@ import logging
 import time
 import uuid
 from typing import Any
+
+from django.utils import timezone
 
 from . import blocks, dispatch, engine, jobs, join, results, store
 from .attempts import Attempt
@@ -66,6 +68,45 @@ def call_workflow(
     return _outcome(child)
 
 
+def start_child(workflow_or_name: Workflow | str, input: dict[str, Any], *, ref: str | None = None) -> WorkflowRun:
+    """Start a child run of the current step's run without waiting for it (fire and forget).
+
+    The child is linked to its parent (``parent``, ``parent_step``, ``ref``, ``detached=True``)
+    and runs on the workers like any run. ``ref`` names the child within the step; without one,
+    children are numbered per workflow in the order the step starts them. When the step runs
+    again (a retry, a worker lost), the same ``ref`` returns the child started the first time.
+    Cancelling the parent does not cancel its detached children.
+    """
+    scope = current_scope("start_child")
+    wf = resolve(workflow_or_name)
+    input = given_input(wf.name, input)
+    if ref is None:
+        counter = f"start_child:{wf.name}"
+        count = scope.child_calls.get(counter, 0) + 1
+        scope.child_calls[counter] = count
+        ref = f"{wf.name}~{count}"
+    elif not isinstance(ref, str) or not ref:
+        raise TypeError(f"start_child ref must be a non-empty string, got {ref!r}")
+    existing = WorkflowRun.objects.filter(parent_id=scope.run_id, parent_step=scope.step, ref=ref).first()
+    if existing is None:
+        parent = WorkflowRun(pk=scope.run_id)
+        existing, _ = engine.get_or_start_run(wf, input, parent=parent, parent_step=scope.step, ref=ref, detached=True)
+    if not existing.detached or existing.workflow != wf.name:
+        raise ValueError(
+            f"step {scope.step!r} already has a child with ref {ref!r} (a run of {existing.workflow!r}"
+            f"{'' if existing.detached else ' called with call_workflow'}); give this one another ref"
+        )
+    logger.info(
+        "run %s started detached child run %s of %r (ref %r)",
+        scope.run_id,
+        existing.pk,
+        wf.name,
+        ref,
+        extra=run_fields(scope.run_id, wf.name, step=scope.step),
+    )
+    return existing
+
+
 def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
     """Set an unfinished child moving again from what the database holds, taking over its work.
 
@@ -74,6 +115,12 @@ def resume_jobs(run: WorkflowRun, wf: Workflow) -> list[dispatch.Job]:
     needs are collected by the inline sink of the calling step, or returned.
     """
     run.refresh_from_db()
+    if run.status == RunStatus.COMPENSATING:
+        # It failed and was executing its compensations: they go on from what is recorded.
+        if run.lease_owner:
+            store.compensations.take_over_compensation(run, timezone.now(), queue_for(wf))
+            return []
+        return [dispatch.compensate_job(run.pk, queue_for(wf), run.version)]
     group = ParallelGroup.objects.filter(run=run, status=GroupStatus.RUNNING).order_by("-id").first()
     if group is None:
         node = wf.node(run.current_step)

@@ -7,7 +7,10 @@ keeps ``override_settings`` working in tests.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, Never, TypeVar, cast, overload
 
 from django.conf import settings as django_settings
@@ -119,6 +122,82 @@ def _optional_path_tuple(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
+_AGE = re.compile(r"\s*(\d+)\s*([dhms]?)\s*", re.IGNORECASE)
+_AGE_UNITS = {"": "days", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_age(value: Any) -> timedelta:
+    """An age as a setting or a command line gives it: ``"30d"``, ``"12h"``, ``"90m"``, ``"45s"``,
+    a whole number of days (``30`` or ``"30"``), or a ``timedelta``; more than zero.
+
+    Raises ``ValueError`` saying what is accepted.
+    """
+    if isinstance(value, timedelta):
+        age = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        age = timedelta(days=value)
+    elif isinstance(value, str) and (match := _AGE.fullmatch(value)):
+        age = timedelta(**{_AGE_UNITS[match.group(2).lower()]: int(match.group(1))})
+    else:
+        raise ValueError(
+            f"{value!r} is not an age: give a whole number with a unit, such as 30d, 12h, 90m or 45s, "
+            "or a whole number of days."
+        )
+    if age <= timedelta(0):
+        raise ValueError(f"{value!r} is not an age: it must be more than zero.")
+    return age
+
+
+@dataclass(frozen=True)
+class Retention:
+    """``DURABLE["RETENTION"]``: which finished runs the recovery sweeper deletes, and how many at a time."""
+
+    older_than: timedelta
+    #: The statuses of the runs it deletes; ``None``: every finished status.
+    statuses: tuple[str, ...] | None
+    batch_size: int
+
+
+RETENTION_KEYS = ("older_than", "status", "batch_size")
+#: How many runs one cleanup deletes per transaction unless told otherwise.
+RETENTION_BATCH_SIZE = 1000
+
+
+def _retention(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, dict) or "older_than" not in value or set(value) - set(RETENTION_KEYS):
+        return False
+    try:
+        parse_age(value["older_than"])
+    except ValueError:
+        return False
+    statuses = value.get("status")
+    if statuses is not None and not (_paths(statuses) and statuses):
+        return False  # which names are finished statuses is durable_django.E007's to say
+    return _whole(1)(value.get("batch_size", RETENTION_BATCH_SIZE))
+
+
+def _retention_policy(value: Any) -> Retention | None:
+    if value is None:
+        return None
+    if not _retention(value):
+        raise DurableConfigurationError(f"settings.DURABLE['RETENTION'] must be {RETENTION_MUST_BE}, not {value!r}.")
+    statuses = value.get("status")
+    return Retention(
+        parse_age(value["older_than"]),
+        tuple(statuses) if statuses else None,
+        value.get("batch_size", RETENTION_BATCH_SIZE),
+    )
+
+
+RETENTION_MUST_BE = (
+    'None or a dict such as {"older_than": "30d", "status": ["completed", "failed", "cancelled"], '
+    '"batch_size": 1000}: "older_than" (required) an age such as 30d, 12h, 90m, 45s or a number of days, '
+    '"status" a list of finished statuses, "batch_size" a positive number of runs'
+)
+
+
 class DurableSettings:
     """Typed access to ``settings.DURABLE`` with defaults; unknown keys are a configuration error."""
 
@@ -148,6 +227,9 @@ class DurableSettings:
     RECOVER_INTERVAL = Setting(5, float, accepts=_positive, must_be="a positive number of seconds")
     # Run the recovery sweeper in a background thread of every `manage.py rqworker` process.
     RECOVER_IN_WORKERS = Setting(True, bool, accepts=_flag, must_be="True or False")
+    # Finished runs the recovery sweeper deletes, a few minutes apart (see durable_django.retention);
+    # None: it deletes none. The same cleanup by hand: manage.py durable_cleanup.
+    RETENTION = Setting(None, _retention_policy, accepts=_retention, must_be=RETENTION_MUST_BE)
     # A step whose worker is lost this many times in a row fails with {"type": "worker_lost"}.
     MAX_WORKER_LOST = Setting(3, int, accepts=_whole(1), must_be="a positive integer")
     # durable_django.worker.DurableWorker starts afresh (same process, fresh memory) after this
@@ -156,9 +238,14 @@ class DurableSettings:
     # ... or once its resident memory exceeds this many MiB, checked after every job; 0: never.
     WORKER_MAX_MEMORY = Setting(512, int, accepts=_whole(0), must_be="a number of MiB (0 for no limit)")
     # REST API (durable_django.api): permission and authentication classes (dotted paths), page
-    # size of list endpoints and the largest request body accepted, in bytes.
+    # size of list endpoints and the largest one ?page_size= may ask for, and the largest request
+    # body accepted, in bytes.
     API_PERMISSION_CLASSES = Setting(
-        ("rest_framework.permissions.IsAdminUser", "durable_django.api.permissions.CanOperateRuns"),
+        (
+            "rest_framework.permissions.IsAdminUser",
+            "durable_django.api.permissions.CanViewRows",
+            "durable_django.api.permissions.CanOperateRuns",
+        ),
         _path_tuple,
         accepts=_paths,
         must_be="a list or tuple of dotted paths",
@@ -173,6 +260,7 @@ class DurableSettings:
         importable=True,
     )
     API_PAGE_SIZE = Setting(50, int, accepts=_whole(1), must_be="a positive integer")
+    API_MAX_PAGE_SIZE = Setting(1000, int, accepts=_whole(1), must_be="a positive integer")
     API_MAX_BODY_SIZE = Setting(1024 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
 
 

@@ -89,12 +89,16 @@ def to_step_context(stored: dict[str, Any]) -> dict[str, Any]:
     """A step's view of a stored context: a deep copy whose ``__results__`` values are tuples."""
     ctx = json.loads(json.dumps(stored))
     results = ctx.get(RESULTS_KEY)
-    if isinstance(results, dict):
+    if isinstance(results, dict | list):
         ctx[RESULTS_KEY] = results_to_tuples(results)
     return ctx
 
 
-def results_to_tuples(results: dict[str, Any]) -> dict[str, Any]:
+def results_to_tuples(results: Any) -> Any:
+    """Stored results with each ``[status, value]`` pair as a tuple: by key (a parallel block's),
+    or a list in item order (a foreach block's)."""
+    if isinstance(results, list):
+        return [tuple(value) if isinstance(value, list) else value for value in results]
     return {key: tuple(value) if isinstance(value, list) else value for key, value in results.items()}
 
 
@@ -158,19 +162,21 @@ def current_run_id() -> str:
 # -- helpers for parallel results ---------------------------------------------------------------
 
 
-def parallel_results(ctx: dict[str, Any] | None = None) -> dict[str, tuple[str, Any]]:
-    """The last parallel block's results: ``{key: ("ok", data) | ("error", reason)}`` (``{}`` if none)."""
+def parallel_results(ctx: dict[str, Any] | None = None) -> Any:
+    """The last block's results: ``{key: ("ok", data) | ("error", reason)}`` for a parallel block
+    (``{}`` if none), a list of them in item order for a foreach block."""
     if ctx is None:
         ctx = current_scope("parallel_results").ctx
     results = ctx.get(RESULTS_KEY) or {}
-    return results_to_tuples(results) if isinstance(results, dict) else {}
+    return results_to_tuples(results) if isinstance(results, dict | list) else {}
 
 
 def parallel_result(name: str, ctx: dict[str, Any] | None = None) -> tuple[str, Any] | None:
     """One branch's result, ``("ok", data)`` or ``("error", reason)``; ``None`` if there is no such key."""
     if ctx is None:
         ctx = current_scope("parallel_result").ctx
-    return parallel_results(ctx).get(name)
+    results = parallel_results(ctx)
+    return results.get(name) if isinstance(results, dict) else None
 
 
 def parallel_ok(name: str, ctx: dict[str, Any] | None = None) -> bool:

@@ -7,7 +7,6 @@ workflow and the offending step.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,16 +14,30 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .conf import durable_settings
 from .exceptions import InvalidInput, WorkflowDefinitionError, WorkflowNotFound
+from .nodes import (
+    ERROR_KEY,
+    INDEX_KEY,
+    Block,
+    Branch,
+    Foreach,
+    IntoFn,
+    ItemsFn,
+    Node,
+    OnFn,
+    Parallel,
+    Step,
+    StepFn,
+    all_steps,
+    successors,
+    walk,
+)
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .models import WorkflowRun
 
-StepFn = Callable[[dict[str, Any]], Any]
-IntoFn = Callable[[dict[str, Any], dict[str, Any]], Any]
 
 ON_ERROR_CHOICES = ("fail_fast", "complete_all")
-BACKOFF_CHOICES = ("exponential", "linear", "constant")
-RETRY_OPTIONS = ("max_attempts", "backoff", "base", "max_backoff", "jitter")
 
 
 class NoInput:
@@ -52,138 +65,69 @@ def given_input(wf_name: str, input: dict[str, Any] | NoInput) -> dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often a step is attempted and how long to wait between attempts."""
-
-    max_attempts: int = 1
-    backoff: str = "exponential"
-    base: float = 1.0
-    max_backoff: float = 30.0
-    jitter: bool = True
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> RetryPolicy:
-        """Build a policy from the ``retry=`` dict; raises ``ValueError`` naming the bad option."""
-        if options is None:
-            return cls()
-        if not isinstance(options, Mapping):
-            raise ValueError(f"retry must be a dict, got {type(options).__name__}")
-        unknown = sorted(set(options) - set(RETRY_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown retry option(s) {', '.join(map(repr, unknown))}; known: {', '.join(RETRY_OPTIONS)}"
-            )
-        max_attempts = options.get("max_attempts", 1)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"retry max_attempts must be an integer >= 1, got {max_attempts!r}")
-        backoff = options.get("backoff", "exponential")
-        if backoff not in BACKOFF_CHOICES:
-            raise ValueError(f"retry backoff must be one of {', '.join(BACKOFF_CHOICES)}, got {backoff!r}")
-        numbers = {}
-        for key, default in (("base", 1.0), ("max_backoff", 30.0)):
-            value = options.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"retry {key} must be a number of seconds >= 0, got {value!r}")
-            numbers[key] = float(value)
-        jitter = options.get("jitter", True)
-        if not isinstance(jitter, bool):
-            raise ValueError(f"retry jitter must be True or False, got {jitter!r}")
-        return cls(max_attempts, backoff, numbers["base"], numbers["max_backoff"], jitter)
-
-    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one."""
-        if self.backoff == "exponential":
-            seconds = self.base * 2 ** (attempt - 1)
-        elif self.backoff == "linear":
-            seconds = self.base * attempt
-        else:
-            seconds = self.base
-        if self.jitter:
-            seconds *= 0.75 + 0.5 * rand()
-        return min(seconds, self.max_backoff)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "max_attempts": self.max_attempts,
-            "backoff": self.backoff,
-            "base": self.base,
-            "max_backoff": self.max_backoff,
-            "jitter": self.jitter,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step: a function of the context. Build it with :func:`step`."""
-
-    name: str
-    fn: StepFn
-    retry: RetryPolicy = RetryPolicy()
-    returns: str | None = None
-    queue: str | None = None
-    timeout: float | None = None
-    problem: str | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def key(self) -> str:
-        """The key of this step's result inside a parallel block's results."""
-        return self.returns or self.name
-
-
-@dataclass(frozen=True, slots=True)
-class Parallel:
-    """A block of steps that run concurrently. Build it with :func:`parallel`."""
-
-    steps: tuple[Step, ...]
-    on_error: str = "fail_fast"
-    into: IntoFn | None = None
-    name: str = ""
-    problem: str | None = field(default=None, compare=False, repr=False)
-
-    def branch(self, name: str) -> Step | None:
-        """The step of this block called ``name``, or ``None``."""
-        for member in self.steps:
-            if member.name == name:
-                return member
-        return None
-
-
-Node = Step | Parallel
-
-
-@dataclass(frozen=True, slots=True)
 class Workflow:
     """A validated, registered workflow. Build it with :func:`workflow`."""
 
     name: str
     steps: tuple[Node, ...]
     queue: str | None = None
+    # Every node in execution order (a branch block's cases after it), its position there, and
+    # the name of the node each is followed by: a case's last step goes on after its block.
+    flat: tuple[Node, ...] = field(default=(), compare=False, repr=False)
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _next: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._index.update({node.name: position for position, node in enumerate(self.steps)})
+        object.__setattr__(self, "flat", tuple(walk(self.steps)))
+        self._index.update({node.name: position for position, node in enumerate(self.flat)})
+        successors(self.steps, None, self._next)
 
     def position(self, name: str) -> int | None:
-        """Index of the top-level step or parallel block called ``name``, or ``None``."""
+        """Position of the step or block called ``name`` in :attr:`flat`, or ``None``."""
         return self._index.get(name)
 
-    def node(self, name: str) -> Node | None:
-        """The top-level step or parallel block called ``name``, or ``None``."""
-        position = self._index.get(name)
-        return None if position is None else self.steps[position]
+    def following(self, name: str) -> int:
+        """Position of the node that comes after ``name``; ``len(flat)`` when the run completes after it."""
+        after = self._next.get(name)
+        return len(self.flat) if after is None else self._index[after]
 
-    def block(self, name: str) -> Parallel | None:
-        """The parallel block called ``name``, or ``None`` (also when ``name`` is a sequential step)."""
+    def goto_position(self, name: str) -> int | None:
+        """Position of the top-level step or block ``name`` (the only targets of ``goto``), or ``None``."""
+        position = self._index.get(name)
+        if position is None or all(node.name != name for node in self.steps):
+            return None
+        return position
+
+    def node(self, name: str) -> Node | None:
+        """The step or block called ``name`` (a case's steps included), or ``None``."""
+        position = self._index.get(name)
+        return None if position is None else self.flat[position]
+
+    def block(self, name: str) -> Block | None:
+        """The parallel or foreach block called ``name``, or ``None`` (also when ``name`` is a step)."""
         node = self.node(name)
-        return node if isinstance(node, Parallel) else None
+        return node if isinstance(node, Parallel | Foreach) else None
 
     def find_branch(self, name: str) -> tuple[Parallel, Step] | None:
-        for node in self.steps:
+        for node in self.flat:
             if isinstance(node, Parallel):
                 for member in node.steps:
                     if member.name == name:
                         return node, member
         return None
+
+    def all_steps(self) -> list[Step]:
+        """Every step this workflow may execute (see :func:`all_steps`)."""
+        return all_steps(self.steps)
+
+    @property
+    def has_compensations(self) -> bool:
+        """Whether a step or branch of this workflow has a ``compensate`` function."""
+        return any(member.compensate is not None for member in self.all_steps())
+
+    def compensable(self) -> dict[str, Step]:
+        """The steps and branches of this workflow that have a ``compensate`` function, by name."""
+        return {member.name: member for member in self.all_steps() if member.compensate is not None}
 
     def start(self, input: dict[str, Any] | NoInput = NO_INPUT, *, idempotency_key: str | None = None) -> WorkflowRun:
         """Save a new run of this workflow and dispatch it once the surrounding transaction commits.
@@ -200,56 +144,93 @@ class Workflow:
 
     def describe(self) -> list[dict[str, Any]]:
         """The structure as plain data (for APIs and docs)."""
-
-        def one(s: Step) -> dict[str, Any]:
-            return {
-                "type": "step",
-                "name": s.name,
-                "returns": s.returns,
-                "queue": s.queue,
-                "timeout": s.timeout,
-                "retry": s.retry.as_dict(),
-            }
-
-        return [
-            one(node)
-            if isinstance(node, Step)
-            else {
-                "type": "parallel",
-                "name": node.name,
-                "on_error": node.on_error,
-                "into": node.into is not None,
-                "steps": [one(member) for member in node.steps],
-            }
-            for node in self.steps
-        ]
+        return [describe_node(node) for node in self.steps]
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What makes two definitions "the same" (a module imported twice defines the same workflow)."""
+        return (self.name, self.queue, tuple(map(_node_id, self.steps)))
 
-        def fn_id(fn: Callable[..., Any] | None) -> tuple[Any, ...] | None:
-            if fn is None:
-                return None
-            code = getattr(fn, "__code__", None)
-            return (
-                getattr(fn, "__module__", None),
-                getattr(fn, "__qualname__", repr(fn)),
-                getattr(code, "co_firstlineno", None),
-            )
 
-        def step_id(s: Step) -> tuple[Any, ...]:
-            return (s.name, fn_id(s.fn), s.retry, s.returns, s.queue, s.timeout)
+def _fn_id(fn: Callable[..., Any] | str | None) -> tuple[Any, ...] | str | None:
+    if fn is None or isinstance(fn, str):
+        return fn
+    code = getattr(fn, "__code__", None)
+    return (
+        getattr(fn, "__module__", None),
+        getattr(fn, "__qualname__", repr(fn)),
+        getattr(code, "co_firstlineno", None),
+    )
 
+
+def _node_id(node: Node) -> tuple[Any, ...]:
+    if isinstance(node, Step):
+        return (node.name, _fn_id(node.fn), node.retry, node.returns, node.queue, node.timeout, _fn_id(node.compensate))
+    if isinstance(node, Parallel):
+        return (node.name, node.on_error, _fn_id(node.into), tuple(map(_node_id, node.steps)))
+    if isinstance(node, Foreach):
         return (
-            self.name,
-            self.queue,
-            tuple(
-                step_id(node)
-                if isinstance(node, Step)
-                else (node.name, node.on_error, fn_id(node.into), tuple(map(step_id, node.steps)))
-                for node in self.steps
-            ),
+            "foreach",
+            node.name,
+            _fn_id(node.items),
+            _fn_id(node.fn),
+            node.on_error,
+            _fn_id(node.into),
+            node.max_concurrency,
+            node.retry,
+            node.queue,
+            node.item_key,
         )
+    return (
+        "branch",
+        node.name,
+        _fn_id(node.on),
+        tuple((key, tuple(map(_node_id, nodes))) for key, nodes in node.arms()),
+    )
+
+
+def _describe_step(s: Step) -> dict[str, Any]:
+    return {
+        "type": "step",
+        "name": s.name,
+        "returns": s.returns,
+        "queue": s.queue,
+        "timeout": s.timeout,
+        "retry": s.retry.as_dict(),
+        "compensate": s.compensate is not None,
+    }
+
+
+def describe_node(node: Node) -> dict[str, Any]:
+    """One node of a workflow as plain data."""
+    if isinstance(node, Step):
+        return _describe_step(node)
+    if isinstance(node, Parallel):
+        return {
+            "type": "parallel",
+            "name": node.name,
+            "on_error": node.on_error,
+            "into": node.into is not None,
+            "steps": [_describe_step(member) for member in node.steps],
+        }
+    if isinstance(node, Foreach):
+        return {
+            "type": "foreach",
+            "name": node.name,
+            "items": node.items if isinstance(node.items, str) else None,
+            "on_error": node.on_error,
+            "into": node.into is not None,
+            "max_concurrency": node.max_concurrency,
+            "queue": node.queue,
+            "item_key": node.item_key,
+            "retry": node.retry.as_dict(),
+        }
+    return {
+        "type": "branch",
+        "name": node.name,
+        "on": node.on if isinstance(node.on, str) else None,
+        "cases": {key: [describe_node(member) for member in nodes] for key, nodes in node.cases},
+        "default": None if node.default is None else [describe_node(member) for member in node.default],
+    }
 
 
 def _is_name(value: Any) -> bool:
@@ -264,11 +245,14 @@ def step(
     returns: str | None = None,
     queue: str | None = None,
     timeout: float | None = None,
+    compensate: StepFn | None = None,
 ) -> Step:
     """Define a step. ``fn(ctx)`` returns ``ok(data)``, ``error(reason)`` or ``goto(step, data)``.
 
     ``timeout`` (seconds) fails an attempt that runs longer with ``{"type": "timeout", ...}``; the
-    retry policy then applies as to any other failure.
+    retry policy then applies as to any other failure. ``compensate(ctx)`` undoes what the step
+    did once its run fails later on (see docs/control-flow.md): it is called with the context as
+    it was right after the step, plus ``ctx["__error__"]``, the run's error.
     """
     problem = None
     policy = RetryPolicy()
@@ -284,12 +268,14 @@ def step(
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 10**7
     ):
         problem = f"timeout must be a positive number of seconds, got {timeout!r}"
+    elif compensate is not None and not callable(compensate):
+        problem = f"compensate must be callable, got {type(compensate).__name__}"
     else:
         try:
             policy = RetryPolicy.from_options(retry)
         except ValueError as exc:
             problem = str(exc)
-    return Step(str(name), fn, policy, returns, queue, float(timeout) if timeout else None, problem)
+    return Step(str(name), fn, policy, returns, queue, float(timeout) if timeout else None, compensate, problem)
 
 
 def parallel(
@@ -322,6 +308,91 @@ def parallel(
     return Parallel(tuple(steps), on_error, into, name or "", problem)
 
 
+def foreach(
+    name: str,
+    items: ItemsFn | str,
+    fn: StepFn,
+    *,
+    on_error: str = "fail_fast",
+    into: IntoFn | None = None,
+    max_concurrency: int | None = None,
+    retry: dict[str, Any] | None = None,
+    queue: str | None = None,
+    item_key: str = "item",
+) -> Foreach:
+    """Define a block that runs ``fn`` once per item of a list, concurrently, joined like ``parallel``.
+
+    ``items`` is a function ``ctx -> list`` or the name of a context key holding the list. Each
+    item's branch is called with a copy of the context holding ``ctx[item_key]`` (the item) and
+    ``ctx["__index__"]`` (its 0-based position). The results are a list in item order of
+    ``("ok", data)`` / ``("error", reason)``: in ``ctx["__results__"]``, or passed to
+    ``into(ctx, results)``. ``max_concurrency``: at most that many items execute at once.
+    """
+    problem = None
+    policy = RetryPolicy()
+    if not _is_name(name):
+        problem = f"foreach block name must be a non-empty string, got {name!r}"
+    elif not (callable(items) or _is_name(items)):
+        problem = f"items must be a function of the context or the name of a context key, got {items!r}"
+    elif not callable(fn):
+        problem = f"fn must be callable, got {type(fn).__name__}"
+    elif on_error not in ON_ERROR_CHOICES:
+        problem = f"on_error must be one of {', '.join(map(repr, ON_ERROR_CHOICES))}, got {on_error!r}"
+    elif into is not None and not callable(into):
+        problem = f"into must be callable, got {type(into).__name__}"
+    elif max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        problem = f"max_concurrency must be an integer >= 1 (or None for no limit), got {max_concurrency!r}"
+    elif queue is not None and not _is_name(queue):
+        problem = f"queue must be a non-empty string, got {queue!r}"
+    elif not _is_name(item_key) or item_key in (RESERVED_KEYS):
+        problem = f"item_key must be a non-empty string other than {', '.join(RESERVED_KEYS)}, got {item_key!r}"
+    else:
+        try:
+            policy = RetryPolicy.from_options(retry)
+        except ValueError as exc:
+            problem = str(exc)
+    return Foreach(
+        str(name), items, fn, on_error, into, max_concurrency, policy, queue, str(item_key) if item_key else "", problem
+    )
+
+
+def branch(name: str, on: OnFn | str, cases: dict[str, list[Node]], *, default: list[Node] | None = None) -> Branch:
+    """Define a block that runs the steps of one case, chosen by ``on`` at run time.
+
+    ``on`` is a function ``ctx -> value`` or the name of a context key; the steps of
+    ``cases[str(value)]`` (else ``default``) run in order, then the run goes on after the block.
+    No match and no default fails the run with ``{"type": "no_branch_matched", "value": value}``.
+    """
+    problem = None
+    arms: tuple[tuple[str, tuple[Node, ...]], ...] = ()
+    if not _is_name(name):
+        problem = f"branch block name must be a non-empty string, got {name!r}"
+    elif not (callable(on) or _is_name(on)):
+        problem = f"on must be a function of the context or the name of a context key, got {on!r}"
+    elif not isinstance(cases, Mapping) or not cases:
+        problem = f"cases must be a non-empty dict of case -> list of steps, got {cases!r}"
+    elif bad_key := next((key for key in cases if not isinstance(key, str)), None):
+        problem = f"case keys must be strings (the value of on is compared as str(value)), got {bad_key!r}"
+    elif bad_case := next((key for key, nodes in cases.items() if not isinstance(nodes, list | tuple)), None):
+        problem = f"case {bad_case!r} must be a list of steps, got {type(cases[bad_case]).__name__}"
+    elif default is not None and not isinstance(default, list | tuple):
+        problem = f"default must be a list of steps or None, got {type(default).__name__}"
+    else:
+        arms = tuple((key, tuple(nodes)) for key, nodes in cases.items())
+    return Branch(
+        str(name) if _is_name(name) else "",
+        on,
+        arms,
+        None if default is None or problem else tuple(default),
+        problem,
+    )
+
+
+RESERVED_KEYS = ("__results__", INDEX_KEY, ERROR_KEY)
+
+
 def _validate(name: str, nodes: list[Node] | tuple[Node, ...], queue: str | None) -> tuple[Node, ...]:
     def fail(where: str, problem: str) -> WorkflowDefinitionError:
         return WorkflowDefinitionError(f"Workflow {name!r}, {where}: {problem}")
@@ -332,34 +403,55 @@ def _validate(name: str, nodes: list[Node] | tuple[Node, ...], queue: str | None
         raise fail("queue", f"must be a non-empty string, got {queue!r}")
     if not isinstance(nodes, list | tuple) or not nodes:
         raise WorkflowDefinitionError(f"Workflow {name!r} needs a non-empty list of steps")
-    named: list[Node] = []
     blocks = 0
-    for position, node in enumerate(nodes, start=1):
-        if isinstance(node, Step):
-            if node.problem:
-                raise fail(f"step {node.name!r}", node.problem)
-            named.append(node)
-        elif isinstance(node, Parallel):
-            blocks += 1
-            block_name = node.name or f"parallel_{blocks}"
-            where = f"parallel block {block_name!r}"
-            if node.problem:
-                first = node.steps[0].name if node.steps and isinstance(node.steps[0], Step) else None
-                raise fail(where + (f" (first step {first!r})" if first else ""), node.problem)
-            for member in node.steps:
-                if member.problem:
-                    raise fail(f"step {member.name!r} in {where}", member.problem)
-            named.append(Parallel(node.steps, node.on_error, node.into, block_name))
-        else:
-            raise fail(f"item {position}", f"expected step(...) or parallel(...), got {type(node).__name__}")
+
+    def check(sequence: list[Node] | tuple[Node, ...], inside: str) -> tuple[Node, ...]:
+        nonlocal blocks
+        named: list[Node] = []
+        for position, node in enumerate(sequence, start=1):
+            if isinstance(node, Step):
+                if node.problem:
+                    raise fail(f"step {node.name!r}{inside}", node.problem)
+                named.append(node)
+            elif isinstance(node, Parallel):
+                blocks += 1
+                block_name = node.name or f"parallel_{blocks}"
+                where = f"parallel block {block_name!r}{inside}"
+                if node.problem:
+                    first = node.steps[0].name if node.steps and isinstance(node.steps[0], Step) else None
+                    raise fail(where + (f" (first step {first!r})" if first else ""), node.problem)
+                for member in node.steps:
+                    if member.problem:
+                        raise fail(f"step {member.name!r} in {where}", member.problem)
+                named.append(Parallel(node.steps, node.on_error, node.into, block_name))
+            elif isinstance(node, Foreach):
+                if node.problem:
+                    raise fail(f"foreach block {node.name!r}{inside}", node.problem)
+                named.append(node)
+            elif isinstance(node, Branch):
+                where = f"branch block {node.name!r}{inside}"
+                if node.problem:
+                    raise fail(where, node.problem)
+                cases = tuple((key, check(arm, f" in case {key!r} of {where}")) for key, arm in node.cases)
+                default = None if node.default is None else check(node.default, f" in the default of {where}")
+                named.append(Branch(node.name, node.on, cases, default))
+            else:
+                raise fail(
+                    f"item {position}{inside}",
+                    f"expected step(...), parallel(...), foreach(...) or branch(...), got {type(node).__name__}",
+                )
+        return tuple(named)
+
+    checked = check(nodes, "")
     seen: set[str] = set()
-    for node in named:
+    for node in walk(checked):
+        label = {Step: "step", Parallel: "parallel block", Foreach: "foreach block", Branch: "branch block"}[type(node)]
         members = node.steps if isinstance(node, Parallel) else ()
-        for label, item in [("parallel block" if members else "step", node.name)] + [("step", m.name) for m in members]:
+        for kind, item in [(label, node.name)] + [("step", m.name) for m in members]:
             if item in seen:
-                raise fail(f"{label} {item!r}", "the name is used more than once in this workflow")
+                raise fail(f"{kind} {item!r}", "the name is used more than once in this workflow")
             seen.add(item)
-    return tuple(named)
+    return checked
 
 
 _registry: dict[str, Workflow] = {}
@@ -415,7 +507,7 @@ def unregister(name: str) -> None:
         _registry.pop(name, None)
 
 
-def queue_for(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
+def queue_for(wf: Workflow | None, node: Node | None = None) -> str:
     """The queue a step runs on: the step's own, else the workflow's, else ``DURABLE["QUEUE"]``.
 
     A run whose workflow is no longer registered (``wf`` is None) still gets a job on the default
@@ -423,7 +515,7 @@ def queue_for(wf: Workflow | None, node: Step | Parallel | None = None) -> str:
     """
     if wf is None:
         return durable_settings.QUEUE
-    own = node.queue if isinstance(node, Step) else None
+    own = node.queue if isinstance(node, Step | Foreach) else None
     return own or wf.queue or durable_settings.QUEUE
 
 

@@ -63,6 +63,7 @@ RUN_BRANCHES = "durable_django.jobs.run_branches"
 RUN_BRANCH = "durable_django.jobs.run_branch"
 JOIN_GROUP = "durable_django.jobs.join_group"
 WAKE_WAIT = "durable_django.jobs.wake_wait"
+COMPENSATE = "durable_django.jobs.compensate"
 
 # The ids of run_branches jobs ("drain jobs"), which pending branch rows name as their job.
 DRAIN_PREFIX = "durable-drain-"
@@ -121,6 +122,18 @@ def wake_job_id(wait_id: int) -> str:
 def wake_wait_job(wait_id: int, run_id: Any, queue: str, delay: float) -> Job:
     """End wait ``wait_id`` when it is due (a sleep's end, a timeout): a job scheduled for then."""
     return Job(WAKE_WAIT, (wait_id,), queue, run_id, delay=max(delay, 0.0), job_id=wake_job_id(wait_id))
+
+
+def compensate_job_id(run_id: Any, version: int) -> str:
+    """The id of the job that executes the compensations of run ``run_id`` from ``version`` on."""
+    return f"durable-compensate-{run_id}-{version}"
+
+
+def compensate_job(run_id: Any, queue: str, version: int, delay: float = 0.0) -> Job:
+    """Execute the compensations of a run that compensates at ``version``, on ``queue``."""
+    return Job(
+        COMPENSATE, (str(run_id), queue, version), queue, run_id, delay=delay, job_id=compensate_job_id(run_id, version)
+    )
 
 
 # -- connections --------------------------------------------------------------------------------
@@ -479,5 +492,11 @@ def take_sweep_turn(owner: str, interval: float) -> bool:
 
 def take_notice_turn(key: str, every: int) -> bool:
     """Whether this process may log the notice ``key`` now: at most once every ``every`` seconds, across processes."""
+    connection = get_queue(durable_settings.QUEUE).connection
+    return bool(connection.set(key, "1", nx=True, ex=every))
+
+
+def take_turn(key: str, every: int) -> bool:
+    """Whether this process may do the periodic chore ``key`` now: at most once every ``every`` seconds, across processes."""
     connection = get_queue(durable_settings.QUEUE).connection
     return bool(connection.set(key, "1", nx=True, ex=every))

@@ -14,15 +14,16 @@ import uuid
 from typing import Any
 
 from django.db import IntegrityError
+from django.utils import timezone
 
 from . import blocks, dispatch, leases, results, store
 from .attempts import Attempt, call_step, retry_delay
-from .context import Unserializable, merge, roundtrip, to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .context import StepScope, Unserializable, merge, roundtrip, step_scope, to_step_context
+from .definition import Branch, Foreach, Parallel, Step, Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput
 from .leases import released_fields
 from .logging import log_attempt, run_fields, seconds
-from .models import RunStatus, StepResult, StepStatus, WorkflowRun
+from .models import RunStatus, StepKind, StepResult, StepStatus, WorkflowRun
 from .results import GOTO
 
 logger = logging.getLogger("durable_django")
@@ -40,6 +41,7 @@ def get_or_start_run(
     parent_step: str = "",
     ref: str = "",
     run_id: Any = None,
+    detached: bool = False,
 ) -> tuple[WorkflowRun, bool]:
     """Save a run of ``wf`` and dispatch it after the surrounding transaction commits.
 
@@ -71,6 +73,7 @@ def get_or_start_run(
         parent=parent,
         parent_step=parent_step,
         ref=ref,
+        detached=detached,
         lease_expires_at=leases.expiry(),
     )
     if not store.create_run(run, queue_for(wf, first)):
@@ -120,11 +123,17 @@ def advance(run: WorkflowRun, wf: Workflow, queue: str) -> None:
             )
             store.fail_run(run, run.current_step, reason)
             return
-        if isinstance(node, Parallel):
+        if isinstance(node, Parallel | Foreach):
             moved = blocks.enter(run, wf, node, queue)
             if moved is None:
                 break
             run = moved.run
+            continue
+        if isinstance(node, Branch):
+            chosen = _take_branch(run, wf, node, queue)
+            if chosen is None:
+                break
+            run = chosen
             continue
         wanted = queue_for(wf, node)
         if wanted != queue:
@@ -156,10 +165,9 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
     if attempt.waits:
         return _suspend(run, wf, step, row, attempt)
     if not attempt.failed:
-        position = wf.position(step.name)
-        target = None if position is None else position + 1
+        target: int | None = wf.following(step.name)
         if attempt.outcome.kind == GOTO:
-            target = wf.position(attempt.outcome.target)
+            target = wf.goto_position(attempt.outcome.target)
             if target is None:
                 row.status, row.error = StepStatus.FAILED, results.goto_error(step.name, attempt.outcome.target)
                 _log_step(run, step.name, row)
@@ -167,15 +175,11 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
                 return None
         row.status, row.output = StepStatus.COMPLETED, attempt.output
         _log_step(run, step.name, row)
-        fields = store.move_fields(wf, target, merge(run.context, attempt.output))
-        following = wf.steps[target] if target is not None and target < len(wf.steps) else None
-        if isinstance(following, Parallel):
-            version = run.version
-            moved = blocks.enter(run, wf, following, queue, fields=fields, rows=[row])
-            if moved is None and run.version == version:
-                _lost_to_cancel(run, row, False)  # the block was not entered: the run had moved on
-            return moved.run if moved is not None else None
-        return run if _lost_to_cancel(run, row, store.transition(run, fields, [row])) else None
+        assert target is not None
+        context = merge(run.context, attempt.output)
+        if step.compensate is not None:
+            row.context = context  # what its compensation is called with, should the run fail later
+        return _move_on(run, wf, row, target, context, queue)
     row.status, row.error = StepStatus.FAILED, attempt.reason
     delay = retry_delay(step, attempt, attempt_no, run.pk)
     _log_step(run, step.name, row, retry_in=delay)
@@ -185,6 +189,64 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         return None
     _lost_to_cancel(run, row, store.fail_run(run, step.name, attempt.reason, [row]))
     return None
+
+
+def _move_on(
+    run: WorkflowRun, wf: Workflow, row: StepResult, target: int, context: dict[str, Any], queue: str
+) -> WorkflowRun | None:
+    """Record ``row`` and move the run to position ``target`` with ``context``: one transaction,
+    which also opens the group when the run moves on to a block. The run when it moved on."""
+    fields = store.move_fields(wf, target, context)
+    following = wf.flat[target] if target < len(wf.flat) else None
+    if isinstance(following, Parallel | Foreach):
+        version = run.version
+        moved = blocks.enter(run, wf, following, queue, fields=fields, rows=[row])
+        if moved is None and run.version == version:
+            _lost_to_cancel(run, row, False)  # the block was not entered: the run had moved on
+        return moved.run if moved is not None else None
+    return run if _lost_to_cancel(run, row, store.transition(run, fields, [row])) else None
+
+
+def _take_branch(run: WorkflowRun, wf: Workflow, node: Branch, queue: str) -> WorkflowRun | None:
+    """Choose the case of branch block ``node`` and move the run to its first step (past the block
+    for an empty case), recording the choice as a row of kind ``branch``; the run when it moved on."""
+    ctx = to_step_context(run.context)
+    row = StepResult(
+        run=run,
+        step=node.name,
+        kind=StepKind.BRANCH,
+        attempt=run.current_attempt,
+        started_at=timezone.now(),
+        job_id=dispatch.current_job_id(),
+    )
+    try:
+        with step_scope(StepScope(run.pk, node.name, ctx)):
+            value = ctx.get(node.on) if isinstance(node.on, str) else node.on(ctx)
+        value = roundtrip(value)
+    except Unserializable as exc:
+        reason: dict[str, Any] | None = results.unserializable_output(
+            f"on of branch block {node.name!r} returned a value that cannot be stored as JSON: {exc}"
+        )
+    except Exception as exc:
+        reason = results.exception_reason(exc, "branch_error")
+    else:
+        reason = None
+    row.finished_at = timezone.now()
+    arm = None if reason is not None else node.case(str(value))
+    if reason is None and arm is None:
+        reason = results.no_branch_matched(value)
+    if reason is not None or arm is None:
+        row.status, row.error = StepStatus.FAILED, reason
+        _log_step(run, node.name, row)
+        _lost_to_cancel(run, row, store.fail_run(run, node.name, reason, [row]))
+        return None
+    matched = any(key == str(value) for key, _ in node.cases)
+    row.status = StepStatus.COMPLETED
+    row.output = {"case": str(value) if matched else None, "default": not matched, "value": value}
+    _log_step(run, node.name, row)
+    target = wf.position(arm[0].name) if arm else wf.following(node.name)
+    assert target is not None
+    return _move_on(run, wf, row, target, run.context, queue)
 
 
 def _lost_to_cancel(run: WorkflowRun, row: StepResult, moved: bool) -> bool:
@@ -236,8 +298,9 @@ def _suspend(run: WorkflowRun, wf: Workflow, step: Step, row: StepResult, attemp
     row.status, row.output = StepStatus.COMPLETED, attempt.output
     _log_step(run, step.name, row)
     context = merge(run.context, attempt.output)
-    position = wf.position(step.name)
-    target = None if position is None else position + 1
+    if step.compensate is not None:
+        row.context = context  # the wait's value is added when it resolves
+    target = wf.following(step.name)
     waiting = {"context": context, "status": RunStatus.WAITING, **released_fields()}
     suspended = store.waits.suspend_run(
         run, row, request, waiting, lambda wait: store.move_fields(wf, target, store.waits.with_value(context, wait))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 
 
@@ -37,6 +39,15 @@ class DurableConfigurationError(DurableError, ImproperlyConfigured):
 
 class RunStateError(DurableError):
     """The run is not in a state that allows this operation."""
+
+
+class RunNotDeletable(RunStateError):
+    """A run that has not finished, or whose parent or child runs have not, cannot be deleted."""
+
+    def __init__(self, refusals: dict[Any, str]) -> None:
+        super().__init__(" ".join(f"Run {run_id}: {reason}" for run_id, reason in refusals.items()))
+        #: Why each refused run may not be deleted, by run id.
+        self.refusals = refusals
 
 
 class AmbiguousRunId(DurableError, LookupError):

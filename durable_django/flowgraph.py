@@ -4,230 +4,458 @@
 registered: then the steps seen in the run's history stand in) and of the run's rows; it lays
 out nodes, parallel blocks and edges in pixels. ``flowsvg.render_svg`` draws that as inline SVG with
 every text escaped (:mod:`durable_django.flowsvg`). Sequential steps are nodes in order; a parallel block is a box with its
-branches stacked inside, forked from the step before and joined into the step after. Jumps the
-run took (``goto``: two consecutive visits whose steps are not neighbours in the definition) are
+branches stacked inside, forked from the step before and joined into the step after. A foreach
+block is a box around one node for all its items, with their counts per status. A branch block is
+a box with one lane per case (its default last), each lane its steps and blocks left to right;
+once the run has chosen, the lane it took is marked and the others are greyed out. Jumps the run
+took (``goto``: two consecutive visits that do not follow each other in the definition) are
 curved edges, backwards above the nodes and forwards below. Each node is coloured by the status
-of the step's latest attempt, like the timeline; the node where the run is now is ringed.
+of the step's latest attempt, like the timeline; the node where the run is now is ringed. A step
+that a compensation undid says so.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
 
-from .definition import Parallel, RetryPolicy, Step, Workflow
+from .admin_items import ItemSummary, counts_text, summarise_rows
+from .definition import Workflow
+from .flowparts import (
+    ARC_STEP,
+    BRANCH_GAP,
+    BRANCH_H,
+    EMPTY_LANE_W,
+    FORK_W,
+    GAP,
+    HEADER_H,
+    LANE_GAP,
+    LANE_LABEL_H,
+    LANE_PAD,
+    MAX_BRANCHES,
+    MAX_DETAIL,
+    MAX_LABEL,
+    NODE_H,
+    PAD,
+    STACK,
+    Box,
+    CaseLane,
+    Edge,
+    Element,
+    FlowGraph,
+    Lane,
+    Node,
+    arc,
+    collapse,
+    cut,
+    describe_block,
+    describe_on,
+    describe_retry,
+    describe_step,
+    detail_w,
+    elements_of,
+    exits,
+    follows,
+    fork_join,
+    history_elements,
+    order_of,
+    text_w,
+    visits,
+)
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, WorkflowRun
 from .timeaxis import format_duration
 
-#: Branches drawn per block; the rest are summed up in one "+N more" node.
-MAX_BRANCHES = 8
-#: Longer names are cut (the whole name is in the node's tooltip).
-MAX_LABEL = 24
-MAX_DETAIL = 34
-CHAR_W = 7.2  # an average character of the 12 px labels, a little generous
-PAD = 16
-GAP = 44  # between two nodes: room for an arrow
-NODE_H = 44
-BRANCH_H = 38
-BRANCH_GAP = 8
-FORK_W = 34  # inside a block, between its edge and its branches
-HEADER_H = 36
-ARC_STEP = 20  # vertical distance between stacked goto arcs
-
-NodeKind = Literal["step", "branch", "more"]
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g} s" if value < 60 else format_duration(value)
-
-
-def describe_retry(policy: RetryPolicy) -> str:
-    """``"no retry"``, or ``"up to 3 attempts, exponential backoff from 1 s, at most 30 s, with jitter"``."""
-    if policy.max_attempts <= 1:
-        return "no retry (1 attempt)"
-    text = f"up to {policy.max_attempts} attempts, {policy.backoff} backoff"
-    if policy.backoff == "constant":
-        text += f" of {_seconds(policy.base)}"
-    else:
-        text += f" from {_seconds(policy.base)}, at most {_seconds(policy.max_backoff)}"
-    return text + (", with jitter" if policy.jitter else "")
-
-
-def describe_step(step: Step) -> str:
-    """The retry policy, time limit and queue of a step, in one line."""
-    parts = [describe_retry(step.retry)]
-    if step.timeout:
-        parts.append(f"timeout {_seconds(step.timeout)}")
-    if step.queue:
-        parts.append(f"queue {step.queue}")
-    return "; ".join(parts)
-
-
-def describe_block(block: Parallel) -> str:
-    """What decides a block's outcome: ``on error: fail fast``, or ``into: merge — into decides``."""
-    if block.into is not None:
-        name = getattr(block.into, "__qualname__", None) or getattr(block.into, "__name__", None) or repr(block.into)
-        return f"into: {name} (into decides)"
-    return "on error: " + block.on_error.replace("_", " ")
-
-
-def cut(name: str, limit: int = MAX_LABEL) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
-def _text_w(text: str) -> float:
-    return len(text) * CHAR_W
-
-
-def _detail_w(text: str) -> float:
-    """The second line of a node, in a smaller type (and cut like a name, a little later)."""
-    return min(len(text), MAX_DETAIL) * 6.4
-
-
-@dataclass(frozen=True)
-class Node:
-    """A step or a branch (or the "+N more" of a big block), placed at ``x``, ``y`` (its top left)."""
-
-    key: str
-    label: str
-    kind: NodeKind
-    status: str  # of the latest attempt; "" when not reached
-    detail: str
-    title: str
-    current: bool
-    x: float
-    y: float
-    w: float
-    h: float
-
-
-@dataclass(frozen=True)
-class Box:
-    """A parallel block: a box around its branches, with its name and what decides it on top."""
-
-    key: str
-    label: str
-    note: str
-    status: str
-    title: str
-    current: bool
-    x: float
-    y: float
-    w: float
-    h: float
-
-
-@dataclass(frozen=True)
-class Edge:
-    """A path between two nodes: ``next`` (the definition's order), ``fork``/``join`` or ``goto``."""
-
-    kind: str
-    path: str
-    taken: bool
-    source: str
-    target: str
-    label: str = ""
-    label_x: float = 0.0
-    label_y: float = 0.0
-
-
-@dataclass(frozen=True)
-class FlowGraph:
-    width: float
-    height: float
-    nodes: tuple[Node, ...]
-    boxes: tuple[Box, ...]
-    edges: tuple[Edge, ...]
-    registered: bool
-    notes: tuple[str, ...] = ()
-
-    @property
-    def gotos(self) -> list[Edge]:
-        return [edge for edge in self.edges if edge.kind == "goto"]
-
-    def node(self, key: str) -> Node | None:
-        return next((node for node in self.nodes if node.key == key), None)
-
-
-# -- what the run did -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Item:
-    """A top-level item of the definition: a step (``branches`` is None) or a block."""
-
-    name: str
-    step: Step | None = None
-    block: Parallel | None = None
-    branches: list[str] | None = None
-    branch_steps: dict[str, Step] = field(default_factory=dict)
-
-
-def _items(
-    definition: Workflow | None, rows: Sequence[StepResult], group_names: dict[int, str], current: str
-) -> list[_Item]:
-    if definition is not None:
-        items = []
-        for node in definition.steps:
-            if isinstance(node, Parallel):
-                branches = [member.name for member in node.steps]
-                items.append(
-                    _Item(node.name, block=node, branches=branches, branch_steps={m.name: m for m in node.steps})
-                )
-            else:
-                items.append(_Item(node.name, step=node))
-        return items
-    # No definition: the steps and blocks the history shows, in the order they were first seen.
-    seen: dict[str, _Item] = {}
-    for row in rows:
-        if row.group_id is None:
-            seen.setdefault(row.step, _Item(row.step))
-            continue
-        block = seen.setdefault(group_names.get(row.group_id, f"group {row.group_id}"), _Item("", branches=[]))
-        if not block.name:
-            block.name = group_names.get(row.group_id, f"group {row.group_id}")
-        assert block.branches is not None
-        if row.step not in block.branches:
-            block.branches.append(row.step)
-    for name in group_names.values():
-        seen.setdefault(name, _Item(name, branches=[]))
-    if current and current not in seen:
-        seen[current] = _Item(current)
-    return list(seen.values())
-
-
-def visits(rows: Sequence[StepResult], group_names: dict[int, str]) -> list[str]:
-    """The top-level steps and blocks the run went through, in order; a retry is no new visit."""
-    out: list[str] = []
-    last: tuple[Any, ...] = ()
-    for row in rows:
-        if row.group_id is not None:
-            token: tuple[Any, ...] = ("group", row.group_id)
-            if token == last:
-                continue
-            out.append(group_names.get(row.group_id, f"group {row.group_id}"))
-        else:
-            token = ("step", row.step, row.attempt)
-            if last[:2] == ("step", row.step) and row.attempt == last[2] + 1:
-                last = token
-                continue
-            out.append(row.step)
-        last = token
-    return out
-
-
-def _collapse(names: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for name in names:
-        if not out or out[-1] != name:
-            out.append(name)
-    return out
-
+__all__ = [
+    "MAX_BRANCHES",
+    "MAX_DETAIL",
+    "MAX_LABEL",
+    "STACK",
+    "Box",
+    "Edge",
+    "FlowGraph",
+    "Lane",
+    "Node",
+    "build_flowgraph",
+    "cut",
+    "describe_block",
+    "describe_on",
+    "describe_retry",
+    "describe_step",
+    "visits",
+]
 
 # -- layout ---------------------------------------------------------------------------------------
+
+
+class _Layout:
+    """Sizes first (every element, bottom up), then places (top down), collecting nodes, boxes and edges."""
+
+    def __init__(
+        self,
+        run: WorkflowRun,
+        rows: Sequence[StepResult],
+        groups: Sequence[ParallelGroup],
+        items: Mapping[int, ItemSummary],
+        now: datetime,
+    ) -> None:
+        self.run, self.now = run, now
+        self.finished = run.status in FINISHED_RUN_STATUSES
+        self.current = run.current_step if run.status != "completed" else ""
+        self.group_names = {group.pk: group.name for group in groups if group.pk is not None}
+        self.latest_group = {group.name: group for group in groups}
+        self.items = items
+        self.latest: dict[tuple[str, str], StepResult] = {}
+        self.attempts: dict[tuple[str, str], int] = {}
+        self.choice: dict[str, StepResult] = {}  # each branch block's latest choice
+        self.undone: dict[tuple[str, str], str] = {}  # the latest compensation's status of each step
+        by_id = {row.pk: row for row in rows if row.pk is not None}
+        for row in rows:
+            if row.kind == "compensation":
+                undone = by_id.get(row.compensates_id) if row.compensates_id is not None else None
+                block = self._block_of(undone) if undone is not None else ""
+                self.undone[(block, row.step)] = row.status
+                continue
+            if row.kind == "branch":
+                self.choice[row.step] = row
+            key = (self._block_of(row), row.step)
+            self.latest[key] = row
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+        self.nodes: list[Node] = []
+        self.boxes: list[Box] = []
+        self.lanes: list[Lane] = []
+        self.edges: list[Edge] = []
+        self.anchors: dict[str, tuple[float, float, float, float]] = {}  # name: left, right, top, bottom
+        self.pairs: dict[tuple[str, str], int] = {}
+
+    def _block_of(self, row: StepResult) -> str:
+        return self.group_names.get(row.group_id, "") if row.group_id is not None else ""
+
+    # -- states --------------------------------------------------------------------------------
+
+    def node_state(self, block: str, name: str, is_current: bool) -> tuple[str, str]:
+        row = self.latest.get((block, name))
+        undone = self.undone.get((block, name))
+        if row is None:
+            return ("", "not reached") if not is_current else (self.run.status, self.run.status)
+        count = self.attempts[(block, name)]
+        status = row.status
+        if row.started_at is not None and row.finished_at is None and status == "running":
+            detail = f"running {format_duration((self.now - row.started_at).total_seconds())}"
+        elif status == "pending" and row.attempt > 1:
+            detail = f"retry #{row.attempt} pending"
+        else:
+            detail = status
+        if count > 1:
+            detail += f" · {count} attempts"
+        if undone is not None:
+            detail += {"completed": " · undone", "failed": " · undo failed"}.get(undone, " · undoing")
+        if is_current and not self.finished and status == "completed":
+            status = self.run.status  # the step is done; the run waits at it
+            detail = f"{self.run.status} · " + detail
+        return status, detail
+
+    def items_state(self, element: Element) -> tuple[str, str, str]:
+        """A foreach block's node: its status, label and detail."""
+        group = self.latest_group.get(element.name)
+        summary = self.items.get(group.pk) if group is not None and group.pk is not None else None
+        if group is None or summary is None:
+            return (group.status if group is not None else ""), "each item", "not reached" if group is None else ""
+        label = f"{summary.items:,} item" + ("" if summary.items == 1 else "s")
+        detail = counts_text(summary.statuses).replace(", ", " · ")
+        return group.status, label, detail
+
+    def case_taken(self, element: Element) -> tuple[str | None, bool] | None:
+        """The case the latest choice of branch block ``element`` took (``None``: its default), or ``None``."""
+        row = self.choice.get(element.name)
+        if row is None or row.status != "completed" or not isinstance(row.output, dict):
+            return None
+        if row.output.get("default"):
+            return (None, True)
+        case = row.output.get("case")
+        return (str(case) if case is not None else None, False)
+
+    def branch_note(self, element: Element) -> str:
+        on = describe_on(element.branch) if element.branch is not None else ""
+        row = self.choice.get(element.name)
+        if row is None:
+            return on
+        output = row.output if isinstance(row.output, dict) else {}
+        error = row.error if isinstance(row.error, dict) else {}
+        source = output if "value" in output else error
+        value = json.dumps(source.get("value"), ensure_ascii=False, default=str) if "value" in source else ""
+        value = cut(value, 20)
+        if row.status != "completed":
+            return f"{on} = {value}: no case matched" if error.get("type") == "no_branch_matched" else f"{on}: failed"
+        taken = "default" if output.get("default") else f"case {output.get('case')}"
+        return f"{on} = {value} \u2192 {taken}" if value else f"{on} \u2192 {taken}"
+
+    # -- sizes ---------------------------------------------------------------------------------
+
+    def measure(self, element: Element) -> None:
+        if element.kind == "step":
+            detail = self.node_state("", element.name, self.is_current(element.name))[1]
+            element.w = min(max(text_w(cut(element.name)) + 30, detail_w(detail) + 26, 104), 250)
+            element.h = NODE_H
+            return
+        if element.kind == "branch":
+            note = self.branch_note(element)
+            for lane in element.lanes:
+                for child in lane.elements:
+                    self.measure(child)
+                widths = [child.w for child in lane.elements]
+                lane.w = sum(widths) + GAP * (len(widths) - 1) if widths else EMPTY_LANE_W
+                lane.w = max(lane.w, text_w(self.lane_label(element, lane)) * 0.85)
+                lane.h = LANE_LABEL_H + max([child.h for child in lane.elements] + [BRANCH_H]) + LANE_PAD
+            header_w = max(text_w(cut(element.name)) + 24, text_w(note) * 0.92 + 24)
+            element.w = max(max(lane.w for lane in element.lanes) + 2 * FORK_W, header_w)
+            element.h = HEADER_H + sum(lane.h + LANE_GAP for lane in element.lanes) + LANE_GAP
+            return
+        note = describe_block(element.block) if element.block is not None else ""
+        header_w = max(text_w(cut(element.name)) + 24, text_w(note) * 0.92 + 24)
+        if element.kind == "foreach":
+            _, label, detail = self.items_state(element)
+            inner = min(max(text_w(label) + 26, detail_w(detail) + 26, 150), 250)
+            element.w = max(inner + 2 * FORK_W, header_w)
+            element.h = HEADER_H + BRANCH_H + 2 * BRANCH_GAP + STACK
+            return
+        members = element.members
+        shown = min(len(members), MAX_BRANCHES + 1)
+        branch_w = max(
+            [text_w(cut(name)) + 26 for name in members[:MAX_BRANCHES]]
+            + [
+                min(detail_w(self.node_state(element.name, name, False)[1]) + 26, 250)
+                for name in members[:MAX_BRANCHES]
+            ]
+            + [150]
+        )
+        element.w = max(branch_w + 2 * FORK_W, header_w)
+        element.h = HEADER_H + max(shown, 1) * (BRANCH_H + BRANCH_GAP) + BRANCH_GAP
+
+    def lane_label(self, element: Element, lane: CaseLane) -> str:
+        name = "default" if lane.case is None else f"case {lane.case}"
+        taken = self.case_taken(element)
+        return f"\u2713 {name}" if taken is not None and taken[0] == lane.case else name
+
+    def is_current(self, name: str) -> bool:
+        return bool(self.current) and name == self.current
+
+    # -- places --------------------------------------------------------------------------------
+
+    def place_sequence(self, elements: list[Element], x: float, mid: float, skipped: bool) -> None:
+        for element in elements:
+            self.place(element, x, mid, skipped)
+            x += element.w + GAP
+        for left, right in itertools.pairwise(elements):
+            start, end = self.anchors[left.name][1], self.anchors[right.name][0]
+            taken = any((exit, right.name) in self.pairs for exit in exits(left))
+            path = f"M{start:.1f},{mid:.1f} L{end - 2:.1f},{mid:.1f}"
+            self.edges.append(Edge("next", path, taken and not skipped, left.name, right.name))
+
+    def place(self, element: Element, x: float, mid: float, skipped: bool) -> None:
+        y = mid - element.h / 2
+        self.anchors[element.name] = (x, x + element.w, y, y + element.h)
+        current = self.is_current(element.name)
+        if element.kind == "step":
+            status, detail = self.node_state("", element.name, current)
+            title = f"step {element.name}: {detail}"
+            if element.step is not None:
+                title += f"\n{describe_step(element.step)}"
+            self.nodes.append(
+                Node(
+                    element.name,
+                    cut(element.name),
+                    "step",
+                    status,
+                    detail,
+                    title,
+                    current,
+                    x,
+                    y,
+                    element.w,
+                    element.h,
+                    skipped,
+                )
+            )
+        elif element.kind == "branch":
+            self.place_branch(element, x, y, mid, current, skipped)
+        else:
+            self.place_block(element, x, y, mid, current, skipped)
+
+    def block_status(self, name: str, current: bool) -> str:
+        group = self.latest_group.get(name)
+        status = group.status if group is not None else ""
+        return self.run.status if current and not self.finished else status
+
+    def place_block(self, element: Element, x: float, y: float, mid: float, current: bool, skipped: bool) -> None:
+        status = self.block_status(element.name, current)
+        note = describe_block(element.block) if element.block is not None else ""
+        what = "foreach block" if element.kind == "foreach" else "parallel block"
+        title = f"{what} {element.name}: {status or 'not reached'}"
+        if element.kind == "parallel":
+            title += f" ({len(element.members)} branches)"
+        title += f"\n{note}" if note else ""
+        self.boxes.append(
+            Box(
+                element.name,
+                cut(element.name),
+                note,
+                status,
+                title,
+                current,
+                x,
+                y,
+                element.w,
+                element.h,
+                element.kind,
+                skipped,
+            )
+        )
+        inner_x, inner_w = x + FORK_W, element.w - 2 * FORK_W
+        if element.kind == "foreach":
+            by = y + HEADER_H + BRANCH_GAP
+            item_status, label, detail = self.items_state(element)
+            member = element.member_steps.get(element.name)
+            node_title = f"the items of {element.name}: {detail or label}"
+            group = self.latest_group.get(element.name)
+            summary = self.items.get(group.pk) if group is not None and group.pk is not None else None
+            if summary is not None and summary.attempts_label:
+                node_title += f" ({summary.attempts_label})"
+            if member is not None:
+                node_title += f"\n{describe_step(member)}"
+            self.nodes.append(
+                Node(
+                    f"{element.name}/items",
+                    label,
+                    "items",
+                    item_status,
+                    detail,
+                    node_title,
+                    False,
+                    inner_x,
+                    by,
+                    inner_w,
+                    BRANCH_H,
+                    skipped,
+                )
+            )
+            self.edges += fork_join(
+                x, element.w, mid, inner_x, inner_w, by + BRANCH_H / 2, item_status != "", element.name, "items"
+            )
+            return
+        shown_names = element.members[:MAX_BRANCHES]
+        for index, name in enumerate(shown_names):
+            by = y + HEADER_H + BRANCH_GAP / 2 + index * (BRANCH_H + BRANCH_GAP)
+            b_status, detail = self.node_state(element.name, name, False)
+            node_title = f"branch {name} of {element.name}: {detail}"
+            member = element.member_steps.get(name)
+            if member is not None:
+                node_title += f"\n{describe_step(member)}"
+            self.nodes.append(
+                Node(
+                    f"{element.name}/{name}",
+                    cut(name),
+                    "branch",
+                    b_status,
+                    detail,
+                    node_title,
+                    False,
+                    inner_x,
+                    by,
+                    inner_w,
+                    BRANCH_H,
+                    skipped,
+                )
+            )
+            self.edges += fork_join(
+                x,
+                element.w,
+                mid,
+                inner_x,
+                inner_w,
+                by + BRANCH_H / 2,
+                b_status != "" and not skipped,
+                element.name,
+                name,
+            )
+        rest = element.members[MAX_BRANCHES:]
+        if rest:
+            by = y + HEADER_H + BRANCH_GAP / 2 + len(shown_names) * (BRANCH_H + BRANCH_GAP)
+            counts: dict[str, int] = {}
+            for name in rest:
+                st = self.node_state(element.name, name, False)[0] or "not reached"
+                counts[st] = counts.get(st, 0) + 1
+            detail = ", ".join(f"{n} {st}" for st, n in counts.items())
+            node_title = f"{len(rest)} more branches: {', '.join(rest[:30])}" + (" …" if len(rest) > 30 else "")
+            self.nodes.append(
+                Node(
+                    f"{element.name}/+",
+                    f"+{len(rest)} more",
+                    "more",
+                    "",
+                    detail,
+                    node_title,
+                    False,
+                    inner_x,
+                    by,
+                    inner_w,
+                    BRANCH_H,
+                    skipped,
+                )
+            )
+            self.edges += fork_join(x, element.w, mid, inner_x, inner_w, by + BRANCH_H / 2, False, element.name, "+")
+
+    def place_branch(self, element: Element, x: float, y: float, mid: float, current: bool, skipped: bool) -> None:
+        row = self.choice.get(element.name)
+        status = row.status if row is not None else ""
+        if current and not self.finished:
+            status = self.run.status
+        note = self.branch_note(element)
+        cases = ", ".join("default" if lane.case is None else lane.case for lane in element.lanes)
+        title = f"branch block {element.name}: {note or 'not reached'}\ncases: {cases}"
+        self.boxes.append(
+            Box(
+                element.name,
+                cut(element.name),
+                note,
+                status,
+                title,
+                current,
+                x,
+                y,
+                element.w,
+                element.h,
+                "branch",
+                skipped,
+            )
+        )
+        taken = self.case_taken(element)
+        lane_y = y + HEADER_H + LANE_GAP / 2
+        inner_x = x + FORK_W
+        for lane in element.lanes:
+            is_taken = taken is not None and taken[0] == lane.case and not skipped
+            lane_skipped = skipped or (taken is not None and not is_taken)
+            self.lanes.append(
+                Lane(
+                    element.name,
+                    lane.case,
+                    self.lane_label(element, lane),
+                    is_taken,
+                    lane_skipped,
+                    inner_x - 10,
+                    lane_y,
+                    element.w - 2 * FORK_W + 20,
+                    lane.h,
+                )
+            )
+            lane_mid = lane_y + LANE_LABEL_H + (lane.h - LANE_LABEL_H - LANE_PAD) / 2
+            key = "default" if lane.case is None else f"case {lane.case}"
+            self.edges += fork_join(
+                x, element.w, mid, inner_x, lane.w, lane_mid, is_taken, element.name, key, mid_lane=not lane.elements
+            )
+            self.place_sequence(lane.elements, inner_x, lane_mid, lane_skipped)
+            lane_y += lane.h + LANE_GAP
 
 
 def build_flowgraph(
@@ -236,187 +464,58 @@ def build_flowgraph(
     steps: Iterable[StepResult],
     groups: Iterable[ParallelGroup],
     now: datetime,
+    *,
+    items: Mapping[int, ItemSummary] | None = None,
 ) -> FlowGraph:
     """Lay out ``definition`` (or the steps of the history) with the path ``run`` took through it.
 
-    ``steps`` are the run's rows (an unsaved one stands for a step running right now).
+    ``steps`` are the run's rows (an unsaved one stands for a step running right now); ``items``
+    each foreach group's summary by group id (without it, counted from ``steps``).
     """
     rows = sorted(steps, key=lambda row: (row.pk is None, row.pk or 0))
     group_list = sorted(groups, key=lambda group: (group.created_at, group.pk or 0))
-    group_names = {group.pk: group.name for group in group_list if group.pk is not None}
-    latest_group = {group.name: group for group in group_list}
-    finished = run.status in FINISHED_RUN_STATUSES
-    current = run.current_step if run.status != "completed" else ""
-    items = _items(definition, rows, group_names, current)
+    layout = _Layout(run, rows, group_list, dict(items) if items is not None else summarise_rows(rows), now)
+    if definition is not None:
+        elements = elements_of(definition.steps)
+    else:
+        elements = history_elements(rows, group_list, layout.group_names, layout.current)
 
-    latest: dict[tuple[str, str], StepResult] = {}
-    attempts: dict[tuple[str, str], int] = {}
-    for row in rows:
-        key = (group_names.get(row.group_id, "") if row.group_id is not None else "", row.step)
-        latest[key] = row
-        attempts[key] = attempts.get(key, 0) + 1
-
-    path = _collapse(visits(rows, group_names))
+    path = collapse(visits(rows, layout.group_names))
     # Two visits in a row are an edge the run took.
-    pairs: dict[tuple[str, str], int] = {}
     for source, target in itertools.pairwise(path):
-        pairs[source, target] = pairs.get((source, target), 0) + 1
+        layout.pairs[source, target] = layout.pairs.get((source, target), 0) + 1
     # A goto to the step itself restarts its attempt numbers: a visit of its own.
-    for row_a, row_b in itertools.pairwise(rows):
+    sequential = [row for row in rows if row.kind != "compensation"]
+    for row_a, row_b in itertools.pairwise(sequential):
         if row_a.group_id is None and row_b.group_id is None and row_a.step == row_b.step and row_b.attempt == 1:
-            pairs[row_a.step, row_a.step] = pairs.get((row_a.step, row_a.step), 0) + 1
-    position = {item.name: index for index, item in enumerate(items)}
+            layout.pairs[row_a.step, row_a.step] = layout.pairs.get((row_a.step, row_a.step), 0) + 1
 
-    def node_state(block: str, name: str, is_current: bool) -> tuple[str, str]:
-        row = latest.get((block, name))
-        if row is None:
-            return ("", "not reached") if not is_current else (run.status, run.status)
-        count = attempts[(block, name)]
-        status = row.status
-        if row.started_at is not None and row.finished_at is None and status == "running":
-            detail = f"running {format_duration((now - row.started_at).total_seconds())}"
-        elif status == "pending" and row.attempt > 1:
-            detail = f"retry #{row.attempt} pending"
-        else:
-            detail = status
-        if count > 1:
-            detail += f" · {count} attempts"
-        if is_current and not finished and status == "completed":
-            status = run.status  # the step is done; the run waits at it
-            detail = f"{run.status} · " + detail
-        return status, detail
-
-    # Sizes first: every top-level item is a column.
-    columns: list[tuple[float, float]] = []  # (width, height)
-    for item in items:
-        if item.branches is None:
-            detail = node_state("", item.name, bool(current) and item.name == current)[1]
-            columns.append((min(max(_text_w(cut(item.name)) + 30, _detail_w(detail) + 26, 104), 250), NODE_H))
-            continue
-        shown = min(len(item.branches), MAX_BRANCHES + 1)
-        branch_w = max(
-            [_text_w(cut(name)) + 26 for name in item.branches[:MAX_BRANCHES]]
-            + [min(_detail_w(node_state(item.name, name, False)[1]) + 26, 250) for name in item.branches[:MAX_BRANCHES]]
-            + [150]
-        )
-        note = describe_block(item.block) if item.block is not None else ""
-        header_w = max(_text_w(cut(item.name)) + 24, _text_w(note) * 0.92 + 24)
-        block_w = max(branch_w + 2 * FORK_W, header_w)
-        block_h = HEADER_H + max(shown, 1) * (BRANCH_H + BRANCH_GAP) + BRANCH_GAP
-        columns.append((block_w, block_h))
-    tallest = max([column[1] for column in columns] + [NODE_H])
-
+    for element in elements:
+        layout.measure(element)
+    tallest = max([element.h for element in elements] + [NODE_H])
+    allowed: dict[str, set[str]] = {}
+    follows(elements, None, allowed)
     goto_pairs = [
         (source, target, count)
-        for (source, target), count in pairs.items()
-        if source in position and target in position and (position[target] != position[source] + 1 or source == target)
+        for (source, target), count in layout.pairs.items()
+        if source in allowed and target in allowed and (source == target or target not in allowed[source])
     ]
-    back = sorted(
-        (p for p in goto_pairs if position[p[1]] <= position[p[0]]), key=lambda p: position[p[0]] - position[p[1]]
-    )
-    forward = sorted(
-        (p for p in goto_pairs if position[p[1]] > position[p[0]]), key=lambda p: position[p[1]] - position[p[0]]
-    )
+    order = {name: index for index, name in enumerate(order_of(elements))}
+    back = sorted((p for p in goto_pairs if order[p[1]] <= order[p[0]]), key=lambda p: order[p[0]] - order[p[1]])
+    forward = sorted((p for p in goto_pairs if order[p[1]] > order[p[0]]), key=lambda p: order[p[1]] - order[p[0]])
     top = PAD + (len(back) * ARC_STEP + 14 if back else 0)
     mid = top + tallest / 2
     bottom = mid + tallest / 2 + (len(forward) * ARC_STEP + 14 if forward else 0) + PAD
-
-    nodes: list[Node] = []
-    boxes: list[Box] = []
-    edges: list[Edge] = []
-    anchors: dict[str, tuple[float, float, float, float]] = {}  # name: left, right, top, bottom
-    x: float = PAD
-    for item, (width, height) in zip(items, columns, strict=True):
-        is_current = item.name == current and bool(current)
-        y = mid - height / 2
-        anchors[item.name] = (x, x + width, y, y + height)
-        if item.branches is None:
-            status, detail = node_state("", item.name, is_current)
-            title = f"step {item.name}: {detail}"
-            if item.step is not None:
-                title += f"\n{describe_step(item.step)}"
-            nodes.append(
-                Node(item.name, cut(item.name), "step", status, detail, title, is_current, x, y, width, height)
-            )
-        else:
-            group = latest_group.get(item.name)
-            status = group.status if group is not None else ""
-            if is_current and not finished:
-                status = run.status
-            note = describe_block(item.block) if item.block is not None else ""
-            title = f"parallel block {item.name}: {status or 'not reached'}"
-            title += f" ({len(item.branches)} branches)" + (f"\n{note}" if note else "")
-            boxes.append(Box(item.name, cut(item.name), note, status, title, is_current, x, y, width, height))
-            branch_x = x + FORK_W
-            branch_w = width - 2 * FORK_W
-            shown_names = item.branches[:MAX_BRANCHES]
-            for index, name in enumerate(shown_names):
-                by = y + HEADER_H + BRANCH_GAP / 2 + index * (BRANCH_H + BRANCH_GAP)
-                b_status, detail = node_state(item.name, name, False)
-                title = f"branch {name} of {item.name}: {detail}"
-                member = item.branch_steps.get(name)
-                if member is not None:
-                    title += f"\n{describe_step(member)}"
-                nodes.append(
-                    Node(
-                        f"{item.name}/{name}",
-                        cut(name),
-                        "branch",
-                        b_status,
-                        detail,
-                        title,
-                        False,
-                        branch_x,
-                        by,
-                        branch_w,
-                        BRANCH_H,
-                    )
-                )
-                edges += _fork_join(
-                    x, width, mid, branch_x, branch_w, by + BRANCH_H / 2, b_status != "", item.name, name
-                )
-            rest = item.branches[MAX_BRANCHES:]
-            if rest:
-                by = y + HEADER_H + BRANCH_GAP / 2 + len(shown_names) * (BRANCH_H + BRANCH_GAP)
-                counts: dict[str, int] = {}
-                for name in rest:
-                    st = node_state(item.name, name, False)[0] or "not reached"
-                    counts[st] = counts.get(st, 0) + 1
-                detail = ", ".join(f"{n} {st}" for st, n in counts.items())
-                title = f"{len(rest)} more branches: {', '.join(rest[:30])}" + (" …" if len(rest) > 30 else "")
-                nodes.append(
-                    Node(
-                        f"{item.name}/+",
-                        f"+{len(rest)} more",
-                        "more",
-                        "",
-                        detail,
-                        title,
-                        False,
-                        branch_x,
-                        by,
-                        branch_w,
-                        BRANCH_H,
-                    )
-                )
-                edges += _fork_join(x, width, mid, branch_x, branch_w, by + BRANCH_H / 2, False, item.name, "+")
-        x += width + GAP
-    width_total = x - GAP + PAD
-
-    # The definition's order: an arrow from each item to the next.
-    for item, following in itertools.pairwise(items):
-        left = anchors[item.name][1]
-        right = anchors[following.name][0]
-        taken = (item.name, following.name) in pairs
-        edges.append(
-            Edge("next", f"M{left:.1f},{mid:.1f} L{right - 2:.1f},{mid:.1f}", taken, item.name, following.name)
-        )
+    layout.place_sequence(elements, PAD, mid, False)
+    width_total = PAD + sum(element.w for element in elements) + GAP * max(len(elements) - 1, 0) + PAD
 
     # Jumps the run took: back above, forward below, the shorter ones inside.
     for level, (source, target, count) in enumerate(back):
-        edges.append(_arc(anchors, source, target, count, mid - tallest / 2 - 12 - level * ARC_STEP, above=True))
+        layout.edges.append(arc(layout.anchors, source, target, count, top - 12 - level * ARC_STEP, above=True))
     for level, (source, target, count) in enumerate(forward):
-        edges.append(_arc(anchors, source, target, count, mid + tallest / 2 + 12 + level * ARC_STEP, above=False))
+        layout.edges.append(
+            arc(layout.anchors, source, target, count, mid + tallest / 2 + 12 + level * ARC_STEP, above=False)
+        )
 
     notes = []
     if definition is None:
@@ -425,36 +524,12 @@ def build_flowgraph(
             "and blocks this run went through, in the order it first reached them."
         )
     return FlowGraph(
-        width_total, bottom, tuple(nodes), tuple(boxes), tuple(edges), definition is not None, tuple(notes)
+        width_total,
+        bottom,
+        tuple(layout.nodes),
+        tuple(layout.boxes),
+        tuple(layout.edges),
+        definition is not None,
+        tuple(notes),
+        tuple(layout.lanes),
     )
-
-
-def _fork_join(
-    x: float, width: float, mid: float, bx: float, bw: float, by: float, taken: bool, block: str, name: str
-) -> list[Edge]:
-    fork = f"M{x:.1f},{mid:.1f} C{x + FORK_W * 0.7:.1f},{mid:.1f} {bx - FORK_W * 0.7:.1f},{by:.1f} {bx:.1f},{by:.1f}"
-    end = x + width
-    join = f"M{bx + bw:.1f},{by:.1f} C{end - FORK_W * 0.3:.1f},{by:.1f} {end - FORK_W * 0.7:.1f},{mid:.1f} {end:.1f},{mid:.1f}"
-    key = f"{block}/{name}"
-    return [Edge("fork", fork, taken, block, key), Edge("join", join, taken, key, block)]
-
-
-def _arc(
-    anchors: dict[str, tuple[float, float, float, float]],
-    source: str,
-    target: str,
-    count: int,
-    peak: float,
-    above: bool,
-) -> Edge:
-    s_left, s_right, s_top, s_bottom = anchors[source]
-    t_left, t_right, t_top, t_bottom = anchors[target]
-    sx = (s_left + s_right) / 2 + (8 if source != target else 14)
-    tx = (t_left + t_right) / 2 - (8 if source != target else 14)
-    sy, ty = (s_top, t_top) if above else (s_bottom, t_bottom)
-    # A cubic whose two control points share a height peaks three quarters of the way to it.
-    control = (peak - max(sy, ty) * 0.25) / 0.75 if above else (peak - min(sy, ty) * 0.25) / 0.75
-    path = f"M{sx:.1f},{sy:.1f} C{sx:.1f},{control:.1f} {tx:.1f},{control:.1f} {tx:.1f},{ty + (-3 if above else 3):.1f}"
-    label = "goto" + (f" \u00d7{count}" if count > 1 else "")
-    label_y = peak - 4 if above else peak + 12
-    return Edge("goto", path, True, source, target, label, (sx + tx) / 2, label_y)

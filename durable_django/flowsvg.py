@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from .flowgraph import MAX_DETAIL, Box, Edge, FlowGraph, Node, cut
+from .flowgraph import MAX_DETAIL, STACK, Box, Edge, FlowGraph, Lane, Node, cut
 from .timeaxis import status_colour
 
 GOTO_COLOUR = "#be185d"
@@ -25,6 +25,8 @@ def _node_svg(node: Node) -> SafeString:
     classes = f"fg-node fg-{node.kind} fg-{reached}" + (" fg-current" if node.current else "")
     if node.status == "running":
         classes += " fg-running"
+    if node.skipped:
+        classes += " fg-skipped"
     halo = (
         format_html(
             '<rect class="fg-halo" x="{}" y="{}" width="{}" height="{}" rx="10" style="stroke: {}"/>',
@@ -48,8 +50,21 @@ def _node_svg(node: Node) -> SafeString:
         if colour
         else ""
     )
+    # A foreach block's node stands for many items: cards stacked behind it.
+    stack = (
+        format_html_join(
+            "",
+            '<rect class="fg-stack" x="{}" y="{}" width="{}" height="{}" rx="6"{}/>',
+            (
+                (_n(node.x + shift), _n(node.y + shift), _n(node.w), _n(node.h), _stroke(colour))
+                for shift in (STACK, STACK / 2)
+            ),
+        )
+        if node.kind == "items"
+        else ""
+    )
     return format_html(
-        '<g class="{}" data-node="{}" data-status="{}"><title>{}</title>{}'
+        '<g class="{}" data-node="{}" data-status="{}"><title>{}</title>{}{}'
         '<rect class="fg-box" x="{}" y="{}" width="{}" height="{}" rx="6"{}/>{}'
         '<text class="fg-label" x="{}" y="{}">{}</text>'
         '<text class="fg-detail" x="{}" y="{}">{}</text></g>',
@@ -58,6 +73,7 @@ def _node_svg(node: Node) -> SafeString:
         node.status or "unreached",
         node.title,
         halo,
+        stack,
         _n(node.x),
         _n(node.y),
         _n(node.w),
@@ -73,16 +89,22 @@ def _node_svg(node: Node) -> SafeString:
     )
 
 
+def _stroke(colour: str) -> SafeString | str:
+    return format_html(' style="stroke: {}"', colour) if colour else ""
+
+
 def _box_svg(box: Box) -> SafeString:
     colour = status_colour(box.status) if box.status else ""
-    classes = "fg-block" + (" fg-current" if box.current else "") + ("" if box.status else " fg-unreached")
+    classes = f"fg-block fg-block-{box.kind}" + (" fg-current" if box.current else "")
+    classes += ("" if box.status else " fg-unreached") + (" fg-skipped" if box.skipped else "")
     return format_html(
-        '<g class="{}" data-block="{}" data-status="{}"><title>{}</title>'
+        '<g class="{}" data-block="{}" data-kind="{}" data-status="{}"><title>{}</title>'
         '<rect class="fg-block-box" x="{}" y="{}" width="{}" height="{}" rx="10"{}/>'
         '<text class="fg-block-label" x="{}" y="{}">{}</text>'
         '<text class="fg-block-note" x="{}" y="{}">{}</text></g>',
         classes,
         box.key,
+        box.kind,
         box.status or "unreached",
         box.title,
         _n(box.x),
@@ -97,6 +119,29 @@ def _box_svg(box: Box) -> SafeString:
         _n(box.y + 28),
         box.note,
     )
+
+
+def _lane_svg(lane: Lane) -> SafeString:
+    state = "taken" if lane.taken else "skipped" if lane.skipped else "open"
+    return format_html(
+        '<g class="fg-lane fg-lane-{}" data-block="{}" data-case="{}">'
+        '<rect class="fg-lane-box" x="{}" y="{}" width="{}" height="{}" rx="6"/>'
+        '<text class="fg-lane-label" x="{}" y="{}">{}</text></g>',
+        state,
+        lane.block,
+        "" if lane.case is None else lane.case,
+        _n(lane.x),
+        _n(lane.y),
+        _n(lane.w),
+        _n(lane.h),
+        _n(lane.x + 8),
+        _n(lane.y + 13),
+        cut(lane.label, 30),
+    )
+
+
+def _backdrop_svg(part: Box | Lane) -> SafeString:
+    return _box_svg(part) if isinstance(part, Box) else _lane_svg(part)
 
 
 def _edge_svg(edge: Edge) -> SafeString:
@@ -134,6 +179,8 @@ def render_svg(graph: FlowGraph) -> SafeString:
         "</defs>"
     )
     edges = [edge for edge in graph.edges if edge.kind != "goto"]
+    # What contains something else is larger, so drawn first: a branch block, its lanes, a block in a lane.
+    backdrops: list[Box | Lane] = sorted([*graph.boxes, *graph.lanes], key=lambda part: -part.w * part.h)
     return format_html(
         '<svg class="durable-flowgraph" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}" role="img" aria-label="{}">'
         "{}{}{}{}{}</svg>",
@@ -143,7 +190,7 @@ def render_svg(graph: FlowGraph) -> SafeString:
         _n(graph.height),
         "flow graph of the workflow",
         defs,
-        format_html_join("", "{}", ((_box_svg(box),) for box in graph.boxes)),
+        format_html_join("", "{}", ((_backdrop_svg(part),) for part in backdrops)),
         format_html_join("", "{}", ((_edge_svg(edge),) for edge in edges)),
         format_html_join("", "{}", ((_node_svg(node),) for node in graph.nodes)),
         format_html_join("", "{}", ((_edge_svg(edge),) for edge in graph.gotos)),

@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, dispatch, engine, join, resume
+from . import blocks, compensation, dispatch, engine, join, resume
 
 P = ParamSpec("P")
 
@@ -75,10 +75,17 @@ def wake_wait(wait_id: int) -> None:
     resume.wake(wait_id)
 
 
+@_fresh_connections_after_db_errors
+def compensate(run_id: str, queue: str, version: int) -> None:
+    """Execute the compensations of run ``run_id``, which failed (or was cancelled), if it waits for ``version``."""
+    compensation.compensate(run_id, queue, version)
+
+
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     dispatch.RUN_WORKFLOW: run_workflow,
     dispatch.RUN_BRANCH: run_branch,
     dispatch.RUN_BRANCHES: run_branches,
     dispatch.JOIN_GROUP: join_group,
     dispatch.WAKE_WAIT: wake_wait,
+    dispatch.COMPENSATE: compensate,
 }

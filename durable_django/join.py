@@ -17,10 +17,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import results, store
+from . import items, results, store
 from .attempts import Attempt
 from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
 from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, GOTO, OK, Outcome, normalize
@@ -41,17 +41,17 @@ class Moved:
 # -- what decides a block -------------------------------------------------------------------------
 
 
-def stops_at_first_failure(block: Parallel | None) -> bool:
+def stops_at_first_failure(block: Block | None) -> bool:
     """Whether ``block`` is decided by its first failing branch (``fail_fast`` without ``into``)."""
     return block is not None and block.on_error == "fail_fast" and block.into is None
 
 
-def decided(block: Parallel | None, pending: int, failed: int) -> bool:
+def decided(block: Block | None, pending: int, failed: int) -> bool:
     """Whether a group with these counters is decided: its join can run."""
     return pending == 0 or (failed > 0 and stops_at_first_failure(block))
 
 
-def decides(block: Parallel | None, counts: Counts) -> bool:
+def decides(block: Block | None, counts: Counts) -> bool:
     """Whether the results just counted decided the block: it is decided now and was not before.
 
     Exactly one batch (or branch) of a block sees this, so the block is joined exactly once.
@@ -69,7 +69,7 @@ def decide_in_transaction(
     group: ParallelGroup,
     run: WorkflowRun,
     wf: Workflow,
-    block: Parallel,
+    block: Block,
     outcomes: list[tuple[Claimed, Step, Attempt]],
     counts: Counts,
 ) -> tuple[WorkflowRun, Closing] | None:
@@ -85,9 +85,15 @@ def decide_in_transaction(
     return run, closing_for(group, run, wf, block, waiting=counts.waiting)
 
 
-def latest_of(outcomes: list[tuple[Claimed, Step, Attempt]]) -> dict[str, tuple[Any, ...]]:
-    """``outcomes`` as :func:`_final_attempts` reads them back: each branch's final attempt, by step."""
-    return {row.step: (row.pk, row.step, *stored_values(attempt), attempt.finished_at) for row, _, attempt in outcomes}
+Latest = dict[tuple[str, int | None], tuple[Any, ...]]
+
+
+def latest_of(outcomes: list[tuple[Claimed, Step, Attempt]]) -> Latest:
+    """``outcomes`` as :func:`final_attempts` reads them back: each branch's final attempt."""
+    return {
+        (row.step, row.index): (row.pk, row.step, *stored_values(attempt), attempt.finished_at, row.index)
+        for row, _, attempt in outcomes
+    }
 
 
 def stored_values(attempt: Attempt) -> tuple[str, Any, Any]:
@@ -101,8 +107,8 @@ def closing_for(
     group: ParallelGroup,
     run: WorkflowRun,
     wf: Workflow,
-    block: Parallel,
-    latest: dict[str, tuple[Any, ...]] | None = None,
+    block: Block,
+    latest: Latest | None = None,
     *,
     waiting: int | None = None,
 ) -> Closing:
@@ -110,10 +116,10 @@ def closing_for(
     completed with every result in ``__results__`` and the run moved to the next step."""
     if latest is None:
         latest = final_attempts(group)
-    collected = collected_results(block, latest)
+    collected = collected_results(block, latest, group.branch_count)
     failures = [branch for branch in latest.values() if branch[2] == StepStatus.FAILED]
     if block.on_error == "fail_fast" and failures:
-        _, name, _, _, error, _ = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
+        _, name, _, _, error, _, item = min(failures, key=lambda b: (b[5] or timezone.now(), b[0]))
         logger.info(
             "run %s failed fast at branch %r of %r",
             run.pk,
@@ -121,37 +127,45 @@ def closing_for(
             group.name,
             extra=run_fields(run.pk, run.workflow, step=name),
         )
-        fields = store.fail_fields(name, error, parallel=group.name)
+        where: dict[str, Any] = (
+            {"parallel": group.name} if item is None else {"foreach": group.name, "item_index": item}
+        )
+        done = [branch[1] for branch in latest.values() if branch[2] == StepStatus.COMPLETED]
+        fields = store.failing_fields(run, name, error, done=done, **where)
         # Branches still waiting are cancelled with their waits (``waiting``: how many, as counted last).
         waits = group.waiting_count if waiting is None else waiting
         return Closing(GroupStatus.FAILED, collected, None, fields, cancel_pending=True, cancel_waits=waits > 0)
-    position = wf.position(group.name)
-    target = None if position is None else position + 1
+    target = wf.following(group.name)
     fields = store.move_fields(wf, target, {**run.context, RESULTS_KEY: collected})
     return Closing(GroupStatus.COMPLETED, collected, None, fields)
 
 
-def final_attempts(group: ParallelGroup) -> dict[str, tuple[Any, ...]]:
-    """Each branch's latest final attempt ``(pk, step, status, output, error, finished_at)``, by step.
+def final_attempts(group: ParallelGroup) -> Latest:
+    """Each branch's latest final attempt ``(pk, step, status, output, error, finished_at, item_index)``,
+    by ``(step, item_index)``.
 
     One batched read of plain tuples: a block may have thousands of branches.
     """
     final = (
         StepResult.objects.filter(group=group, status__in=(StepStatus.COMPLETED, StepStatus.FAILED))
         .order_by("id")
-        .values_list("pk", "step", "status", "output", "error", "finished_at")
+        .values_list("pk", "step", "status", "output", "error", "finished_at", "item_index")
     )
-    latest: dict[str, tuple[Any, ...]] = {}
+    latest: Latest = {}
     for branch in final:  # ordered by id: a later attempt replaces an earlier one
-        latest[branch[1]] = branch
+        latest[(branch[1], branch[6])] = branch
     return latest
 
 
-def collected_results(block: Parallel, latest: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+def collected_results(block: Block, latest: Latest, count: int = 0) -> Any:
+    """The block's results as they are stored: by key for a parallel block, a list in item order
+    (of ``count`` items) for a foreach block."""
+    if isinstance(block, Foreach):
+        return items.as_list(latest, count)
     keys = {member.name: member.key for member in block.steps}
     return {
         keys.get(name, name): ["ok", output] if status == StepStatus.COMPLETED else ["error", error]
-        for name, (_, _, status, output, error, _) in latest.items()
+        for (name, _), (_, _, status, output, error, _, _) in latest.items()
     }
 
 
@@ -195,7 +209,7 @@ def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
     block = wf.block(group.name)
     if block is None or position is None:
         reason = results.unknown_step(f"workflow {wf.name!r} has no parallel block {group.name!r}")
-        closing = Closing(GroupStatus.FAILED, None, reason, store.fail_fields(group.name, reason))
+        closing = Closing(GroupStatus.FAILED, None, reason, store.failing_fields(run, group.name, reason))
         return store.close_group(run, group.pk, closing), None
     if block.into is not None:
         return _join_into(run, wf, group, block, position)
@@ -206,10 +220,10 @@ def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:
 
 
 def _join_into(
-    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Parallel, position: int
+    run: WorkflowRun, wf: Workflow, group: ParallelGroup, block: Block, position: int
 ) -> tuple[bool, Workflow | None]:
     assert block.into is not None
-    collected = collected_results(block, final_attempts(group))
+    collected = collected_results(block, final_attempts(group), group.branch_count)
     ctx = to_step_context(run.context)
     # Inside into, the parallel_* helpers read this block's results, as a step after the block would.
     scope_ctx = {**ctx, RESULTS_KEY: results_to_tuples(roundtrip(collected))}
@@ -227,14 +241,20 @@ def _join_into(
         except Unserializable as exc:
             message = f"into of {group.name!r} returned a context that cannot be stored as JSON: {exc}"
             outcome = Outcome(ERROR, reason=results.unserializable_output(message))
-    target = position + 1 if outcome.kind == OK else wf.position(outcome.target) if outcome.kind == GOTO else None
+    target = (
+        wf.following(group.name)
+        if outcome.kind == OK
+        else wf.goto_position(outcome.target)
+        if outcome.kind == GOTO
+        else None
+    )
     if target is None:
         reason = (
             results.goto_error(group.name, outcome.target)
             if outcome.kind == GOTO
             else results.stored_reason(outcome.reason)
         )
-        closing = Closing(GroupStatus.FAILED, collected, reason, store.fail_fields(group.name, reason))
+        closing = Closing(GroupStatus.FAILED, collected, reason, store.failing_fields(run, group.name, reason))
         return store.close_group(run, group.pk, closing), None
     closing = Closing(GroupStatus.COMPLETED, collected, None, store.move_fields(wf, target, context))
     if not store.close_group(run, group.pk, closing):

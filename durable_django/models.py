@@ -17,9 +17,29 @@ class RunStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     RUNNING = "running", _("Running")
     WAITING = "waiting", _("Waiting")
+    COMPENSATING = "compensating", _("Compensating")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
+
+
+class Compensation(models.TextChoices):
+    """How the compensations of a failed (or cancelled) run went; blank when none ran."""
+
+    RUNNING = "running", _("Running")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
+
+
+class StepKind(models.TextChoices):
+    STEP = "step", _("Step")
+    BRANCH = "branch", _("Branch taken")
+    COMPENSATION = "compensation", _("Compensation")
+
+
+class BlockKind(models.TextChoices):
+    PARALLEL = "parallel", _("Parallel")
+    FOREACH = "foreach", _("For each")
 
 
 class StepStatus(models.TextChoices):
@@ -44,7 +64,7 @@ class OnError(models.TextChoices):
 
 
 FINISHED_RUN_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
-UNFINISHED_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
+UNFINISHED_RUN_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.COMPENSATING)
 
 
 class WorkflowRunQuerySet(models.QuerySet["WorkflowRun"]):
@@ -85,6 +105,18 @@ class WorkflowRun(models.Model):
     )
     parent_step = models.CharField(
         _("parent step"), max_length=200, blank=True, help_text=_("The parent's step that called this run.")
+    )
+    detached = models.BooleanField(
+        _("detached"),
+        default=False,
+        help_text=_("Started by start_child: its parent does not wait for it, nor cancel it."),
+    )
+    compensation = models.CharField(
+        _("compensation"),
+        max_length=16,
+        choices=Compensation.choices,
+        blank=True,
+        help_text=_("How the compensations of the steps that had completed went, once the run failed."),
     )
     ref = models.CharField(
         _("reference"), max_length=200, blank=True, help_text=_("The child's ref inside its parent's step.")
@@ -153,9 +185,27 @@ class ParallelGroup(models.Model):
     run = models.ForeignKey(WorkflowRun, models.CASCADE, related_name="groups", verbose_name=_("run"))
     name = models.CharField(_("name"), max_length=200)
     on_error = models.CharField(_("on error"), max_length=16, choices=OnError.choices)
+    kind = models.CharField(_("kind"), max_length=16, choices=BlockKind.choices, default=BlockKind.PARALLEL)
+    items = models.JSONField(
+        _("items"), null=True, blank=True, encoder=DjangoJSONEncoder, help_text=_("A foreach block's list.")
+    )
+    context = models.JSONField(
+        _("context"),
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("The run's context when the block started, kept when a branch has a compensation."),
+    )
     status = models.CharField(_("status"), max_length=16, choices=GroupStatus.choices, default=GroupStatus.RUNNING)
     results = models.JSONField(_("results"), null=True, blank=True, encoder=DjangoJSONEncoder)
     error = models.JSONField(_("error"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    history = models.JSONField(
+        _("history"),
+        default=list,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("Earlier outcomes of the block (status, results, error, when), kept when it is retried."),
+    )
     branch_count = models.PositiveIntegerField(_("branches"), default=0)
     pending_count = models.PositiveIntegerField(
         _("unfinished branches"), default=0, help_text=_("Branches without a final result yet.")
@@ -193,6 +243,10 @@ class StepResult(models.Model):
 
     run = models.ForeignKey(WorkflowRun, models.CASCADE, related_name="steps", verbose_name=_("run"))
     step = models.CharField(_("step"), max_length=200)
+    kind = models.CharField(_("kind"), max_length=16, choices=StepKind.choices, default=StepKind.STEP)
+    item_index = models.PositiveIntegerField(
+        _("item index"), null=True, blank=True, help_text=_("A foreach item's 0-based position in its list.")
+    )
     attempt = models.PositiveIntegerField(_("attempt"), default=1)
     status = models.CharField(_("status"), max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
     output = models.JSONField(_("output"), null=True, blank=True, encoder=DjangoJSONEncoder)
@@ -209,6 +263,22 @@ class StepResult(models.Model):
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     job_id = models.CharField(_("RQ job id"), max_length=64, blank=True)
+    context = models.JSONField(
+        _("context"),
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("The run's context right after this step, kept for a step with a compensation."),
+    )
+    compensates = models.ForeignKey(
+        "self",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="compensations",
+        verbose_name=_("compensates"),
+        help_text=_("For a compensation: the completed step it undoes."),
+    )
     # A running attempt's executor and its lease; a pending one's deadline to be picked up.
     lease_owner = models.CharField(_("lease owner"), max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import dispatch, leases, store
-from .definition import Workflow, find_workflow, queue_for
+from .definition import Foreach, Workflow, find_workflow, queue_for
 from .exceptions import AmbiguousRunId, RunStateError
 from .leases import released_fields
 from .logging import run_fields
@@ -100,6 +100,12 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it."""
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"Run {run.pk} is {run.status}; only a failed run can be retried.")
+    if run.compensation:
+        # Its completed steps were undone: going on from where it failed would build on undone work.
+        raise RunStateError(
+            f"Run {run.pk} ran its compensations (compensation {run.compensation}), which undid its completed "
+            "steps; it cannot be retried. Start a new run instead."
+        )
     now = timezone.now()
     history = [*run.error_history, {"error": run.error, "failed_at": run.finished_at, "retried_at": now}]
     wf = find_workflow(run.workflow)
@@ -147,19 +153,22 @@ def _timed_out_wait(run: WorkflowRun) -> Wait | None:
 
 def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -> list[dispatch.Job]:
     """Give every branch without a completed result a new attempt and reopen ``group``."""
-    latest: dict[str, StepResult] = {}
+    latest: dict[tuple[str, int | None], StepResult] = {}
     for branch in StepResult.objects.filter(group=group).order_by("id"):
-        latest[branch.step] = branch
+        latest[(branch.step, branch.item_index)] = branch
     block = wf.block(group.name) if wf else None
-    names = [member.name for member in block.steps] if block else list(latest)
+    if isinstance(block, Foreach):
+        keys: list[tuple[str, int | None]] = [(block.name, index) for index in range(group.branch_count)]
+    else:
+        keys = [(member.name, None) for member in block.steps] if block else list(latest)
     fresh: list[store.NextAttempt] = []
     running = 0
     again: list[tuple[StepResult, Wait]] = []
     timed_out = {
         wait.step_result_id: wait for wait in Wait.objects.filter(step_result__group=group, status=WaitStatus.TIMED_OUT)
     }
-    for name in names:
-        row = latest.get(name)
+    for name, index in keys:
+        row = latest.get((name, index))
         if row is not None and row.status == StepStatus.COMPLETED:
             continue
         if row is not None and row.pk in timed_out:
@@ -172,9 +181,9 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
             continue
         attempt = row.attempt + 1 if row is not None else 1
         queue = queue_for(wf, block.branch(name) if block else None)
-        fresh.append(store.next_attempt(run.pk, group.pk, name, attempt, queue, 0.0))
+        fresh.append(store.next_attempt(run.pk, group.pk, name, attempt, queue, 0.0, index))
     pending = len(fresh) + running + len(again)
-    store.reopen_group(group.pk, [nxt.row for nxt in fresh], pending)
+    store.reopen_group(group, [nxt.row for nxt in fresh], pending)
     if again:
         store.waits.branches_wait_again(run, group.pk, again, all_wait=not fresh and not running)
     _reopen_children(run, *(nxt.row.step for nxt in fresh))
@@ -187,39 +196,53 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
 
 def _reopen_children(run: WorkflowRun, *steps: str) -> None:
     """Reopen failed children called by ``steps`` of ``run``; the calling step resumes them inline."""
-    for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED):
+    for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED, detached=False):
         _reopen(child)
 
 
-def cancel_run(run: RunRef) -> WorkflowRun:
+def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     """Cancel a pending, running or waiting run and its unfinished children; returns the run as it is now.
 
     Its waits are cancelled with it.
 
     No further step or branch of it starts. A step already executing may finish, but its result
-    does not move the run. Raises :class:`~durable_django.exceptions.RunStateError` when the run
-    has already finished.
+    does not move the run. ``compensate``: the compensations of its completed steps and branches
+    run first (the run is ``compensating`` meanwhile, then ``cancelled`` with ``compensation``
+    set); without any to run, it is cancelled at once. Its children are cancelled without
+    compensating. Raises :class:`~durable_django.exceptions.RunStateError` when the run has
+    already finished, or is compensating.
     """
     current = _load(run)
     with transaction.atomic():
-        if not _cancel(current.pk, timezone.now()):
+        if not _cancel(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
-    logger.info(
-        "run %s of workflow %r cancelled",
-        current.pk,
-        current.workflow,
-        extra=run_fields(current.pk, current.workflow, outcome="cancelled"),
-    )
     current.refresh_from_db()
+    if current.status == RunStatus.COMPENSATING:
+        logger.info(
+            "run %s of workflow %r cancelled; running its compensations",
+            current.pk,
+            current.workflow,
+            extra=run_fields(current.pk, current.workflow, outcome="compensating"),
+        )
+    else:
+        logger.info(
+            "run %s of workflow %r cancelled",
+            current.pk,
+            current.workflow,
+            extra=run_fields(current.pk, current.workflow, outcome="cancelled"),
+        )
     return current
 
 
-def _cancel(run_id: Any, now: Any) -> bool:
-    if not store.cancel_run(run_id, now):
+def _cancel(run_id: Any, now: Any, *, compensate: bool = False) -> bool:
+    if not store.cancel_run(run_id, now, compensate=compensate):
         return False
-    for child_id in WorkflowRun.objects.filter(parent_id=run_id).unfinished().values_list("pk", flat=True):
+    # Children started with start_child (detached) live on: they were never part of the parent's work.
+    for child_id in (
+        WorkflowRun.objects.filter(parent_id=run_id, detached=False).unfinished().values_list("pk", flat=True)
+    ):
         _cancel(child_id, now)
     return True

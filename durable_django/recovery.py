@@ -8,6 +8,9 @@ not RQ's registries, to find:
   until the step has lost its worker ``DURABLE["MAX_WORKER_LOST"]`` times in a row;
 - a join whose worker's lease ran out, or a block whose branches are all done but whose join job
   never arrived;
+- a run whose compensations were executing when its worker's lease ran out: the compensation
+  attempt that was executing is recorded as ``worker_lost`` and the run's compensate job is sent
+  again (see :mod:`durable_django.compensation`);
 - a run, branch or retry whose job should have started by now but is not in Redis (a crash
   between commit and enqueue, a flushed or restarted Redis), or a scheduled retry that is overdue
   because no RQ scheduler is moving it.
@@ -31,10 +34,10 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, dispatch, join, leases, results, resume, store
+from . import blocks, dispatch, join, leases, results, resume, retention, store
 from .attempts import Attempt
 from .conf import durable_settings
-from .definition import Parallel, Step, Workflow, find_workflow, queue_for
+from .definition import Block, Step, Workflow, find_workflow, queue_for
 from .leases import released_fields
 from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
@@ -47,6 +50,7 @@ class Report:
     """What one :func:`recover` pass did."""
 
     steps_taken_over: int = 0
+    compensations_taken_over: int = 0
     branches_taken_over: int = 0
     joins_taken_over: int = 0
     runs_sent_again: int = 0
@@ -65,11 +69,11 @@ class Report:
         return ", ".join(done) or "nothing to recover"
 
 
-def lost_streak(run_id: Any, step_name: str, group_id: int | None = None) -> int:
-    """How many of the latest attempts of a step ended with their worker lost, in a row."""
+def lost_streak(run_id: Any, step_name: str, group_id: int | None = None, item_index: int | None = None) -> int:
+    """How many of the latest attempts of a step (or foreach item) ended with their worker lost, in a row."""
     limit = durable_settings.MAX_WORKER_LOST + 1
     latest = (
-        StepResult.objects.filter(run_id=run_id, step=step_name, group_id=group_id)
+        StepResult.objects.filter(run_id=run_id, step=step_name, group_id=group_id, item_index=item_index)
         .exclude(status__in=(StepStatus.PENDING, StepStatus.RUNNING))
         .order_by("-id")
         .values_list("status", "error")[:limit]
@@ -119,6 +123,12 @@ def recover(now: datetime | None = None) -> Report:
         lease_owner=""
     ):
         _take_over_run(run, now, report)
+    # Few runs compensate at a time: they are looked at one by one, by status.
+    for run in WorkflowRun.objects.filter(top, status=RunStatus.COMPENSATING, lease_expires_at__lt=now):
+        if run.lease_owner:
+            _take_over_compensation(run, now, report)
+        else:
+            _send_run_again(run, now, report)
     waiting = WorkflowRun.objects.filter(
         top, status__in=(RunStatus.PENDING, RunStatus.RUNNING), lease_owner="", lease_expires_at__lt=now
     ).order_by("lease_expires_at")
@@ -184,6 +194,7 @@ def recover(now: datetime | None = None) -> Report:
             overdue,
             NOTICE_EVERY,
         )
+    retention.sweep(now)  # DURABLE["RETENTION"]: a few minutes apart, never in recovery's way
     return report
 
 
@@ -270,12 +281,30 @@ def _chunks(rows: Iterator[WorkflowRun], size: int) -> Iterator[list[WorkflowRun
 def _run_place(run: WorkflowRun) -> tuple[str, str]:
     """The queue and the id of the job that run ``run`` waits for."""
     wf = find_workflow(run.workflow)
+    if run.status == RunStatus.COMPENSATING:
+        return queue_for(wf), dispatch.compensate_job_id(run.pk, run.version)
     return queue_for(wf, wf.node(run.current_step) if wf else None), dispatch.run_job_id(run.pk, run.version)
+
+
+def _take_over_compensation(run: WorkflowRun, now: datetime, report: Report) -> None:
+    owner = run.lease_owner
+    if store.compensations.take_over_compensation(run, now, queue_for(find_workflow(run.workflow))):
+        logger.warning(
+            "run %s lost its worker %s while compensating; sent again",
+            run.pk,
+            owner,
+            extra=run_fields(run.pk, run.workflow),
+        )
+        report.compensations_taken_over += 1
 
 
 def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
     queue, job_id = _run_place(run)
-    job = dispatch.run_workflow_job(run.pk, queue, run.version)
+    job = (
+        dispatch.compensate_job(run.pk, queue, run.version)
+        if run.status == RunStatus.COMPENSATING
+        else dispatch.run_workflow_job(run.pk, queue, run.version)
+    )
     done = _waiting_job(queue, job_id, job, now, lambda until: store.postpone_run(run, until))
     if done == "sent":
         logger.warning(
@@ -296,7 +325,7 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
         report.retries_released += 1
 
 
-def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Parallel | None]:
+def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Block | None]:
     """The group of branch ``row``, its run's workflow and the block (None when no longer defined)."""
     group = row.group
     assert group is not None
@@ -307,7 +336,7 @@ def _branch_place(row: StepResult) -> tuple[ParallelGroup, Workflow | None, Para
 def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
     group, wf, block = _branch_place(row)
     step = block.branch(row.step) if block else None
-    streak = lost_streak(row.run_id, row.step, row.group_id) + 1
+    streak = lost_streak(row.run_id, row.step, row.group_id, row.item_index) + 1
     attempt = Attempt.failure(results.worker_lost(streak), row.started_at or now)
     live = row.run.status == RunStatus.RUNNING and group.status == GroupStatus.RUNNING
     if wf is not None and step is not None and live and streak < durable_settings.MAX_WORKER_LOST:
@@ -403,6 +432,7 @@ class Sweeper:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._redis_down = False
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -424,10 +454,22 @@ class Sweeper:
     def sweep_once(self) -> Report | None:
         """Sweep if no other process swept during this interval; ``None`` when it did not sweep."""
         try:
-            if not dispatch.take_sweep_turn(leases.owner(), durable_settings.RECOVER_INTERVAL):
+            turn = dispatch.take_sweep_turn(leases.owner(), durable_settings.RECOVER_INTERVAL)
+            if self._redis_down:
+                self._redis_down = False
+                logger.info("recovery sweeps again: Redis answers")
+            if not turn:
                 return None
             close_old_connections()
             return recover()
+        except dispatch.QUEUE_UNAVAILABLE as error:
+            # Redis is down: said once per outage rather than with a traceback every interval.
+            if not self._redis_down:
+                self._redis_down = True
+                logger.warning(
+                    "recovery sweeps wait for Redis, which does not answer (%s: %s)", type(error).__name__, error
+                )
+            return None
         except Exception:
             # A database or Redis outage must not end recovery: the next interval tries again.
             logger.exception("recovery sweep failed")

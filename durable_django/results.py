@@ -165,6 +165,21 @@ def stored_reason(reason: Any) -> Any:
         return unserializable_output(f"the error reason cannot be stored as JSON: {exc}", value=reason)
 
 
+def invalid_items(message: str) -> dict[str, Any]:
+    """A foreach block's items are not a list that can be stored as JSON."""
+    return {"type": "invalid_items", "message": storable_text(message)}
+
+
+def not_run() -> dict[str, Any]:
+    """The result of a foreach item that never ran: its block was decided (fail_fast) before."""
+    return {"type": "not_run", "message": "the block was decided before this item ran"}
+
+
+def no_branch_matched(value: Any) -> dict[str, Any]:
+    """A branch block's value matched no case, and the block has no default."""
+    return {"type": "no_branch_matched", "value": value}
+
+
 def workflow_not_found(workflow: str) -> dict[str, Any]:
     """The run's workflow is no longer registered (a deploy removed or renamed it)."""
     return {"type": "workflow_not_found", "message": f"No workflow named {workflow!r} is registered."}

@@ -75,7 +75,7 @@ def send_event(run_id: RunRef, event: str, payload: Any = None) -> str:
     pk = _run_pk(run_id)
     with transaction.atomic():
         run = _locked(pk)
-        if run.is_finished:
+        if run.is_finished or run.status == RunStatus.COMPENSATING:
             raise RunStateError(f"Run {pk} is {run.status}; it takes no more events.")
         for wait in store.waits.waits_for_event(pk, event):
             done = _resolve(run, wait, Resolution(WaitStatus.RESOLVED, event=event, payload=payload))
@@ -185,24 +185,24 @@ def _moving_on(run: WorkflowRun, wf: Workflow | None) -> Callable[[Wait], tuple[
     def fields(wait: Wait) -> tuple[dict[str, Any], Any]:
         step_name = wait.step_result.step
         if wf is None:
-            return store.fail_fields(step_name, results.workflow_not_found(run.workflow)), None
+            return store.failing_fields(run, step_name, results.workflow_not_found(run.workflow)), None
         position = wf.position(step_name)
         if position is None:
             reason = results.unknown_step(
                 f"workflow {wf.name!r} has no step {step_name!r} (was the definition changed?)"
             )
-            return store.fail_fields(step_name, reason), None
+            return store.failing_fields(run, step_name, reason), None
         has_value, _ = store.waits.value_of(wait)
         if wait.status == WaitStatus.TIMED_OUT and not has_value:
             logger.info(
                 "run %s failed: its wait for %r timed out", run.pk, wait.name, extra=run_fields(run.pk, run.workflow)
             )
-            return store.fail_fields(step_name, results.wait_timeout(wait.name)), None
+            return store.failing_fields(run, step_name, results.wait_timeout(wait.name)), None
         context = with_value(run.context, wait)
-        target = position + 1
-        if target >= len(wf.steps):
+        target = wf.following(step_name)
+        if target >= len(wf.flat):
             return store.move_fields(wf, None, context), None
-        following = wf.steps[target]
+        following = wf.flat[target]
         moved = {
             "context": context,
             "current_step": following.name,

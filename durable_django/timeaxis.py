@@ -13,6 +13,8 @@ STATUS_COLOURS: dict[str, str] = {
     "pending": "#6b7280",
     "running": "#1d4ed8",
     "waiting": "#7e22ce",
+    # A failed run undoing its completed steps.
+    "compensating": "#c2410c",
     "completed": "#15803d",
     "failed": "#b91c1c",
     "cancelled": "#b45309",

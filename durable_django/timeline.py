@@ -6,32 +6,46 @@ in percent of the axis, rows, colours and labels.
 
 Sequential steps are rows of their own; a step's retries share its row, one bar per attempt. A
 parallel group is a section with a header row (the group's own span) and one row per branch
-stacked under it, so branches that ran at the same time appear side by side. A step or branch
-that waited (a sleep, events, a person's input) gets a row of its waits right under its own: one
-bar per wait, from when it began to when it was resolved (or to now while it waits).
+stacked under it, so branches that ran at the same time appear side by side. A foreach group has
+one row per item drawn (the rows given: the caller leaves most of a big block's items off) and a
+last row that sums up the others (:class:`durable_django.admin_items.ItemSummary`). A step or
+branch that waited (a sleep, events, a person's input) gets a row of its waits right under its
+own: one bar per wait, from when it began to when it was resolved (or to now while it waits).
+
+A branch block is a section whose header says which case it took (and on what value); with the
+definition at hand, the steps and blocks of that case are the sections under it, indented
+(``depth``). Compensations come last, in a section of their own: one row per undone step. The
+parts (bars, rows, headers) are in :mod:`durable_django.timeparts`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
+from .admin_items import ItemSummary, summarise_rows
 from .conf import durable_settings
 from .models import FINISHED_RUN_STATUSES, ParallelGroup, StepResult, Wait, WorkflowRun
-from .timeaxis import (
-    MIN_SPAN,
-    STATUS_COLOURS,
-    LabelPosition,
-    Tick,
-    fit_labels,
-    format_duration,
-    label_position,
-    pct,
-    status_colour,
-    ticks_for,
+from .nodes import Branch, walk
+from .timeaxis import MIN_SPAN, STATUS_COLOURS, fit_labels, format_duration, label_position, status_colour, ticks_for
+from .timeparts import (
+    Axis,
+    Bar,
+    BarState,
+    Row,
+    Section,
+    Timeline,
+    WaitBar,
+    branch_header,
+    compensation_header,
+    group_header,
+    more_bar,
 )
+
+if TYPE_CHECKING:
+    from .definition import Workflow
 
 __all__ = [
     "STATUS_COLOURS",
@@ -43,193 +57,6 @@ __all__ = [
     "wait_subject",
 ]
 
-# A bar that lasted no time at all still gets this much width (percent), so it can be seen.
-MIN_WIDTH = 0.4
-
-BarState = Literal["done", "running", "waiting", "lost"]
-WaitState = Literal["open", "closed"]
-
-
-class _Span:
-    """Drawing helpers of anything placed on the axis: a bar or a group's span."""
-
-    status: str
-    offset: float
-    width: float
-
-    @property
-    def colour(self) -> str:
-        return status_colour(self.status)
-
-    @property
-    def x(self) -> str:
-        return pct(self.offset)
-
-    @property
-    def w(self) -> str:
-        return pct(self.width)
-
-
-class _Labelled(_Span):
-    """A bar with a label inside it or just past either end."""
-
-    label_position: LabelPosition
-
-    @property
-    def label_x(self) -> str:
-        """Where the label's anchor goes: inside the bar's start, or just past either end."""
-        if self.label_position == "inside":
-            return pct(self.offset + 0.4)
-        if self.label_position == "right":
-            return pct(self.offset + self.width + 0.5)
-        return pct(self.offset - 0.5)
-
-    @property
-    def label_anchor(self) -> str:
-        return "end" if self.label_position == "left" else "start"
-
-
-@dataclass(frozen=True)
-class Bar(_Labelled):
-    """One step attempt: ``offset`` and ``width`` are percent of the axis."""
-
-    step: str
-    attempt: int
-    status: str
-    state: BarState
-    offset: float
-    width: float
-    label: str
-    title: str
-    label_position: LabelPosition
-    duration: float | None
-    short_label: str = ""
-
-    @property
-    def end(self) -> str:
-        return pct(self.offset + self.width)
-
-
-@dataclass(frozen=True)
-class WaitBar(_Labelled):
-    """One wait of a step or branch: from when it began to when it ended (or to now)."""
-
-    pk: int | None
-    kind: str
-    what: str
-    status: str
-    state: WaitState
-    offset: float
-    width: float
-    label: str
-    title: str
-    label_position: LabelPosition
-    short_label: str = ""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the timeline: a sequential step or a branch, with one bar per attempt.
-
-    The line of a step's waits has no attempt bars but its ``waits`` (``is_waits``).
-    """
-
-    label: str
-    bars: tuple[Bar, ...]
-    waits: tuple[WaitBar, ...] = ()
-
-    @property
-    def is_waits(self) -> bool:
-        return bool(self.waits) and not self.bars
-
-    @property
-    def note(self) -> str:
-        if self.is_waits:
-            return f"{len(self.waits)} waits" if len(self.waits) > 1 else ""
-        return f"{len(self.bars)} attempts" if len(self.bars) > 1 else ""
-
-
-@dataclass(frozen=True)
-class GroupHeader(_Span):
-    """The header row of a parallel group: its name, outcome and the span it was open."""
-
-    name: str
-    status: str
-    on_error: str
-    note: str
-    offset: float
-    width: float
-    label: str
-    title: str
-
-
-@dataclass(frozen=True)
-class Section:
-    """Consecutive sequential steps (``group`` is ``None``), or one parallel group and its branches."""
-
-    group: GroupHeader | None
-    rows: tuple[Row, ...]
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Everything the template draws. ``span`` is the length of the axis in seconds."""
-
-    start: datetime
-    span: float
-    ticks: tuple[Tick, ...]
-    sections: tuple[Section, ...]
-    open_ended: bool = False
-
-    @property
-    def bars(self) -> list[Bar]:
-        return [bar for section in self.sections for row in section.rows for bar in row.bars]
-
-    @property
-    def waits(self) -> list[WaitBar]:
-        return [wait for section in self.sections for row in section.rows for wait in row.waits]
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.sections
-
-    @property
-    def span_label(self) -> str:
-        return format_duration(self.span)
-
-    @property
-    def has_lost(self) -> bool:
-        return any(bar.state == "lost" for bar in self.bars)
-
-    @property
-    def has_waiting(self) -> bool:
-        return any(bar.state == "waiting" for bar in self.bars)
-
-    @property
-    def legend(self) -> list[tuple[str, str]]:
-        """``(status, colour)`` of each status drawn, in :data:`STATUS_COLOURS` order."""
-        seen = {bar.status for bar in self.bars} | {s.group.status for s in self.sections if s.group is not None}
-        seen |= {wait.status for wait in self.waits}
-        return [(status, colour) for status, colour in STATUS_COLOURS.items() if status in seen]
-
-
-@dataclass
-class _Axis:
-    start: datetime
-    span: float
-
-    def offset(self, moment: datetime) -> float:
-        return (moment - self.start).total_seconds() / self.span * 100
-
-    def place(self, begin: datetime, end: datetime) -> tuple[float, float]:
-        """Offset and width (percent) of ``begin``..``end``, at least :data:`MIN_WIDTH` wide and inside 0..100."""
-        left = min(max(self.offset(begin), 0.0), 100.0)
-        width = max(self.offset(end) - left, MIN_WIDTH)
-        return min(left, 100.0 - width), width
-
-    def relative(self, moment: datetime) -> str:
-        return format_duration((moment - self.start).total_seconds())
-
 
 def is_lost(row: StepResult) -> bool:
     """Whether ``row`` is an attempt whose worker went away (recorded by recovery, maybe without a start)."""
@@ -239,7 +66,7 @@ def is_lost(row: StepResult) -> bool:
 
 def _bar(
     row: StepResult,
-    axis: _Axis,
+    axis: Axis,
     open_end: datetime,
     numbered: bool,
     waited: datetime | None = None,
@@ -278,7 +105,7 @@ def _bar(
         label = f"{prefix}running {format_duration(duration)}"
     else:
         label = f"{prefix}{row.status}"
-    title = f"{row.step}, attempt {row.attempt}: {row.status}"
+    title = f"{subject(row)}, attempt {row.attempt}: {row.status}"
     if state == "waiting":
         title += f" (queued at +{axis.relative(begin)}, not started)"
         if row.attempt > 1 and row.status == "pending" and row.lease_expires_at is not None:
@@ -307,6 +134,15 @@ def _bar(
     )
 
 
+def subject(row: StepResult) -> str:
+    """What a row is an attempt of: ``charge``, ``squares item 3``, ``compensation of charge``."""
+    if row.kind == "compensation":
+        return f"compensation of {row.step}"
+    if row.item_index is not None:
+        return f"{row.step} item {row.item_index}"
+    return row.step
+
+
 def wait_subject(wait: Wait) -> str:
     """What a wait waits for, in a few words: ``event paid``, ``any of a, b``, ``input approve``, ``sleep 5 min``."""
     if wait.kind == "sleep":
@@ -325,7 +161,7 @@ def wait_subject(wait: Wait) -> str:
     return f"{wait.kind} {wait.name}"
 
 
-def _wait_bar(wait: Wait, axis: _Axis, open_end: datetime) -> WaitBar:
+def _wait_bar(wait: Wait, axis: Axis, open_end: datetime) -> WaitBar:
     begin = wait.created_at
     is_open = wait.status == "waiting"
     end = max(wait.resolved_at or open_end, begin)
@@ -361,34 +197,13 @@ def _wait_bar(wait: Wait, axis: _Axis, open_end: datetime) -> WaitBar:
     )
 
 
-def _group_header(group: ParallelGroup, axis: _Axis, open_end: datetime) -> GroupHeader:
-    end = group.finished_at or open_end
-    offset, width = axis.place(group.created_at, max(end, group.created_at))
-    duration = format_duration((end - group.created_at).total_seconds())
-    parts = [f"{group.branch_count} branches"]
-    if group.failed_count:
-        parts.append(f"{group.failed_count} failed")
-    if group.pending_count and group.finished_at is None:
-        parts.append(f"{group.pending_count} unfinished")
-    return GroupHeader(
-        name=group.name,
-        status=group.status,
-        on_error=group.on_error,
-        note=", ".join(parts),
-        offset=offset,
-        width=width,
-        label=duration,
-        title=f"parallel block {group.name}: {group.status}, open for {duration} ({group.on_error})",
-    )
-
-
 def _bounds(
     run: WorkflowRun,
     steps: Sequence[StepResult],
     groups: Iterable[ParallelGroup],
     waits: Sequence[Wait],
     now: datetime,
-) -> _Axis:
+) -> Axis:
     starts = [run.started_at or run.created_at]
     starts += [row.started_at or row.created_at for row in steps]
     starts += [group.created_at for group in groups]
@@ -401,7 +216,41 @@ def _bounds(
         end = max(ends)
     else:
         end = max(now, start)
-    return _Axis(start, max((end - start).total_seconds(), MIN_SPAN))
+    return Axis(start, max((end - start).total_seconds(), MIN_SPAN))
+
+
+@dataclass
+class _Part:
+    """A section being laid out: its lines, each the attempts of one step, branch, item or compensation."""
+
+    depth: int
+    group: ParallelGroup | None = None
+    branch: StepResult | None = None
+    compensations: bool = False
+    lines: list[list[StepResult]] | None = None
+
+    def __post_init__(self) -> None:
+        self.lines = [] if self.lines is None else self.lines
+
+
+def _case_names(definition: Workflow | None, row: StepResult) -> set[str]:
+    """The names of the steps and blocks of the case branch row ``row`` took (none without the definition)."""
+    node = definition.node(row.step) if definition is not None else None
+    output = row.output if isinstance(row.output, dict) else {}
+    if not isinstance(node, Branch) or row.status != "completed":
+        return set()
+    arm = node.default if output.get("default") else node.case(str(output.get("case")))
+    return {member.name for member in walk(arm or ())}
+
+
+def _on(definition: Workflow | None, name: str) -> str:
+    """What a branch block's case is chosen on: a context key's name, or its function's."""
+    node = definition.node(name) if definition is not None else None
+    if not isinstance(node, Branch):
+        return ""
+    if isinstance(node.on, str):
+        return node.on
+    return f"{getattr(node.on, '__name__', 'on')}(ctx)"
 
 
 def build_timeline(
@@ -410,6 +259,9 @@ def build_timeline(
     groups: Iterable[ParallelGroup],
     now: datetime,
     waits: Iterable[Wait] = (),
+    *,
+    definition: Workflow | None = None,
+    items: Mapping[int, ItemSummary] | None = None,
 ) -> Timeline:
     """Lay out ``run``'s step attempts (``steps``), parallel ``groups`` and ``waits`` on a time axis.
 
@@ -418,10 +270,15 @@ def build_timeline(
     Attempts that never started (pending, or cancelled before they ran) are drawn as waiting from
     the moment they were queued. An attempt that waited ends where its first wait begins; its
     waits are a line of their own under its line.
+
+    ``definition`` (the run's workflow) puts the steps of a branch block's case under it.
+    ``items``: each foreach group's summary by group id, for the items not among ``steps``
+    (without it, the items are counted from ``steps``).
     """
     rows = sorted(steps, key=lambda row: (row.pk is None, row.pk or 0))  # unsaved rows: drawn last
     group_list = sorted(groups, key=lambda group: (group.created_at, group.pk or 0))
     wait_list = sorted(waits, key=lambda wait: (wait.created_at, wait.pk or 0))
+    summaries = dict(items) if items is not None else summarise_rows(rows)
     waits_of: dict[int, list[Wait]] = {}
     for wait in wait_list:
         waits_of.setdefault(wait.step_result_id, []).append(wait)
@@ -429,35 +286,62 @@ def build_timeline(
     finished = run.status in FINISHED_RUN_STATUSES
     open_end = axis.start + timedelta(seconds=axis.span) if finished else now
 
-    # Each section: its group (None for sequential steps) and its lines, each the attempts of one step.
-    layout: list[tuple[ParallelGroup | None, list[list[StepResult]]]] = []
-    group_lines: dict[int, list[list[StepResult]]] = {}
-    branch_line: dict[tuple[int, str], list[StepResult]] = {}
+    parts: list[_Part] = []
+    group_parts: dict[int, _Part] = {}
+    block_line: dict[tuple[int, str, int | None], list[StepResult]] = {}
     groups_by_id = {group.pk: group for group in group_list}
+    cases: list[set[str]] = []  # the cases the run is inside, innermost last
+    compensations = _Part(0, compensations=True)
+    compensation_line: dict[Any, list[StepResult]] = {}
     for row in rows:
+        if row.kind == "compensation":
+            key = row.compensates_id or row.step
+            if key not in compensation_line:
+                compensation_line[key] = []
+                assert compensations.lines is not None
+                compensations.lines.append(compensation_line[key])
+            compensation_line[key].append(row)
+            continue
+        group = groups_by_id.get(row.group_id) if row.group_id is not None else None
+        name = group.name if group is not None else row.step
+        if row.group_id is None or row.group_id not in group_parts:
+            while cases and name not in cases[-1]:
+                cases.pop()  # the run has left that case
+        depth = len(cases)
+        if row.kind == "branch":
+            parts.append(_Part(depth, branch=row))
+            names = _case_names(definition, row)
+            if names:
+                cases.append(names)
+            continue
         if row.group_id is None:
-            if not layout or layout[-1][0] is not None:
-                layout.append((None, []))
-            lines = layout[-1][1]
+            if not parts or parts[-1].group is not None or parts[-1].branch is not None or parts[-1].depth != depth:
+                parts.append(_Part(depth))
+            lines = parts[-1].lines
+            assert lines is not None
             previous = lines[-1][-1] if lines else None
             if previous is not None and previous.step == row.step and row.attempt == previous.attempt + 1:
                 lines[-1].append(row)  # a retry of the same step shares its line
             else:
                 lines.append([row])
             continue
-        if row.group_id not in group_lines:
-            group = groups_by_id.get(row.group_id) or ParallelGroup(
-                pk=row.group_id, name=f"group {row.group_id}", created_at=row.created_at
+        if row.group_id not in group_parts:
+            group_parts[row.group_id] = _Part(
+                depth,
+                group=group or ParallelGroup(pk=row.group_id, name=f"group {row.group_id}", created_at=row.created_at),
             )
-            group_lines[row.group_id] = []
-            layout.append((group, group_lines[row.group_id]))
-        line = branch_line.get((row.group_id, row.step))
+            parts.append(group_parts[row.group_id])
+        line = block_line.get((row.group_id, row.step, row.item_index))
         if line is None:
-            line = branch_line[row.group_id, row.step] = []
-            group_lines[row.group_id].append(line)
+            line = block_line[row.group_id, row.step, row.item_index] = []
+            part_lines = group_parts[row.group_id].lines
+            assert part_lines is not None
+            part_lines.append(line)
         line.append(row)
     # A group without branch rows still shows its span.
-    layout += [(group, []) for group in group_list if group.pk not in group_lines]
+    parts += [_Part(0, group=group) for group in group_list if group.pk not in group_parts]
+    if compensations.lines:
+        parts.append(compensations)
 
     # When the run last moved before each row: where an attempt lost without a recorded start began.
     since: dict[int, datetime] = {}
@@ -473,19 +357,54 @@ def build_timeline(
             waited = row_waits[0].created_at if row_waits else None
             numbered = len(line) > 1 or row.attempt > 1
             bars.append(_bar(row, axis, open_end, numbered, waited=waited, since=since[id(row)]))
-        out = [Row(label=line[0].step, bars=fit_labels(bars))]
+        first = line[0]
+        label = f"item {first.item_index}" if first.item_index is not None else first.step
+        out = [
+            Row(
+                label=label,
+                bars=fit_labels(bars),
+                item=first.item_index,
+                compensates=first.kind == "compensation",
+            )
+        ]
         line_waits = [_wait_bar(wait, axis, open_end) for row in line for wait in waits_of.get(row.pk or 0, [])]
         if line_waits:
-            out.append(Row(label=line[0].step, bars=(), waits=fit_labels(line_waits)))
+            out.append(Row(label=label, bars=(), waits=fit_labels(line_waits)))
         return out
 
-    sections = tuple(
-        Section(
-            group=_group_header(group, axis, open_end) if group is not None else None,
-            rows=tuple(row for line in lines for row in line_rows(line)),
+    def section(part: _Part) -> Section:
+        lines = part.lines or []
+        if part.branch is not None:
+            choice = branch_header(part.branch, axis, open_end, _on(definition, part.branch.step))
+            return Section(group=None, rows=(), branch=choice, depth=part.depth)
+        if part.compensations:
+            flat = [row for line in lines for row in line]
+            header = compensation_header(run, flat, axis, open_end)
+            return Section(
+                group=None,
+                rows=tuple(row for line in lines for row in line_rows(line)),
+                compensation=header,
+                depth=0,
+            )
+        if part.group is None:
+            return Section(group=None, rows=tuple(row for line in lines for row in line_rows(line)), depth=part.depth)
+        summary = summaries.get(part.group.pk) if part.group.kind == "foreach" else None
+        if part.group.kind == "foreach":
+            lines = sorted(lines, key=lambda line: (line[0].item_index is None, line[0].item_index or 0))
+        drawn = [row for line in lines for row in line_rows(line)]
+        if summary is not None and summary.hidden > 0:
+            more = more_bar(summary, axis, open_end)
+            drawn.append(Row(label=f"{summary.hidden:,} more items", bars=(), more=fit_labels([more])[0]))
+        return Section(
+            group=group_header(part.group, axis, open_end, summary),
+            rows=tuple(drawn),
+            depth=part.depth,
         )
-        for group, lines in layout
-    )
+
     return Timeline(
-        start=axis.start, span=axis.span, ticks=ticks_for(axis.span), sections=sections, open_ended=not finished
+        start=axis.start,
+        span=axis.span,
+        ticks=ticks_for(axis.span),
+        sections=tuple(section(part) for part in parts),
+        open_ended=not finished,
     )

@@ -10,9 +10,14 @@ completed run with the most attempts in one parallel block), ``run-timeline.png`
 alone), ``run-failed.png`` (a failed run with its Retry button), ``run-detail-dark.png`` (the run
 page in the dark theme), ``run-waiting.png`` (a run whose branches and a later step waited, the
 last wait still open), ``waits-timeline.png`` (its timeline alone), ``inbox.png`` (inputs
-waiting for an answer and answered ones) and ``answer-approval.png`` (an approval's page) into
-OUTPUT_DIR, and prints their paths. The runs that wait are the test app's
-(``tests/testapp/admin_wait_workflows.py``).
+waiting for an answer and answered ones), ``answer-approval.png`` (an approval's page), and the
+control flow: ``run-foreach.png`` (a foreach block with failed and retried items),
+``run-foreach-large.png`` (a block of 10,000 items), ``run-branch.png`` (a branch block and its
+cases) and ``run-compensated.png`` (a failed run whose completed steps were undone), each also as
+``...-top.png`` (the top part alone), into OUTPUT_DIR, and prints their paths. The runs that wait
+are the test app's (``tests/testapp/admin_wait_workflows.py``), and so are those with control flow
+(``tests/testapp/admin_run_workflows.py``; ``tests/admin/control_flow_support.py`` writes the big
+block and the compensations as the engine leaves them).
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ DOC_IMAGES = (
     "run-retried-top.png",
     "run-waiting-top.png",
     "run-running-dark.png",
+    "run-foreach-top.png",
+    "run-foreach-large-top.png",
+    "run-branch-top.png",
+    "run-compensated-top.png",
 )
 
 
@@ -154,6 +163,22 @@ def create_page_runs() -> dict[str, Any]:
     return {"retried": flaky.pk, "review": review.pk}
 
 
+def create_control_flow_runs() -> dict[str, Any]:
+    """Runs with control flow: a foreach block, one of 10,000 items, a branch block, compensations."""
+    from durable_django.testing import EmbeddedQueue
+    from tests.admin.control_flow_support import branch_run, compensated_run, foreach_run, large_foreach_run
+
+    with EmbeddedQueue() as queue:
+        foreach = foreach_run(queue, "screenshots")
+        branch = branch_run(queue, "gold")
+    return {
+        "foreach": foreach.pk,
+        "foreach_large": large_foreach_run().pk,
+        "branch": branch.pk,
+        "compensated": compensated_run().pk,
+    }
+
+
 @contextmanager
 def running_run() -> Iterator[Any]:
     """A run whose step runs right now (in a worker thread) while the pages are photographed."""
@@ -245,6 +270,10 @@ def photograph(base_url: str, password: str, runs: dict[str, Any], out: Path, ch
         ("run-retried.png", f"{runs_url}{runs['retried']}/change/", "light"),
         ("run-goto.png", f"{runs_url}{runs['review']}/change/", "light"),
         ("run-running.png", f"{runs_url}{runs['running']}/change/", "light"),
+        ("run-foreach.png", f"{runs_url}{runs['foreach']}/change/", "light"),
+        ("run-foreach-large.png", f"{runs_url}{runs['foreach_large']}/change/", "light"),
+        ("run-branch.png", f"{runs_url}{runs['branch']}/change/", "light"),
+        ("run-compensated.png", f"{runs_url}{runs['compensated']}/change/", "light"),
         ("run-detail-dark.png", f"{runs_url}{runs['detail']}/change/", "dark"),
         ("run-running-dark.png", f"{runs_url}{runs['running']}/change/", "dark"),
     ]
@@ -258,6 +287,10 @@ def photograph(base_url: str, password: str, runs: dict[str, Any], out: Path, ch
         ("run-goto.png", "run-goto-top.png", "#durable-live-part"),
         ("run-running.png", "run-running-top.png", "#durable-live-part"),
         ("run-waiting.png", "run-waiting-top.png", "#durable-live-part"),
+        ("run-foreach.png", "run-foreach-top.png", "#durable-live-part"),
+        ("run-foreach-large.png", "run-foreach-large-top.png", "#durable-live-part"),
+        ("run-branch.png", "run-branch-top.png", "#durable-live-part"),
+        ("run-compensated.png", "run-compensated-top.png", "#durable-live-part"),
     ]
     saved = []
     with sync_playwright() as playwright:
@@ -300,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         password = create_user()
         runs.update(create_waiting_runs(USERNAME))
         runs.update(create_page_runs())
+        runs.update(create_control_flow_runs())
         with serve() as base_url, running_run() as running:
             runs["running"] = running
             for path in photograph(base_url, password, runs, args.output, args.chromium, args.width):

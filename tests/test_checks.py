@@ -55,6 +55,7 @@ def test_an_unknown_key_is_e002_naming_it() -> None:
         ("API_PERMISSION_CLASSES", "rest_framework.permissions.IsAdminUser", "a list or tuple of dotted paths"),
         ("API_AUTHENTICATION_CLASSES", [None], "None or a list of dotted paths"),
         ("API_PAGE_SIZE", -1, "a positive integer"),
+        ("API_MAX_PAGE_SIZE", 0, "a positive integer"),
         ("API_MAX_BODY_SIZE", 0, "a positive number of bytes"),
     ],
 )
@@ -78,6 +79,26 @@ def test_a_value_of_the_wrong_type_or_range_is_e004_naming_the_key(key: str, val
 )
 def test_valid_values_pass(key: str, value: Any) -> None:
     with override_settings(DURABLE={key: value}):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "durable", [{"API_PAGE_SIZE": 1001}, {"API_MAX_PAGE_SIZE": 49}, {"API_PAGE_SIZE": 20, "API_MAX_PAGE_SIZE": 10}]
+)
+def test_a_page_size_over_the_maximum_page_size_is_e004_naming_both_keys(durable: dict[str, int]) -> None:
+    size, largest = durable.get("API_PAGE_SIZE", 50), durable.get("API_MAX_PAGE_SIZE", 1000)
+    with override_settings(DURABLE=durable):
+        assert messages(check_settings()) == [
+            (
+                "durable_django.E004",
+                f"settings.DURABLE['API_PAGE_SIZE'] must be at most settings.DURABLE['API_MAX_PAGE_SIZE'] "
+                f"({largest}), not {size}.",
+            )
+        ]
+
+
+def test_a_page_size_equal_to_the_maximum_passes() -> None:
+    with override_settings(DURABLE={"API_PAGE_SIZE": 10, "API_MAX_PAGE_SIZE": 10}):
         assert check_settings() == []
 
 

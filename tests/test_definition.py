@@ -188,7 +188,7 @@ def test_bad_retry_option_of_a_branch_names_step_and_block() -> None:
         (step("", first), "step '': step name must be a non-empty string, got ''"),
         (step("a", first, returns=""), "step 'a': returns must be a non-empty string, got ''"),
         (step("a", first, queue=" "), "step 'a': queue must be a non-empty string, got ' '"),
-        ("a", "item 1: expected step(...) or parallel(...), got str"),
+        ("a", "item 1: expected step(...), parallel(...), foreach(...) or branch(...), got str"),
     ],
 )
 def test_malformed_steps_are_rejected(node: Any, problem: str) -> None:
@@ -243,14 +243,30 @@ def test_describe_lists_steps_and_blocks(define: Definer) -> None:
     )
     default_retry = {"max_attempts": 1, "backoff": "exponential", "base": 1.0, "max_backoff": 30.0, "jitter": True}
     assert wf.describe() == [
-        {"type": "step", "name": "a", "returns": None, "queue": "priority", "timeout": None, "retry": default_retry},
+        {
+            "type": "step",
+            "name": "a",
+            "returns": None,
+            "queue": "priority",
+            "timeout": None,
+            "retry": default_retry,
+            "compensate": False,
+        },
         {
             "type": "parallel",
             "name": "parallel_1",
             "on_error": "complete_all",
             "into": False,
             "steps": [
-                {"type": "step", "name": "b", "returns": "bee", "queue": None, "timeout": None, "retry": default_retry}
+                {
+                    "type": "step",
+                    "name": "b",
+                    "returns": "bee",
+                    "queue": None,
+                    "timeout": None,
+                    "retry": default_retry,
+                    "compensate": False,
+                }
             ],
         },
     ]

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rq import SimpleWorker
 
-from durable_django import blocks, error, ok, parallel, step
+from durable_django import blocks, error, foreach, ok, parallel, step
 from durable_django.definition import unregister
 from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
@@ -271,6 +271,22 @@ def test_each_sequential_step_costs_one_update_and_one_insert(
 
 
 @runs
+@pytest.mark.parametrize("count", [1, 3, 40, 50])
+def test_a_foreach_block_costs_what_a_parallel_block_of_as_many_branches_costs(
+    embedded: EmbeddedQueue, define: Definer, count: int, quick_batches: None
+) -> None:
+    # The items are evaluated in the job that reaches the block and stored on the group: the
+    # statements are the same, batch for batch, as for a static block of the same width.
+    static = define([parallel(*(step(f"b{i}", lambda ctx: ok({"x": 1})) for i in range(count)))])
+    dynamic = define([foreach("each", "things", lambda ctx: ok({"x": 1}))])
+    static_cost = drive_counting(embedded, static.start())
+    run = dynamic.start({"things": list(range(count))})
+    assert drive_counting(embedded, run) == static_cost
+    run.refresh_from_db()
+    assert (run.status, len(run.context["__results__"])) == ("completed", count)
+
+
+@runs
 def test_failed_attempt_costs_the_same_as_a_step_and_the_retry_claims_again(
     embedded: EmbeddedQueue, define: Definer
 ) -> None:
@@ -314,7 +330,7 @@ def test_an_onboarding_shaped_run_is_one_job_of_four_commits(
 @runs
 @pytest.mark.parametrize(
     ("count", "batches"),
-    [(1, [1]), (3, [3]), (32, [32]), (40, [32, 8]), (70, [32, 38])],
+    [(1, [1]), (3, [3]), (32, [32]), (40, [32, 8]), (50, [32, 18])],
 )
 def test_the_job_that_reaches_a_block_executes_its_branches_in_batches_that_double_while_they_are_quick(
     embedded: EmbeddedQueue, define: Definer, count: int, batches: list[int], quick_batches: None

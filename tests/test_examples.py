@@ -17,19 +17,21 @@ from durable_django import start_workflow
 from durable_django.models import ParallelGroup, WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from example_project.shop import workflows
-from example_project.shop.demo import COMPLETED, Example
+from example_project.shop.demo import COMPLETED, FAILED, Example
 from example_project.shop.models import (
     Account,
     BillingAccount,
     Charge,
     ExternalEndpoint,
+    InventoryItem,
     PaymentAuthorization,
     SentMessage,
     Shipment,
     Workspace,
 )
-from example_project.shop.seed import UNKNOWN_SKU, customer, order, seed_stock
-from example_project.shop.services.payment import DECLINED_TOKEN
+from example_project.shop.seed import ROOM_SKU, ROOMS, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
+from example_project.shop.services.airline import FULL_FLIGHT
+from example_project.shop.services.payment import DECLINED_TOKEN, REFUND_BLOCKED_TOKEN
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -585,3 +587,121 @@ def test_run_examples_shows_that_each_onboarding_run_executed_in_one_job(monkeyp
     assert runs == 2
     # A step, a block of three and a step: the job the run's start sent executed all of it.
     assert out.count("executed by 1 RQ job\n") == runs
+
+
+# -- book_trip: a saga, whose completed steps are undone when a later one fails -----------------
+
+
+@pytest.fixture
+def rooms() -> None:
+    seed_rooms()
+
+
+def trip(flight: str, card: str = "tok_visa") -> dict[str, Any]:
+    return {
+        "passenger": "Ada Lovelace",
+        "room": ROOM_SKU,
+        "nights": 2,
+        "amount_cents": 32000,
+        "card": card,
+        "flight": flight,
+    }
+
+
+def rooms_free() -> int:
+    return InventoryItem.objects.get(sku=ROOM_SKU).quantity
+
+
+def compensation_attempts(run: WorkflowRun) -> list[tuple[str, int, str]]:
+    return [(row.step, row.attempt, row.status) for row in run.steps.filter(kind="compensation").order_by("id")]
+
+
+def test_book_trip_reserves_charges_and_confirms_when_the_flight_has_a_seat(embedded, rooms):
+    run = run_to_end(embedded, "book_trip", trip("BA117"))
+
+    charge = Charge.objects.get()
+    assert (run.status, run.compensation) == ("completed", "")
+    assert run.context == {
+        **trip("BA117"),
+        "rooms_reserved": 2,
+        "charge_id": charge.pk,
+        "confirmation": "BA117-ADA-1",
+        "booked": True,
+    }
+    assert (charge.amount_cents, charge.status, rooms_free()) == (32000, "captured", ROOMS - 2)
+    assert compensation_attempts(run) == []
+
+
+def test_book_trip_refunds_the_charge_then_releases_the_room_when_the_flight_is_full(embedded, rooms):
+    run = run_to_end(embedded, "book_trip", trip(FULL_FLIGHT))
+
+    charge = Charge.objects.get()
+    assert (run.status, run.error, run.compensation) == (
+        "failed",
+        {"step": "confirm_flight", "reason": "flight_full"},
+        "completed",
+    )
+    assert attempts(run) == [
+        ("reserve_room", 1, "completed"),
+        ("charge_card", 1, "completed"),
+        ("confirm_flight", 1, "failed"),
+        ("charge_card", 1, "completed"),
+        ("reserve_room", 1, "completed"),
+    ]
+    assert compensation_attempts(run) == [("charge_card", 1, "completed"), ("reserve_room", 1, "completed")]
+    undone = {row.step: row.output for row in run.steps.filter(kind="compensation")}
+    assert undone == {
+        "charge_card": {"charge_status": "refunded"},
+        "reserve_room": {"rooms_free": ROOMS, "because": "flight_full"},
+    }
+    assert (charge.status, rooms_free()) == ("refunded", ROOMS)
+
+
+def test_book_trip_releases_the_room_even_when_the_refund_is_refused(embedded, rooms):
+    run = run_to_end(embedded, "book_trip", trip(FULL_FLIGHT, REFUND_BLOCKED_TOKEN))
+
+    assert (run.status, run.error, run.compensation) == (
+        "failed",
+        {"step": "confirm_flight", "reason": "flight_full"},
+        "failed",
+    )
+    # The refund follows charge_card's retry policy (two attempts), then the room is released.
+    assert compensation_attempts(run) == [
+        ("charge_card", 1, "failed"),
+        ("charge_card", 2, "failed"),
+        ("reserve_room", 1, "completed"),
+    ]
+    refused = run.steps.filter(kind="compensation", step="charge_card").values_list("error", flat=True)
+    assert [(error["type"], error["message"]) for error in refused] == [
+        ("RefundRefused", f"the provider refuses refunds to card {REFUND_BLOCKED_TOKEN}")
+    ] * 2
+    assert (Charge.objects.get().status, rooms_free()) == ("captured", ROOMS)
+
+
+def test_run_examples_shows_the_compensations_of_each_booking(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    call_command("run_examples", only=["book_trip"])
+
+    out = capsys.readouterr().out
+    assert "All 3 runs ended as expected." in out
+    sections = out.split("== book_trip: ")[1:]
+    assert [section.count("compensation: ") for section in sections] == [0, 1, 1]
+    assert "compensation: completed" in sections[1] and "compensation: failed" in sections[2]
+    assert "  undo charge_card                     attempt 2  failed" in sections[2]
+    assert "  undo reserve_room                    attempt 1  completed" in sections[2]
+
+
+def test_run_examples_expects_how_the_compensations_went(monkeypatch):
+    from example_project.shop.management.commands import run_examples
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    def refund_expected_to_fail(tag: str) -> list[Example]:
+        seed_rooms()
+        return [Example("book_trip", "refund refused", trip(FULL_FLIGHT), FAILED, compensation="failed")]
+
+    monkeypatch.setattr(run_examples, "examples", refund_expected_to_fail)
+
+    with pytest.raises(CommandError, match=r"compensation is 'completed', expected 'failed'"):
+        call_command("run_examples", verbosity=0)

@@ -17,6 +17,7 @@ from drf_spectacular.renderers import (
 from drf_spectacular.views import SpectacularAPIView
 
 from .. import __version__
+from ..models import WorkflowRun
 from .base import DurableAPIMixin
 
 
@@ -43,6 +44,8 @@ class DurableSchemaView(DurableAPIMixin, SpectacularAPIView):
     """The OpenAPI 3 schema of the API: JSON by default, YAML with ``?format=yaml``."""
 
     renderer_classes = [OpenApiJsonRenderer, OpenApiJsonRenderer2, OpenApiYamlRenderer, OpenApiYamlRenderer2]
+    # Reading the schema needs the permission to read runs (see CanViewRows).
+    permission_model = WorkflowRun
     custom_settings = {
         "TITLE": "durable_django API",
         "DESCRIPTION": "Workflow runs, their step results, parallel groups and waits, and the registered workflows.",

@@ -13,10 +13,12 @@ from rest_framework import serializers
 from .. import context
 from ..definition import find_workflow
 from ..models import (
+    BlockKind,
     GroupStatus,
     InputKind,
     ParallelGroup,
     RunStatus,
+    StepKind,
     StepResult,
     StepStatus,
     Wait,
@@ -90,6 +92,9 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
             "id",
             "run",
             "step",
+            "kind",
+            "item_index",
+            "compensates",
             "attempt",
             "status",
             "output",
@@ -105,7 +110,7 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
 
 
 class ParallelGroupSerializer(serializers.ModelSerializer[ParallelGroup]):
-    """One execution of a parallel block, as stored."""
+    """One execution of a parallel or foreach block, as stored."""
 
     class Meta:
         model = ParallelGroup
@@ -113,10 +118,13 @@ class ParallelGroupSerializer(serializers.ModelSerializer[ParallelGroup]):
             "id",
             "run",
             "name",
+            "kind",
             "on_error",
             "status",
+            "items",
             "results",
             "error",
+            "history",
             "branch_count",
             "pending_count",
             "failed_count",
@@ -216,6 +224,8 @@ class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
             "parent",
             "parent_step",
             "ref",
+            "detached",
+            "compensation",
             "idempotency_key",
             "created_at",
             "started_at",
@@ -234,8 +244,23 @@ class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
         return WaitSerializer(waits, many=True, context=self.context).data
 
 
+class ChildSerializer(serializers.ModelSerializer[WorkflowRun]):
+    """A child run, as its parent's detail lists it."""
+
+    class Meta:
+        model = WorkflowRun
+        fields = ("id", "workflow", "status", "parent_step", "ref", "detached", "created_at", "finished_at")
+        read_only_fields = fields
+
+
 class RunDetailSerializer(RunSerializer):
-    """A run with its step results, parallel groups and every wait it had."""
+    """A run with its step results, parallel groups, children and every wait it had."""
+
+    children = ChildSerializer(
+        many=True,
+        read_only=True,
+        help_text="Runs started by its steps: called with call_workflow, or started with start_child (detached).",
+    )
 
     steps = StepResultSerializer(many=True, read_only=True)
     groups = ParallelGroupSerializer(many=True, read_only=True)
@@ -245,7 +270,7 @@ class RunDetailSerializer(RunSerializer):
     )
 
     class Meta(RunSerializer.Meta):
-        fields = (*RunSerializer.Meta.fields, "steps", "groups")
+        fields = (*RunSerializer.Meta.fields, "steps", "groups", "children")
         read_only_fields = fields
 
 
@@ -276,6 +301,22 @@ class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
         return value
 
 
+class CancelSerializer(serializers.Serializer[dict[str, Any]]):
+    """The optional body of ``POST runs/{id}/cancel/``."""
+
+    compensate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Run the compensations of the run's completed steps before it ends cancelled (default false).",
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        # Strictly a JSON boolean: DRF's BooleanField also takes "yes", 1, "on"...
+        if isinstance(data, dict) and "compensate" in data and not isinstance(data["compensate"], bool):
+            raise serializers.ValidationError({"compensate": ["Must be true or false."]})
+        return super().to_internal_value(data)
+
+
 class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
     """Query parameters of ``GET runs/``."""
 
@@ -285,6 +326,23 @@ class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
     parent = serializers.UUIDField(  # type: ignore[assignment]
         required=False, help_text="Only the children of this run."
     )
+    detached = serializers.BooleanField(
+        required=False, allow_null=True, default=None, help_text="Only children started with start_child (true) or not."
+    )
+
+
+class RunStepFilterSerializer(serializers.Serializer[dict[str, Any]]):
+    """Query parameters of ``GET runs/{id}/steps/``: a run's step results, e.g. a block's failed items."""
+
+    group = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="Only the rows of this group (a block)."
+    )
+    status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
+    step = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
+    kind = serializers.ChoiceField(choices=StepKind.choices, required=False)
+    item_index = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text="Only this item of a foreach block."
+    )
 
 
 class StepFilterSerializer(serializers.Serializer[dict[str, Any]]):
@@ -293,6 +351,13 @@ class StepFilterSerializer(serializers.Serializer[dict[str, Any]]):
     run = serializers.UUIDField(required=False)
     status = serializers.ChoiceField(choices=StepStatus.choices, required=False)
     step = serializers.CharField(required=False, max_length=200, trim_whitespace=False)
+    group = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="Only the rows of this group (a block)."
+    )
+    kind = serializers.ChoiceField(choices=StepKind.choices, required=False)
+    item_index = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**31 - 1, help_text="Only this item of a foreach block."
+    )
 
 
 class GroupFilterSerializer(serializers.Serializer[dict[str, Any]]):
@@ -300,6 +365,7 @@ class GroupFilterSerializer(serializers.Serializer[dict[str, Any]]):
 
     run = serializers.UUIDField(required=False)
     status = serializers.ChoiceField(choices=GroupStatus.choices, required=False)
+    kind = serializers.ChoiceField(choices=BlockKind.choices, required=False)
 
 
 class WaitFilterSerializer(serializers.Serializer[dict[str, Any]]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from django.db.models import Model, Prefetch, QuerySet
@@ -12,6 +12,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_seri
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet, ReadOnlyModelViewSet
@@ -25,14 +26,17 @@ from ..resume import provide_input, send_event
 from ..waits import can_answer
 from .base import DurableAPIMixin, document, request_body_size
 from .pagination import DurablePagination
+from .query import DurableOrdering, format_parameters, refuse_unknown
 from .serializers import (
     OPEN_WAITS,
+    CancelSerializer,
     EventResultSerializer,
     GroupFilterSerializer,
     ParallelGroupSerializer,
     RunDetailSerializer,
     RunFilterSerializer,
     RunSerializer,
+    RunStepFilterSerializer,
     StartRunSerializer,
     StepFilterSerializer,
     StepResultSerializer,
@@ -63,21 +67,46 @@ M = TypeVar("M", bound=Model)
 
 
 class DurableViewSet(DurableAPIMixin, GenericViewSet[M]):
-    """A viewset of the API: its pagination, and no filter backends of ``REST_FRAMEWORK``."""
+    """A viewset of the API: its pagination, its own filter backends, and a list's query parameters checked.
+
+    A list answers a 400 for a query parameter it does not know (naming it) and for invalid
+    values of those it knows (each named), before reading anything.
+    """
 
     pagination_class = DurablePagination
-    # The lists filter through validated query parameters of their own.
-    filter_backends = ()
+    # Not REST_FRAMEWORK's filter backends: the lists filter through validated query parameters of their own.
+    filter_backends: Sequence[type[BaseFilterBackend]] = ()
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if self.action == "list":
+            refuse_unknown(request.query_params, self.list_parameters())
+            errors = self.parameter_errors()
+            if errors:
+                raise ValidationError(errors)
+
+    def list_parameters(self) -> list[str]:
+        """The names of the query parameters the list takes, in the order its 400 lists them."""
+        return [*DurablePagination.query_parameters(), *format_parameters()]
+
+    def parameter_errors(self) -> dict[str, list[str]]:
+        """Each invalid query parameter of the list, with its messages."""
+        errors = DurablePagination().errors(self.request)
+        return {DurablePagination.page_size_query_param: errors} if errors else {}
 
 
 class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
     """List and read the rows of one model: DRF's ``ReadOnlyModelViewSet`` with the API's base and pagination.
 
-    The list is filtered by the query parameters that ``filters_class`` validates (a 400 names each
-    invalid one); a missing or malformed id is a 404 that names it.
+    The list is filtered by the query parameters that ``filters_class`` validates and ordered by
+    ``?ordering=`` among ``ordering_fields`` (``ordering`` is the default order, the queryset's);
+    a 400 names each invalid parameter. A missing or malformed id is a 404 that names it.
     """
 
     filters_class: type[serializers.Serializer[Any]]
+    filter_backends = (DurableOrdering,)
+    ordering_fields: tuple[str, ...]
+    ordering: tuple[str, ...]
 
     def get_queryset(self) -> QuerySet[M]:
         queryset = super().get_queryset()
@@ -85,8 +114,22 @@ class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
             filters = self.filters_class(data=self.request.query_params)
             filters.is_valid(raise_exception=True)
             # Each parameter is named after the model field it matches (a run's id for run and parent).
-            queryset = queryset.filter(**filters.validated_data)
+            # (A boolean left out is None, not False: query strings are no HTML forms.)
+            queryset = queryset.filter(
+                **{name: value for name, value in filters.validated_data.items() if value is not None}
+            )
         return queryset
+
+    def list_parameters(self) -> list[str]:
+        return [*self.filters_class().fields, DurableOrdering.ordering_param, *super().list_parameters()]
+
+    def parameter_errors(self) -> dict[str, list[str]]:
+        filters = self.filters_class(data=self.request.query_params)
+        errors: dict[str, list[str]] = {} if filters.is_valid() else dict(filters.errors)
+        ordering = DurableOrdering().errors(self.request, self)
+        if ordering:
+            errors[DurableOrdering.ordering_param] = ordering
+        return {**errors, **super().parameter_errors()}
 
     def get_object(self) -> M:
         try:
@@ -120,6 +163,8 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     queryset = WorkflowRun.objects.all()
     filters_class = RunFilterSerializer
+    ordering_fields = ("created_at", "started_at", "finished_at", "status", "workflow")
+    ordering = ("-created_at",)
 
     def get_object(self) -> WorkflowRun:
         given = self.kwargs["pk"]
@@ -139,7 +184,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
     def get_queryset(self) -> QuerySet[WorkflowRun]:
         queryset = super().get_queryset()
-        if self.action in ("events", "inputs"):
+        if self.action in ("events", "inputs", "steps"):
             # Only the run's id and status are read before the engine is called.
             return queryset
         if self.action == "list":
@@ -218,18 +263,49 @@ class RunViewSet(RowViewSet[WorkflowRun]):
     @document(
         summary="Cancel a pending, running or waiting run",
         parameters=[RUN_ID],
-        request=None,
+        request=CancelSerializer,
         responses={
             202: RunDetailSerializer,
-            400: AMBIGUOUS,
+            400: FIELD_ERRORS,
             404: DETAIL,
-            409: OpenApiResponse(DETAIL, description="Already finished."),
+            409: OpenApiResponse(DETAIL, description="Already finished, or compensating."),
         },
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        """Cancel a run and its unfinished children, as ``durable_django.cancel_run`` does."""
-        return self._operate(operations.cancel_run)
+        """Cancel a run and its unfinished children, as ``durable_django.cancel_run`` does.
+
+        An optional body ``{"compensate": true}`` runs the compensations of its completed steps
+        first (the run is ``compensating`` meanwhile); without a body it is cancelled at once.
+        """
+        body = CancelSerializer(data=request.data if request_body_size(request) else {})
+        body.is_valid(raise_exception=True)
+        compensate = body.validated_data.get("compensate", False)
+        return self._operate(lambda run: operations.cancel_run(run, compensate=compensate))
+
+    @document(
+        summary="A run's step results, paged (a block's items, its failed ones...)",
+        parameters=[RUN_ID, RunStepFilterSerializer],
+        responses={200: StepResultSerializer(many=True), 400: FIELD_ERRORS, 404: DETAIL},
+    )
+    @action(detail=True, methods=["get"], url_path="steps", url_name="steps", filter_backends=[])
+    def steps(self, request: Request, pk: str | None = None) -> Response:
+        """The run's step results in the order they were written, filtered and paged like ``steps/``."""
+        refuse_unknown(
+            request.query_params,
+            [*RunStepFilterSerializer().fields, *DurablePagination.query_parameters(), *format_parameters()],
+        )
+        filters = RunStepFilterSerializer(data=request.query_params)
+        errors: dict[str, Any] = {} if filters.is_valid() else dict(filters.errors)
+        paging = DurablePagination().errors(request)
+        if paging:
+            errors[DurablePagination.page_size_query_param] = paging
+        if errors:
+            raise ValidationError(errors)
+        run = self.get_object()
+        rows = StepResult.objects.filter(run=run, **filters.validated_data).order_by("id")
+        page = self.paginator.paginate_queryset(rows, request, view=self) if self.paginator is not None else None
+        return self.get_paginated_response(StepResultSerializer(page, many=True).data)
 
     def _current(self, run: WorkflowRun) -> Response:
         """The run as its detail endpoint shows it now."""
@@ -327,6 +403,8 @@ class StepResultViewSet(RowViewSet[StepResult]):
     queryset = StepResult.objects.all()
     serializer_class = StepResultSerializer
     filters_class = StepFilterSerializer
+    ordering_fields = ("id", "created_at", "started_at", "finished_at", "attempt", "step", "status")
+    ordering = ("id",)
 
     @document(summary="List step results", parameters=[StepFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -343,6 +421,8 @@ class ParallelGroupViewSet(RowViewSet[ParallelGroup]):
     queryset = ParallelGroup.objects.all()
     serializer_class = ParallelGroupSerializer
     filters_class = GroupFilterSerializer
+    ordering_fields = ("id", "created_at", "finished_at", "name", "status")
+    ordering = ("created_at", "id")
 
     @document(summary="List parallel groups", parameters=[GroupFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -359,6 +439,8 @@ class WaitViewSet(RowViewSet[Wait]):
     queryset = wait_rows()
     serializer_class = WaitSerializer
     filters_class = WaitFilterSerializer
+    ordering_fields = ("id", "created_at", "due_at", "resolved_at", "kind", "name", "status")
+    ordering = ("created_at", "id")
 
     @document(summary="List waits, oldest first", parameters=[WaitFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -378,6 +460,8 @@ class WorkflowViewSet(DurableViewSet[Any]):
     """The workflows registered in this process, by name."""
 
     serializer_class = WorkflowSerializer
+    # Workflows are no rows: reading them needs the permission to read runs (see CanViewRows).
+    permission_model = WorkflowRun
     lookup_field = "name"
     # Any name a workflow may have, dots included; only "/" cannot be addressed.
     lookup_value_regex = "[^/]+"

@@ -27,11 +27,16 @@ class RunOperationCommand(BaseCommand):
     def describe(self, run: WorkflowRun) -> str:
         raise NotImplementedError
 
+    def operation_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments the command's own options give :attr:`operation`."""
+        return {}
+
     def handle(self, *args: Any, run_ids: list[str], **options: Any) -> None:
         refused = 0
+        given = self.operation_options(options)
         for run_id in run_ids:
             try:
-                run = type(self).operation(find_run_id(run_id))
+                run = type(self).operation(find_run_id(run_id), **given)
             except WorkflowRun.DoesNotExist:
                 refused += 1
                 self.stderr.write(f"{run_id}: no such run")

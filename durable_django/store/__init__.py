@@ -16,6 +16,8 @@ commits (:func:`durable_django.dispatch.submit`).
 - :mod:`.branches`: claim a batch or one attempt, record a batch or one result, the next attempt
   of a branch, and the deadlines of waiting branches;
 - :mod:`.waits`: a run or branches suspended on a wait, a wait resolved once, buffered events;
+- :mod:`.compensations`: a compensating run claimed, each compensation attempt, its retry and end,
+  and a compensating run taken over;
 - :mod:`.heartbeat`: renewing the leases this process holds.
 
 The hand-written statements are PostgreSQL fast paths (with a portable fallback where needed):
@@ -31,7 +33,7 @@ The hand-written statements are PostgreSQL fast paths (with a portable fallback 
 
 from __future__ import annotations
 
-from . import waits
+from . import compensations, waits
 from .branches import (
     Decide,
     NextAttempt,
@@ -40,6 +42,7 @@ from .branches import (
     cancel_claimed,
     claim_batch,
     claim_branch,
+    hold_back_branch,
     next_attempt,
     postpone_branch,
     postpone_drain,
@@ -52,6 +55,7 @@ from .groups import (
     Claimed,
     Closing,
     Counts,
+    Opening,
     Plan,
     claim_join,
     close_group,
@@ -66,9 +70,11 @@ from .heartbeat import heartbeat, renew_leases
 from .runs import (
     cancel_run,
     claim_run,
+    compensating_fields,
     create_run,
     fail_fields,
     fail_run,
+    failing_fields,
     move_fields,
     postpone_run,
     postpone_runs,
@@ -85,6 +91,7 @@ __all__ = [
     "Counts",
     "Decide",
     "NextAttempt",
+    "Opening",
     "Plan",
     "Recorded",
     "cancel_branch",
@@ -95,12 +102,16 @@ __all__ = [
     "claim_join",
     "claim_run",
     "close_group",
+    "compensating_fields",
+    "compensations",
     "count_finals",
     "create_run",
     "fail_fields",
     "fail_pending_branches",
     "fail_run",
+    "failing_fields",
     "heartbeat",
+    "hold_back_branch",
     "move_fields",
     "next_attempt",
     "open_group",

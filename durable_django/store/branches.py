@@ -26,8 +26,50 @@ from .waits import settle, suspend_branches
 Decide = Callable[[Counts], tuple[WorkflowRun, Closing] | None]
 
 
-def claim_batch(group_id: int, names: list[str] | None, size: int) -> list[Claimed]:
-    """Take up to ``size`` pending first attempts of a group (among ``names``): one statement."""
+def claim_batch(group_id: int, names: list[str] | None, size: int, limit: int | None = None) -> list[Claimed]:
+    """Take up to ``size`` pending first attempts of a group (among ``names``): one statement.
+
+    ``limit`` (a foreach block's ``max_concurrency``): at most that many of the group's attempts
+    are running once the claim commits. The group's row is locked first, so that claims (and
+    finishing batches, which lock it to count) take turns, and the running rows are counted.
+    """
+    if limit is not None:
+        with transaction.atomic(savepoint=False):
+            running = _running_under_lock(group_id)
+            return _claim(group_id, names, min(size, limit - running)) if running < limit else []
+    return _claim(group_id, names, size)
+
+
+def _running_under_lock(group_id: int) -> int:
+    """Lock the group's row and count its running attempts (in the caller's transaction)."""
+    list(ParallelGroup.objects.select_for_update().filter(pk=group_id).values_list("pk"))
+    return StepResult.objects.filter(group_id=group_id, status=StepStatus.RUNNING).count()
+
+
+def hold_back_branch(row_id: int, group_id: int, limit: int, run_id: Any, queue: str, delay: float) -> bool:
+    """After claiming attempt ``row_id`` of a block with ``max_concurrency`` ``limit``: if more than
+    ``limit`` of its attempts now run, give this one back (pending again, to a new job sent in
+    ``delay`` seconds) and say so; ``False``: it may execute.
+
+    Checked under the group's row lock, like every claim of a limited block, so that of two
+    claims made at once at most ``limit`` stand.
+    """
+    with transaction.atomic(savepoint=False):
+        if _running_under_lock(group_id) <= limit:
+            return False
+        job_id = dispatch.new_job_id()
+        StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING, lease_owner=leases.owner()).update(
+            status=StepStatus.PENDING,
+            started_at=None,
+            job_id=job_id,
+            lease_owner="",
+            lease_expires_at=leases.retry_deadline(delay),
+        )
+        dispatch.submit(dispatch.run_branch_job(row_id, run_id, job_id, queue, delay))
+    return True
+
+
+def _claim(group_id: int, names: list[str] | None, size: int) -> list[Claimed]:
     connection = connections[router.db_for_write(StepResult)]
     qn = connection.ops.quote_name
     table = qn(StepResult._meta.db_table)
@@ -43,7 +85,7 @@ def claim_batch(group_id: int, names: list[str] | None, size: int) -> list[Claim
         f"UPDATE {table} SET {qn('status')} = %s, {qn('started_at')} = %s, {qn('lease_owner')} = %s, "
         f"{qn('lease_expires_at')} = %s WHERE {qn('id')} IN (SELECT {qn('id')} FROM {table} "
         f"WHERE {qn('group_id')} = %s AND {qn('status')} = %s AND {qn('attempt')} = 1{among} "
-        f"ORDER BY {qn('id')} LIMIT %s{lock}) RETURNING {qn('id')}, {qn('step')}, {qn('attempt')}"
+        f"ORDER BY {qn('id')} LIMIT %s{lock}) RETURNING {qn('id')}, {qn('step')}, {qn('attempt')}, {qn('item_index')}"
     )
     time_field = StepResult._meta.get_field("started_at")
     stamp = time_field.get_db_prep_value(now, connection)
@@ -52,7 +94,7 @@ def claim_batch(group_id: int, names: list[str] | None, size: int) -> list[Claim
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, *only, size])
         rows = cursor.fetchall()
-    return sorted((Claimed(pk, step, attempt) for pk, step, attempt in rows), key=lambda row: row.pk)
+    return sorted((Claimed(pk, step, attempt, item) for pk, step, attempt, item in rows), key=lambda row: row.pk)
 
 
 @dataclass
@@ -70,7 +112,7 @@ def record_batch(
     group_id: int,
     outcomes: list[tuple[Claimed, Attempt]],
     retries: dict[int, NextAttempt],
-    claim_next: tuple[list[str] | None, int] | None,
+    claim_next: tuple[list[str] | None, int, int | None] | None,
     decide: Decide | None = None,
     waits: list[tuple[Claimed, Attempt]] | None = None,
     run_id: Any = None,
@@ -341,7 +383,9 @@ class NextAttempt:
         return dispatch.run_branch_job(self.row.pk, self.row.run_id, self.row.job_id, self.queue, self.delay)
 
 
-def next_attempt(run_id: Any, group_id: int | None, step: str, attempt: int, queue: str, delay: float) -> NextAttempt:
+def next_attempt(
+    run_id: Any, group_id: int | None, step: str, attempt: int, queue: str, delay: float, index: int | None = None
+) -> NextAttempt:
     """Attempt ``attempt`` of branch ``step``, due in ``delay`` seconds with a job of its own on ``queue``.
 
     Its row's deadline (by when a worker must have picked the job up) is the delay plus a lease.
@@ -354,6 +398,7 @@ def next_attempt(run_id: Any, group_id: int | None, step: str, attempt: int, que
         group_id=group_id,
         job_id=dispatch.new_job_id(),
         lease_expires_at=deadline,
+        item_index=index,
     )
     return NextAttempt(row, queue, delay)
 

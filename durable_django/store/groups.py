@@ -12,11 +12,18 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from .. import dispatch, leases
-from ..conf import durable_settings
 from ..leases import held_fields, released_fields
-from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
+from ..models import (
+    BlockKind,
+    GroupStatus,
+    ParallelGroup,
+    StepKind,
+    StepResult,
+    StepStatus,
+    WorkflowRun,
+)
 from . import sql
-from .runs import apply_move, transition
+from .runs import apply_move, cancel_waits, transition
 
 
 @dataclass(slots=True)
@@ -26,6 +33,8 @@ class Claimed:
     pk: int
     step: str
     attempt: int
+    # A foreach item's position in its list (None for a branch of a parallel block).
+    index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,30 @@ class Plan:
     rest: dict[str, list[str]]
     # The queue of the opening job: its drain jobs start at index 1 (the opening job is index 0).
     here: str = ""
+    # A foreach block: its rows are its items, numbered from 0 in the order of first, then rest.
+    indexed: bool = False
+
+    def indexes(self) -> tuple[list[int | None], dict[str, list[int | None]]]:
+        """The item index of each row of ``first`` and of ``rest`` (``None`` for a parallel block)."""
+        if not self.indexed:
+            return [None] * len(self.first), {queue: [None] * len(steps) for queue, steps in self.rest.items()}
+        first: list[int | None] = list(range(len(self.first)))
+        rest: dict[str, list[int | None]] = {}
+        start = len(self.first)
+        for queue, steps in self.rest.items():
+            rest[queue] = list(range(start, start + len(steps)))
+            start += len(steps)
+        return first, rest
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a new group is besides its name: a foreach block's kind and items, the context kept for
+    compensations."""
+
+    kind: str = BlockKind.PARALLEL
+    items: list[Any] | None = None
+    context: dict[str, Any] | None = None
 
 
 def open_group(
@@ -47,20 +80,23 @@ def open_group(
     *,
     fields: dict[str, Any] | None = None,
     rows: list[StepResult] | None = None,
+    opening: Opening = Opening(),
 ) -> tuple[ParallelGroup, list[Claimed]] | None:
     """Fan out: the run waits on block ``name``, whose group and branch rows are written at once.
 
     ``fields`` and ``rows``: the outcome of the step before the block, committed in the same
-    transaction. The branches of ``plan.first`` are claimed by this process (they are returned);
+    transaction; ``context``: kept on the group (the block's branches have compensations). The branches of ``plan.first`` are claimed by this process (they are returned);
     the others are pending, each naming the drain job sent on commit that will take it. ``None``
     when the run moved on meanwhile.
     """
     count = len(plan.first) + sum(map(len, plan.rest.values()))
     version = run.version
     connection = connections[router.db_for_write(ParallelGroup)]
-    if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block:
+    if connection.vendor == "postgresql" and len(rows or ()) <= 1 and not connection.in_atomic_block and count:
         try:
-            return _open_statement(run, name, on_error, plan, {**(fields or {}), **released_fields()}, rows, connection)
+            return _open_statement(
+                run, name, on_error, plan, {**(fields or {}), **released_fields()}, rows, connection, opening
+            )
         except IntegrityError:
             return None
     try:
@@ -69,7 +105,14 @@ def open_group(
             if not transition(run, {**(fields or {}), **released_fields()}, rows):
                 return None
             group = ParallelGroup.objects.create(
-                run=run, name=name, on_error=on_error, branch_count=count, pending_count=count
+                run=run,
+                name=name,
+                on_error=on_error,
+                branch_count=count,
+                pending_count=count,
+                kind=opening.kind,
+                items=opening.items,
+                context=opening.context,
             )
             claimed = _open(run, group, plan)
     except IntegrityError:
@@ -87,13 +130,22 @@ def _open_statement(
     fields: dict[str, Any],
     rows: list[StepResult] | None,
     connection: Any,
+    opening: Opening,
 ) -> tuple[ParallelGroup, list[Claimed]] | None:
     """:func:`open_group` as one PostgreSQL statement: the run's move, the previous step's row, the
     group and every branch row, each inserted only when the one before it was."""
     now = timezone.now()
     count = len(plan.first) + sum(map(len, plan.rest.values()))
     group = ParallelGroup(
-        run=run, name=name, on_error=on_error, branch_count=count, pending_count=count, created_at=now
+        run=run,
+        name=name,
+        on_error=on_error,
+        branch_count=count,
+        pending_count=count,
+        created_at=now,
+        kind=opening.kind,
+        items=opening.items,
+        context=opening.context,
     )
     moved, params = sql.move_run("moved", run, fields, connection)
     parts, source = [moved], "moved"
@@ -108,34 +160,37 @@ def _open_statement(
     params += group_params
     me, job_id = leases.owner(), dispatch.current_job_id()
     indexes = {queue: 1 if queue == plan.here else 0 for queue in plan.rest}
-    branches: list[tuple[str, str, str, datetime | None, str]] = [
-        (step, StepStatus.RUNNING.value, job_id, now, me) for step in plan.first
+    first_items, rest_items = plan.indexes()
+    branches: list[tuple[str, str, str, datetime | None, str, int | None]] = [
+        (step, StepStatus.RUNNING.value, job_id, now, me, item)
+        for step, item in zip(plan.first, first_items, strict=True)
     ]
     branches += [
-        (step, StepStatus.PENDING.value, f"-{queue}-{indexes[queue]}", None, "")
+        (step, StepStatus.PENDING.value, f"-{queue}-{indexes[queue]}", None, "", item)
         for queue, steps in plan.rest.items()
-        for step in steps
+        for step, item in zip(steps, rest_items[queue], strict=True)
     ]
     qn = connection.ops.quote_name
     columns = (
-        *("run_id", "group_id", "step", "status", "job_id", "started_at", "lease_owner"),
-        *("attempt", "created_at", "lease_expires_at"),
+        *("run_id", "group_id", "step", "status", "job_id", "started_at", "lease_owner", "item_index"),
+        *("attempt", "created_at", "lease_expires_at", "kind"),
     )
     # A pending branch names its queue's drain job, whose id (dispatch.drain_job_id) holds the
     # group's id: composed here from the id the group was just given.
     parts.append(
         f"branches AS (INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
         "SELECT %s, opened.id, u.step, u.status, "
-        "CASE WHEN u.status = %s THEN u.job ELSE %s || opened.id || u.job END, u.started_at, u.owner, 1, %s, %s "
-        "FROM opened, unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[]) "
-        "AS u(step, status, job, started_at, owner) RETURNING id, step, status)"
+        "CASE WHEN u.status = %s THEN u.job ELSE %s || opened.id || u.job END, u.started_at, u.owner, u.item, "
+        "1, %s, %s, %s FROM opened, unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], "
+        "%s::varchar[], %s::integer[]) AS u(step, status, job, started_at, owner, item) "
+        "RETURNING id, step, status, item_index)"
     )
-    params += [run.pk, StepStatus.RUNNING.value, dispatch.DRAIN_PREFIX, now, leases.expiry(now)]
+    params += [run.pk, StepStatus.RUNNING.value, dispatch.DRAIN_PREFIX, now, leases.expiry(now), StepKind.STEP.value]
     params += [list(column) for column in zip(*branches, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH {', '.join(parts)} SELECT opened.id, branches.id, branches.step, branches.status "
-            "FROM opened JOIN branches ON true",
+            f"WITH {', '.join(parts)} SELECT opened.id, branches.id, branches.step, branches.status, "
+            "branches.item_index FROM opened JOIN branches ON true",
             params,
         )
         inserted = cursor.fetchall()
@@ -144,7 +199,7 @@ def _open_statement(
     group.pk = inserted[0][0]
     apply_move(run, fields)
     claimed = sorted(
-        (Claimed(pk, step, 1) for _, pk, step, status in inserted if status == StepStatus.RUNNING),
+        (Claimed(pk, step, 1, item) for _, pk, step, status, item in inserted if status == StepStatus.RUNNING),
         key=lambda row: row.pk,
     )
     dispatch.submit(
@@ -164,14 +219,22 @@ def _open(run: WorkflowRun, group: ParallelGroup, plan: Plan) -> list[Claimed]:
         for queue, steps in plan.rest.items()
         if steps
     ]
-    pending = [(step, job.job_id) for job in jobs for step in plan.rest[job.queue]]
-    claimed = _insert_branches(group, plan.first, pending, timezone.now())
+    first_items, rest_items = plan.indexes()
+    pending = [
+        (step, job.job_id, item)
+        for job in jobs
+        for step, item in zip(plan.rest[job.queue], rest_items[job.queue], strict=True)
+    ]
+    claimed = _insert_branches(group, list(zip(plan.first, first_items, strict=True)), pending, timezone.now())
     dispatch.submit(*jobs)
     return claimed
 
 
 def _insert_branches(
-    group: ParallelGroup, first: list[str], pending: list[tuple[str, str]], now: datetime
+    group: ParallelGroup,
+    first: list[tuple[str, int | None]],
+    pending: list[tuple[str, str, int | None]],
+    now: datetime,
 ) -> list[Claimed]:
     """Insert the first attempts: ``first`` running under this process's lease, ``pending`` (step,
     job id) waiting with a deadline. One statement on PostgreSQL, whatever the block's size."""
@@ -191,40 +254,50 @@ def _insert_branches(
                     lease_owner=me,
                     lease_expires_at=deadline,
                     created_at=now,
+                    item_index=item,
                 )
-                for step in first
+                for step, item in first
             ]
             + [
                 StepResult(
-                    run_id=group.run_id, step=step, group=group, job_id=job, lease_expires_at=deadline, created_at=now
+                    run_id=group.run_id,
+                    step=step,
+                    group=group,
+                    job_id=job,
+                    lease_expires_at=deadline,
+                    created_at=now,
+                    item_index=item,
                 )
-                for step, job in pending
+                for step, job, item in pending
             ],
             batch_size=500,
         )
-        return [Claimed(row.pk, row.step, 1) for row in made[: len(first)]]
+        return [Claimed(row.pk, row.step, 1, row.item_index) for row in made[: len(first)]]
     qn = connection.ops.quote_name
+    if not first and not pending:
+        return []
     columns = (
-        *("run_id", "group_id", "step", "job_id", "status", "started_at", "lease_owner"),
-        *("attempt", "created_at", "lease_expires_at"),
+        *("run_id", "group_id", "step", "job_id", "status", "started_at", "lease_owner", "item_index"),
+        *("attempt", "created_at", "lease_expires_at", "kind"),
     )
     # One array per varying column instead of a dozen parameters per row: the statement stays small.
     sql = (
         f"INSERT INTO {qn(StepResult._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "
-        "SELECT %s, %s, u.step, u.job_id, u.status, u.started_at, u.lease_owner, 1, %s, %s FROM "
-        "unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[]) "
-        "AS u(step, job_id, status, started_at, lease_owner) RETURNING id, step, status"
+        "SELECT %s, %s, u.step, u.job_id, u.status, u.started_at, u.lease_owner, u.item, 1, %s, %s, %s FROM "
+        "unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::timestamptz[], %s::varchar[], %s::integer[]) "
+        "AS u(step, job_id, status, started_at, lease_owner, item) RETURNING id, step, status, item_index"
     )
-    rows: list[tuple[str, str, str, datetime | None, str]] = [
-        (step, job_id, StepStatus.RUNNING.value, now, me) for step in first
+    rows: list[tuple[str, str, str, datetime | None, str, int | None]] = [
+        (step, job_id, StepStatus.RUNNING.value, now, me, item) for step, item in first
     ]
-    rows += [(step, job, StepStatus.PENDING.value, None, "") for step, job in pending]
-    params: list[Any] = [group.run_id, group.pk, now, deadline, *(list(column) for column in zip(*rows, strict=True))]
+    rows += [(step, job, StepStatus.PENDING.value, None, "", item) for step, job, item in pending]
+    params: list[Any] = [group.run_id, group.pk, now, deadline, StepKind.STEP.value]
+    params += [list(column) for column in zip(*rows, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         inserted = cursor.fetchall()
     return sorted(
-        (Claimed(pk, step, 1) for pk, step, status in inserted if status == StepStatus.RUNNING),
+        (Claimed(pk, step, 1, item) for pk, step, status, item in inserted if status == StepStatus.RUNNING),
         key=lambda row: row.pk,
     )
 
@@ -344,16 +417,7 @@ def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> b
         if cancelled:
             ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
     if closing.cancel_waits:
-        waits = Wait.objects.filter(step_result__group_id=group_id, status=WaitStatus.WAITING)
-        due = list(waits.exclude(due_at=None).values_list("pk", flat=True))
-        waits.update(status=WaitStatus.CANCELLED, resolved_at=now)
-        waiting = StepResult.objects.filter(group_id=group_id, status=StepStatus.WAITING).update(
-            status=StepStatus.CANCELLED, finished_at=now
-        )
-        ParallelGroup.objects.filter(pk=group_id).update(
-            pending_count=F("pending_count") - waiting, waiting_count=F("waiting_count") - waiting
-        )
-        dispatch.withdraw_after_commit([(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due])
+        dispatch.withdraw_after_commit(cancel_waits(run.pk, now, group_id=group_id))
     return True
 
 
@@ -387,10 +451,22 @@ def release_claimed(group_id: int, row_ids: list[int], job_id: str) -> int:
     ).update(status=StepStatus.PENDING, started_at=None, job_id=job_id, **released_fields(leases.expiry()))
 
 
-def reopen_group(group_id: int, fresh: list[StepResult], pending: int) -> None:
-    """Reopen a failed group with the new attempts ``fresh``; ``pending`` branches are left to finish."""
+def reopen_group(group: ParallelGroup, fresh: list[StepResult], pending: int) -> None:
+    """Reopen a failed group with the new attempts ``fresh``; ``pending`` branches are left to finish.
+
+    The outcome it had (status, error, counters, when it finished) is kept in its ``history``.
+    """
     StepResult.objects.bulk_create(fresh)
-    ParallelGroup.objects.filter(pk=group_id).update(
+    earlier = {
+        "status": group.status,
+        "error": group.error,
+        "branches": group.branch_count,
+        "failed": group.failed_count,
+        "finished_at": group.finished_at.isoformat() if group.finished_at else None,
+        "retried_at": timezone.now().isoformat(),
+    }
+    ParallelGroup.objects.filter(pk=group.pk).update(
+        history=[*group.history, earlier],
         status=GroupStatus.RUNNING,
         results=None,
         error=None,

@@ -10,15 +10,26 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import dispatch, leases, results
 from ..conf import durable_settings
-from ..definition import Workflow
+from ..definition import Workflow, find_workflow, queue_for
 from ..leases import held_fields, released_fields
 from ..logging import run_fields, run_finished
-from ..models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, Wait, WaitStatus, WorkflowRun
+from ..models import (
+    Compensation,
+    GroupStatus,
+    ParallelGroup,
+    RunStatus,
+    StepKind,
+    StepResult,
+    StepStatus,
+    Wait,
+    WaitStatus,
+    WorkflowRun,
+)
 from . import sql
 
 logger = logging.getLogger("durable_django")
@@ -40,9 +51,52 @@ def fail_fields(step_name: str, reason: Any, **where: Any) -> dict[str, Any]:
     }
 
 
+def failing_fields(
+    run: WorkflowRun, step_name: str, reason: Any, *, done: Iterable[str] = (), **where: Any
+) -> dict[str, Any]:
+    """Fields of ``run`` failing at ``step_name``: those of :func:`fail_fields`, or, when completed
+    steps or branches of it have compensations to run, those of a run that compensates first.
+
+    ``done``: steps or branches completed by the transition that fails the run (a fail-fast block
+    recording its results), which the database does not hold yet. A workflow without compensations
+    costs nothing; one with them, at most one ``EXISTS`` query.
+    """
+    fields = fail_fields(step_name, reason, **where)
+    wf = find_workflow(run.workflow)
+    if wf is None or not wf.has_compensations or not to_compensate(run.pk, wf, done):
+        return fields
+    return compensating_fields(fields)
+
+
+def compensating_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of a run that ends (failed, or cancelled), turned into those of a run that runs
+    its compensations first: it waits for its compensate job, unfinished (see :func:`apply_move`)."""
+    compensating = {name: value for name, value in fields.items() if name != "finished_at"}
+    return {
+        **compensating,
+        "status": RunStatus.COMPENSATING,
+        "compensation": Compensation.RUNNING,
+        **released_fields(leases.expiry()),
+    }
+
+
+def to_compensate(run_id: Any, wf: Workflow, done: Iterable[str] = ()) -> bool:
+    """Whether a completed step or branch of the run (or one of ``done``) has a compensation to run."""
+    compensable = wf.compensable()
+    if any(name in compensable for name in done):
+        return True
+    return (
+        StepResult.objects.filter(
+            run_id=run_id, kind=StepKind.STEP, status=StepStatus.COMPLETED, step__in=list(compensable)
+        )
+        .filter(compensations__isnull=True)
+        .exists()
+    )
+
+
 def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> dict[str, Any]:
     """Fields that put a run at step ``position`` of ``wf`` (completing it past the last step)."""
-    if position is None or position >= len(wf.steps):
+    if position is None or position >= len(wf.flat):
         return {
             "context": context,
             "current_step": "",
@@ -52,7 +106,7 @@ def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> 
             **released_fields(),
         }
     # The process that moves the run on executes its next step: it holds the run's lease.
-    return {"context": context, "current_step": wf.steps[position].name, "current_attempt": 1, **held_fields()}
+    return {"context": context, "current_step": wf.flat[position].name, "current_attempt": 1, **held_fields()}
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -171,15 +225,35 @@ def transition(
 def apply_move(run: WorkflowRun, fields: dict[str, Any]) -> None:
     """Leave on ``run`` the version and ``fields`` a transition of it wrote.
 
-    A run that finished with it (completed or failed) is logged once the transaction commits.
+    A run that finished with it (completed or failed) is logged once the transaction commits. A
+    run that now compensates is sent its compensate job then: every move of a run goes through
+    here, so this is the one place that sends it.
     """
     run.version += 1
     for name, value in fields.items():
         setattr(run, name, value)
     status = fields.get("status")
     if status == RunStatus.COMPLETED or status == RunStatus.FAILED:
-        announce = partial(run_finished, logger, run.pk, run.workflow, str(status), fields.get("error"))
+        # The error as stored: a run that ends after its compensations keeps the one it failed with.
+        announce = partial(run_finished, logger, run.pk, run.workflow, str(status), run.error)
         transaction.on_commit(announce, using=router.db_for_write(WorkflowRun))
+    elif status == RunStatus.COMPENSATING:
+        dispatch.submit(dispatch.compensate_job(run.pk, queue_for(find_workflow(run.workflow)), run.version))
+        transaction.on_commit(
+            partial(run_compensates, run.pk, run.workflow, fields.get("error")), using=router.db_for_write(WorkflowRun)
+        )
+
+
+def run_compensates(run_id: Any, workflow: str, error: Any) -> None:
+    """The line of a run that failed (or was cancelled) and now runs its compensations."""
+    where = f"failed at {error.get('step')!r}" if isinstance(error, dict) else "was cancelled"
+    logger.warning(
+        "run %s of workflow %r %s; running its compensations",
+        run_id,
+        workflow,
+        where,
+        extra=run_fields(run_id, workflow, outcome="compensating"),
+    )
 
 
 def record_cancelled_attempt(run: WorkflowRun, row: StepResult) -> bool:
@@ -192,8 +266,11 @@ def record_cancelled_attempt(run: WorkflowRun, row: StepResult) -> bool:
     the attempt its own way. One transaction, which locks the run first.
     """
     with transaction.atomic(using=router.db_for_write(WorkflowRun)):
+        # Cancelled, or compensating after a cancel (a failure leaves an error; a cancel does not).
         cancelled = WorkflowRun.objects.select_for_update().filter(
-            pk=run.pk, version=run.version + 1, status=RunStatus.CANCELLED
+            Q(status=RunStatus.CANCELLED) | Q(status=RunStatus.COMPENSATING, error__isnull=True),
+            pk=run.pk,
+            version=run.version + 1,
         )
         if not list(cancelled.values_list("pk", flat=True)):
             return False
@@ -216,9 +293,22 @@ def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepRes
         return bool(cursor.fetchone()[0])
 
 
-def fail_run(run: WorkflowRun, step_name: str, reason: Any, rows: list[StepResult] | None = None) -> bool:
-    """Fail ``run`` at ``step_name`` with ``reason`` (storing ``rows`` with it)."""
-    return transition(run, fail_fields(step_name, reason), rows)
+def fail_run(
+    run: WorkflowRun,
+    step_name: str,
+    reason: Any,
+    rows: list[StepResult] | None = None,
+    *,
+    context: dict[str, Any] | None = None,
+) -> bool:
+    """Fail ``run`` at ``step_name`` with ``reason`` (storing ``rows`` with it, and ``context``
+    when the step before it changed it); it compensates first when completed steps of it have
+    compensations (see :func:`failing_fields`)."""
+    done = [row.step for row in rows or () if row.status == StepStatus.COMPLETED]
+    fields = failing_fields(run, step_name, reason, done=done)
+    if context is not None:
+        fields["context"] = context
+    return transition(run, fields, rows)
 
 
 def release_run(run: WorkflowRun) -> None:
@@ -275,33 +365,63 @@ def reopen_run(run: WorkflowRun, fields: dict[str, Any], group_id: int | None = 
     return bool(moved)
 
 
-def cancel_run(run_id: Any, now: datetime) -> bool:
+def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
     """Cancel a pending, running or waiting run, its branches not started, its waits and its open
     groups (not its children).
 
-    Runs inside the caller's transaction. The run's open groups are locked first, as by every
-    writer that moves a run on from a block.
+    ``compensate``: when completed steps of the run have compensations, it moves to
+    ``compensating`` instead, and its compensate job is sent on commit (the run ends
+    ``cancelled`` once they ran). Runs inside the caller's transaction. The run's open groups are
+    locked first, as by every writer that moves a run on from a block; then, to decide whether it
+    compensates, the run.
     """
     list(ParallelGroup.objects.select_for_update().filter(run_id=run_id, status=GroupStatus.RUNNING).values_list("pk"))
-    updated = WorkflowRun.objects.filter(pk=run_id, status__in=CANCELLABLE).update(
-        status=RunStatus.CANCELLED, finished_at=now, version=F("version") + 1, **released_fields()
-    )
+    fields: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
+    wf = None
+    if compensate:
+        locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
+        name = locked.values_list("workflow", flat=True).first()
+        wf = find_workflow(name) if name is not None else None
+        if wf is not None and wf.has_compensations and to_compensate(run_id, wf):
+            fields = compensating_fields(fields)
+    updated = WorkflowRun.objects.filter(pk=run_id, status__in=CANCELLABLE).update(version=F("version") + 1, **fields)
     if not updated:
         return False
+    if fields["status"] == RunStatus.COMPENSATING:
+        version = WorkflowRun.objects.filter(pk=run_id).values_list("version", flat=True).get()
+        dispatch.submit(dispatch.compensate_job(run_id, queue_for(wf), version))
     StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
         status=StepStatus.CANCELLED, finished_at=now, **released_fields()
     )
-    waits = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
-    due = list(waits.exclude(due_at=None).values_list("pk", flat=True))
-    if waits.update(status=WaitStatus.CANCELLED, resolved_at=now):
-        StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING).update(
-            status=StepStatus.CANCELLED, finished_at=now
-        )
-        dispatch.withdraw_after_commit([(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due])
+    dispatch.withdraw_after_commit(cancel_waits(run_id, now))
     ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
         status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
     )
     return True
+
+
+def cancel_waits(run_id: Any, now: datetime, *, group_id: int | None = None) -> list[tuple[str, str]]:
+    """Cancel the run's waiting waits (only those of branches of ``group_id``, if given) and their
+    waiting rows, in the caller's transaction; returns the wake jobs ``(queue, id)`` that have
+    nothing left to do, for :func:`durable_django.dispatch.withdraw_after_commit`.
+
+    Of a group (a fail_fast block decided while branches waited), the counters move with the rows.
+    """
+    waiting = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
+    if group_id is not None:
+        waiting = waiting.filter(step_result__group_id=group_id)
+    due = list(waiting.exclude(due_at=None).values_list("pk", flat=True))
+    if not waiting.update(status=WaitStatus.CANCELLED, resolved_at=now):
+        return []
+    rows = StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING)
+    if group_id is not None:
+        rows = rows.filter(group_id=group_id)
+    cancelled = rows.update(status=StepStatus.CANCELLED, finished_at=now)
+    if cancelled and group_id is not None:
+        ParallelGroup.objects.filter(pk=group_id).update(
+            pending_count=F("pending_count") - cancelled, waiting_count=F("waiting_count") - cancelled
+        )
+    return [(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due]
 
 
 # -- recovery: deadlines of waiting runs ---------------------------------------------------------

@@ -109,8 +109,9 @@ def take(wait: Wait, event: str, payload: Any) -> bool:
     return set(received) >= set(wait.events)
 
 
-def _take_buffered(wait: Wait, now: datetime) -> bool:
-    """Let a new event wait take the events of its run sent before it (oldest first); whether resolved.
+def _take_buffered(wait: Wait) -> tuple[bool, list[int]]:
+    """Let a new event wait take the events of its run sent before it (oldest first): whether that
+    resolved it, and the ids of the events it took (consumed once the wait is saved: :func:`_save_taking`).
 
     Runs in the transaction that creates ``wait``, holding its run's lock, so no sender can slip
     in between. Each event is taken by one wait only.
@@ -128,26 +129,24 @@ def _take_buffered(wait: Wait, now: datetime) -> bool:
         if take(wait, event.name, event.payload):
             resolved = True
             break
-    if taken:
-        # ``consumed_by`` is set once the wait has its id (see _save_taking).
-        wait._taken = taken  # type: ignore[attr-defined]
-    return resolved
+    return resolved, taken
 
 
-def _save_taking(wait: Wait, now: datetime) -> None:
+def _save_taking(wait: Wait, now: datetime, taken: list[int]) -> None:
+    """Insert the new ``wait`` and mark the buffered events it took as consumed by it."""
     wait.save(force_insert=True)
-    taken = getattr(wait, "_taken", None)
     if taken:
         Event.objects.filter(pk__in=taken, consumed_at__isnull=True).update(consumed_at=now, consumed_by=wait)
 
 
-def _ends_now(wait: Wait, now: datetime) -> bool:
-    """Whether a new wait is over before it starts: a sleep until a time past, buffered events."""
+def _ends_now(wait: Wait, now: datetime) -> tuple[bool, list[int]]:
+    """Whether a new wait is over before it starts (a sleep until a time past, buffered events),
+    and the buffered events it took."""
     if wait.kind == WaitKind.SLEEP:
-        return wait.due_at is None or wait.due_at <= now
+        return wait.due_at is None or wait.due_at <= now, []
     if wait.kind == WaitKind.EVENT:
-        return _take_buffered(wait, now)
-    return False
+        return _take_buffered(wait)
+    return False, []
 
 
 def value_of(wait: Wait) -> tuple[bool, Any]:
@@ -205,13 +204,13 @@ def suspend_run(
             return None
         row.save(force_insert=True)
         wait = new_wait(run.pk, row.pk, row.step, request, now)
-        resumed = _ends_now(wait, now)
+        resumed, taken = _ends_now(wait, now)
         if resumed:
             wait.status, wait.resolved_at = WaitStatus.RESOLVED, now
             fields = resume_fields(wait)
         else:
             fields = waiting_fields
-        _save_taking(wait, now)
+        _save_taking(wait, now, taken)
         WorkflowRun.objects.filter(pk=run.pk).update(version=run.version + 1, **fields)
         if not resumed:
             job = _wake_job(wait, now)
@@ -238,30 +237,40 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
         .values_list("pk", flat=True)
     )
     finals: list[tuple[Claimed, Attempt]] = []
-    suspended: list[tuple[Claimed, Attempt, Wait]] = []
+    suspended: list[StepResult] = []
     for row, attempt in waits:
         if row.pk not in mine:
             continue
         wait = new_wait(run_id, row.pk, row.step, attempt.outcome.wait, now)
-        if _ends_now(wait, now):
+        over, taken = _ends_now(wait, now)
+        if over:
             wait.status, wait.resolved_at = WaitStatus.RESOLVED, now
-            _save_taking(wait, now)
+        # Saved at once: the events it took are consumed before the next branch's wait looks.
+        _save_taking(wait, now, taken)
+        if over:
             output = with_value(attempt.output, wait)
             finals.append((row, Attempt(Outcome(OK, data=output), attempt.started_at, attempt.finished_at, output)))
             continue
-        suspended.append((row, attempt, wait))
-    for row, attempt, wait in suspended:
-        StepResult.objects.filter(pk=row.pk).update(
-            status=StepStatus.WAITING,
-            output=attempt.output,
-            started_at=attempt.started_at,
-            finished_at=attempt.finished_at,
-            **released_fields(),
+        suspended.append(
+            StepResult(
+                pk=row.pk,
+                status=StepStatus.WAITING,
+                output=attempt.output,
+                started_at=attempt.started_at,
+                finished_at=attempt.finished_at,
+                **released_fields(),
+            )
         )
-        _save_taking(wait, now)
         job = _wake_job(wait, now)
         if job is not None:
             dispatch.submit(job)
+    if suspended:
+        # One statement for the batch's waiting branches, whatever their number.
+        StepResult.objects.bulk_update(
+            suspended,
+            ["status", "output", "started_at", "finished_at", "lease_owner", "lease_expires_at"],
+            batch_size=500,
+        )
     if suspended:
         ParallelGroup.objects.filter(pk=group_id).update(waiting_count=F("waiting_count") + len(suspended))
     return finals
@@ -347,6 +356,9 @@ def resolve(wait: Wait, run: WorkflowRun, resolution: Resolution, run_fields: An
     )
     row = wait.step_result
     if row.group_id is None:
+        if row.context is not None:
+            # A step with a compensation: its compensation sees the wait's value too.
+            StepResult.objects.filter(pk=row.pk).update(context=with_value(row.context, wait))
         fields, job = run_fields(wait)
         WorkflowRun.objects.filter(pk=run.pk, version=run.version).update(version=run.version + 1, **fields)
         apply_move(run, fields)
@@ -412,6 +424,7 @@ def branches_wait_again(
             run_id=run.pk,
             group_id=group_id,
             step=row.step,
+            item_index=row.item_index,
             attempt=row.attempt + 1,
             status=StepStatus.WAITING,
             output=row.output,
@@ -450,28 +463,6 @@ def waits_for_event(run_id: Any, event: str) -> list[Wait]:
 def buffer_event(run_id: Any, event: str, payload: Any) -> Event:
     """Keep ``event`` for the next wait of the run that takes it."""
     return Event.objects.create(run_id=run_id, name=event, payload=payload)
-
-
-# -- cancelling ---------------------------------------------------------------------------------------
-
-
-def cancel_waits(run_id: Any, now: datetime, *, group_id: int | None = None) -> list[tuple[str, str]]:
-    """Cancel the run's waiting waits (only those of branches of ``group_id``, if given) and their
-    waiting branches; returns the wake jobs ``(queue, id)`` that have nothing left to do."""
-    waiting = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
-    if group_id is not None:
-        waiting = waiting.filter(step_result__group_id=group_id)
-    due = list(waiting.exclude(due_at=None).values_list("pk", flat=True))
-    waiting.update(status=WaitStatus.CANCELLED, resolved_at=now)
-    rows = StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING)
-    if group_id is not None:
-        rows = rows.filter(group_id=group_id)
-    cancelled = rows.update(status=StepStatus.CANCELLED, finished_at=now)
-    if cancelled and group_id is not None:
-        ParallelGroup.objects.filter(pk=group_id).update(
-            pending_count=F("pending_count") - cancelled, waiting_count=F("waiting_count") - cancelled
-        )
-    return [(durable_settings.QUEUE, dispatch.wake_job_id(pk)) for pk in due]
 
 
 def overdue(now: datetime, grace: float) -> Iterable[Wait]:

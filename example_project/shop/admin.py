@@ -58,5 +58,6 @@ admin.site.register(
         models.PaymentAuthorization,
         models.Charge,
         models.Shipment,
+        models.AuditEntry,
     ]
 )

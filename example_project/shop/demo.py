@@ -17,8 +17,9 @@ from durable_django import start_workflow
 from durable_django.models import WorkflowRun
 
 from .responder import DIRECTOR, MANAGER, Answer, Response, Send, Webhook, staff_user
-from .seed import UNKNOWN_SKU, customer, order, seed_stock
-from .services.payment import DECLINED_TOKEN
+from .seed import ROOM_SKU, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
+from .services.airline import FULL_FLIGHT
+from .services.payment import DECLINED_TOKEN, REFUND_BLOCKED_TOKEN
 from .waiting import start_payment
 
 COMPLETED = "completed"
@@ -41,7 +42,8 @@ class Example:
     failed one) must contain. ``responses``: what the demo does when the run waits at one of
     its steps (by the step's name); ``early``: what it sends right after the start, before the
     run waits for it. ``start``: how the run is started, ``start_workflow`` by default.
-    ``note`` explains, under the run's output, what would look wrong.
+    ``note`` explains, under the run's output, what would look wrong. ``compensation``: how the
+    compensations of a failed run must have gone (``completed`` or ``failed``; ``""``: none ran).
     """
 
     workflow: str
@@ -53,6 +55,7 @@ class Example:
     early: tuple[Response, ...] = ()
     start: Callable[[dict[str, Any]], WorkflowRun] | None = None
     note: str = ""
+    compensation: str = ""
 
     def begin(self) -> WorkflowRun:
         """Start this example's run."""
@@ -60,17 +63,22 @@ class Example:
             return self.start(self.input)
         return start_workflow(self.workflow, self.input)
 
-    def problems(self, status: str, context: dict[str, Any] | None, error: dict[str, Any] | None) -> list[str]:
+    def problems(
+        self, status: str, context: dict[str, Any] | None, error: dict[str, Any] | None, compensation: str = ""
+    ) -> list[str]:
         """What differs between this expectation and a finished run (empty when it matches)."""
         if status != self.status:
             return [f"ended {status}, expected {self.status}"]
         seen = (context if status == COMPLETED else error) or {}
         where = "context" if status == COMPLETED else "error"
-        return [
+        problems = [
             f"{where}[{key!r}] is {seen.get(key, '<missing>')!r}, expected {value!r}"
             for key, value in self.expect.items()
             if seen.get(key) != value
         ]
+        if compensation != self.compensation:
+            problems.append(f"compensation is {compensation or 'none'!r}, expected {self.compensation or 'none'!r}")
+        return problems
 
 
 def examples(tag: str) -> list[Example]:
@@ -235,6 +243,101 @@ def examples(tag: str) -> list[Example]:
             {"paid": True, "shipped": False},
         ),
         *waiting_examples(tag),
+        *control_flow_examples(tag),
+        *saga_examples(),
+    ]
+
+
+def control_flow_examples(tag: str) -> list[Example]:
+    """The examples of ``shop.control_flow``: a foreach over order lines, a branch on the shipping kind."""
+    margaret = customer(f"margaret.{tag}@example.com", "Margaret Hamilton")
+    lines = [
+        {"sku": "KB-01", "quantity": 1, "unit_cents": 8900},
+        {"sku": "KB-01", "quantity": 2, "unit_cents": 8900},
+        {"sku": "MUG-01", "quantity": 4, "unit_cents": 1200},
+    ]
+
+    def fulfilment(name: str, shipping: str, order_lines: list[dict[str, Any]] = lines) -> dict[str, Any]:
+        placed = order(f"{tag}-{name}", margaret, quantity=3)
+        return {"order_id": placed.pk, "lines": order_lines, "shipping": shipping}
+
+    charged = 8900 + 2 * 8900 + 4 * 1200
+    return [
+        Example(
+            "order_fulfilment",
+            "three lines charged (foreach, into sums), express courier (branch), audit child",
+            fulfilment("fulfilment-express", "express"),
+            COMPLETED,
+            {"charged_cents": charged, "lines_charged": 3, "carrier": "courier", "fulfilled": True},
+        ),
+        Example(
+            "order_fulfilment",
+            "standard shipping prints a label",
+            fulfilment("fulfilment-standard", "standard"),
+            COMPLETED,
+            {"charged_cents": charged, "carrier": "postal", "fulfilled": True},
+        ),
+        Example(
+            "order_fulfilment",
+            "pick-up in store (an empty case)",
+            fulfilment("fulfilment-pickup", "pickup"),
+            COMPLETED,
+            {"charged_cents": charged, "tracking_number": None, "fulfilled": True},
+        ),
+        Example(
+            "order_fulfilment",
+            "an unknown product on line 2 (into: error)",
+            fulfilment(
+                "fulfilment-ghost", "standard", [lines[0], {"sku": UNKNOWN_SKU, "quantity": 1, "unit_cents": 500}]
+            ),
+            FAILED,
+            {"step": "charge_lines", "reason": {"type": "lines_not_charged", "lines": [1]}},
+        ),
+        Example(
+            "order_fulfilment",
+            "a shipping kind no case handles (no_branch_matched)",
+            fulfilment("fulfilment-drone", "drone"),
+            FAILED,
+            {"step": "ship", "reason": {"type": "no_branch_matched", "value": "drone"}},
+        ),
+    ]
+
+
+def saga_examples() -> list[Example]:
+    """The examples of ``shop.sagas``: a trip booked, and a trip undone when its flight is full."""
+    seed_rooms()
+
+    def trip(flight: str, card: str = "tok_visa") -> dict[str, Any]:
+        return {
+            "passenger": "Ada Lovelace",
+            "room": ROOM_SKU,
+            "nights": 2,
+            "amount_cents": 32000,
+            "card": card,
+            "flight": flight,
+        }
+
+    full = {"step": "confirm_flight", "reason": "flight_full"}
+    return [
+        Example(
+            "book_trip", "flight confirmed", trip("BA117"), COMPLETED, {"booked": True, "confirmation": "BA117-ADA-1"}
+        ),
+        Example(
+            "book_trip",
+            "flight full: the charge is refunded, then the room released (compensations completed)",
+            trip(FULL_FLIGHT),
+            FAILED,
+            full,
+            compensation="completed",
+        ),
+        Example(
+            "book_trip",
+            "flight full, the refund refused twice: the room is released all the same (compensation failed)",
+            trip(FULL_FLIGHT, REFUND_BLOCKED_TOKEN),
+            FAILED,
+            full,
+            compensation="failed",
+        ),
     ]
 
 

@@ -228,3 +228,19 @@ class PaymentIntent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider_ref} ({self.status})"
+
+
+class AuditEntry(models.Model):
+    """What the audit trail recorded about an order, written by a child run the order's run does not wait for."""
+
+    order = models.ForeignKey(Order, models.CASCADE, related_name="audit_entries")
+    event = models.CharField(max_length=64)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("created_at", "id")
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.order_id}: {self.event}"

@@ -15,12 +15,20 @@ STOCK = [
     ("MUG-01", "Shop mug", 0),
 ]
 UNKNOWN_SKU = "GHOST-01"
+# The hotel's double rooms, which the booking saga reserves (kept out of the shop's STOCK).
+ROOM_SKU = "ROOM-DBL"
+ROOMS = 10
 
 
 def seed_stock() -> None:
     """Put the warehouse back to its known stock levels."""
     for sku, name, quantity in STOCK:
         InventoryItem.objects.update_or_create(sku=sku, defaults={"name": name, "quantity": quantity})
+
+
+def seed_rooms() -> None:
+    """Put the hotel's rooms back to ROOMS free ones."""
+    InventoryItem.objects.update_or_create(sku=ROOM_SKU, defaults={"name": "Double room", "quantity": ROOMS})
 
 
 def customer(email: str, name: str, phone: str = "", *, unread: list[str] | None = None) -> Account:

@@ -4,7 +4,8 @@ Loaded by durable_django's autodiscovery (like ``admin.py``). Each section names
 example it translates; ``python manage.py run_examples`` runs them all. Steps call the small
 services of ``shop.services``, so every branch does real work on real rows, and every outcome
 (a declined card, an empty warehouse, a bouncing address) is decided by the data. The examples
-that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, registered from here.
+that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, the saga whose completed
+steps are undone when a later one fails in ``shop.sagas``; both are registered from here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from durable_django import (
     workflow,
 )
 
-from . import waiting  # noqa: F401 - registers the workflows that wait
+from . import (
+    control_flow,  # noqa: F401 - registers the foreach / branch / start_child examples
+    sagas,  # noqa: F401 - registers the saga, whose steps are undone when a later one fails
+    waiting,  # noqa: F401 - registers the workflows that wait
+)
 from .models import Order
 from .services import (
     analytics,

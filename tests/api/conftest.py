@@ -47,13 +47,33 @@ def staff_user(django_user_model: type[User]) -> User:
     return django_user_model.objects.create_user("staff", is_staff=True)
 
 
+def grant(user: User, *permissions: str) -> User:
+    """``user`` with these ``app_label.codename`` permissions added, fetched again (Django caches permissions)."""
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return type(user).objects.get(pk=user.pk)
+
+
+#: The view permissions of the API's models: what reading every endpoint needs.
+VIEW_PERMISSIONS = (
+    "durable_django.view_workflowrun",
+    "durable_django.view_stepresult",
+    "durable_django.view_parallelgroup",
+    "durable_django.view_wait",
+)
+
+
+@pytest.fixture
+def viewer_user(staff_user: User) -> User:
+    """A staff user with the view permission of every model the API reads, and nothing else."""
+    return grant(staff_user, *VIEW_PERMISSIONS)
+
+
 @pytest.fixture
 def operator_user(staff_user: User) -> User:
     """A staff user with ``durable_django.change_workflowrun``."""
-    staff_user.user_permissions.add(
-        Permission.objects.get(content_type__app_label="durable_django", codename="change_workflowrun")
-    )
-    return staff_user
+    return grant(staff_user, "durable_django.change_workflowrun")
 
 
 @pytest.fixture

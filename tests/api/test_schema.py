@@ -26,7 +26,7 @@ from durable_django import ok, step
 from durable_django.models import ParallelGroup, StepResult, Wait, WorkflowRun
 from tests.engine_support import Definer
 
-from .conftest import url
+from .conftest import client_for, grant, url
 
 pytestmark = pytest.mark.django_db
 
@@ -37,6 +37,7 @@ PATHS = {
     "/api/durable/runs/{id}/cancel/": ["post"],
     "/api/durable/runs/{id}/events/{event}/": ["post"],
     "/api/durable/runs/{id}/inputs/{name}/": ["post"],
+    "/api/durable/runs/{id}/steps/": ["get"],
     "/api/durable/steps/": ["get"],
     "/api/durable/steps/{id}/": ["get"],
     "/api/durable/groups/": ["get"],
@@ -70,11 +71,16 @@ def test_schema_is_served_as_yaml_on_request(api: APIClient) -> None:
     assert response.content.startswith(b"openapi: 3.")
 
 
-def test_schema_describes_retry_and_cancel_as_bodiless_with_their_responses(api: APIClient) -> None:
-    paths = fetch_schema(api)["paths"]
+def test_schema_describes_retry_as_bodiless_and_cancel_with_its_optional_body(api: APIClient) -> None:
+    schema = fetch_schema(api)
+    paths = schema["paths"]
+    assert "requestBody" not in paths["/api/durable/runs/{id}/retry/"]["post"]
+    cancel = paths["/api/durable/runs/{id}/cancel/"]["post"]["requestBody"]
+    assert cancel.get("required", False) is False
+    assert cancel["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Cancel"}
+    assert schema["components"]["schemas"]["Cancel"]["properties"]["compensate"]["type"] == "boolean"
     for action in ("retry", "cancel"):
         operation = paths[f"/api/durable/runs/{{id}}/{action}/"]["post"]
-        assert "requestBody" not in operation
         assert sorted(operation["responses"]) == ["202", "400", "404", "409"]
         # A run's routes take an id prefix too: the id is a string, not a UUID.
         (run_id,) = [param for param in operation["parameters"] if param["name"] == "id"]
@@ -93,7 +99,29 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     assert (sorted(body["properties"]), body["required"]) == (["idempotency_key", "input", "workflow"], ["workflow"])
     assert body["properties"]["input"]["type"] == "object"
     parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
-    assert sorted(parameter["name"] for parameter in parameters) == ["page", "parent", "status", "workflow"]
+    assert sorted(parameter["name"] for parameter in parameters) == [
+        "detached",
+        "ordering",
+        "page",
+        "page_size",
+        "parent",
+        "status",
+        "workflow",
+    ]
+    steps = schema["paths"]["/api/durable/runs/{id}/steps/"]["get"]
+    assert sorted(parameter["name"] for parameter in steps["parameters"]) == [
+        "group",
+        "id",
+        "item_index",
+        "kind",
+        "page",
+        "page_size",
+        "status",
+        "step",
+    ]
+    assert steps["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PaginatedStepResultList"
+    }
 
 
 def test_schema_describes_sending_an_event_and_answering_an_input(api: APIClient) -> None:
@@ -126,7 +154,9 @@ def test_schema_describes_waits_and_their_filters(api: APIClient) -> None:
         "input_kind",
         "kind",
         "name",
+        "ordering",
         "page",
+        "page_size",
         "run",
         "status",
     ]
@@ -162,6 +192,53 @@ def test_schema_describes_waits_and_their_filters(api: APIClient) -> None:
     assert "waiting" in status["schema"]["enum"]
 
 
+LIST_ORDERING = {
+    "/api/durable/runs/": ["created_at", "started_at", "finished_at", "status", "workflow"],
+    "/api/durable/steps/": ["id", "created_at", "started_at", "finished_at", "attempt", "step", "status"],
+    "/api/durable/groups/": ["id", "created_at", "finished_at", "name", "status"],
+    "/api/durable/waits/": ["id", "created_at", "due_at", "resolved_at", "kind", "name", "status"],
+}
+
+
+def parameter(schema: dict[str, Any], path: str, name: str) -> dict[str, Any] | None:
+    found = [item for item in schema["paths"][path]["get"].get("parameters", []) if item["name"] == name]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("path", [*LIST_ORDERING, "/api/durable/workflows/"])
+@override_settings(DURABLE={"API_PAGE_SIZE": 20, "API_MAX_PAGE_SIZE": 200})
+def test_schema_lists_page_size_with_its_bounds_on_every_list(api: APIClient, path: str) -> None:
+    page_size = parameter(fetch_schema(api), path, "page_size")
+    assert page_size == {
+        "name": "page_size",
+        "required": False,
+        "in": "query",
+        "description": "Number of results to return per page (default 20).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+    }
+
+
+@pytest.mark.parametrize(("path", "fields"), LIST_ORDERING.items())
+def test_schema_lists_ordering_with_its_enum_on_the_lists_of_rows(api: APIClient, path: str, fields: list[str]) -> None:
+    ordering = parameter(fetch_schema(api), path, "ordering")
+    assert ordering is not None
+    assert (ordering["in"], ordering["style"], ordering["explode"]) == ("query", "form", False)
+    assert ordering["schema"] == {
+        "type": "array",
+        "items": {"type": "string", "enum": [term for field in fields for term in (field, f"-{field}")]},
+    }
+
+
+def test_schema_lists_no_ordering_for_workflows_nor_pagination_on_details(api: APIClient) -> None:
+    schema = fetch_schema(api)
+    assert parameter(schema, "/api/durable/workflows/", "ordering") is None
+    assert [parameter(schema, "/api/durable/runs/{id}/", name) for name in ("page", "page_size", "ordering")] == [
+        None,
+        None,
+        None,
+    ]
+
+
 def test_schema_needs_no_drf_spectacular_app_nor_rest_framework_settings(api: APIClient) -> None:
     assert "drf_spectacular" not in settings.INSTALLED_APPS
     assert not hasattr(settings, "REST_FRAMEWORK")
@@ -179,6 +256,11 @@ def test_schema_is_the_same_when_the_project_uses_drf_spectacular_everywhere(api
 def test_schema_is_served_to_staff_only() -> None:
     response = APIClient().get(url("schema"))
     assert response.status_code == 401
+
+
+def test_schema_is_served_with_the_permission_to_read_runs(staff_user: User) -> None:
+    assert client_for(staff_user).get(url("schema")).status_code == 403
+    assert client_for(grant(staff_user, "durable_django.view_workflowrun")).get(url("schema")).status_code == 200
 
 
 # -- fuzzing -------------------------------------------------------------------------------------

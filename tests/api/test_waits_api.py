@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from durable_django import Workflow
@@ -15,7 +15,7 @@ from durable_django.models import Event, Wait, WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from tests.testapp import api_wait_workflows as flows
 
-from .conftest import client_for, url
+from .conftest import client_for, grant, url
 
 pytestmark = pytest.mark.django_db
 
@@ -23,14 +23,6 @@ pytestmark = pytest.mark.django_db
 def iso(value: datetime | None) -> str | None:
     """A datetime as DRF renders it with USE_TZ and UTC."""
     return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def grant(user: User, *permissions: str) -> User:
-    """``user`` with these ``app_label.codename`` permissions added, fetched again (Django caches permissions)."""
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return User.objects.get(pk=user.pk)
 
 
 def waiting(embedded: EmbeddedQueue, wf: Workflow, input: dict[str, Any] | None = None) -> WorkflowRun:
@@ -153,15 +145,24 @@ def test_an_unknown_or_malformed_wait_id_is_404(api: APIClient, wait_id: str) ->
     assert (response.status_code, response.json()) == (404, {"detail": f"No wait has the id {wait_id!r}."})
 
 
-def test_waits_are_read_with_the_apis_read_permission(
+def test_waits_are_read_with_the_view_permission_of_waits(
     django_user_model: type[User], staff_user: User, embedded: EmbeddedQueue
 ) -> None:
     wait = Wait.objects.get(run=waiting(embedded, flows.approval))
     assert client_for(None).get(url("wait-list")).status_code == 401
     member = client_for(django_user_model.objects.create_user("member"))
     assert member.get(url("wait-detail", wait.pk)).status_code == 403
-    staff = client_for(staff_user)
-    assert staff.get(url("wait-detail", wait.pk)).status_code == 200
+    staff = client_for(staff_user).get(url("wait-detail", wait.pk))
+    assert (staff.status_code, staff.json()) == (
+        403,
+        {"detail": "Reading waits needs the 'durable_django.view_wait' permission."},
+    )
+    # The permission to read runs shows a run's waits in its detail, not the waits' own endpoints.
+    run_reader = client_for(grant(staff_user, "durable_django.view_workflowrun"))
+    assert [item["id"] for item in run_reader.get(url("run-detail", wait.run_id)).json()["waits"]] == [wait.pk]
+    assert run_reader.get(url("wait-detail", wait.pk)).status_code == 403
+    reader = client_for(grant(staff_user, "durable_django.view_wait"))
+    assert reader.get(url("wait-detail", wait.pk)).json()["id"] == wait.pk
 
 
 def test_can_answer_says_whether_the_requesting_user_has_the_inputs_permission(
@@ -175,8 +176,9 @@ def test_can_answer_says_whether_the_requesting_user_has_the_inputs_permission(
         return {item["name"]: item["can_answer"] for item in items}
 
     assert restricted.permission == flows.RESTRICTED_PERMISSION
-    assert answerable(staff_user) == {"approve": False, "refund": False}
-    answerer = grant(staff_user, "durable_django.provide_input")
+    reader = grant(staff_user, "durable_django.view_wait")
+    assert answerable(reader) == {"approve": False, "refund": False}
+    answerer = grant(reader, "durable_django.provide_input")
     assert answerable(answerer) == {"approve": True, "refund": False}
     assert answerable(grant(answerer, flows.RESTRICTED_PERMISSION)) == {"approve": True, "refund": True}
     assert plain.status == "waiting"

@@ -82,9 +82,38 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (and is not a zombie)."""
+    return not _gone(pid)
+
+
 def lease_pid(lease_owner: str) -> int:
     """The pid in a ``lease_owner`` (``host:pid:token``): the process that executes the leased work."""
     return int(lease_owner.rsplit(":", 2)[1])
+
+
+def settled_batch(
+    run_id: Any, lease_owner: str, field: str = "step", quiet: float = 0.5, timeout: float = 10.0
+) -> set[Any]:
+    """The branch rows of run ``run_id`` that ``lease_owner`` holds once that stopped changing (``field``
+    of each): a batch whose branch blocks gives the branches it has not started back to other workers
+    (the overrun watchdog, shortly after the batch began), so what it holds settles only then."""
+    from durable_django.models import StepResult
+
+    def held() -> set[Any]:
+        rows = StepResult.objects.filter(run_id=run_id, lease_owner=lease_owner, group__isnull=False)
+        return set(rows.values_list(field, flat=True))
+
+    deadline = time.monotonic() + timeout
+    last, since = held(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = held()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return last
+    raise AssertionError(f"the batch of {lease_owner} kept changing for {timeout:g} s")
 
 
 @dataclass

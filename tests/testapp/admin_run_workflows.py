@@ -1,11 +1,12 @@
-"""Workflows for the run page's tests and screenshots: a slow step, a flaky one, a goto loop, an into."""
+"""Workflows for the run page's tests and screenshots: a slow step, a flaky one, a goto loop, an into,
+a foreach block, a branch block and compensable steps."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from durable_django import error, goto, ok, parallel, step, workflow
+from durable_django import branch, error, foreach, goto, ok, parallel, step, workflow
 
 Ctx = dict[str, Any]
 
@@ -74,5 +75,80 @@ admin_review = workflow(
             name="announce",
         ),
         step("archive", lambda ctx: ok({"archived": True})),
+    ],
+)
+
+
+# -- control flow: a foreach block, a branch block, compensations ---------------------------------
+
+#: (token, index) of the items of ``it_admin_foreach`` that have failed once (a flaky item then succeeds).
+FLAKY_TRIED: set[tuple[str, int]] = set()
+
+
+def _square(ctx: Ctx) -> Any:
+    index = ctx["__index__"]
+    if index in ctx.get("bad", ()):
+        raise ValueError(f"item {index} ({ctx['item']!r}) cannot be squared")
+    if index in ctx.get("flaky", ()) and (ctx["token"], index) not in FLAKY_TRIED:
+        FLAKY_TRIED.add((ctx["token"], index))
+        raise TimeoutError(f"item {index} timed out")
+    return ok({"square": ctx["item"] * ctx["item"]})
+
+
+def sum_squares(ctx: Ctx, results: list[tuple[str, Any]]) -> Any:
+    return ok({"total": sum(data["square"] for status, data in results if status == "ok")})
+
+
+admin_foreach = workflow(
+    "it_admin_foreach",
+    [
+        step("load", lambda ctx: ok({"numbers": list(range(ctx.get("count", 12)))})),
+        foreach(
+            "squares",
+            "numbers",
+            _square,
+            on_error="complete_all",
+            into=sum_squares,
+            retry={"max_attempts": 2, "backoff": "constant", "base": 0},
+        ),
+        step("report", lambda ctx: ok({"reported": ctx.get("total")})),
+    ],
+)
+
+admin_branch = workflow(
+    "it_admin_branch",
+    [
+        step("classify", lambda ctx: ok({"tier": ctx["tier"]})),
+        branch(
+            "route",
+            "tier",
+            {
+                "gold": [
+                    step("call_customer", lambda ctx: ok({"called": True})),
+                    foreach("gifts", lambda ctx: ["mug", "pen", "tote"], lambda ctx: ok({"sent": ctx["item"]})),
+                ],
+                "silver": [step("send_email", lambda ctx: ok({"emailed": True}))],
+            },
+            default=[step("log_only", lambda ctx: ok({"logged": True}))],
+        ),
+        step("close", lambda ctx: ok({"closed": True})),
+    ],
+)
+
+
+def _undo(ctx: Ctx) -> Any:
+    return ok({"undone": True})
+
+
+admin_saga = workflow(
+    "it_admin_saga",
+    [
+        step("reserve_stock", lambda ctx: ok({"reserved": 3}), compensate=_undo),
+        parallel(
+            step("charge_card", lambda ctx: ok({"charged": 250}), compensate=_undo),
+            step("notify_warehouse", lambda ctx: ok({"notified": True})),
+            name="pay",
+        ),
+        step("ship", lambda ctx: error({"code": "carrier_down"})),
     ],
 )

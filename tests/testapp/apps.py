@@ -13,7 +13,9 @@ class TestAppConfig(AppConfig):
             admin_run_workflows,  # noqa: F401 - registers the run page tests' workflows
             admin_wait_workflows,  # noqa: F401 - registers the admin tests' workflows that wait
             api_wait_workflows,  # noqa: F401 - registers the waits' API and command tests' workflows
+            control_flow_workflows,  # noqa: F401 - registers the foreach and branch integration tests' workflows
             recovery_workflows,  # noqa: F401 - registers the fault-injection tests' workflows
+            saga_workflows,  # noqa: F401 - registers the compensation tests' workflows on workers
             wait_workflows,  # noqa: F401 - registers the waits' integration tests' workflows
         )
 

@@ -307,3 +307,18 @@ dequeued = workflow(
         step("second", recorded("second")),
     ],
 )
+
+
+# -- it_redis_restart: short steps and a block, started many times while Redis restarts ------------
+
+RESTART_WIDTH = 4
+
+redis_restart = workflow(
+    "it_redis_restart",
+    [
+        step("first", recorded("first", pause=0.01)),
+        step("second", recorded("second", pause=0.01)),
+        parallel(*(step(f"r_{i}", recorded(f"r_{i}", pause=0.01)) for i in range(RESTART_WIDTH)), name="block"),
+        step("last", recorded("last")),
+    ],
+)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from ..models import InventoryItem, Order
 
@@ -23,3 +23,19 @@ def check(order_id: int) -> tuple[str, InventoryItem] | tuple[str, str]:
 def total_units() -> int:
     """All units in the warehouse (a cheap local query)."""
     return InventoryItem.objects.aggregate(total=Sum("quantity"))["total"] or 0
+
+
+def reserve(sku: str, quantity: int) -> tuple[str, InventoryItem] | tuple[str, str]:
+    """Take ``quantity`` units of ``sku`` off the shelf: ``("ok", item)``, or ``("error", "unavailable")``
+    when fewer are left (``"not_found"`` for an unknown product). One conditional update: two
+    reservations of the last unit cannot both succeed."""
+    taken = InventoryItem.objects.filter(sku=sku, quantity__gte=quantity).update(quantity=F("quantity") - quantity)
+    if not taken:
+        return ("error", "unavailable" if InventoryItem.objects.filter(sku=sku).exists() else "not_found")
+    return ("ok", InventoryItem.objects.get(sku=sku))
+
+
+def release(sku: str, quantity: int) -> InventoryItem:
+    """Put ``quantity`` reserved units of ``sku`` back on the shelf."""
+    InventoryItem.objects.filter(sku=sku).update(quantity=F("quantity") + quantity)
+    return InventoryItem.objects.get(sku=sku)

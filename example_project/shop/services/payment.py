@@ -10,6 +10,8 @@ from ..models import Charge, Order, PaymentAuthorization, PaymentIntent
 
 # The card token the (imaginary) provider always declines, after the providers' own test tokens.
 DECLINED_TOKEN = "tok_chargeDeclined"
+# A card the provider charges but refuses to refund (a closed account, say).
+REFUND_BLOCKED_TOKEN = "tok_refundBlocked"
 
 
 def authorize(order_id: int) -> tuple[str, PaymentAuthorization] | tuple[str, str]:
@@ -34,6 +36,21 @@ def charge(amount_cents: int) -> tuple[str, Charge] | tuple[str, str]:
     if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
         return ("error", "invalid_amount")
     return ("ok", Charge.objects.create(amount_cents=amount_cents))
+
+
+class RefundRefused(Exception):
+    """The provider would not refund a charge."""
+
+
+def refund(charge_id: int, card_token: str) -> Charge:
+    """Give a captured charge back to the card it came from; refunding it twice refunds it once.
+
+    Raises :class:`RefundRefused` for a card the provider refuses to refund.
+    """
+    if card_token == REFUND_BLOCKED_TOKEN:
+        raise RefundRefused(f"the provider refuses refunds to card {card_token}")
+    Charge.objects.filter(pk=charge_id, status="captured").update(status="refunded")
+    return Charge.objects.get(pk=charge_id)
 
 
 # -- payment intents: settled later by the provider, which calls the shop's webhook ---------------

@@ -74,7 +74,9 @@ class Command(BaseCommand):
         failures = []
         for example, run in zip(chosen, runs, strict=True):
             run.refresh_from_db()
-            problems = example.problems(run.status, run.context, run.error) + self.responder.problems[run.pk]
+            problems = (
+                example.problems(run.status, run.context, run.error, run.compensation) + self.responder.problems[run.pk]
+            )
             self.print_run(example, run, problems)
             if problems:
                 failures.append(f"{example.workflow} ({example.label}): {'; '.join(problems)}")
@@ -187,7 +189,14 @@ class Command(BaseCommand):
         self.say(f"{indent}input: {self.compact(run.input)}")
         self.say(f"{indent}steps:")
         for row in run.steps.select_related("group").order_by("id"):
-            name = f"{row.group.name}/{row.step}" if row.group else row.step
+            if row.item_index is not None:
+                name = f"{row.step}[{row.item_index}]"
+            elif row.kind == "branch":
+                name = f"{row.step} -> case {row.output.get('case') if row.output else None!r}"
+            else:
+                name = f"{row.group.name}/{row.step}" if row.group else row.step
+            if row.kind == "compensation":
+                name = f"undo {name}"
             value = row.output if row.status == "completed" else row.error
             shown = "" if value is None else self.compact(value)
             self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
@@ -199,8 +208,11 @@ class Command(BaseCommand):
             self.say(f"{indent}{self.describe_wait(wait)}")
         for note in self.responder.notes.get(run.pk, []):
             self.say(f"{indent}the demo {note}")
+        if run.compensation:
+            self.say(f"{indent}compensation: {run.compensation}")
         for child in run.children.order_by("created_at"):
-            self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r}:")
+            how = "started with start_child, not waited for" if child.detached else "called with call_workflow"
+            self.say(f"{indent}  child run of step {child.parent_step!r}, ref {child.ref!r} ({how}):")
             self.print_details(child, indent + "    ")
         label, value = ("context", run.context) if run.status == "completed" else ("error", run.error)
         text = json.dumps(self.readable(value), indent=2, sort_keys=True, cls=DjangoJSONEncoder)

@@ -6,11 +6,13 @@ import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from durable_django import (
     blocks,
@@ -30,6 +32,7 @@ from durable_django.compensation import compensate
 from durable_django.exceptions import RunStateError
 from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, Wait, WorkflowRun
+from durable_django.recovery import recover
 from durable_django.results import wait_timeout
 from durable_django.resume import wake
 from durable_django.signals import NAMES, step_finished
@@ -599,3 +602,60 @@ def test_a_retried_run_is_not_started_again_and_sends_its_end_again(
         ("run_finished", "completed"),
     ]
     assert heard.heard[-1].run.version == run.version
+
+
+# -- recovery ----------------------------------------------------------------------------------------
+
+
+class WorkerDied(BaseException):
+    """Raised by a step to stand for its worker process being killed mid-step: nothing after it runs."""
+
+
+def dies_once(data: dict[str, Any]) -> Any:
+    calls: list[int] = []
+
+    def fn(ctx: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise WorkerDied
+        return ok(data)
+
+    return fn
+
+
+@runs
+def test_attempts_recovery_records_as_lost_send_step_finished_once_however_many_sweeps(
+    embedded: EmbeddedQueue, define: Definer, heard: Listener
+) -> None:
+    wf = define(
+        [
+            step("first", dies_once({})),
+            parallel(step("dies", dies_once({})), step("fine", lambda ctx: ok()), name="fan"),
+        ]
+    )
+    run = finish(embedded, wf.start())
+    later = timezone.now() + timedelta(seconds=60)
+    assert recover(now=later).steps_taken_over == 1
+    assert recover(now=later).total == 0
+    assert heard.summaries() == [STARTED, step_of("first", 1, "failed")]
+    lost = heard.heard[-1]
+    assert (lost.obj.error["type"], lost.run.current_attempt, lost.run.lease_owner) == ("worker_lost", 2, "")
+
+    run = finish(embedded, run)
+    # The run's job had claimed both branches: the one it never started is lost with it.
+    assert recover(now=later + timedelta(seconds=60)).branches_taken_over == 2
+    assert recover(now=later + timedelta(seconds=60)).total == 0
+    run = finish(embedded, run)
+
+    assert run.status == "completed"
+    assert heard.summaries()[2:] == [
+        step_of("first", 2),
+        step_of("dies", 1, "failed"),
+        step_of("fine", 1, "failed"),
+        step_of("dies", 2),
+        step_of("fine", 2),
+        ("group_finished", "fan", "completed"),
+        ("run_finished", "completed"),
+    ]
+    assert [h.obj.error["type"] for h in heard.heard[3:5]] == ["worker_lost", "worker_lost"]
+    assert sorted(h.obj.pk for h in heard.of("step_finished")) == [row.pk for row in rows_of(run)]

@@ -108,7 +108,7 @@ def take_over_compensation(run: WorkflowRun, now: datetime, queue: str) -> bool:
             lost.append(row.pk)
         run.version += 1
         run.lease_owner, run.lease_expires_at = "", leases.expiry(now)
-        notify.rows(lost, run)
+        notify.attempts_by_id(lost, run)
         dispatch.submit(dispatch.compensate_job(run.pk, queue, run.version))
     return True
 

@@ -352,7 +352,7 @@ def fail_pending_branches(group_id: int, reason: Any) -> Counts | None:
             ids = list(pending.select_for_update().values_list("pk", flat=True))
             pending = StepResult.objects.filter(pk__in=ids, status=StepStatus.PENDING)
         failed = pending.update(status=StepStatus.FAILED, error=reason, finished_at=timezone.now(), **released_fields())
-        notify.rows(ids)
+        notify.attempts_by_id(ids)
         return count_finals(group_id, failed, failed) if failed else None
 
 

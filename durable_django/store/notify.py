@@ -111,7 +111,7 @@ def step_changed(run: WorkflowRun, row: StepResult, **fields: Any) -> None:
         _steps(copy.copy(run), [now])
 
 
-def rows(ids: list[int], run: WorkflowRun | None = None) -> None:
+def attempts_by_id(ids: list[int], run: WorkflowRun | None = None) -> None:
     """The attempts ``ids`` finished, written by a statement that does not return them: read here
     (with their run, unless given) when something listens."""
     if not ids or not listening(step_finished):

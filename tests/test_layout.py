@@ -19,7 +19,7 @@ PACKAGE = "durable_django"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: list[set[str]] = [
-    {"exceptions", "conf"},
+    {"exceptions", "conf", "signals"},
     {"context", "results", "retry", "nodes", "definition", "waits", "logging"},
     {"models"},
     {"leases", "attempts"},

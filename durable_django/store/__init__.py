@@ -18,7 +18,10 @@ commits (:func:`durable_django.dispatch.submit`).
 - :mod:`.waits`: a run or branches suspended on a wait, a wait resolved once, buffered events;
 - :mod:`.compensations`: a compensating run claimed, each compensation attempt, its retry and end,
   and a compensating run taken over;
-- :mod:`.heartbeat`: renewing the leases this process holds.
+- :mod:`.heartbeat`: renewing the leases this process holds;
+- :mod:`.notify`: what the winner of each change tells the receivers of
+  :mod:`durable_django.signals`, once its transaction commits (nothing, and no query, when none
+  is connected).
 
 The hand-written statements are PostgreSQL fast paths (with a portable fallback where needed):
 

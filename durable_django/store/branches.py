@@ -16,7 +16,7 @@ from ..attempts import Attempt
 from ..context import dumps
 from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
-from . import sql
+from . import notify, sql
 from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
 from .runs import apply_move
 from .waits import settle, suspend_branches
@@ -155,6 +155,8 @@ def record_batch(
         if recorded.counts is not None and recorded.counts.status == GroupStatus.CANCELLED:
             # The run was cancelled while these branches executed: they ran, and are cancelled.
             mark_cancelled(recorded.mine)
+        else:
+            notify.branches(group_id, run_id, outcomes, recorded.mine)
         if recorded.counts is not None:
             closing = decide(recorded.counts) if decide is not None else None
             if closing is not None:
@@ -264,7 +266,9 @@ def record_block_and_join(
     recorded = Recorded(set(ids), Counts(pending, failed_count, stored, stored_failed, GroupStatus.RUNNING))
     if moved_count:
         recorded.closed = True
-        apply_move(run, closing.run_fields)
+        # The branches with the run as their results found it; the join's move is the next change.
+        notify.steps(run, notify.branch_rows(run.pk, group_id, outcomes, recorded.mine))
+        apply_move(run, closing.run_fields, group_id=group_id)
     elif status == GroupStatus.CANCELLED:
         # The run was cancelled while the block executed. The statement committed the results
         # already: they are marked cancelled by a second one, which only this path costs.
@@ -272,6 +276,8 @@ def record_block_and_join(
         mark_cancelled(recorded.mine)
     elif status != GroupStatus.RUNNING:
         raise RuntimeError(f"group {group_id} of run {run.pk} was closed without its run moving")
+    else:
+        notify.branches(group_id, run.pk, outcomes, recorded.mine)
     return recorded
 
 
@@ -420,6 +426,7 @@ def retry_branch(row_id: int, attempt: Attempt, nxt: NextAttempt) -> bool:
             return False
         nxt.row.save(force_insert=True)
         dispatch.submit(nxt.job())
+        notify.branch(row_id)
     return True
 
 
@@ -441,6 +448,8 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide |
         recorded = Recorded({row_id}, count_finals(group_id, 1, int(failed)))
         if recorded.counts is not None and recorded.counts.status == GroupStatus.CANCELLED:
             mark_cancelled(recorded.mine)
+        else:
+            notify.branch(row_id)
         closing = decide(recorded.counts) if decide is not None and recorded.counts is not None else None
         if closing is not None:
             recorded.closed = close_in_transaction(closing[0], group_id, closing[1])

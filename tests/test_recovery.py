@@ -18,6 +18,7 @@ from rq.job import Job as RQJob
 
 from durable_django import dispatch, error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process, runs_scheduler, warn_without_scheduler
+from durable_django.checks import check_settings
 from durable_django.dispatch import run_job_id
 from durable_django.jobs import join_group, run_branch, run_branches, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
@@ -302,6 +303,51 @@ def test_a_branch_over_its_timeout_fails_like_any_failing_branch(embedded: Embed
     run = finish(embedded, wf.start({}))
     assert run.status == "failed"
     assert run.error["reason"]["type"] == "timeout"
+
+
+@runs
+def test_default_timeout_bounds_every_step_branch_and_compensation_without_a_timeout_of_their_own(
+    embedded: EmbeddedQueue, define: Definer, settings: Any
+) -> None:
+    settings.DURABLE = {"DEFAULT_TIMEOUT": 0.2}
+    undone: list[str] = []
+
+    def hangs_in_undo(ctx: dict[str, Any]) -> Any:
+        undone.append("undo")
+        time.sleep(5)
+
+    wf = define(
+        [
+            step("reserve", lambda ctx: ok({"reserved": True}), compensate=hangs_in_undo),
+            # Its own timeout, longer than the default, is the one that counts (for its compensation too).
+            step("own", lambda ctx: time.sleep(0.4) or ok({"own": True}), timeout=2),
+            parallel(step("quick", lambda ctx: ok()), step("stuck", lambda ctx: time.sleep(5) or ok()), name="block"),
+        ]
+    )
+    run = finish(embedded, wf.start({}))
+    limit = 'ran longer than DURABLE["DEFAULT_TIMEOUT"] of 0.2 s'
+    assert (run.status, run.compensation, undone) == ("failed", "failed", ["undo"])
+    assert run.error == {
+        "step": "stuck",
+        "parallel": "block",
+        "reason": {"type": "timeout", "message": f"step 'stuck' {limit}"},
+    }
+    assert StepResult.objects.get(run=run, step="own", kind="step").status == "completed"
+    assert StepResult.objects.get(run=run, kind="compensation").error == {
+        "type": "timeout",
+        "message": f"step 'reserve (compensation)' {limit}",
+    }
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, [1]])
+def test_default_timeout_must_be_none_or_a_positive_number_of_seconds(value: Any) -> None:
+    with override_settings(DURABLE={"DEFAULT_TIMEOUT": value}):
+        assert [(message.id, message.msg) for message in check_settings()] == [
+            (
+                "durable_django.E004",
+                f"settings.DURABLE['DEFAULT_TIMEOUT'] must be None or a positive number of seconds, not {value!r}.",
+            )
+        ]
 
 
 # -- poison jobs ----------------------------------------------------------------------------------

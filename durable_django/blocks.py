@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -145,16 +146,42 @@ def _enter_foreach(
 # -- executing batches ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where a batch executes: its group, run, workflow, block, and the queue of the job."""
+
+    group: ParallelGroup
+    run: WorkflowRun
+    wf: Workflow
+    block: Block
+    queue: str
+
+
+Outcomes = list[tuple[Claimed, Step, Attempt]]
+
+
 class _Batch:
-    """The claimed branches of a batch not started yet; the watchdog may take them back meanwhile."""
+    """The branches of a batch being executed: those not started yet, which the watchdog may give
+    back meanwhile, and the outcomes not recorded yet, which are recorded early once the batch has
+    run past its budget."""
 
     def __init__(self, rows: list[Claimed]) -> None:
         self._rows = deque(rows)
+        self._done: Outcomes = []
         self._lock = threading.Lock()
+        # Held while outcomes are recorded early (by the watchdog, or between branches), so that
+        # the end of the batch waits for such a recording instead of racing it.
+        self.recording = threading.Lock()
+        self.overran = False
+        self.ended = False
 
     def next(self) -> Claimed | None:
         with self._lock:
             return self._rows.popleft() if self._rows else None
+
+    def finished(self, outcome: tuple[Claimed, Step, Attempt]) -> None:
+        with self._lock:
+            self._done.append(outcome)
 
     def take_unstarted(self) -> list[Claimed]:
         with self._lock:
@@ -166,9 +193,30 @@ class _Batch:
         with self._lock:
             self._rows.extendleft(reversed(rows))
 
+    def take_finished(self) -> Outcomes:
+        with self._lock:
+            done, self._done = self._done, []
+            return done
 
-def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
-    """A branch overran the batch's budget: the branches not started go to a drain job of their own."""
+    def put_back_finished(self, outcomes: Outcomes) -> None:
+        """Outcomes whose early recording failed are recorded with the rest of the batch."""
+        with self._lock:
+            self._done[:0] = outcomes
+
+
+def _overran(place: _Place, batch: _Batch, let_go: Callable[[list[Any]], None]) -> None:
+    """A branch ran past the batch's budget (the watchdog's call): the branches not started go to
+    other workers, and the results already there are recorded now rather than behind it."""
+    with batch.recording:
+        if batch.ended:
+            return
+        batch.overran = True
+        _give_back(place.group, place.queue, batch, let_go)
+        _record_early(place, batch, let_go)
+
+
+def _give_back(group: ParallelGroup, queue: str, batch: _Batch, let_go: Callable[[list[Any]], None]) -> None:
+    """The branches of the batch not started go to a drain job of their own."""
     rows = batch.take_unstarted()
     if not rows:
         return
@@ -191,6 +239,7 @@ def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
     else:
         batch.put_back(rows)
         return
+    let_go([row.pk for row in rows])
     if released:
         dispatch.submit(job)
         logger.info(
@@ -199,6 +248,43 @@ def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
             len(rows),
             extra={"run_id": str(group.run_id)},
         )
+
+
+def _record_early(place: _Place, batch: _Batch, let_go: Callable[[list[Any]], None]) -> None:
+    """Record the finished branches of a batch that overran, before the batch ends: one
+    transaction, claiming nothing (the caller holds ``batch.recording``).
+
+    When they decide the block, its join is sent as a job: this may run in the watchdog's thread,
+    beside the branch the batch still executes, and cannot go on with the run.
+    """
+    outcomes = batch.take_finished()
+    if not outcomes:
+        return
+    group, run, wf, block = place.group, place.run, place.wf, place.block
+
+    def decide(counts: store.Counts) -> None:
+        if join.decides(block, counts):
+            dispatch.submit(dispatch.join_group_job(group.pk, group.run_id, queue_for(wf)))
+
+    try:
+        retries = _retries(group, wf, outcomes)
+        _log_branches(run, group, outcomes, retries)
+        waits = [(row, attempt) for row, _, attempt in outcomes if attempt.waits]
+        results = [(row, attempt) for row, _, attempt in outcomes if not attempt.waits]
+        recorded = store.record_batch(group.pk, results, retries, None, decide, waits=waits, run_id=run.pk)
+    except DatabaseError:
+        logger.warning(
+            "group %s: could not record %d finished branches early; they are recorded with their batch",
+            group.pk,
+            len(outcomes),
+            exc_info=True,
+            extra={"run_id": str(group.run_id)},
+        )
+        connections.close_all()
+        batch.put_back_finished(outcomes)
+        return
+    let_go([row.pk for row, _, _ in outcomes])
+    _log_cancelled(run, group, recorded)
 
 
 def _context_of(group: ParallelGroup, block: Block, ctx: dict[str, Any]) -> Callable[[Claimed], dict[str, Any]]:
@@ -211,33 +297,43 @@ def _context_of(group: ParallelGroup, block: Block, ctx: dict[str, Any]) -> Call
 
 
 def _execute(
-    group: ParallelGroup,
-    run: WorkflowRun,
-    context_of: Callable[[Claimed], dict[str, Any]],
-    steps: dict[str, Step],
-    rows: list[Claimed],
-    queue: str,
-) -> list[tuple[Claimed, Step, Attempt]]:
-    """Execute a claimed batch one branch after another, each with its own copy of the context.
+    place: _Place, context_of: Callable[[Claimed], dict[str, Any]], steps: dict[str, Step], rows: list[Claimed]
+) -> Outcomes:
+    """Execute a claimed batch one branch after another, each with its own copy of the context;
+    returns the outcomes not recorded yet.
+
+    Once the batch has run past OVERRUN_SECONDS, the watchdog gives the branches not started to
+    other workers and records the results already there; from then on each result is recorded
+    before the next branch starts, so a slow (or hung) branch holds no other branch's result.
 
     Before a branch starts, the run's status is read again once CANCEL_CHECK_SECONDS have passed
     since the batch began or was last checked: a cancelled run starts no more of them (they are
     cancelled), at a cost of at most one read per few milliseconds of branch execution.
     """
+    run = place.run
     batch = _Batch(rows)
-    outcomes: list[tuple[Claimed, Step, Attempt]] = []
     token = None
     checked = time.monotonic()
-    with store.heartbeat.hold_many(StepResult, [row.pk for row in rows]):
+    # A child executed inline by its calling step keeps its branches in this process.
+    watched = len(rows) > 1 and not dispatch.executes_inline(run.pk)
+    with store.heartbeat.hold_many(StepResult, [row.pk for row in rows]) as let_go:
+        overran = partial(_overran, place, batch, let_go)
         row = batch.next()  # the first branch always runs here: its claim saw the run running
-        # A child executed inline by its calling step keeps its branches in this process.
-        if len(rows) > 1 and not dispatch.executes_inline(run.pk):
-            token = leases.watchdog.arm(OVERRUN_SECONDS, partial(_give_back, group, queue, batch))
         try:
             while row is not None:
+                if watched and token is None:
+                    token = leases.watchdog.arm(OVERRUN_SECONDS, overran)
                 step = steps[row.step]
-                outcomes.append((row, step, call_step(step, context_of(row), run.pk, in_parallel=True)))
+                batch.finished((row, step, call_step(step, context_of(row), run.pk, in_parallel=True)))
                 row = batch.next()
+                if row is not None and batch.overran:
+                    # Branches that could not be given back: each gets a budget of its own, and
+                    # the results before it are recorded first.
+                    if token is not None:
+                        leases.watchdog.disarm(token)
+                        token = None
+                    with batch.recording:
+                        _record_early(place, batch, let_go)
                 if row is not None and time.monotonic() - checked >= CANCEL_CHECK_SECONDS:
                     checked = time.monotonic()
                     if not WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
@@ -246,7 +342,9 @@ def _execute(
         finally:
             if token is not None:
                 leases.watchdog.disarm(token)
-    return outcomes
+            with batch.recording:
+                batch.ended = True
+    return batch.take_finished()
 
 
 def _drain(
@@ -263,9 +361,10 @@ def _drain(
     context_of = _context_of(group, block, to_step_context(run.context))
     limit = block.max_concurrency if isinstance(block, Foreach) else None
     size = len(batch)
+    place = _Place(group, run, wf, block, queue)
     while batch:
         started = time.monotonic()
-        outcomes = _execute(group, run, context_of, steps, batch, queue)
+        outcomes = _execute(place, context_of, steps, batch)
         elapsed = time.monotonic() - started
         # A short batch means nothing was left to claim: no need to ask again (unless the
         # block's max_concurrency is what made it short).

@@ -131,7 +131,7 @@ def record_batch(
     with transaction.atomic():
         if waits:
             outcomes = [*outcomes, *suspend_branches(group_id, run_id, waits)]
-        if connection.vendor == "postgresql" and not retries and not waits:
+        if connection.vendor == "postgresql" and outcomes and not retries and not waits:
             # Every result is final: stored and counted in one statement.
             mine, recorded_counts = _store_and_count(group_id, outcomes, connection)
             recorded = Recorded(mine, recorded_counts)

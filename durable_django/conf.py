@@ -234,10 +234,12 @@ class DurableSettings:
     # keeps busy at once: raise it when more workers should share blocks of many slow branches.
     PARALLEL_JOBS = Setting(16, int, accepts=_whole(1), must_be="a positive integer")
     # Seconds a worker's lease on an executing step or branch lasts; renewed every third of it
-    # while the step runs. A lease that runs out means its worker is gone.
-    LEASE_SECONDS = Setting(15, float, accepts=_positive, must_be="a positive number of seconds")
-    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`).
-    RECOVER_INTERVAL = Setting(5, float, accepts=_positive, must_be="a positive number of seconds")
+    # while the step runs. A lease that runs out means its worker is gone. With RECOVER_INTERVAL,
+    # it sets how soon a dead worker's work resumes: within LEASE_SECONDS + 2 * RECOVER_INTERVAL.
+    LEASE_SECONDS = Setting(5, float, accepts=_positive, must_be="a positive number of seconds")
+    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`);
+    # one process sweeps per interval, whatever the number of workers.
+    RECOVER_INTERVAL = Setting(1, float, accepts=_positive, must_be="a positive number of seconds")
     # Run the recovery sweeper in a background thread of every `manage.py rqworker` process.
     RECOVER_IN_WORKERS = Setting(True, bool, accepts=_flag, must_be="True or False")
     # Finished runs the recovery sweeper deletes, a few minutes apart (see durable_django.retention);

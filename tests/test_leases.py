@@ -12,6 +12,11 @@ from durable_django import leases
 from durable_django.models import StepResult
 
 
+def test_with_the_default_lease_a_process_renews_its_leases_36_times_a_minute_while_a_step_runs() -> None:
+    with override_settings(DURABLE={}):
+        assert (leases.renew_every(), 60 / leases.renew_every()) == (5 / 3, 36.0)
+
+
 def test_rows_let_go_of_are_no_longer_renewed_while_the_rest_of_the_batch_is() -> None:
     renewed: list[dict[type[Model], list[Any]]] = []
     heartbeat = leases.Heartbeat(lambda held: renewed.append({model: sorted(pks) for model, pks in held.items()}))

@@ -64,12 +64,15 @@ def time_limit_of(step: Step) -> tuple[float | None, str]:
     return durable_settings.DEFAULT_TIMEOUT, 'DURABLE["DEFAULT_TIMEOUT"]'
 
 
-def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool = False) -> Attempt:
+def call_step(
+    step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool = False, started_at: datetime | None = None
+) -> Attempt:
     """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`.
 
-    Its time limit is :func:`time_limit_of` the step.
+    Its time limit is :func:`time_limit_of` the step. ``started_at``: when the attempt started,
+    if before the call (the moment its caller checked that it may start).
     """
-    started = timezone.now()
+    started = started_at or timezone.now()
     try:
         with step_scope(StepScope(run_id, step.name, ctx)), time_limit(*time_limit_of(step)):
             value = step.fn(ctx)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rq import SimpleWorker
 
-from durable_django import blocks, call_workflow, dispatch, error, jobs, ok, parallel, step
+from durable_django import batches, call_workflow, dispatch, error, jobs, ok, parallel, step
 from durable_django.models import ParallelGroup, StepResult
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer, attempts, finish
@@ -67,7 +67,7 @@ def test_a_branch_that_overruns_its_batch_hands_the_branches_not_started_to_anot
     embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Any branch overruns a budget of zero: the watchdog gives the others back at once.
-    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 0.0)
+    monkeypatch.setattr(batches, "OVERRUN_SECONDS", 0.0)
     seen_pending: list[int] = []
 
     def slow(ctx: dict[str, Any]) -> Any:
@@ -205,7 +205,7 @@ def quick_1_id(run: Any) -> int:
 def test_a_child_executed_by_its_calling_step_keeps_an_overrunning_block_in_its_process(
     embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 0.0)
+    monkeypatch.setattr(batches, "OVERRUN_SECONDS", 0.0)
 
     def slow(ctx: dict[str, Any]) -> Any:
         time.sleep(0.05)

@@ -351,3 +351,16 @@ hung_branch = workflow(
         step("after", recorded("after")),
     ],
 )
+
+
+# -- it_cancel_wide: a block of many short branches, cancelled while workers execute it ----------
+
+CANCEL_WIDTH = 300
+
+cancel_wide = workflow(
+    "it_cancel_wide",
+    [
+        parallel(*(step(f"c_{i:03}", recorded(f"c_{i:03}", pause=0.02)) for i in range(CANCEL_WIDTH)), name="wide"),
+        step("after", recorded("after")),
+    ],
+)

@@ -544,5 +544,6 @@ def stop_jobs(run_id: Any, group_ids: list[int], job_ids: list[str], queue_names
                         stopped.append(job_id)
     except Exception:
         logger.warning("could not stop the jobs of cancelled run %s", run_id, exc_info=True)
-    logger.info("run %s cancelled: asked the workers to stop job(s) %s", run_id, ", ".join(stopped) or "(none)")
+    if stopped:
+        logger.info("run %s cancelled: asked the workers to stop job(s) %s", run_id, ", ".join(stopped))
     return stopped

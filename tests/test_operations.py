@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
+from rq.registry import StartedJobRegistry
 
-from durable_django import call_workflow, error, foreach, ok, parallel, step, store, wait_for_event
+from durable_django import call_workflow, dispatch, error, foreach, ok, parallel, step, store, wait_for_event
 from durable_django.exceptions import RunStateError
 from durable_django.models import ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
 from durable_django.operations import cancel_run, retry_run
@@ -484,6 +486,31 @@ def test_a_branch_that_returns_a_wait_after_its_run_was_cancelled_ends_cancelled
     assert not Wait.objects.filter(run=run).exists()
     group = ParallelGroup.objects.get(run=run)
     assert (group.status, group.pending_count, group.waiting_count, group.failed_count) == ("cancelled", 0, 0, 0)
+
+
+def test_a_cancel_asks_rq_to_stop_the_started_jobs_of_the_run_and_of_its_blocks_only(
+    embedded: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(dispatch, "send_stop_job_command", lambda connection, job_id: asked.append(job_id))
+    run_id, other = uuid.uuid4(), uuid.uuid4()
+    mine = [
+        dispatch.run_job_id(run_id, 3),
+        dispatch.drain_job_id(7, "default", 1) + "-42",
+        dispatch.join_job_id(7),
+        "a-branch-attempts-own-job",
+    ]
+    others = [
+        dispatch.run_job_id(other, 0),
+        dispatch.drain_job_id(70, "default", 0),  # another group, whose id starts with 7
+        dispatch.join_job_id(8),
+        "another-job",
+    ]
+    # What rq's started registry holds: "<job id>:<execution id>", scored by when it expires.
+    registry = StartedJobRegistry(queue=dispatch.get_queue("default"))
+    embedded.connection.zadd(registry.key, {f"{job_id}:x": time.time() + 600 for job_id in mine + others})
+    stopped = dispatch.stop_jobs(run_id, [7], ["a-branch-attempts-own-job"], ["default", "priority"])
+    assert sorted(stopped) == sorted(asked) == sorted(mine)
 
 
 @runs

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"leases", "attempts"},
     {"dispatch"},
     {"store"},
-    {"join", "items"},
+    {"join", "items", "batches"},
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children", "resume", "compensation", "retention"},

@@ -321,8 +321,12 @@ class Counts:
 
 
 # Every counter update locks its group's row. Whoever also moves the run locks the group first
-# (by counting, or explicitly), then the run: writers never wait for each other in a circle.
-COUNT = "UPDATE {table} SET pending_count = pending_count - %s, failed_count = failed_count + %s WHERE id = %s"
+# (by counting, or explicitly), then the run: writers never wait for each other in a circle. The
+# counters of a cancelled group are final (cancel_run set them): results arriving later leave them.
+COUNT = (
+    "UPDATE {table} SET pending_count = pending_count - CASE WHEN status = %s THEN 0 ELSE %s END, "
+    "failed_count = failed_count + CASE WHEN status = %s THEN 0 ELSE %s END WHERE id = %s"
+)
 
 
 def count_finals(group_id: int, finals: int, failures: int) -> Counts:
@@ -336,7 +340,7 @@ def count_finals(group_id: int, finals: int, failures: int) -> Counts:
     with connection.cursor() as cursor:
         cursor.execute(
             COUNT.format(table=table) + " RETURNING pending_count, failed_count, status, waiting_count",
-            [finals, failures, group_id],
+            [GroupStatus.CANCELLED.value, finals, GroupStatus.CANCELLED.value, failures, group_id],
         )
         pending, failed, status, waiting = cursor.fetchone()
     return Counts(pending, failed, finals, failures, status, waiting)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .. import dispatch, leases, results
 from ..conf import durable_settings
-from ..definition import Workflow, find_workflow, queue_for
+from ..definition import Foreach, Parallel, Workflow, find_workflow, queue_for
 from ..leases import held_fields, released_fields
 from ..logging import run_fields, run_finished
 from ..models import (
@@ -411,13 +411,15 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         .values_list("pk", flat=True)
     )
     fields: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
-    wf = None
-    if compensate:
-        locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
-        name = locked.values_list("workflow", flat=True).first()
-        wf = find_workflow(name) if name is not None else None
-        if wf is not None and wf.has_compensations and to_compensate(run_id, wf):
-            fields = compensating_fields(fields)
+    locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
+    name = locked.values_list("workflow", flat=True).first()
+    if name is None:
+        return False
+    wf = find_workflow(name)
+    if compensate and wf is not None and wf.has_compensations and to_compensate(run_id, wf):
+        fields = compensating_fields(fields)
+    if dispatch.raise_cancel_flag(run_id, dispatch.CANCEL_PENDING_TTL):
+        transaction.on_commit(partial(dispatch.raise_cancel_flag, run_id, dispatch.CANCEL_FLAG_TTL))
     updated = WorkflowRun.objects.filter(pk=run_id, status__in=CANCELLABLE).update(version=F("version") + 1, **fields)
     if not updated:
         return False
@@ -429,11 +431,38 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
     )
     ended = notify.collecting_waits()
     dispatch.withdraw_after_commit(cancel_waits(run_id, now, ended=ended))
-    ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
-        status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
+    # Its counters are final: nothing is pending or waits any more (results of branches still
+    # executing are recorded as cancelled, and counted by nobody).
+    ParallelGroup.objects.filter(pk__in=groups).update(
+        status=GroupStatus.CANCELLED, finished_at=now, pending_count=0, waiting_count=0, **released_fields()
     )
     notify.cancelled(run_id, groups, ended or ())
+    executing = StepResult.objects.filter(run_id=run_id, status=StepStatus.RUNNING).values_list("job_id", flat=True)
+    transaction.on_commit(partial(dispatch.stop_jobs, run_id, groups, list(executing), queues_of(wf)))
     return True
+
+
+def queues_of(wf: Workflow | None) -> set[str]:
+    """Every queue the jobs of ``wf``'s runs may be on."""
+    queues = {queue_for(wf)}
+    for node in wf.flat if wf is not None else ():
+        queues.add(queue_for(wf, node))
+        if isinstance(node, Parallel | Foreach):
+            queues.update(queue_for(wf, member) for member in node.steps)
+    return queues
+
+
+def may_start(run_id: Any) -> bool:
+    """Whether a step or branch of run ``run_id`` may start now: no cancel of it has committed.
+
+    Asked right before every start. While no cancel is under way it costs one Redis read and no
+    statement: :func:`cancel_run` raises the run's flag before it commits. A raised flag (or Redis
+    unable to say) is settled by the run's row, read now: a cancel that committed before this read
+    is seen, one that commits after it did not precede the start.
+    """
+    if dispatch.cancel_flag_raised(run_id) is False:
+        return True
+    return WorkflowRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists()
 
 
 def cancel_waits(

@@ -231,7 +231,10 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
     is returned as a final result, for the caller to record with the rest of its batch.
     """
     now = timezone.now()
-    run = lock_run(run_id, group_id)
+    run = lock_run(run_id, group_id, cancelled_group=True)
+    if run is None:
+        # Its run was cancelled while they executed: they are final, cancelled with what they returned.
+        return list(waits)
     mine = set(
         StepResult.objects.select_for_update()
         .filter(pk__in=[row.pk for row, _ in waits], status=StepStatus.RUNNING, lease_owner=leases.owner())
@@ -300,12 +303,17 @@ def settle(group_id: int, run_id: Any, counts: Counts | None = None) -> bool:
     return bool(WorkflowRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(status=RunStatus.WAITING))
 
 
-def lock_run(run_id: Any, group_id: int | None = None) -> WorkflowRun | None:
-    """Lock the run's open groups (or ``group_id``), then the run, as every writer of its waits does."""
+def lock_run(run_id: Any, group_id: int | None = None, *, cancelled_group: bool = False) -> WorkflowRun | None:
+    """Lock the run's open groups (or ``group_id``), then the run, as every writer of its waits does.
+
+    ``cancelled_group``: ``None`` (the run is not locked) when group ``group_id`` turns out cancelled.
+    """
     groups = ParallelGroup.objects.select_for_update().filter(run_id=run_id, status=GroupStatus.RUNNING)
     if group_id is not None:
         groups = ParallelGroup.objects.select_for_update().filter(pk=group_id)
-    list(groups.values_list("pk", flat=True))
+    statuses = list(groups.values_list("status", flat=True))
+    if cancelled_group and statuses == [GroupStatus.CANCELLED]:
+        return None
     return WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
 
 

@@ -31,3 +31,7 @@ class TestAppConfig(AppConfig):
             from .signal_receivers import connect
 
             connect()
+        if os.environ.get("DURABLE_IT_CRASH_BEFORE_CLAIM"):
+            from .faults import crash_before_claim
+
+            crash_before_claim()

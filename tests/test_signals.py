@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from durable_django import (
+    batches,
     blocks,
     call_workflow,
     cancel_run,
@@ -95,8 +96,7 @@ def heard() -> Iterator[Listener]:
 def quick_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches always count as quick and never overrun: their sizes do not depend on timing."""
     monkeypatch.setattr(blocks, "TARGET_SECONDS", 3600.0)
-    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 3600.0)
-    monkeypatch.setattr(blocks, "CANCEL_CHECK_SECONDS", 3600.0)
+    monkeypatch.setattr(batches, "OVERRUN_SECONDS", 3600.0)
 
 
 def rows_of(run: WorkflowRun) -> list[StepResult]:

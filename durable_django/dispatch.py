@@ -10,6 +10,7 @@ structures itself.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import math
 import time
@@ -500,3 +501,34 @@ def take_turn(key: str, every: int) -> bool:
     """Whether this process may do the periodic chore ``key`` now: at most once every ``every`` seconds, across processes."""
     connection = get_queue(durable_settings.QUEUE).connection
     return bool(connection.set(key, "1", nx=True, ex=every))
+
+
+# -- metrics --------------------------------------------------------------------------------------
+# The counters of durable_django.metrics: one hash per metric, a field per label set (its values as a
+# JSON list), on the Redis of DURABLE["QUEUE"]'s queue, so that the worker processes of every machine
+# add to the same numbers.
+METRICS_PREFIX = "durable_django:metrics:"
+#: The counters of what recovery did, by field of durable_django.recovery.Report.
+RECOVERY_METRIC = "recovery"
+
+
+def add_to_metrics(amounts: Iterable[tuple[str, tuple[str, ...], int | float]]) -> None:
+    """Add each ``(metric, label values, amount)`` to its counter, in one round trip (``HINCRBY``
+    for whole amounts, ``HINCRBYFLOAT`` otherwise); one ``MULTI``, so a scrape sees all or none."""
+    pipe = get_queue(durable_settings.QUEUE).connection.pipeline(transaction=True)
+    for metric, labels, amount in amounts:
+        add = pipe.hincrby if isinstance(amount, int) else pipe.hincrbyfloat
+        add(METRICS_PREFIX + metric, json.dumps(list(labels), separators=(",", ":")), amount)
+    pipe.execute()
+
+
+def read_metrics(metrics: Iterable[str]) -> dict[str, dict[tuple[str, ...], float]]:
+    """The counters of each of ``metrics``, by label values, in one round trip."""
+    metrics = list(metrics)
+    pipe = get_queue(durable_settings.QUEUE).connection.pipeline(transaction=False)
+    for metric in metrics:
+        pipe.hgetall(METRICS_PREFIX + metric)
+    return {
+        metric: {tuple(json.loads(_text(key))): float(value) for key, value in found.items()}
+        for metric, found in zip(metrics, pipe.execute(), strict=True)
+    }

@@ -69,6 +69,18 @@ class Report:
         return ", ".join(done) or "nothing to recover"
 
 
+def count(report: Report) -> None:
+    """Add what a sweep did to the ``durable_recovery_redispatches`` counters (``DURABLE["METRICS"]``)."""
+    try:
+        dispatch.add_to_metrics(
+            (dispatch.RECOVERY_METRIC, (f.name,), getattr(report, f.name))
+            for f in fields(report)
+            if getattr(report, f.name)
+        )
+    except dispatch.QUEUE_UNAVAILABLE:
+        logger.warning("recovery metrics not counted: Redis does not answer")
+
+
 def lost_streak(run_id: Any, step_name: str, group_id: int | None = None, item_index: int | None = None) -> int:
     """How many of the latest attempts of a step (or foreach item) ended with their worker lost, in a row."""
     limit = durable_settings.MAX_WORKER_LOST + 1
@@ -184,6 +196,8 @@ def recover(now: datetime | None = None) -> Report:
     _wake_overdue(now, report)
     if report.total:
         logger.warning("recovery: %s", report)
+        if durable_settings.METRICS:
+            count(report)
     overdue = report.retries_released + report.waits_woken
     if overdue and dispatch.take_notice_turn(NO_SCHEDULER_NOTICE, NOTICE_EVERY):
         logger.warning(

@@ -517,8 +517,11 @@ def add_to_metrics(amounts: Iterable[tuple[str, tuple[str, ...], int | float]]) 
     for whole amounts, ``HINCRBYFLOAT`` otherwise); one ``MULTI``, so a scrape sees all or none."""
     pipe = get_queue(durable_settings.QUEUE).connection.pipeline(transaction=True)
     for metric, labels, amount in amounts:
-        add = pipe.hincrby if isinstance(amount, int) else pipe.hincrbyfloat
-        add(METRICS_PREFIX + metric, json.dumps(list(labels), separators=(",", ":")), amount)
+        key = json.dumps(list(labels), separators=(",", ":"))
+        if isinstance(amount, int):
+            pipe.hincrby(METRICS_PREFIX + metric, key, amount)
+        else:
+            pipe.hincrbyfloat(METRICS_PREFIX + metric, key, amount)
     pipe.execute()
 
 

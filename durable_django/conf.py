@@ -117,6 +117,10 @@ def _flag(value: Any) -> bool:
     return isinstance(value, bool)
 
 
+def _optional_name(value: Any) -> bool:
+    return value is None or _name(value)
+
+
 def _as_is(value: Any) -> str:
     # Not str(value): a queue name of another type is the check's to report, not to be renamed here.
     return cast(str, value)
@@ -277,6 +281,11 @@ class DurableSettings:
     API_PAGE_SIZE = Setting(50, int, accepts=_whole(1), must_be="a positive integer")
     API_MAX_PAGE_SIZE = Setting(1000, int, accepts=_whole(1), must_be="a positive integer")
     API_MAX_BODY_SIZE = Setting(1024 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
+    # Prometheus metrics (durable_django.metrics): count runs, attempts and recovery in Redis, from
+    # every process; False connects no receiver and costs nothing. Needs prometheus_client to be served.
+    METRICS = Setting(False, bool, accepts=_flag, must_be="True or False")
+    # A bearer token that lets a scraper read the metrics view without a staff session; None: staff only.
+    METRICS_TOKEN = Setting(None, lambda value: value, accepts=_optional_name, must_be="None or a non-empty string")
 
 
 DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in TABLE.items()}

@@ -27,6 +27,11 @@ class DurableConfig(AppConfig):
         autodiscover_modules("workflows")
 
         from .conf import durable_settings
+        from .metrics.receivers import sync
+
+        # DURABLE["METRICS"]: the receivers that count in Redis, connected only when it is true.
+        sync()
+        setting_changed.connect(sync, dispatch_uid="durable_django.metrics.receivers.sync")
 
         if is_rq_worker_process():
             # Imported once here rather than by every job's child process of rq's forking worker.

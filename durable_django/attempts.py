@@ -19,6 +19,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import results
+from .conf import durable_settings
 from .context import StepScope, Unserializable, roundtrip, step_scope
 from .definition import Step
 from .models import StepResult, StepStatus
@@ -55,11 +56,25 @@ class Attempt:
         return cls(Outcome(ERROR, reason=reason), started_at or now, now, retryable=False)
 
 
-def call_step(step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool = False) -> Attempt:
-    """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`."""
-    started = timezone.now()
+def time_limit_of(step: Step) -> tuple[float | None, str]:
+    """The time limit of an attempt of ``step`` and what sets it: its own ``timeout``, else
+    ``DURABLE["DEFAULT_TIMEOUT"]`` (``None``: no limit)."""
+    if step.timeout is not None:
+        return step.timeout, "its timeout"
+    return durable_settings.DEFAULT_TIMEOUT, 'DURABLE["DEFAULT_TIMEOUT"]'
+
+
+def call_step(
+    step: Step, ctx: dict[str, Any], run_id: Any, *, in_parallel: bool = False, started_at: datetime | None = None
+) -> Attempt:
+    """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`.
+
+    Its time limit is :func:`time_limit_of` the step. ``started_at``: when the attempt started,
+    if before the call (the moment its caller checked that it may start).
+    """
+    started = started_at or timezone.now()
     try:
-        with step_scope(StepScope(run_id, step.name, ctx)), time_limit(step.timeout):
+        with step_scope(StepScope(run_id, step.name, ctx)), time_limit(*time_limit_of(step)):
             value = step.fn(ctx)
         outcome = normalize(value)
     except StepTimeout as exc:
@@ -131,8 +146,9 @@ class StepTimeout(Exception):
 
 
 @contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise :class:`StepTimeout` inside the block once it has run ``seconds``.
+def time_limit(seconds: float | None, what: str = "its timeout") -> Iterator[None]:
+    """Raise :class:`StepTimeout` inside the block once it has run ``seconds`` (``what`` says which
+    limit it is, in the message).
 
     Uses ``SIGALRM`` like RQ's own job timeout, whose pending alarm is put back afterwards. Outside
     the main thread (where signals cannot be delivered) the limit is not enforced.
@@ -147,7 +163,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         if time.monotonic() - started >= seconds - 0.001:
-            raise StepTimeout(f"ran longer than its timeout of {seconds:g} s")
+            raise StepTimeout(f"ran longer than {what} of {seconds:g} s")
         # The enclosing alarm (RQ's job timeout) is due first: hand over to its handler.
         signal.signal(signal.SIGALRM, outer_handler)
         if callable(outer_handler):

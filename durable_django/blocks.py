@@ -4,9 +4,10 @@ The job that reaches a block opens its group (:func:`enter`), in the transaction
 step before it, and claims a first batch of branches at once: it executes them itself, so a short
 block costs no other job. Branches beyond that batch, and those of other queues, are left pending
 for drain jobs (:func:`run_branches`), which claim them in batches whose size follows how quick the
-branches are. A batch that runs past its budget gives the branches it has not started back to
-other workers, so slow branches still run side by side. A retry of a branch, or a branch sent
-again, is a job of its own (:func:`run_branch`).
+branches are; executing one batch is :mod:`durable_django.batches`' part (a batch that runs past
+its budget gives the branches it has not started back to other workers, so slow branches still
+run side by side, and records the results it has). A retry of a branch, or a branch sent again,
+is a job of its own (:func:`run_branch`).
 
 Each recorded final result takes one off the group's counter in the transaction that records it,
 and the results that decide the block (:func:`decides`, true for exactly one batch or branch) are
@@ -19,25 +20,21 @@ Every write goes through :mod:`durable_django.store`; this module only decides.
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from django.db import DatabaseError, connections
 from django.db.models import Exists, OuterRef
+from django.utils import timezone
 
-from . import dispatch, items, join, leases, results, store
-from .attempts import Attempt, call_step, retry_delay
+from . import batches, dispatch, items, join, results, store
+from .attempts import Attempt, call_step
 from .conf import durable_settings
 from .context import to_step_context
 from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
 from .join import Moved
-from .logging import log_attempt, run_fields, seconds
+from .logging import run_fields
 from .models import BlockKind, GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from .results import ERROR, Outcome
 from .store import Claimed
@@ -49,10 +46,6 @@ TARGET_SECONDS = 0.05
 MAX_BATCH = 500
 # How many branches the job that reaches a block claims at once; more are left to drain jobs.
 FIRST_BATCH = 32
-# A batch still executing after this long gives the branches it has not started to other workers.
-OVERRUN_SECONDS = 0.1
-# A batch reads its run's status again before a branch once this long has passed since the last read.
-CANCEL_CHECK_SECONDS = 0.002
 # An attempt of a foreach block that runs max_concurrency items already is sent again this much later.
 HOLD_BACK = 0.5
 
@@ -142,111 +135,7 @@ def _enter_foreach(
     return _drain(group, run, wf, block, queue, claimed) if claimed else None
 
 
-# -- executing batches ----------------------------------------------------------------------------
-
-
-class _Batch:
-    """The claimed branches of a batch not started yet; the watchdog may take them back meanwhile."""
-
-    def __init__(self, rows: list[Claimed]) -> None:
-        self._rows = deque(rows)
-        self._lock = threading.Lock()
-
-    def next(self) -> Claimed | None:
-        with self._lock:
-            return self._rows.popleft() if self._rows else None
-
-    def take_unstarted(self) -> list[Claimed]:
-        with self._lock:
-            rows, self._rows = list(self._rows), deque()
-            return rows
-
-    def put_back(self, rows: list[Claimed]) -> None:
-        """Rows that could not be given back are this batch's to execute after all."""
-        with self._lock:
-            self._rows.extendleft(reversed(rows))
-
-
-def _give_back(group: ParallelGroup, queue: str, batch: _Batch) -> None:
-    """A branch overran the batch's budget: the branches not started go to a drain job of their own."""
-    rows = batch.take_unstarted()
-    if not rows:
-        return
-    job = dispatch.run_branches_job(group.pk, group.run_id, queue, 1, tag=str(rows[0].pk))
-    for attempt in range(3):
-        try:
-            released = store.release_claimed(group.pk, [row.pk for row in rows], job.job_id)
-            break
-        except DatabaseError:
-            # A passing fault (a lock, a dropped connection): the batch keeps its rows if it persists.
-            logger.warning(
-                "group %s: could not hand branches over (try %d of 3)",
-                group.pk,
-                attempt + 1,
-                exc_info=True,
-                extra={"run_id": str(group.run_id)},
-            )
-            connections.close_all()
-            time.sleep(0.05)
-    else:
-        batch.put_back(rows)
-        return
-    if released:
-        dispatch.submit(job)
-        logger.info(
-            "group %s: a branch overran its batch; %d branches handed to other workers",
-            group.pk,
-            len(rows),
-            extra={"run_id": str(group.run_id)},
-        )
-
-
-def _context_of(group: ParallelGroup, block: Block, ctx: dict[str, Any]) -> Callable[[Claimed], dict[str, Any]]:
-    """How the context of one branch of ``group`` is made from the run's: a copy, with its item for
-    a foreach block."""
-    if isinstance(block, Foreach):
-        listed = group.items or []
-        return lambda row: items.item_context(ctx, block, listed, row.index or 0)
-    return lambda row: copy.deepcopy(ctx)
-
-
-def _execute(
-    group: ParallelGroup,
-    run: WorkflowRun,
-    context_of: Callable[[Claimed], dict[str, Any]],
-    steps: dict[str, Step],
-    rows: list[Claimed],
-    queue: str,
-) -> list[tuple[Claimed, Step, Attempt]]:
-    """Execute a claimed batch one branch after another, each with its own copy of the context.
-
-    Before a branch starts, the run's status is read again once CANCEL_CHECK_SECONDS have passed
-    since the batch began or was last checked: a cancelled run starts no more of them (they are
-    cancelled), at a cost of at most one read per few milliseconds of branch execution.
-    """
-    batch = _Batch(rows)
-    outcomes: list[tuple[Claimed, Step, Attempt]] = []
-    token = None
-    checked = time.monotonic()
-    with store.heartbeat.hold_many(StepResult, [row.pk for row in rows]):
-        row = batch.next()  # the first branch always runs here: its claim saw the run running
-        # A child executed inline by its calling step keeps its branches in this process.
-        if len(rows) > 1 and not dispatch.executes_inline(run.pk):
-            token = leases.watchdog.arm(OVERRUN_SECONDS, partial(_give_back, group, queue, batch))
-        try:
-            while row is not None:
-                step = steps[row.step]
-                outcomes.append((row, step, call_step(step, context_of(row), run.pk, in_parallel=True)))
-                row = batch.next()
-                if row is not None and time.monotonic() - checked >= CANCEL_CHECK_SECONDS:
-                    checked = time.monotonic()
-                    if not WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists():
-                        store.cancel_claimed([row.pk, *(left.pk for left in batch.take_unstarted())])
-                        break
-        finally:
-            if token is not None:
-                leases.watchdog.disarm(token)
-    return outcomes
+# -- the drain loop -----------------------------------------------------------------------------
 
 
 def _drain(
@@ -260,12 +149,13 @@ def _drain(
     steps = {member.name: member for member in block.steps if queue_for(wf, member) == queue}
     names = None if len(steps) == len(block.steps) else list(steps)
     joins_here = queue_for(wf) == queue
-    context_of = _context_of(group, block, to_step_context(run.context))
+    context_of = batches.context_of(group, block, to_step_context(run.context))
     limit = block.max_concurrency if isinstance(block, Foreach) else None
     size = len(batch)
+    place = batches.Place(group, run, wf, block, queue)
     while batch:
         started = time.monotonic()
-        outcomes = _execute(group, run, context_of, steps, batch, queue)
+        outcomes = batches.execute(place, context_of, steps, batch)
         elapsed = time.monotonic() - started
         # A short batch means nothing was left to claim: no need to ask again (unless the
         # block's max_concurrency is what made it short).
@@ -274,18 +164,18 @@ def _drain(
             size = min(size * 2, MAX_BATCH)
         elif elapsed > TARGET_SECONDS * 2:
             size = max(size // 2, 1)
-        retries = _retries(group, wf, outcomes)
+        retries = batches.retries_of(group, wf, outcomes)
         waits = [(row, attempt) for row, _, attempt in outcomes if attempt.waits]
         if waits and dispatch.executes_inline(run.pk):
             outcomes, waits = [_no_wait_in_child(row, step, attempt) for row, step, attempt in outcomes], []
         results = [(row, attempt) for row, _, attempt in outcomes if not attempt.waits]
-        _log_branches(run, group, outcomes, retries)
+        batches.log_branches(run, group, outcomes, retries)
         if joins_here and block.into is None and not retries and not waits and len(outcomes) == group.branch_count:
             # The job that entered a short block executed all of it: its join is known before
             # anything is written, and is recorded with the results.
             closing = join.closing_for(group, run, wf, block, join.latest_of(outcomes))
             recorded = store.record_block_and_join(group.pk, run, results, closing)
-            _log_cancelled(run, group, recorded)
+            batches.log_cancelled(run, group, recorded)
             if recorded.closed:
                 return Moved(run, wf, queue) if run.status == RunStatus.RUNNING else None
             if recorded.counts is not None and join.decides(block, recorded.counts):
@@ -300,55 +190,11 @@ def _drain(
         recorded = store.record_batch(
             group.pk, results, retries, (names, size, limit) if more else None, decide, waits=waits, run_id=run.pk
         )
-        _log_cancelled(run, group, recorded)
+        batches.log_cancelled(run, group, recorded)
         if recorded.counts is not None and join.decides(block, recorded.counts):
             return _joined(group, run, wf, block, queue, recorded.closed, joins_here)
         batch = recorded.next_batch
     return None
-
-
-def _log_branches(
-    run: WorkflowRun,
-    group: ParallelGroup,
-    outcomes: list[tuple[Claimed, Step, Attempt]],
-    retries: dict[int, store.NextAttempt] | None = None,
-) -> None:
-    """One line per branch of a batch (see :func:`durable_django.logging.log_attempt`), written
-    before the batch is recorded; nothing at all is done per branch when the logger would drop it."""
-    if not logger.isEnabledFor(logging.WARNING):
-        return
-    quiet = not logger.isEnabledFor(logging.INFO)
-    for row, _, attempt in outcomes:
-        failed = attempt.failed
-        if quiet and not failed:
-            continue
-        nxt = retries.get(row.pk) if failed and retries else None
-        log_attempt(
-            logger,
-            run.pk,
-            run.workflow,
-            row.step,
-            row.attempt,
-            "failed" if failed else "waiting" if attempt.waits else "completed",
-            seconds(attempt.started_at, attempt.finished_at),
-            reason=attempt.reason if failed else None,
-            retry_in=nxt.delay if nxt is not None else None,
-            branch_of=group.name,
-        )
-
-
-def _log_cancelled(run: WorkflowRun, group: ParallelGroup, recorded: store.Recorded | None) -> None:
-    """The line of a batch whose results arrived after its run was cancelled: they are recorded as cancelled."""
-    if recorded is None or recorded.counts is None or recorded.counts.status != GroupStatus.CANCELLED:
-        return
-    logger.info(
-        "run %s (%s): %d branch(es) of %r finished after the run was cancelled; recorded as cancelled",
-        run.pk,
-        run.workflow,
-        len(recorded.mine),
-        group.name,
-        extra=run_fields(run.pk, run.workflow, step=group.name, outcome="cancelled"),
-    )
 
 
 def _joined(
@@ -407,32 +253,6 @@ def _unclaimed(group: ParallelGroup, names: list[str] | None) -> bool:
     return (pending.filter(step__in=names) if names is not None else pending).exists()
 
 
-# -- retry or final -------------------------------------------------------------------------------
-
-
-def _retries(
-    group: ParallelGroup, wf: Workflow, outcomes: list[tuple[Claimed, Step, Attempt]]
-) -> dict[int, store.NextAttempt]:
-    """Retry or final: the failed attempts among ``outcomes`` that get another attempt, and that attempt.
-
-    A block decided meanwhile (``fail_fast``) needs no further attempt: its failures are final.
-    """
-    again: dict[int, store.NextAttempt] = {}
-    group_open: bool | None = None
-    for row, step, attempt in outcomes:
-        delay = retry_delay(step, attempt, row.attempt, group.run_id, group.pk)
-        if delay is None:
-            continue
-        if group_open is None:
-            group_open = ParallelGroup.objects.filter(pk=group.pk, status=GroupStatus.RUNNING).exists()
-        if not group_open:
-            return {}
-        again[row.pk] = store.next_attempt(
-            group.run_id, group.pk, row.step, row.attempt + 1, queue_for(wf, step), delay, row.index
-        )
-    return again
-
-
 # -- one branch -----------------------------------------------------------------------------------
 
 
@@ -466,12 +286,16 @@ def run_branch(row_id: int) -> Moved | None:
         )
         return None
     claimed = Claimed(row.pk, row.step, row.attempt, row.item_index)
-    context = _context_of(group, block, to_step_context(run.context))(claimed)
+    context = batches.context_of(group, block, to_step_context(run.context))(claimed)
+    started = timezone.now()
+    if not store.may_start(run.pk):
+        store.cancel_branch(row_id)
+        return None
     with store.heartbeat.hold(StepResult, row_id):
-        attempt = call_step(step, context, run.pk, in_parallel=True)
-    nxt = _retries(group, wf, [(claimed, step, attempt)]).get(row.pk)
+        attempt = call_step(step, context, run.pk, in_parallel=True, started_at=started)
+    nxt = batches.retries_of(group, wf, [(claimed, step, attempt)]).get(row.pk)
     if nxt is not None:
-        _log_branches(run, group, [(claimed, step, attempt)], {row.pk: nxt})
+        batches.log_branches(run, group, [(claimed, step, attempt)], {row.pk: nxt})
         store.retry_branch(row.pk, attempt, nxt)
         return None
     queue = queue_for(wf, step)
@@ -484,14 +308,14 @@ def run_branch(row_id: int) -> Moved | None:
         if joins_here and block.into is None
         else None
     )
-    _log_branches(run, group, outcome)
+    batches.log_branches(run, group, outcome)
     if attempt.waits:
         recorded: store.Recorded | None = store.record_batch(
             group.pk, [], {}, None, decide, waits=[(claimed, attempt)], run_id=run.pk
         )
     else:
         recorded = store.record_branch(row.pk, group.pk, attempt, decide)
-    _log_cancelled(run, group, recorded)
+    batches.log_cancelled(run, group, recorded)
     if recorded is None or recorded.counts is None or not join.decides(block, recorded.counts):
         return None
     return _joined(group, run, wf, block, queue, recorded.closed, joins_here)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,6 +182,20 @@ def _resolvers(patterns: list[URLPattern | URLResolver]) -> Iterator[URLResolver
             yield from _resolvers(pattern.url_patterns)
 
 
+def _mounted(urlconf: str) -> bool:
+    """Whether the URLconf includes the module ``urlconf``, at any depth."""
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return False
+    try:
+        return any(
+            getattr(resolver.urlconf_module, "__name__", resolver.urlconf_name) == urlconf
+            for resolver in _resolvers(get_resolver().url_patterns)
+        )
+    except Exception:
+        # A URLconf that cannot be imported is reported by Django's own URL checks.
+        return False
+
+
 @register(Tags.urls)
 def check_api_installed(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The REST API mounted in the URLconf needs ``rest_framework`` in ``INSTALLED_APPS``.
@@ -189,17 +204,7 @@ def check_api_installed(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     messages and its own system checks come with the installed app, and only then is the API
     configured as documented.
     """
-    if apps.is_installed("rest_framework") or not getattr(settings, "ROOT_URLCONF", None):
-        return []
-    try:
-        mounted = any(
-            getattr(resolver.urlconf_module, "__name__", resolver.urlconf_name) == API_URLCONF
-            for resolver in _resolvers(get_resolver().url_patterns)
-        )
-    except Exception:
-        # A URLconf that cannot be imported is reported by Django's own URL checks.
-        return []
-    if not mounted:
+    if apps.is_installed("rest_framework") or not _mounted(API_URLCONF):
         return []
     return [
         Error(
@@ -208,5 +213,23 @@ def check_api_installed(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             hint="Add 'rest_framework' (and 'rest_framework.authtoken' for token authentication) to "
             "INSTALLED_APPS, or remove include('durable_django.api.urls') from your urls.py.",
             id="durable_django.E006",
+        )
+    ]
+
+
+METRICS_URLCONF = "durable_django.metrics.urls"
+
+
+@register(Tags.urls)
+def check_metrics_installable(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The metrics view mounted in the URLconf needs ``prometheus_client``."""
+    if importlib.util.find_spec("prometheus_client") is not None or not _mounted(METRICS_URLCONF):
+        return []
+    return [
+        Error(
+            f"The metrics view ({METRICS_URLCONF}) is included in the URLconf, but prometheus_client is not installed.",
+            hint="pip install 'durable-django[prometheus]', or remove include('durable_django.metrics.urls') "
+            "from your urls.py.",
+            id="durable_django.E008",
         )
     ]

@@ -105,8 +105,20 @@ def _timeout(value: Any) -> bool:
     return _whole(1)(value) or value == -1
 
 
+def _optional_seconds(value: Any) -> bool:
+    return value is None or _positive(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _flag(value: Any) -> bool:
     return isinstance(value, bool)
+
+
+def _optional_name(value: Any) -> bool:
+    return value is None or _name(value)
 
 
 def _as_is(value: Any) -> str:
@@ -209,6 +221,11 @@ class DurableSettings:
     QUEUE = Setting("default", _as_is, accepts=_name, must_be="a queue name (a non-empty string)")
     # RQ job timeout (seconds) of the jobs that execute steps; -1 means no limit.
     JOB_TIMEOUT = Setting(3600, int, accepts=_timeout, must_be="a positive number of seconds or -1")
+    # The time limit (seconds) of an attempt of every step, branch and compensation that has no
+    # timeout= of its own; None: no limit but JOB_TIMEOUT's.
+    DEFAULT_TIMEOUT = Setting(
+        None, _optional_float, accepts=_optional_seconds, must_be="None or a positive number of seconds"
+    )
     # How long RQ keeps a finished job's return value. The database holds every result,
     # so RQ's copy is dropped at once by default.
     RESULT_TTL = Setting(
@@ -221,10 +238,12 @@ class DurableSettings:
     # keeps busy at once: raise it when more workers should share blocks of many slow branches.
     PARALLEL_JOBS = Setting(16, int, accepts=_whole(1), must_be="a positive integer")
     # Seconds a worker's lease on an executing step or branch lasts; renewed every third of it
-    # while the step runs. A lease that runs out means its worker is gone.
-    LEASE_SECONDS = Setting(15, float, accepts=_positive, must_be="a positive number of seconds")
-    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`).
-    RECOVER_INTERVAL = Setting(5, float, accepts=_positive, must_be="a positive number of seconds")
+    # while the step runs. A lease that runs out means its worker is gone. With RECOVER_INTERVAL,
+    # it sets how soon a dead worker's work resumes: within LEASE_SECONDS + 2 * RECOVER_INTERVAL.
+    LEASE_SECONDS = Setting(5, float, accepts=_positive, must_be="a positive number of seconds")
+    # Seconds between two recovery sweeps (in every rqworker process, and `durable_recover --loop`);
+    # one process sweeps per interval, whatever the number of workers.
+    RECOVER_INTERVAL = Setting(1, float, accepts=_positive, must_be="a positive number of seconds")
     # Run the recovery sweeper in a background thread of every `manage.py rqworker` process.
     RECOVER_IN_WORKERS = Setting(True, bool, accepts=_flag, must_be="True or False")
     # Finished runs the recovery sweeper deletes, a few minutes apart (see durable_django.retention);
@@ -262,6 +281,11 @@ class DurableSettings:
     API_PAGE_SIZE = Setting(50, int, accepts=_whole(1), must_be="a positive integer")
     API_MAX_PAGE_SIZE = Setting(1000, int, accepts=_whole(1), must_be="a positive integer")
     API_MAX_BODY_SIZE = Setting(1024 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
+    # Prometheus metrics (durable_django.metrics): count runs, attempts and recovery in Redis, from
+    # every process; False connects no receiver and costs nothing. Needs prometheus_client to be served.
+    METRICS = Setting(False, bool, accepts=_flag, must_be="True or False")
+    # A bearer token that lets a scraper read the metrics view without a staff session; None: staff only.
+    METRICS_TOKEN = Setting(None, lambda value: value, accepts=_optional_name, must_be="None or a non-empty string")
 
 
 DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in TABLE.items()}

@@ -9,6 +9,7 @@ structures itself.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -24,8 +25,10 @@ from typing import Any
 import redis.exceptions
 from django.db import transaction
 from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
-from rq.registry import ScheduledJobRegistry
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
 from .conf import durable_settings
 
@@ -500,3 +503,47 @@ def take_turn(key: str, every: int) -> bool:
     """Whether this process may do the periodic chore ``key`` now: at most once every ``every`` seconds, across processes."""
     connection = get_queue(durable_settings.QUEUE).connection
     return bool(connection.set(key, "1", nx=True, ex=every))
+
+
+# -- cancels: a run's flag, raised before the cancel commits for CANCEL_PENDING_TTL seconds (a cancel
+# that rolls back costs no more), then for CANCEL_FLAG_TTL; read before every start (store.may_start)
+CANCEL_FLAG_PREFIX, CANCEL_PENDING_TTL, CANCEL_FLAG_TTL = "durable_django:cancelled:", 60, 24 * 3600
+
+
+def raise_cancel_flag(run_id: Any, ttl: int) -> bool:
+    """Raise run ``run_id``'s cancel flag for ``ttl`` seconds; ``False`` (logged) when Redis does not answer."""
+    try:
+        get_queue(durable_settings.QUEUE).connection.set(f"{CANCEL_FLAG_PREFIX}{run_id}", "1", ex=ttl)
+    except QUEUE_UNAVAILABLE:
+        logger.warning("could not raise the cancel flag of run %s: Redis does not answer", run_id, exc_info=True)
+        return False
+    return True
+
+
+def cancel_flag_raised(run_id: Any) -> bool | None:
+    """Whether run ``run_id``'s cancel flag is up; ``None`` when Redis cannot say."""
+    try:
+        return bool(get_queue(durable_settings.QUEUE).connection.exists(f"{CANCEL_FLAG_PREFIX}{run_id}"))
+    except QUEUE_UNAVAILABLE:
+        return None
+
+
+def stop_jobs(run_id: Any, group_ids: list[int], job_ids: list[str], queue_names: Iterable[str]) -> list[str]:
+    """After its cancel committed, send rq's stop-job command to each job executing work of run
+    ``run_id`` (its own jobs, its groups' drain and join jobs, ``job_ids``): a forking worker kills
+    the work horse; an in-process one, which has none, lets the step finish. Errors are only logged."""
+    prefixes = (f"durable-run-{run_id}-", *(f"{DRAIN_PREFIX}{group_id}-" for group_id in group_ids))
+    ids = set(job_ids) | {join_job_id(group_id) for group_id in group_ids}
+    stopped: list[str] = []
+    try:
+        for queue in map(get_queue, sorted(set(queue_names))):
+            for job_id in StartedJobRegistry(queue=queue).get_job_ids():
+                if job_id.startswith(prefixes) or job_id in ids:
+                    with contextlib.suppress(InvalidJobOperation, NoSuchJobError):  # it finished meanwhile
+                        send_stop_job_command(queue.connection, job_id)
+                        stopped.append(job_id)
+    except Exception:
+        logger.warning("could not stop the jobs of cancelled run %s", run_id, exc_info=True)
+    if stopped:
+        logger.info("run %s cancelled: asked the workers to stop job(s) %s", run_id, ", ".join(stopped))
+    return stopped

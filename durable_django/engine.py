@@ -152,8 +152,12 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
     A step followed by a parallel block commits its outcome together with the block's group.
     """
     attempt_no = run.current_attempt
+    started = timezone.now()
+    if not store.may_start(run.pk):
+        _log_not_started(run, step.name)
+        return None
     with store.heartbeat.hold(WorkflowRun, run.pk):
-        attempt = call_step(step, to_step_context(run.context), run.pk)
+        attempt = call_step(step, to_step_context(run.context), run.pk, started_at=started)
     row = StepResult(
         run=run,
         step=step.name,
@@ -219,6 +223,9 @@ def _take_branch(run: WorkflowRun, wf: Workflow, node: Branch, queue: str) -> Wo
         started_at=timezone.now(),
         job_id=dispatch.current_job_id(),
     )
+    if not store.may_start(run.pk):
+        _log_not_started(run, node.name)
+        return None
     try:
         with step_scope(StepScope(run.pk, node.name, ctx)):
             value = ctx.get(node.on) if isinstance(node.on, str) else node.on(ctx)
@@ -265,6 +272,16 @@ def _lost_to_cancel(run: WorkflowRun, row: StepResult, moved: bool) -> bool:
             extra=run_fields(run.pk, run.workflow, step=row.step, attempt=row.attempt, outcome="cancelled"),
         )
     return moved
+
+
+def _log_not_started(run: WorkflowRun, step: str) -> None:
+    logger.info(
+        "run %s (%s) was cancelled: step %r does not start",
+        run.pk,
+        run.workflow,
+        step,
+        extra=run_fields(run.pk, run.workflow, step=step, outcome="cancelled"),
+    )
 
 
 def _log_step(run: WorkflowRun, step: str, row: StepResult, *, retry_in: float | None = None) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,6 +65,15 @@ def released_fields(deadline: datetime | None = None) -> dict[str, Any]:
 
 # -- heartbeat --------------------------------------------------------------------------------------
 
+# A lease is renewed this many times per LEASE_SECONDS while its step runs: a beat can be late by
+# two thirds of a lease (a loaded machine, a slow database) before the lease runs out.
+RENEWALS_PER_LEASE = 3
+
+
+def renew_every() -> float:
+    """Seconds between two renewals of the leases a process holds (only while a step runs that long)."""
+    return max(durable_settings.LEASE_SECONDS / RENEWALS_PER_LEASE, 0.05)
+
 
 # Renews the leases of ``{model: [pk, ...]}`` held by this process (see store.renew_leases).
 Renew = Callable[[dict[type[Model], list[Any]]], None]
@@ -84,26 +93,39 @@ class Heartbeat:
     @contextmanager
     def hold(self, model: type[Model], pk: Any) -> Iterator[None]:
         """Keep the lease of ``model`` row ``pk`` alive for the duration of the block."""
-        key = (model, pk)
-        with self._lock:
-            self._held[key] = self._held.get(key, 0) + 1
-            self._ensure_thread()
-        try:
+        with self.hold_many(model, [pk]):
             yield
-        finally:
-            with self._lock:
-                if self._held.get(key, 0) <= 1:
-                    self._held.pop(key, None)
-                else:
-                    self._held[key] -= 1
 
     @contextmanager
-    def hold_many(self, model: type[Model], pks: list[Any]) -> Iterator[None]:
-        """Keep the leases of several rows alive for the duration of the block (a batch of branches)."""
-        with ExitStack() as stack:
-            for pk in pks:
-                stack.enter_context(self.hold(model, pk))
-            yield
+    def hold_many(self, model: type[Model], pks: list[Any]) -> Iterator[Callable[[list[Any]], None]]:
+        """Keep the leases of several rows alive for the duration of the block (a batch of branches).
+
+        Yields a function that lets go of some of them before the block ends (their results are
+        recorded, or they were given back), so that renewals touch only the rows still executing.
+        """
+        held = set(pks)
+        with self._lock:
+            for pk in held:
+                self._held[(model, pk)] = self._held.get((model, pk), 0) + 1
+            self._ensure_thread()
+
+        def let_go(done: list[Any]) -> None:
+            with self._lock:
+                for pk in done:
+                    if pk in held:
+                        held.discard(pk)
+                        self._release((model, pk))
+
+        try:
+            yield let_go
+        finally:
+            let_go(list(held))
+
+    def _release(self, key: tuple[type[Model], Any]) -> None:
+        if self._held.get(key, 0) <= 1:
+            self._held.pop(key, None)
+        else:
+            self._held[key] -= 1
 
     def _ensure_thread(self) -> None:
         # After a fork (rq's work horse) the parent's thread does not exist in the child.
@@ -115,7 +137,7 @@ class Heartbeat:
     def _loop(self) -> None:
         try:
             while True:
-                self._wake.wait(max(durable_settings.LEASE_SECONDS / 3, 0.05))
+                self._wake.wait(renew_every())
                 with self._lock:
                     held = list(self._held)
                 if held:

@@ -34,7 +34,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, dispatch, join, leases, results, resume, retention, store
+from . import blocks, counters, dispatch, join, leases, results, resume, retention, store
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Block, Step, Workflow, find_workflow, queue_for
@@ -67,6 +67,18 @@ class Report:
     def __str__(self) -> str:
         done = [f"{f.name.replace('_', ' ')}: {getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
         return ", ".join(done) or "nothing to recover"
+
+
+def count(report: Report) -> None:
+    """Add what a sweep did to the ``durable_recovery_redispatches`` counters (``DURABLE["METRICS"]``)."""
+    try:
+        counters.add_to_metrics(
+            (counters.RECOVERY_METRIC, (f.name,), getattr(report, f.name))
+            for f in fields(report)
+            if getattr(report, f.name)
+        )
+    except dispatch.QUEUE_UNAVAILABLE:
+        logger.warning("recovery metrics not counted: Redis does not answer")
 
 
 def lost_streak(run_id: Any, step_name: str, group_id: int | None = None, item_index: int | None = None) -> int:
@@ -184,6 +196,8 @@ def recover(now: datetime | None = None) -> Report:
     _wake_overdue(now, report)
     if report.total:
         logger.warning("recovery: %s", report)
+        if durable_settings.METRICS:
+            count(report)
     overdue = report.retries_released + report.waits_woken
     if overdue and dispatch.take_notice_turn(NO_SCHEDULER_NOTICE, NOTICE_EVERY):
         logger.warning(

@@ -3,9 +3,9 @@
 PostgreSQL by default (``DATABASE_URL``, default ``postgres://postgres@127.0.0.1:5432/durable_django``);
 ``DURABLE_TEST_DATABASE=sqlite`` runs the unit tests on SQLite instead. Redis for the
 integration tests comes from ``REDIS_URL`` (default database 15 of the local server).
-``DURABLE_LEASE_SECONDS``, ``DURABLE_RECOVER_INTERVAL``, ``DURABLE_MAX_WORKER_LOST`` and
-``DURABLE_RECOVER_IN_WORKERS`` (``1`` or ``0``) and ``DURABLE_WORKER_MAX_JOBS`` set the ``DURABLE`` entry
-of the same name.
+``DURABLE_LEASE_SECONDS``, ``DURABLE_RECOVER_INTERVAL``, ``DURABLE_MAX_WORKER_LOST``,
+``DURABLE_RECOVER_IN_WORKERS`` and ``DURABLE_METRICS`` (``1`` or ``0``), ``DURABLE_WORKER_MAX_JOBS`` and
+``DURABLE_DEFAULT_TIMEOUT`` set the ``DURABLE`` entry of the same name.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def durable_from_environ(environ: Mapping[str, str]) -> dict[str, object]:
         "MAX_WORKER_LOST": int,
         "RECOVER_IN_WORKERS": lambda value: value == "1",
         "WORKER_MAX_JOBS": int,
+        "DEFAULT_TIMEOUT": float,
+        "METRICS": lambda value: value == "1",
     }
     return {name: parse(environ[f"DURABLE_{name}"]) for name, parse in parsers.items() if f"DURABLE_{name}" in environ}
 

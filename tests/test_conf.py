@@ -50,7 +50,7 @@ def test_every_default_spelled_out_passes_the_system_check() -> None:
 
 def test_a_setting_is_read_when_used_and_converted() -> None:
     with override_settings(DURABLE={}):
-        assert (durable_settings.LEASE_SECONDS, durable_settings.API_AUTHENTICATION_CLASSES) == (15.0, None)
+        assert (durable_settings.LEASE_SECONDS, durable_settings.API_AUTHENTICATION_CLASSES) == (5.0, None)
         with override_settings(DURABLE={"LEASE_SECONDS": 2, "API_AUTHENTICATION_CLASSES": ["a.B"]}):
             assert (durable_settings.LEASE_SECONDS, durable_settings.API_AUTHENTICATION_CLASSES) == (2.0, ("a.B",))
 

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rq import SimpleWorker
 
-from durable_django import blocks, error, foreach, ok, parallel, step
+from durable_django import batches, blocks, dispatch, error, foreach, ok, parallel, step
 from durable_django.definition import unregister
 from durable_django.jobs import join_group, run_branch, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
@@ -210,8 +210,7 @@ RECORD_ALL_AND_JOIN = (
 def quick_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches always count as quick and never overrun: their sizes and statements do not depend on timing."""
     monkeypatch.setattr(blocks, "TARGET_SECONDS", 3600.0)
-    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 3600.0)
-    monkeypatch.setattr(blocks, "CANCEL_CHECK_SECONDS", 3600.0)
+    monkeypatch.setattr(batches, "OVERRUN_SECONDS", 3600.0)
 
 
 # A drain job that finds the block closed or every branch taken: the load tells (EXISTS), nothing more.
@@ -325,6 +324,59 @@ def test_an_onboarding_shaped_run_is_one_job_of_four_commits(
     run.refresh_from_db()
     assert run.status == "completed"
     assert {row.job_id for row in StepResult.objects.filter(run=run)} == {f"durable-run-{run.pk}-0"}
+
+
+@pytest.fixture
+def flag_reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The runs whose cancel flag is read in Redis, one entry per read (before each step and branch starts)."""
+    reads: list[Any] = []
+    read = dispatch.cancel_flag_raised
+
+    def counted(run_id: Any) -> bool | None:
+        reads.append(run_id)
+        return read(run_id)
+
+    monkeypatch.setattr(dispatch, "cancel_flag_raised", counted)
+    return reads
+
+
+@runs
+def test_the_cancel_check_before_each_start_is_one_redis_read_and_no_statement(
+    embedded: EmbeddedQueue, define: Definer, quick_batches: None, flag_reads: list[Any]
+) -> None:
+    wf = onboarding(define)
+    run = wf.start()
+    # The statements are those of the onboarding run above, not one more; Redis is read once per
+    # step and branch, right before it starts.
+    assert drive_counting(embedded, run) == CLAIM + STEP_AND_FAN_OUT + RECORD_ALL_AND_JOIN + STEP
+    assert flag_reads == [run.pk] * 5
+
+
+@runs
+def test_while_a_cancel_flag_is_up_each_start_also_reads_the_runs_status(
+    embedded: EmbeddedQueue, define: Definer, quick_batches: None, flag_reads: list[Any]
+) -> None:
+    wf = onboarding(define)
+    run = wf.start()
+    # A cancel that raised the flag and rolled back (or has not committed yet): every start asks
+    # the database whether the run is still running, one SELECT, and goes ahead.
+    dispatch.raise_cancel_flag(run.pk, dispatch.CANCEL_PENDING_TTL)
+    check = ["SELECT workflowrun"]
+    assert drive_counting(embedded, run) == (
+        CLAIM + check + STEP_AND_FAN_OUT + check * 3 + RECORD_ALL_AND_JOIN + check + STEP
+    )
+    run.refresh_from_db()
+    assert (run.status, len(flag_reads)) == ("completed", 5)
+
+
+def onboarding(define: Definer) -> Any:
+    return define(
+        [
+            step("create", lambda ctx: ok({"user": 1})),
+            parallel(*(step(name, lambda ctx: ok()) for name in ("email", "workspace", "billing"))),
+            step("complete", lambda ctx: ok({"done": True})),
+        ]
+    )
 
 
 @runs

@@ -19,13 +19,13 @@ PACKAGE = "durable_django"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: list[set[str]] = [
-    {"exceptions", "conf"},
+    {"exceptions", "conf", "signals"},
     {"context", "results", "retry", "nodes", "definition", "waits", "logging"},
     {"models"},
     {"leases", "attempts"},
-    {"dispatch"},
+    {"dispatch", "counters"},
     {"store"},
-    {"join", "items"},
+    {"join", "items", "batches"},
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children", "resume", "compensation", "retention"},
@@ -48,6 +48,7 @@ LAYERS: list[set[str]] = [
         "admin_inbox",
         "admin",
         "api",
+        "metrics",
         "management",
         "worker",
         "apps",
@@ -56,7 +57,13 @@ LAYERS: list[set[str]] = [
 ]
 
 # (importing module, imported module): lazy imports that are there on purpose.
-DELIBERATE_LAZY = {("definition", "engine"), ("testing", "models"), ("testing", "conf")}
+# The metrics view imports its collector (and so prometheus_client, an optional dependency) when served.
+DELIBERATE_LAZY = {
+    ("definition", "engine"),
+    ("testing", "models"),
+    ("testing", "conf"),
+    ("metrics.views", "metrics.collector"),
+}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from durable_django import blocks, error, ok, parallel, step
+from durable_django import batches, error, ok, parallel, step
 from durable_django.context import StepScope, step_scope
 from durable_django.logging import RunContextFilter, describe_reason
 from durable_django.operations import cancel_run
@@ -122,9 +122,9 @@ def test_a_batch_does_nothing_per_branch_for_a_logger_that_drops_its_lines(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="durable_django")
     called: list[str] = []
-    original = blocks.log_attempt
+    original = batches.log_attempt
     monkeypatch.setattr(
-        blocks, "log_attempt", lambda *args, **kwargs: called.append(args[3]) or original(*args, **kwargs)
+        batches, "log_attempt", lambda *args, **kwargs: called.append(args[3]) or original(*args, **kwargs)
     )
     wf = define([parallel(*(step(f"b{i}", lambda ctx: ok({})) for i in range(5)), step("bad", boom), name="blk")])
     finish(embedded, wf.start({}))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
+from rq.registry import StartedJobRegistry
 
-from durable_django import blocks, call_workflow, error, ok, parallel, step, store
+from durable_django import call_workflow, dispatch, error, foreach, ok, parallel, step, store, wait_for_event
 from durable_django.exceptions import RunStateError
-from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
+from durable_django.models import ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
 from durable_django.operations import cancel_run, retry_run
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import IMMEDIATE, Definer, attempts, finish
@@ -207,11 +209,10 @@ def test_cancelling_a_pending_run_means_none_of_its_steps_run(embedded: Embedded
 
 @runs
 def test_cancel_during_a_block_stops_unstarted_branches_and_the_result_does_not_advance(
-    embedded: EmbeddedQueue, define: Definer, monkeypatch: pytest.MonkeyPatch
+    embedded: EmbeddedQueue, define: Definer
 ) -> None:
-    # The job that entered the block claimed all three branches: it reads the run's status again
-    # before each one (here after every branch, instead of every few milliseconds).
-    monkeypatch.setattr(blocks, "CANCEL_CHECK_SECONDS", 0.0)
+    # The job that entered the block claimed all three branches: right before each one starts, it
+    # asks whether a cancel committed.
     holder: dict[str, Any] = {}
     ran: list[str] = []
 
@@ -237,6 +238,13 @@ def test_cancel_during_a_block_stops_unstarted_branches_and_the_result_does_not_
     assert StepResult.objects.get(run=run, step="a").output == {"a": 1}
     group = ParallelGroup.objects.get(run=run)
     assert (group.status, group.results) == ("cancelled", None)
+    # Its counters are final: nothing pending, nothing waiting, the late result counted by nobody.
+    assert (group.pending_count, group.waiting_count, group.failed_count) == (0, 0, 0)
+    # The two branches claimed with it never started.
+    assert list(StepResult.objects.filter(run=run, step__in=("b", "c")).values_list("started_at", flat=True)) == [
+        None,
+        None,
+    ]
 
 
 @runs
@@ -342,10 +350,9 @@ def test_a_step_before_a_block_finishing_after_cancel_is_recorded_and_the_block_
 
 @runs
 def test_branches_executing_when_the_run_is_cancelled_end_cancelled_with_their_outputs(
-    embedded: EmbeddedQueue, define: Definer, monkeypatch: pytest.MonkeyPatch
+    embedded: EmbeddedQueue, define: Definer
 ) -> None:
-    # The batch does not look at the run's status between branches: all three run to their end.
-    monkeypatch.setattr(blocks, "CANCEL_CHECK_SECONDS", 3600.0)
+    # The last branch cancels the run: all three had started, and run to their end.
     holder: dict[str, Any] = {}
 
     def last(ctx: dict[str, Any]) -> Any:
@@ -368,6 +375,8 @@ def test_branches_executing_when_the_run_is_cancelled_end_cancelled_with_their_o
     assert (rows["a"].output, rows["b"].error, rows["c"].output) == ({"a": 1}, "no", {"c": 3})
     group = ParallelGroup.objects.get(run=run)
     assert (group.status, group.results) == ("cancelled", None)
+    # The failure of b, recorded after the cancel, is counted by nobody either.
+    assert (group.pending_count, group.waiting_count, group.failed_count) == (0, 0, 0)
 
 
 @runs
@@ -388,6 +397,120 @@ def test_a_branch_attempt_of_its_own_finishing_after_cancel_is_recorded_as_cance
     run = finish(embedded, run)
     assert (run.status, attempts(run)) == ("cancelled", [("a", 1, "failed"), ("a", 2, "cancelled")])
     assert StepResult.objects.get(run=run, attempt=2).output == {"second": True}
+
+
+@runs
+def test_a_cancel_committed_after_the_claim_of_a_run_means_its_next_step_never_starts(
+    embedded: EmbeddedQueue, define: Definer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    claim = store.claim_run
+
+    def claim_then_cancelled(run_id: Any, version: int) -> Any:
+        claimed = claim(run_id, version)
+        cancel_run(run_id)  # commits between the claim and the step's start
+        return claimed
+
+    monkeypatch.setattr(store, "claim_run", claim_then_cancelled)
+    wf = define([step("first", lambda ctx: ran.append("first") or ok({}))])
+    run = finish(embedded, wf.start({}))
+    assert (run.status, ran, attempts(run)) == ("cancelled", [], [])
+
+
+@runs
+def test_a_cancel_committed_after_a_drain_job_claimed_its_batch_means_none_of_it_starts(
+    embedded: EmbeddedQueue, define: Definer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    claim = store.claim_batch
+
+    def claim_then_cancelled(group_id: int, *args: Any) -> Any:
+        claimed = claim(group_id, *args)
+        cancel_run(ParallelGroup.objects.get(pk=group_id).run_id)
+        return claimed
+
+    monkeypatch.setattr(store, "claim_batch", claim_then_cancelled)
+    # On another queue than the run's job: a drain job claims them.
+    names = [f"b{i}" for i in range(3)]
+    wf = define([parallel(*(step(name, lambda ctx: ran.append("b") or ok({}), queue="priority") for name in names))])
+    run = finish(embedded, wf.start({}))
+    assert (run.status, ran) == ("cancelled", [])
+    # The one the drain job claimed never started; the others were pending, cancelled with the run.
+    assert list(StepResult.objects.filter(run=run).values_list("status", "started_at")) == [("cancelled", None)] * 3
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.waiting_count, group.failed_count) == ("cancelled", 0, 0, 0)
+
+
+@runs
+def test_a_foreach_item_executing_when_its_run_is_cancelled_ends_cancelled_with_its_output(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    holder: dict[str, Any] = {}
+
+    def item(ctx: dict[str, Any]) -> Any:
+        if ctx["item"] == 1:
+            cancel_run(holder["run"])
+        return ok({"doubled": ctx["item"] * 2})
+
+    wf = define([foreach("each", "things", item), step("after", lambda ctx: ok({}))])
+    holder["run"] = run = wf.start({"things": [0, 1, 2]})
+    run = finish(embedded, run)
+    assert (run.status, run.current_step) == ("cancelled", "each")
+    items = StepResult.objects.filter(run=run).order_by("item_index")
+    assert list(items.values_list("item_index", "status", "output")) == [
+        (0, "cancelled", {"doubled": 0}),
+        (1, "cancelled", {"doubled": 2}),
+        (2, "cancelled", None),
+    ]
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.waiting_count, group.failed_count) == ("cancelled", 0, 0, 0)
+
+
+@runs
+def test_a_branch_that_returns_a_wait_after_its_run_was_cancelled_ends_cancelled_without_a_wait(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    holder: dict[str, Any] = {}
+
+    def waits(ctx: dict[str, Any]) -> Any:
+        cancel_run(holder["run"])
+        return wait_for_event("approved", data={"asked": True})
+
+    wf = define([parallel(step("asks", waits), name="blk"), step("after", lambda ctx: ok({}))])
+    holder["run"] = run = wf.start({})
+    run = finish(embedded, run)
+    assert run.status == "cancelled"
+    assert list(StepResult.objects.filter(run=run).values_list("step", "status", "output")) == [
+        ("asks", "cancelled", {"asked": True})
+    ]
+    assert not Wait.objects.filter(run=run).exists()
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.waiting_count, group.failed_count) == ("cancelled", 0, 0, 0)
+
+
+def test_a_cancel_asks_rq_to_stop_the_started_jobs_of_the_run_and_of_its_blocks_only(
+    embedded: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(dispatch, "send_stop_job_command", lambda connection, job_id: asked.append(job_id))
+    run_id, other = uuid.uuid4(), uuid.uuid4()
+    mine = [
+        dispatch.run_job_id(run_id, 3),
+        dispatch.drain_job_id(7, "default", 1) + "-42",
+        dispatch.join_job_id(7),
+        "a-branch-attempts-own-job",
+    ]
+    others = [
+        dispatch.run_job_id(other, 0),
+        dispatch.drain_job_id(70, "default", 0),  # another group, whose id starts with 7
+        dispatch.join_job_id(8),
+        "another-job",
+    ]
+    # What rq's started registry holds: "<job id>:<execution id>", scored by when it expires.
+    registry = StartedJobRegistry(queue=dispatch.get_queue("default"))
+    embedded.connection.zadd(registry.key, {f"{job_id}:x": time.time() + 600 for job_id in mine + others})
+    stopped = dispatch.stop_jobs(run_id, [7], ["a-branch-attempts-own-job"], ["default", "priority"])
+    assert sorted(stopped) == sorted(asked) == sorted(mine)
 
 
 @runs

@@ -18,6 +18,8 @@ from rq.job import Job as RQJob
 
 from durable_django import dispatch, error, ok, parallel, step
 from durable_django.apps import is_rq_worker_process, runs_scheduler, warn_without_scheduler
+from durable_django.checks import check_settings
+from durable_django.conf import DEFAULTS
 from durable_django.dispatch import run_job_id
 from durable_django.jobs import join_group, run_branch, run_branches, run_workflow
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
@@ -44,6 +46,10 @@ def dies_then(times: int, data: dict[str, Any]) -> Any:
 
     fn.calls = calls  # type: ignore[attr-defined]
     return fn
+
+
+# The default lease, which the sweeps of these tests use.
+LEASE = DEFAULTS["LEASE_SECONDS"]
 
 
 def later(seconds: float = 60) -> Any:
@@ -220,7 +226,7 @@ def test_a_backlog_of_queued_runs_is_put_off_in_one_statement_whatever_its_size(
     deadlines = set(
         WorkflowRun.objects.filter(pk__in=[run.pk for run in runs]).values_list("lease_expires_at", flat=True)
     )
-    assert deadlines == {when + timedelta(seconds=15)}
+    assert deadlines == {when + timedelta(seconds=LEASE)}
     assert embedded.pending_jobs() == backlog
     assert recover(now=when) == Report()
 
@@ -271,6 +277,17 @@ def worker_pass(embedded: EmbeddedQueue) -> None:
     embedded.run_queued()
 
 
+@runs
+def test_a_pass_with_nothing_to_recover_costs_eight_reads() -> None:
+    # With the default RECOVER_INTERVAL, one such pass a second for the whole installation.
+    recover()
+    with CaptureQueriesContext(connection) as captured:
+        assert recover() == Report()
+    verbs = [query["sql"].split(None, 1)[0] for query in captured.captured_queries]
+    assert len(verbs) == 8
+    assert set(verbs) <= {"SELECT", "DECLARE"}
+
+
 # -- timeouts -------------------------------------------------------------------------------------
 
 
@@ -302,6 +319,51 @@ def test_a_branch_over_its_timeout_fails_like_any_failing_branch(embedded: Embed
     run = finish(embedded, wf.start({}))
     assert run.status == "failed"
     assert run.error["reason"]["type"] == "timeout"
+
+
+@runs
+def test_default_timeout_bounds_every_step_branch_and_compensation_without_a_timeout_of_their_own(
+    embedded: EmbeddedQueue, define: Definer, settings: Any
+) -> None:
+    settings.DURABLE = {"DEFAULT_TIMEOUT": 0.2}
+    undone: list[str] = []
+
+    def hangs_in_undo(ctx: dict[str, Any]) -> Any:
+        undone.append("undo")
+        time.sleep(5)
+
+    wf = define(
+        [
+            step("reserve", lambda ctx: ok({"reserved": True}), compensate=hangs_in_undo),
+            # Its own timeout, longer than the default, is the one that counts (for its compensation too).
+            step("own", lambda ctx: time.sleep(0.4) or ok({"own": True}), timeout=2),
+            parallel(step("quick", lambda ctx: ok()), step("stuck", lambda ctx: time.sleep(5) or ok()), name="block"),
+        ]
+    )
+    run = finish(embedded, wf.start({}))
+    limit = 'ran longer than DURABLE["DEFAULT_TIMEOUT"] of 0.2 s'
+    assert (run.status, run.compensation, undone) == ("failed", "failed", ["undo"])
+    assert run.error == {
+        "step": "stuck",
+        "parallel": "block",
+        "reason": {"type": "timeout", "message": f"step 'stuck' {limit}"},
+    }
+    assert StepResult.objects.get(run=run, step="own", kind="step").status == "completed"
+    assert StepResult.objects.get(run=run, kind="compensation").error == {
+        "type": "timeout",
+        "message": f"step 'reserve (compensation)' {limit}",
+    }
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, [1]])
+def test_default_timeout_must_be_none_or_a_positive_number_of_seconds(value: Any) -> None:
+    with override_settings(DURABLE={"DEFAULT_TIMEOUT": value}):
+        assert [(message.id, message.msg) for message in check_settings()] == [
+            (
+                "durable_django.E004",
+                f"settings.DURABLE['DEFAULT_TIMEOUT'] must be None or a positive number of seconds, not {value!r}.",
+            )
+        ]
 
 
 # -- poison jobs ----------------------------------------------------------------------------------
@@ -458,10 +520,10 @@ def test_a_run_whose_job_was_taken_by_a_worker_that_died_is_sent_again_after_a_l
     assert embedded.connection.zscore(dispatch.hand_over_seen_key("default"), run_job_id(run.pk, 0)) == pytest.approx(
         when.timestamp()
     )
-    assert recover(now=when + timedelta(seconds=10)) == Report()
+    assert recover(now=when + timedelta(seconds=LEASE - 1)) == Report()
     # There for longer than a lease: lost, although RQ still says "queued".
-    assert recover(now=when + timedelta(seconds=16)) == Report(runs_sent_again=1)
-    assert recover(now=when + timedelta(seconds=17)) == Report()
+    assert recover(now=when + timedelta(seconds=LEASE + 1)) == Report(runs_sent_again=1)
+    assert recover(now=when + timedelta(seconds=LEASE + 2)) == Report()
     assert finish(embedded, run).status == "completed"
     assert len(calls) == 1
 
@@ -478,9 +540,9 @@ def test_a_job_in_the_intermediate_list_counts_as_queued_for_a_lease_then_as_mis
     assert dispatch.job_state("default", job_id, now) == ("queued", None)
     _hand_over(embedded)
     assert dispatch.job_state("default", job_id, now) == ("queued", None)
-    assert dispatch.QueuedJobs(now + timedelta(seconds=10)).among([("default", job_id)]) == {("default", job_id)}
-    assert dispatch.job_state("default", job_id, now + timedelta(seconds=16)) == ("missing", None)
-    assert dispatch.QueuedJobs(now + timedelta(seconds=16)).among([("default", job_id)]) == set()
+    assert dispatch.QueuedJobs(now + timedelta(seconds=LEASE - 1)).among([("default", job_id)]) == {("default", job_id)}
+    assert dispatch.job_state("default", job_id, now + timedelta(seconds=LEASE + 1)) == ("missing", None)
+    assert dispatch.QueuedJobs(now + timedelta(seconds=LEASE + 1)).among([("default", job_id)]) == set()
     # Once the job leaves the list its sighting is forgotten: a later hand-over starts afresh.
     queue = dispatch.get_queue("default")
     embedded.connection.lmove(queue.intermediate_queue_key, queue.key, "RIGHT", "LEFT")
@@ -502,8 +564,8 @@ def test_a_started_job_without_a_live_worker_counts_as_missing_past_a_lease(
     embedded.connection.hset(
         RQJob.key_for(job_id), mapping={"status": "started", "started_at": started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
     )
-    assert dispatch.job_state("default", job_id, started + timedelta(seconds=10)) == ("queued", None)
-    assert dispatch.job_state("default", job_id, started + timedelta(seconds=16)) == ("missing", None)
-    assert recover(now=started + timedelta(seconds=10)).total == 0
-    assert recover(now=started + timedelta(seconds=16)) == Report(runs_sent_again=1)
+    assert dispatch.job_state("default", job_id, started + timedelta(seconds=LEASE - 1)) == ("queued", None)
+    assert dispatch.job_state("default", job_id, started + timedelta(seconds=LEASE + 1)) == ("missing", None)
+    assert recover(now=started + timedelta(seconds=LEASE - 1)).total == 0
+    assert recover(now=started + timedelta(seconds=LEASE + 1)) == Report(runs_sent_again=1)
     assert finish(embedded, run).status == "completed"

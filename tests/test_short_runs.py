@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rq import SimpleWorker
 
-from durable_django import blocks, call_workflow, dispatch, jobs, ok, parallel, step
+from durable_django import batches, call_workflow, dispatch, error, jobs, ok, parallel, step
 from durable_django.models import ParallelGroup, StepResult
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer, attempts, finish
@@ -67,7 +67,7 @@ def test_a_branch_that_overruns_its_batch_hands_the_branches_not_started_to_anot
     embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Any branch overruns a budget of zero: the watchdog gives the others back at once.
-    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 0.0)
+    monkeypatch.setattr(batches, "OVERRUN_SECONDS", 0.0)
     seen_pending: list[int] = []
 
     def slow(ctx: dict[str, Any]) -> Any:
@@ -115,6 +115,88 @@ def test_a_branch_that_overruns_its_batch_hands_the_branches_not_started_to_anot
     assert (group.status, group.pending_count, group.failed_count) == ("completed", 0, 0)
 
 
+def statuses_while_waiting(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """Poll the statuses of branches ``names`` until they are ``wanted`` (at most 10 s); the last seen."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = dict(StepResult.objects.filter(step__in=names).values_list("step", "status"))
+        seen = tuple(found.get(name, "") for name in names)
+        if seen == wanted or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.02)
+
+
+@runs
+def test_once_a_batch_overran_the_results_before_its_slow_branch_are_recorded_without_waiting_for_it(
+    embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job]
+) -> None:
+    seen: list[tuple[str, ...]] = []
+    names = ("quick_0", "quick_1", "quick_3")
+
+    def slow(ctx: dict[str, Any]) -> Any:
+        # Still executing: the watchdog has recorded the two before it and given quick_3 back.
+        seen.append(statuses_while_waiting(names, ("completed", "completed", "pending")))
+        return ok({"slow": True})
+
+    wf = define(
+        [
+            parallel(
+                step("quick_0", lambda ctx: ok({"q0": True})),
+                step("quick_1", lambda ctx: ok({"q1": True})),
+                step("slow", slow),
+                step("quick_3", lambda ctx: ok({"q3": True})),
+                name="block",
+            ),
+            step("after", lambda ctx: ok({"after": True})),
+        ]
+    )
+    run = finish(embedded, wf.start())
+    assert seen == [("completed", "completed", "pending")]
+    assert (run.status, sorted(run.context["__results__"])) == ("completed", ["quick_0", "quick_1", "quick_3", "slow"])
+    assert [row[1:] for row in attempts(run)] == [(1, "completed")] * 5
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.failed_count) == ("completed", 0, 0)
+    # The run's job executed quick_0, quick_1 and slow; a drain job of its own took quick_3.
+    jobs = dict(StepResult.objects.filter(group=group).values_list("step", "job_id"))
+    assert jobs == {
+        "quick_0": sent[0].job_id,
+        "quick_1": sent[0].job_id,
+        "slow": sent[0].job_id,
+        "quick_3": dispatch.drain_job_id(group.pk, "default", 1) + f"-{jobs_pk(run, 'quick_3')}",
+    }
+
+
+@runs
+def test_a_failure_recorded_early_fails_a_fail_fast_block_while_its_slow_branch_still_executes(
+    embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job]
+) -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def slow(ctx: dict[str, Any]) -> Any:
+        seen.append(statuses_while_waiting(("fails",), ("failed",)))
+        # The failure decided the block: its join was sent as a job, which the job executing this
+        # branch cannot run.
+        seen.append(tuple(job.func for job in sent[1:]))
+        return ok({"slow": True})
+
+    wf = define(
+        [
+            parallel(step("fails", lambda ctx: error("no")), step("slow", slow), name="block"),
+            step("after", lambda ctx: ok({"after": True})),
+        ]
+    )
+    run = finish(embedded, wf.start())
+    assert seen == [("failed",), (dispatch.JOIN_GROUP,)]
+    assert (run.status, run.error) == ("failed", {"step": "fails", "parallel": "block", "reason": "no"})
+    assert attempts(run) == [("fails", 1, "failed"), ("slow", 1, "completed")]
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.failed_count) == ("failed", 0, 1)
+
+
+def jobs_pk(run: Any, name: str) -> int:
+    return StepResult.objects.get(run=run, step=name).pk
+
+
 def quick_1_id(run: Any) -> int:
     return StepResult.objects.get(run=run, step="quick_1").pk
 
@@ -123,7 +205,7 @@ def quick_1_id(run: Any) -> int:
 def test_a_child_executed_by_its_calling_step_keeps_an_overrunning_block_in_its_process(
     embedded: EmbeddedQueue, define: Definer, sent: list[dispatch.Job], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(blocks, "OVERRUN_SECONDS", 0.0)
+    monkeypatch.setattr(batches, "OVERRUN_SECONDS", 0.0)
 
     def slow(ctx: dict[str, Any]) -> Any:
         time.sleep(0.05)

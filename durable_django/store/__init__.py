@@ -9,7 +9,8 @@ on the ``WorkflowRun`` it was given. Jobs handed to a function are sent once its
 commits (:func:`durable_django.dispatch.submit`).
 
 - :mod:`.runs`: create, claim, :func:`transition` (every move of a run), fail, release, reopen,
-  cancel, take over a child, and the deadlines of waiting runs;
+  cancel (and :func:`may_start`, asked before every start), take over a child, and the deadlines
+  of waiting runs;
 - :mod:`.groups`: open a group with its branch rows (a first batch claimed by the opening job),
   :func:`count_finals`, the join's lease, close a group (also in the transaction that recorded the
   deciding results), give back claimed branches, reopen a group;
@@ -18,7 +19,10 @@ commits (:func:`durable_django.dispatch.submit`).
 - :mod:`.waits`: a run or branches suspended on a wait, a wait resolved once, buffered events;
 - :mod:`.compensations`: a compensating run claimed, each compensation attempt, its retry and end,
   and a compensating run taken over;
-- :mod:`.heartbeat`: renewing the leases this process holds.
+- :mod:`.heartbeat`: renewing the leases this process holds;
+- :mod:`.notify`: what the winner of each change tells the receivers of
+  :mod:`durable_django.signals`, once its transaction commits (nothing, and no query, when none
+  is connected).
 
 The hand-written statements are PostgreSQL fast paths (with a portable fallback where needed):
 
@@ -75,6 +79,7 @@ from .runs import (
     fail_fields,
     fail_run,
     failing_fields,
+    may_start,
     move_fields,
     postpone_run,
     postpone_runs,
@@ -112,6 +117,7 @@ __all__ = [
     "failing_fields",
     "heartbeat",
     "hold_back_branch",
+    "may_start",
     "move_fields",
     "next_attempt",
     "open_group",

@@ -16,7 +16,7 @@ from ..attempts import Attempt
 from ..context import dumps
 from ..leases import held_fields, released_fields
 from ..models import GroupStatus, ParallelGroup, StepResult, StepStatus, WorkflowRun
-from . import sql
+from . import notify, sql
 from .groups import Claimed, Closing, Counts, close_in_transaction, count_finals
 from .runs import apply_move
 from .waits import settle, suspend_branches
@@ -131,7 +131,7 @@ def record_batch(
     with transaction.atomic():
         if waits:
             outcomes = [*outcomes, *suspend_branches(group_id, run_id, waits)]
-        if connection.vendor == "postgresql" and not retries and not waits:
+        if connection.vendor == "postgresql" and outcomes and not retries and not waits:
             # Every result is final: stored and counted in one statement.
             mine, recorded_counts = _store_and_count(group_id, outcomes, connection)
             recorded = Recorded(mine, recorded_counts)
@@ -155,6 +155,8 @@ def record_batch(
         if recorded.counts is not None and recorded.counts.status == GroupStatus.CANCELLED:
             # The run was cancelled while these branches executed: they ran, and are cancelled.
             mark_cancelled(recorded.mine)
+        else:
+            notify.branches(group_id, run_id, outcomes, recorded.mine)
         if recorded.counts is not None:
             closing = decide(recorded.counts) if decide is not None else None
             if closing is not None:
@@ -183,15 +185,17 @@ def _store_and_count(
     failed = StepStatus.FAILED.value
     statement = (
         f"WITH stored AS ({store}), counted AS (UPDATE {table} SET "
-        "pending_count = pending_count - (SELECT count(*) FROM stored), "
-        "failed_count = failed_count + (SELECT count(*) FROM stored WHERE stored.status = %s) "
+        "pending_count = pending_count - CASE WHEN status = %s THEN 0 ELSE (SELECT count(*) FROM stored) END, "
+        "failed_count = failed_count + CASE WHEN status = %s THEN 0 "
+        "ELSE (SELECT count(*) FROM stored WHERE stored.status = %s) END "
         "WHERE id = %s AND EXISTS (SELECT 1 FROM stored) RETURNING pending_count, failed_count, status, waiting_count) "
         "SELECT (SELECT array_agg(stored.id) FROM stored), (SELECT count(*) FROM stored), "
         "(SELECT count(*) FROM stored WHERE stored.status = %s), (SELECT pending_count FROM counted), "
         "(SELECT failed_count FROM counted), (SELECT status FROM counted), (SELECT waiting_count FROM counted)"
     )
     with connection.cursor() as cursor:
-        cursor.execute(statement, [*params, failed, group_id, failed])
+        cancelled = GroupStatus.CANCELLED.value
+        cursor.execute(statement, [*params, cancelled, cancelled, failed, group_id, failed])
         ids, stored, stored_failed, pending, failed_count, status, waiting = cursor.fetchone()
     if not stored:
         return set(), None
@@ -236,9 +240,12 @@ def record_block_and_join(
         f"{column} = CASE WHEN {closes} THEN {value} ELSE {column} END" for column, value, _ in closed_values
     )
     closed_params: list[Any] = [param for _, _, value in closed_values for param in (*whole_params, *value)]
+    # A cancelled group's counters are final: results arriving later leave them.
     grouped = (
-        f"grouped AS (UPDATE {table} SET pending_count = pending_count - (SELECT count(*) FROM stored), "
-        "failed_count = failed_count + (SELECT count(*) FROM stored WHERE stored.status = %s), "
+        f"grouped AS (UPDATE {table} SET pending_count = pending_count - "
+        "CASE WHEN status = %s THEN 0 ELSE (SELECT count(*) FROM stored) END, "
+        "failed_count = failed_count + CASE WHEN status = %s THEN 0 "
+        "ELSE (SELECT count(*) FROM stored WHERE stored.status = %s) END, "
         f"{set_closed} WHERE id = %s AND EXISTS (SELECT 1 FROM stored) RETURNING pending_count, failed_count, status)"
     )
     # The run moves after the group is locked and closed: the group first, as for every writer.
@@ -257,14 +264,19 @@ def record_block_and_join(
         "(SELECT failed_count FROM grouped), (SELECT status FROM grouped), (SELECT count(*) FROM moved)"
     )
     with connection.cursor() as cursor:
-        cursor.execute(statement, [*params, failed, *closed_params, group_id, *move_params, failed])
+        cancelled = GroupStatus.CANCELLED.value
+        cursor.execute(
+            statement, [*params, cancelled, cancelled, failed, *closed_params, group_id, *move_params, failed]
+        )
         ids, stored, stored_failed, pending, failed_count, status, moved_count = cursor.fetchone()
     if not stored:
         return Recorded(set())
     recorded = Recorded(set(ids), Counts(pending, failed_count, stored, stored_failed, GroupStatus.RUNNING))
     if moved_count:
         recorded.closed = True
-        apply_move(run, closing.run_fields)
+        # The branches with the run as their results found it; the join's move is the next change.
+        notify.steps(run, notify.branch_rows(run.pk, group_id, outcomes, recorded.mine))
+        apply_move(run, closing.run_fields, group_id=group_id)
     elif status == GroupStatus.CANCELLED:
         # The run was cancelled while the block executed. The statement committed the results
         # already: they are marked cancelled by a second one, which only this path costs.
@@ -272,6 +284,8 @@ def record_block_and_join(
         mark_cancelled(recorded.mine)
     elif status != GroupStatus.RUNNING:
         raise RuntimeError(f"group {group_id} of run {run.pk} was closed without its run moving")
+    else:
+        notify.branches(group_id, run.pk, outcomes, recorded.mine)
     return recorded
 
 
@@ -357,16 +371,18 @@ def claim_branch(row_id: int, job_id: str) -> bool:
 
 
 def cancel_claimed(row_ids: list[int]) -> int:
-    """Claimed branches this process will not start (their run was cancelled meanwhile) are cancelled."""
+    """Claimed branches this process will not start (their run was cancelled meanwhile) are
+    cancelled, without a start time: they never started."""
     return StepResult.objects.filter(pk__in=row_ids, status=StepStatus.RUNNING, lease_owner=leases.owner()).update(
-        status=StepStatus.CANCELLED, finished_at=timezone.now(), **released_fields()
+        status=StepStatus.CANCELLED, started_at=None, finished_at=timezone.now(), **released_fields()
     )
 
 
 def cancel_branch(row_id: int) -> None:
-    """A claimed branch whose run or block is no longer running is not executed: it is cancelled."""
+    """A claimed branch whose run or block is no longer running is not executed: it is cancelled
+    (without a start time: it never started)."""
     StepResult.objects.filter(pk=row_id, status=StepStatus.RUNNING).update(
-        status=StepStatus.CANCELLED, finished_at=timezone.now(), **released_fields()
+        status=StepStatus.CANCELLED, started_at=None, finished_at=timezone.now(), **released_fields()
     )
 
 
@@ -420,6 +436,7 @@ def retry_branch(row_id: int, attempt: Attempt, nxt: NextAttempt) -> bool:
             return False
         nxt.row.save(force_insert=True)
         dispatch.submit(nxt.job())
+        notify.branch(row_id)
     return True
 
 
@@ -441,6 +458,8 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide |
         recorded = Recorded({row_id}, count_finals(group_id, 1, int(failed)))
         if recorded.counts is not None and recorded.counts.status == GroupStatus.CANCELLED:
             mark_cancelled(recorded.mine)
+        else:
+            notify.branch(row_id)
         closing = decide(recorded.counts) if decide is not None and recorded.counts is not None else None
         if closing is not None:
             recorded.closed = close_in_transaction(closing[0], group_id, closing[1])

@@ -16,6 +16,7 @@ from django.db import transaction
 from .. import dispatch, leases, results
 from ..leases import held_fields, released_fields
 from ..models import RunStatus, StepKind, StepResult, StepStatus, WorkflowRun
+from . import notify
 from .runs import apply_move
 
 logger = logging.getLogger("durable_django")
@@ -69,7 +70,9 @@ def record_compensation(
         )
         dispatch.submit(*jobs)
     if fields is not None:
-        apply_move(run, fields)
+        apply_move(run, fields, [row])
+    else:
+        notify.steps(run, [row])
     return True
 
 
@@ -96,13 +99,16 @@ def take_over_compensation(run: WorkflowRun, now: datetime, queue: str) -> bool:
         if not moved:
             return False
         running = StepResult.objects.filter(run_id=run.pk, kind=StepKind.COMPENSATION, status=StepStatus.RUNNING)
+        lost = []
         for row in running.only("pk", "compensates_id"):
             streak = lost_streak(run.pk, row.compensates_id) + 1
             StepResult.objects.filter(pk=row.pk).update(
                 status=StepStatus.FAILED, error=results.worker_lost(streak), finished_at=now
             )
+            lost.append(row.pk)
         run.version += 1
         run.lease_owner, run.lease_expires_at = "", leases.expiry(now)
+        notify.attempts_by_id(lost, run)
         dispatch.submit(dispatch.compensate_job(run.pk, queue, run.version))
     return True
 

@@ -22,8 +22,9 @@ from ..models import (
     StepStatus,
     WorkflowRun,
 )
-from . import sql
-from .runs import apply_move, cancel_waits, transition
+from ..signals import listening, step_finished
+from . import notify, sql
+from .runs import apply_move, cancel_waits, move_if_unchanged, transition
 
 
 @dataclass(slots=True)
@@ -151,7 +152,7 @@ def _open_statement(
     parts, source = [moved], "moved"
     if rows:
         # Inserted before the group (which selects from it), so the step's row keeps the lower id.
-        stepped, step_params = sql.insert_row("stepped", rows[0], "moved", connection, returning="1")
+        stepped, step_params = sql.insert_row("stepped", rows[0], "moved", connection, returning="id")
         parts.append(stepped)
         params += step_params
         source = "stepped"
@@ -187,19 +188,22 @@ def _open_statement(
     )
     params += [run.pk, StepStatus.RUNNING.value, dispatch.DRAIN_PREFIX, now, leases.expiry(now), StepKind.STEP.value]
     params += [list(column) for column in zip(*branches, strict=True)]
+    step_id = ", (SELECT id FROM stepped)" if rows else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"WITH {', '.join(parts)} SELECT opened.id, branches.id, branches.step, branches.status, "
-            "branches.item_index FROM opened JOIN branches ON true",
+            f"branches.item_index{step_id} FROM opened JOIN branches ON true",
             params,
         )
         inserted = cursor.fetchall()
     if not inserted:
         return None
     group.pk = inserted[0][0]
-    apply_move(run, fields)
+    if rows:
+        rows[0].pk = inserted[0][5]
+    apply_move(run, fields, rows or ())
     claimed = sorted(
-        (Claimed(pk, step, 1, item) for _, pk, step, status, item in inserted if status == StepStatus.RUNNING),
+        (Claimed(pk, step, 1, item) for _, pk, step, status, item, *_ in inserted if status == StepStatus.RUNNING),
         key=lambda row: row.pk,
     )
     dispatch.submit(
@@ -317,8 +321,12 @@ class Counts:
 
 
 # Every counter update locks its group's row. Whoever also moves the run locks the group first
-# (by counting, or explicitly), then the run: writers never wait for each other in a circle.
-COUNT = "UPDATE {table} SET pending_count = pending_count - %s, failed_count = failed_count + %s WHERE id = %s"
+# (by counting, or explicitly), then the run: writers never wait for each other in a circle. The
+# counters of a cancelled group are final (cancel_run set them): results arriving later leave them.
+COUNT = (
+    "UPDATE {table} SET pending_count = pending_count - CASE WHEN status = %s THEN 0 ELSE %s END, "
+    "failed_count = failed_count + CASE WHEN status = %s THEN 0 ELSE %s END WHERE id = %s"
+)
 
 
 def count_finals(group_id: int, finals: int, failures: int) -> Counts:
@@ -332,7 +340,7 @@ def count_finals(group_id: int, finals: int, failures: int) -> Counts:
     with connection.cursor() as cursor:
         cursor.execute(
             COUNT.format(table=table) + " RETURNING pending_count, failed_count, status, waiting_count",
-            [finals, failures, group_id],
+            [GroupStatus.CANCELLED.value, finals, GroupStatus.CANCELLED.value, failures, group_id],
         )
         pending, failed, status, waiting = cursor.fetchone()
     return Counts(pending, failed, finals, failures, status, waiting)
@@ -341,9 +349,14 @@ def count_finals(group_id: int, finals: int, failures: int) -> Counts:
 def fail_pending_branches(group_id: int, reason: Any) -> Counts | None:
     """Fail every pending first attempt of a group with ``reason`` (its definition lost the block)."""
     with transaction.atomic():
-        failed = StepResult.objects.filter(group_id=group_id, status=StepStatus.PENDING, attempt=1).update(
-            status=StepStatus.FAILED, error=reason, finished_at=timezone.now(), **released_fields()
-        )
+        pending = StepResult.objects.filter(group_id=group_id, status=StepStatus.PENDING, attempt=1)
+        ids: list[int] = []
+        if listening(step_finished):
+            # Which rows fail, for the signals: locked, so that they are exactly those the UPDATE fails.
+            ids = list(pending.select_for_update().values_list("pk", flat=True))
+            pending = StepResult.objects.filter(pk__in=ids, status=StepStatus.PENDING)
+        failed = pending.update(status=StepStatus.FAILED, error=reason, finished_at=timezone.now(), **released_fields())
+        notify.attempts_by_id(ids)
         return count_finals(group_id, failed, failed) if failed else None
 
 
@@ -405,7 +418,7 @@ def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> b
             return False
         closed = moved
     else:
-        if not transition(run, closing.run_fields):
+        if not move_if_unchanged(run, closing.run_fields):
             return False
         closed = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).update(**closed_fields)
     if not closed:
@@ -416,8 +429,11 @@ def close_in_transaction(run: WorkflowRun, group_id: int, closing: Closing) -> b
         )
         if cancelled:
             ParallelGroup.objects.filter(pk=group_id).update(pending_count=F("pending_count") - cancelled)
+    ended = notify.collecting_waits() if closing.cancel_waits else None
     if closing.cancel_waits:
-        dispatch.withdraw_after_commit(cancel_waits(run.pk, now, group_id=group_id))
+        dispatch.withdraw_after_commit(cancel_waits(run.pk, now, group_id=group_id, ended=ended))
+    # The run's move is applied once the group is closed: its signals come after the group's.
+    apply_move(run, closing.run_fields, resolved=ended or (), group_id=group_id)
     return True
 
 
@@ -425,7 +441,8 @@ def _close_statement(
     run: WorkflowRun, group_id: int, run_fields: dict[str, Any], group_fields: dict[str, Any], connection: Any
 ) -> int | None:
     """The run's move and the group's close as one PostgreSQL statement (the close only if the run
-    moved); ``None`` when the run did not move, else how many groups were closed."""
+    moved); ``None`` when the run did not move, else how many groups were closed (the caller
+    applies the move)."""
     moved, params = sql.move_run("moved", run, run_fields, connection)
     query = ParallelGroup.objects.filter(pk=group_id, status=GroupStatus.RUNNING).query
     update = cast(UpdateQuery, query.chain(UpdateQuery))
@@ -438,10 +455,7 @@ def _close_statement(
             [*params, *close_params],
         )
         moved_count, closed_count = cursor.fetchone()
-    if not moved_count:
-        return None
-    apply_move(run, run_fields)
-    return int(closed_count)
+    return int(closed_count) if moved_count else None
 
 
 def release_claimed(group_id: int, row_ids: list[int], job_id: str) -> int:

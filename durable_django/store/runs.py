@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .. import dispatch, leases, results
 from ..conf import durable_settings
-from ..definition import Workflow, find_workflow, queue_for
+from ..definition import Foreach, Parallel, Workflow, find_workflow, queue_for
 from ..leases import held_fields, released_fields
 from ..logging import run_fields, run_finished
 from ..models import (
@@ -30,7 +30,7 @@ from ..models import (
     WaitStatus,
     WorkflowRun,
 )
-from . import sql
+from . import notify, sql
 
 logger = logging.getLogger("durable_django")
 
@@ -117,6 +117,7 @@ def create_run(run: WorkflowRun, queue: str) -> bool:
     try:
         with transaction.atomic(using=router.db_for_write(WorkflowRun)):
             run.save(force_insert=True)
+            notify.started(run)
     except IntegrityError:
         return False
     dispatch.submit(dispatch.run_workflow_job(run.pk, queue, run.version))
@@ -204,30 +205,49 @@ def transition(
     else:
         # No savepoint when nested (a join closes its group in the same transaction): a lost race writes nothing.
         with transaction.atomic(savepoint=False):
-            updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
-                version=new_version, **fields
-            )
-            if not updated:
-                logger.info(
-                    "run %s moved on while this worker held version %s; dropping its update",
-                    run.pk,
-                    run.version,
-                    extra=run_fields(run.pk, run.workflow),
-                )
+            if not move_if_unchanged(run, fields):
                 return False
             if rows:
                 StepResult.objects.bulk_create(rows)
             dispatch.submit(*sent)
-    apply_move(run, fields)
+    apply_move(run, fields, rows or ())
     return True
 
 
-def apply_move(run: WorkflowRun, fields: dict[str, Any]) -> None:
+def move_if_unchanged(run: WorkflowRun, fields: dict[str, Any]) -> bool:
+    """The conditional ``UPDATE`` of a transition: ``fields`` and the next version, if ``run`` is
+    still running at the version this worker read; ``False`` (logged) when it moved on meanwhile.
+    For :func:`apply_move` to follow."""
+    updated = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.RUNNING).update(
+        version=run.version + 1, **fields
+    )
+    if not updated:
+        logger.info(
+            "run %s moved on while this worker held version %s; dropping its update",
+            run.pk,
+            run.version,
+            extra=run_fields(run.pk, run.workflow),
+        )
+    return bool(updated)
+
+
+def apply_move(
+    run: WorkflowRun,
+    fields: dict[str, Any],
+    rows: Iterable[StepResult] = (),
+    *,
+    started: Iterable[Wait] = (),
+    resolved: Iterable[Wait] = (),
+    group_id: int | None = None,
+) -> None:
     """Leave on ``run`` the version and ``fields`` a transition of it wrote.
 
     A run that finished with it (completed or failed) is logged once the transaction commits. A
     run that now compensates is sent its compensate job then: every move of a run goes through
-    here, so this is the one place that sends it.
+    here, so this is the one place that sends it. The receivers of :mod:`durable_django.signals`
+    hear of it once the transaction commits: of the attempts ``rows`` it finished, the waits it
+    ``started`` and ``resolved``, the group ``group_id`` it closed, and the run's end, in that
+    order (:func:`durable_django.store.notify.moved`).
     """
     run.version += 1
     for name, value in fields.items():
@@ -242,6 +262,7 @@ def apply_move(run: WorkflowRun, fields: dict[str, Any]) -> None:
         transaction.on_commit(
             partial(run_compensates, run.pk, run.workflow, fields.get("error")), using=router.db_for_write(WorkflowRun)
         )
+    notify.moved(run, rows, started=started, resolved=resolved, group_id=group_id)
 
 
 def run_compensates(run_id: Any, workflow: str, error: Any) -> None:
@@ -285,12 +306,18 @@ def _transition_statement(run: WorkflowRun, fields: dict[str, Any], row: StepRes
     moved, params = sql.move_run("moved", run, fields, connection)
     statement = f"WITH {moved}"
     if row is not None:
-        inserted, row_params = sql.insert_row("inserted", row, "moved", connection)
+        inserted, row_params = sql.insert_row("inserted", row, "moved", connection, returning="id")
         statement += f", {inserted}"
         params += row_params
+    selected = "(SELECT count(*) FROM moved)"
+    if row is not None:
+        selected += ", (SELECT id FROM inserted)"
     with connection.cursor() as cursor:
-        cursor.execute(statement + " SELECT count(*) FROM moved", params)
-        return bool(cursor.fetchone()[0])
+        cursor.execute(f"{statement} SELECT {selected}", params)
+        found = cursor.fetchone()
+    if row is not None and found[0]:
+        row.pk = found[1]  # as bulk_create leaves it on the other path
+    return bool(found[0])
 
 
 def fail_run(
@@ -332,16 +359,19 @@ def take_over_child(run: WorkflowRun, lost_step: str | None, queue: str) -> bool
         )
         if not moved:
             return False
+        lost = []
         if lost_step is not None:
-            StepResult.objects.create(
-                run=run,
-                step=lost_step,
-                attempt=run.current_attempt,
-                status=StepStatus.FAILED,
-                error=results.worker_lost(),
-                finished_at=now,
+            lost.append(
+                StepResult.objects.create(
+                    run=run,
+                    step=lost_step,
+                    attempt=run.current_attempt,
+                    status=StepStatus.FAILED,
+                    error=results.worker_lost(),
+                    finished_at=now,
+                )
             )
-        run.version += 1
+        apply_move(run, fields, lost)
         dispatch.submit(dispatch.run_workflow_job(run.pk, queue, run.version))
     return True
 
@@ -375,15 +405,21 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
     locked first, as by every writer that moves a run on from a block; then, to decide whether it
     compensates, the run.
     """
-    list(ParallelGroup.objects.select_for_update().filter(run_id=run_id, status=GroupStatus.RUNNING).values_list("pk"))
+    groups = list(
+        ParallelGroup.objects.select_for_update()
+        .filter(run_id=run_id, status=GroupStatus.RUNNING)
+        .values_list("pk", flat=True)
+    )
     fields: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
-    wf = None
-    if compensate:
-        locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
-        name = locked.values_list("workflow", flat=True).first()
-        wf = find_workflow(name) if name is not None else None
-        if wf is not None and wf.has_compensations and to_compensate(run_id, wf):
-            fields = compensating_fields(fields)
+    locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
+    name = locked.values_list("workflow", flat=True).first()
+    if name is None:
+        return False
+    wf = find_workflow(name)
+    if compensate and wf is not None and wf.has_compensations and to_compensate(run_id, wf):
+        fields = compensating_fields(fields)
+    if dispatch.raise_cancel_flag(run_id, dispatch.CANCEL_PENDING_TTL):
+        transaction.on_commit(partial(dispatch.raise_cancel_flag, run_id, dispatch.CANCEL_FLAG_TTL))
     updated = WorkflowRun.objects.filter(pk=run_id, status__in=CANCELLABLE).update(version=F("version") + 1, **fields)
     if not updated:
         return False
@@ -393,26 +429,64 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
     StepResult.objects.filter(run_id=run_id, status=StepStatus.PENDING).update(
         status=StepStatus.CANCELLED, finished_at=now, **released_fields()
     )
-    dispatch.withdraw_after_commit(cancel_waits(run_id, now))
-    ParallelGroup.objects.filter(run_id=run_id, status=GroupStatus.RUNNING).update(
-        status=GroupStatus.CANCELLED, finished_at=now, **released_fields()
+    ended = notify.collecting_waits()
+    dispatch.withdraw_after_commit(cancel_waits(run_id, now, ended=ended))
+    # Its counters are final: nothing is pending or waits any more (results of branches still
+    # executing are recorded as cancelled, and counted by nobody).
+    ParallelGroup.objects.filter(pk__in=groups).update(
+        status=GroupStatus.CANCELLED, finished_at=now, pending_count=0, waiting_count=0, **released_fields()
     )
+    notify.cancelled(run_id, groups, ended or ())
+    executing = StepResult.objects.filter(run_id=run_id, status=StepStatus.RUNNING).values_list("job_id", flat=True)
+    transaction.on_commit(partial(dispatch.stop_jobs, run_id, groups, list(executing), queues_of(wf)))
     return True
 
 
-def cancel_waits(run_id: Any, now: datetime, *, group_id: int | None = None) -> list[tuple[str, str]]:
+def queues_of(wf: Workflow | None) -> set[str]:
+    """Every queue the jobs of ``wf``'s runs may be on."""
+    queues = {queue_for(wf)}
+    for node in wf.flat if wf is not None else ():
+        queues.add(queue_for(wf, node))
+        if isinstance(node, Parallel | Foreach):
+            queues.update(queue_for(wf, member) for member in node.steps)
+    return queues
+
+
+def may_start(run_id: Any) -> bool:
+    """Whether a step or branch of run ``run_id`` may start now: no cancel of it has committed.
+
+    Asked right before every start. While no cancel is under way it costs one Redis read and no
+    statement: :func:`cancel_run` raises the run's flag before it commits. A raised flag (or Redis
+    unable to say) is settled by the run's row, read now: a cancel that committed before this read
+    is seen, one that commits after it did not precede the start.
+    """
+    if dispatch.cancel_flag_raised(run_id) is False:
+        return True
+    return WorkflowRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists()
+
+
+def cancel_waits(
+    run_id: Any, now: datetime, *, group_id: int | None = None, ended: list[Wait] | None = None
+) -> list[tuple[str, str]]:
     """Cancel the run's waiting waits (only those of branches of ``group_id``, if given) and their
     waiting rows, in the caller's transaction; returns the wake jobs ``(queue, id)`` that have
     nothing left to do, for :func:`durable_django.dispatch.withdraw_after_commit`.
 
     Of a group (a fail_fast block decided while branches waited), the counters move with the rows.
+    ``ended``: filled with the cancelled waits (one more query), for the signals.
     """
     waiting = Wait.objects.filter(run_id=run_id, status=WaitStatus.WAITING)
     if group_id is not None:
         waiting = waiting.filter(step_result__group_id=group_id)
     due = list(waiting.exclude(due_at=None).values_list("pk", flat=True))
+    # The callers hold the run's lock: no other writer ends these waits meanwhile.
+    found = list(waiting.order_by("pk")) if ended is not None else []
     if not waiting.update(status=WaitStatus.CANCELLED, resolved_at=now):
         return []
+    for wait in found:
+        wait.status, wait.resolved_at = WaitStatus.CANCELLED, now
+    if ended is not None:
+        ended.extend(found)
     rows = StepResult.objects.filter(run_id=run_id, status=StepStatus.WAITING)
     if group_id is not None:
         rows = rows.filter(group_id=group_id)

@@ -37,6 +37,7 @@ from ..models import (
 )
 from ..results import OK, Outcome
 from ..waits import WaitRequest
+from . import notify
 from .groups import Claimed, Counts, count_finals
 from .runs import apply_move
 
@@ -216,7 +217,7 @@ def suspend_run(
             job = _wake_job(wait, now)
             if job is not None:
                 dispatch.submit(job)
-    apply_move(run, fields)
+    apply_move(run, fields, [row], started=[wait], resolved=[wait] if resumed else [])
     return Suspended(wait, resumed)
 
 
@@ -230,7 +231,10 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
     is returned as a final result, for the caller to record with the rest of its batch.
     """
     now = timezone.now()
-    lock_run(run_id, group_id)
+    run = lock_run(run_id, group_id, cancelled_group=True)
+    if run is None:
+        # Its run was cancelled while they executed: they are final, cancelled with what they returned.
+        return list(waits)
     mine = set(
         StepResult.objects.select_for_update()
         .filter(pk__in=[row.pk for row, _ in waits], status=StepStatus.RUNNING, lease_owner=leases.owner())
@@ -247,7 +251,9 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
             wait.status, wait.resolved_at = WaitStatus.RESOLVED, now
         # Saved at once: the events it took are consumed before the next branch's wait looks.
         _save_taking(wait, now, taken)
+        notify.wait_began(run, wait)
         if over:
+            notify.wait_ended(run, wait)
             output = with_value(attempt.output, wait)
             finals.append((row, Attempt(Outcome(OK, data=output), attempt.started_at, attempt.finished_at, output)))
             continue
@@ -297,12 +303,17 @@ def settle(group_id: int, run_id: Any, counts: Counts | None = None) -> bool:
     return bool(WorkflowRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(status=RunStatus.WAITING))
 
 
-def lock_run(run_id: Any, group_id: int | None = None) -> WorkflowRun | None:
-    """Lock the run's open groups (or ``group_id``), then the run, as every writer of its waits does."""
+def lock_run(run_id: Any, group_id: int | None = None, *, cancelled_group: bool = False) -> WorkflowRun | None:
+    """Lock the run's open groups (or ``group_id``), then the run, as every writer of its waits does.
+
+    ``cancelled_group``: ``None`` (the run is not locked) when group ``group_id`` turns out cancelled.
+    """
     groups = ParallelGroup.objects.select_for_update().filter(run_id=run_id, status=GroupStatus.RUNNING)
     if group_id is not None:
         groups = ParallelGroup.objects.select_for_update().filter(pk=group_id)
-    list(groups.values_list("pk", flat=True))
+    statuses = list(groups.values_list("status", flat=True))
+    if cancelled_group and statuses == [GroupStatus.CANCELLED]:
+        return None
     return WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
 
 
@@ -361,23 +372,27 @@ def resolve(wait: Wait, run: WorkflowRun, resolution: Resolution, run_fields: An
             StepResult.objects.filter(pk=row.pk).update(context=with_value(row.context, wait))
         fields, job = run_fields(wait)
         WorkflowRun.objects.filter(pk=run.pk, version=run.version).update(version=run.version + 1, **fields)
-        apply_move(run, fields)
+        apply_move(run, fields, resolved=[wait])
         if job is not None:
             dispatch.submit(job(run.version))
         return Resolved(str(wait.status))
-    return Resolved(str(wait.status), _finish_branch(wait, row, now))
+    notify.wait_ended(run, wait)
+    return Resolved(str(wait.status), _finish_branch(wait, row, now, run))
 
 
-def _finish_branch(wait: Wait, row: StepResult, now: datetime) -> Counts | None:
+def _finish_branch(wait: Wait, row: StepResult, now: datetime, run: WorkflowRun) -> Counts | None:
     has_value, _ = value_of(wait)
     failed = wait.status == WaitStatus.TIMED_OUT and not has_value
-    updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(
-        status=StepStatus.FAILED if failed else StepStatus.COMPLETED,
+    finished = {
+        "status": StepStatus.FAILED if failed else StepStatus.COMPLETED,
         # A timed-out branch keeps its data: retrying the run makes it wait again with it.
-        output=row.output if failed else with_value(row.output or {}, wait),
-        error=results.wait_timeout(wait.name) if failed else None,
-        finished_at=now,
-    )
+        "output": row.output if failed else with_value(row.output or {}, wait),
+        "error": results.wait_timeout(wait.name) if failed else None,
+        "finished_at": now,
+    }
+    updated = StepResult.objects.filter(pk=row.pk, status=StepStatus.WAITING).update(**finished)
+    if updated:
+        notify.step_changed(run, row, **finished)
     if not updated or row.group_id is None:
         return None
     ParallelGroup.objects.filter(pk=row.group_id).update(waiting_count=F("waiting_count") - 1)
@@ -398,14 +413,15 @@ def wait_again(run: WorkflowRun, timed_out: Wait, fields: dict[str, Any]) -> boo
     """Set the failed ``run`` waiting again on a fresh copy of ``timed_out`` (fresh timeout): one
     transaction with the caller's; ``False`` when the run moved since it was read."""
     now = timezone.now()
+    waiting = {"status": RunStatus.WAITING, **fields}
     moved = WorkflowRun.objects.filter(pk=run.pk, version=run.version, status=RunStatus.FAILED).update(
-        version=run.version + 1, status=RunStatus.WAITING, **fields
+        version=run.version + 1, **waiting
     )
     if not moved:
         return False
-    run.version += 1
     wait = copy_wait(timed_out, timed_out.step_result_id, now)
     wait.save(force_insert=True)
+    apply_move(run, waiting, started=[wait])
     job = _wake_job(wait, now)
     if job is not None:
         dispatch.submit(job)
@@ -419,6 +435,7 @@ def branches_wait_again(
     timeout); when nothing else of the block is left to execute, so does the run."""
     now = timezone.now()
     jobs = []
+    fresh_waits = []
     for row, timed_out in again:
         fresh = StepResult.objects.create(
             run_id=run.pk,
@@ -433,6 +450,7 @@ def branches_wait_again(
         )
         wait = copy_wait(timed_out, fresh.pk, now)
         wait.save(force_insert=True)
+        fresh_waits.append(wait)
         job = _wake_job(wait, now)
         if job is not None:
             jobs.append(job)
@@ -440,6 +458,7 @@ def branches_wait_again(
     if all_wait:
         WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(status=RunStatus.WAITING)
     dispatch.submit(*jobs)
+    notify.waits_began(run.pk, fresh_waits)
 
 
 # -- events -----------------------------------------------------------------------------------------

@@ -8,11 +8,17 @@ from typing import Any
 
 import pytest
 from django.db import connections
+from django.db.models import Count
+from django.utils import timezone
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 
 from durable_django import start_workflow
+from durable_django.dispatch import run_job_id
 from durable_django.exceptions import RunStateError
 from durable_django.models import ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 from durable_django.operations import cancel_run, retry_run
+from tests.testapp.recovery_workflows import CANCEL_WIDTH, executions
 from tests.testapp.workflows import calls, key
 
 from .support import wait_for
@@ -118,6 +124,99 @@ def test_a_step_executing_when_its_run_is_cancelled_is_recorded_cancelled_with_i
     assert (run.status, run.current_step, run.context) == (RunStatus.CANCELLED, "sleeper", {"token": token})
     assert calls(token, "after") == 0
     assert pool.failed_jobs() == []
+
+
+def test_no_branch_starts_once_a_cancel_has_committed_and_the_blocks_counters_are_final(workers, redis_db):
+    pool = workers(3)
+    token = uuid.uuid4().hex
+    run = start_workflow("it_cancel_wide", {"token": token})
+    # Three workers in full swing through the block's short branches.
+    wait_for(lambda: len(executions(token)) >= 30, 60, what="30 branches to have executed")
+    cancel_run(run)
+    cancelled_at = timezone.now()  # the cancel has committed
+    wait_for(
+        lambda: not StepResult.objects.filter(run=run, status__in=(StepStatus.RUNNING, StepStatus.PENDING)).exists(),
+        60,
+        what="every branch to settle",
+    )
+    pool.wait_until_quiet()
+
+    rows = StepResult.objects.filter(run=run)
+    late = rows.filter(started_at__gt=cancelled_at).values_list("step", "started_at")
+    assert list(late) == []
+    executed = executions(token)
+    started = set(rows.exclude(started_at=None).values_list("step", flat=True))
+    print(f"\nbranches executed before the cancel: {len(executed)} of {CANCEL_WIDTH}")
+    # Every branch that started ran once and has its result: recorded before the cancel, or
+    # cancelled with it; none of the others started.
+    assert started == set(executed) and set(executed.values()) == {1}
+    assert len(executed) < CANCEL_WIDTH
+    by_status = dict(rows.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    assert set(by_status) <= {StepStatus.COMPLETED, StepStatus.CANCELLED}
+    assert rows.filter(status=StepStatus.CANCELLED, started_at=None, output__isnull=True).count() == CANCEL_WIDTH - len(
+        executed
+    )
+    assert rows.filter(status=StepStatus.CANCELLED).exclude(started_at=None).exclude(output__isnull=True).count() == (
+        by_status.get(StepStatus.CANCELLED, 0) - (CANCEL_WIDTH - len(executed))
+    )
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.waiting_count, group.failed_count) == ("cancelled", 0, 0, 0)
+    run.refresh_from_db()
+    assert (run.status, run.current_step) == (RunStatus.CANCELLED, "wide")
+    assert "after" not in executed
+    assert pool.failed_jobs() == []
+
+
+def test_a_forking_worker_stops_a_hung_step_of_a_cancelled_run(workers, redis_db):
+    # rq's default worker class: each job in a work horse of its own, which the cancel has killed.
+    pool = workers(1, command="rqworker")
+    token = uuid.uuid4().hex
+    run = start_workflow("it_killed_step", {"token": token})
+    wait_for(lambda: executions(token).get("slow") == 1, 60, what="the slow step to execute")
+
+    cancel_run(run)
+    job = Job.fetch(run_job_id(run.pk, 0), connection=redis_db)
+    # Stopped, not finished: the step would hang for STEP_WAIT (30 s) otherwise.
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.STOPPED, 20, what="the job to be stopped")
+    pool.wait_until_quiet()
+
+    run.refresh_from_db()
+    assert (run.status, run.current_step) == (RunStatus.CANCELLED, "slow")
+    assert rows(run) == [("first", 1, "completed")]
+    assert executions(token) == {"first": 1, "slow": 1}
+    assert FailedJobRegistry(queue=pool.queue).get_job_ids() == [job.id]
+    # The worker itself lives on and takes the next job.
+    other = start_workflow("it_dequeued", {"token": uuid.uuid4().hex})
+    assert pool.finish(other).status == RunStatus.COMPLETED
+
+
+def test_a_forking_worker_stops_a_hung_branch_whose_row_ends_cancelled_once_its_lease_ran_out(workers, redis_db):
+    pool = workers(2, command="rqworker")
+    token = uuid.uuid4().hex
+    run = start_workflow("it_killed_branch", {"token": token, "victim": 7})
+    wait_for(lambda: executions(token).get("b_07") == 1, 60, what="the hung branch to execute")
+
+    cancel_run(run)
+    # The branches whose work horses were stopped hold their leases until these run out; recovery
+    # then records them, as cancelled.
+    wait_for(
+        lambda: not StepResult.objects.filter(run=run, status__in=(StepStatus.RUNNING, StepStatus.PENDING)).exists(),
+        20,
+        what="every branch to settle",
+    )
+    pool.wait_until_quiet()
+
+    hung = StepResult.objects.get(run=run, step="b_07")
+    assert (hung.attempt, hung.output, hung.error["type"]) == (1, None, "worker_lost")
+    assert StepResult.objects.filter(run=run, step="b_07").count() == 1
+    statuses = set(StepResult.objects.filter(run=run, group__isnull=False).values_list("status", flat=True))
+    assert statuses <= {StepStatus.COMPLETED, StepStatus.CANCELLED}
+    group = ParallelGroup.objects.get(run=run)
+    assert (group.status, group.pending_count, group.waiting_count, group.failed_count) == ("cancelled", 0, 0, 0)
+    assert "after" not in executions(token)
+    stopped = [Job.fetch(job_id, connection=redis_db) for job_id in FailedJobRegistry(queue=pool.queue).get_job_ids()]
+    assert run_job_id(run.pk, 0) in [job.id for job in stopped]
+    assert {job.get_status() for job in stopped} == {JobStatus.STOPPED}
 
 
 def race(operations: list[Any], run: WorkflowRun) -> list[str]:

@@ -26,3 +26,12 @@ class TestAppConfig(AppConfig):
             from .faults import crash_before_send
 
             dispatch.before_send.append(crash_before_send(kind))
+
+        if os.environ.get("DURABLE_IT_SIGNALS"):
+            from .signal_receivers import connect
+
+            connect()
+        if os.environ.get("DURABLE_IT_CRASH_BEFORE_CLAIM"):
+            from .faults import crash_before_claim
+
+            crash_before_claim()

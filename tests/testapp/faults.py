@@ -3,6 +3,8 @@
 ``DURABLE_IT_CRASH_BEFORE_SEND=<run|drain|branch|join|wake>`` in a worker's environment installs
 :func:`crash_before_send`: the first process about to enqueue a job of that kind for a run dies
 right after the database commit and before the job reaches Redis, once per run.
+``DURABLE_IT_CRASH_BEFORE_CLAIM=1`` installs :func:`crash_before_claim`: the first process about to
+claim a run for its run job dies after rq marked the job started and before the claim, once per run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 
 import django_rq
 
-from durable_django import dispatch
+from durable_django import dispatch, store
 
 KINDS = {
     "run": dispatch.RUN_WORKFLOW,
@@ -44,3 +46,22 @@ def crash_before_send(kind: str) -> Callable[[list[dispatch.Job]], None]:
                 os._exit(1)
 
     return hook
+
+
+def claim_crash_key(run_id: object) -> str:
+    """The Redis key that records the crash before the claim of run ``run_id``: when, in which process."""
+    return f"durable_it:crashed_before_claim:{run_id}"
+
+
+def crash_before_claim() -> None:
+    """Replace :func:`durable_django.store.claim_run` (which the engine calls through the module) by
+    one that kills the process before the claim of each run's first job."""
+    claim = store.claim_run
+
+    def crashing(run_id: object, version: int) -> object:
+        record = {"at": time.time(), "pid": os.getpid()}
+        if django_rq.get_connection("default").set(claim_crash_key(run_id), json.dumps(record), nx=True):
+            os._exit(1)
+        return claim(run_id, version)
+
+    store.claim_run = crashing  # type: ignore[assignment]

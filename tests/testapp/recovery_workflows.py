@@ -322,3 +322,45 @@ redis_restart = workflow(
         step("last", recorded("last")),
     ],
 )
+
+
+# -- it_hung_branch: a 500-branch block whose ``hung`` branch hangs until the test releases it -----
+
+HUNG_WIDTH = 500
+
+
+def _maybe_hung(index: int) -> StepFn:
+    def run(ctx: Ctx) -> tuple[str, Any]:
+        execution = effect(ctx, f"h_{index:03}")
+        if index == ctx["hung"] and execution == 1 and not wait_for_gate(ctx, "hung_gate"):
+            return error("the test never released the hung branch")
+        return ok({"index": index})
+
+    return run
+
+
+hung_branch = workflow(
+    "it_hung_branch",
+    [
+        parallel(
+            *(step(f"h_{i:03}", _maybe_hung(i)) for i in range(HUNG_WIDTH)),
+            name="wide",
+            # Every branch counts, whatever became of the hung one.
+            on_error="complete_all",
+        ),
+        step("after", recorded("after")),
+    ],
+)
+
+
+# -- it_cancel_wide: a block of many short branches, cancelled while workers execute it ----------
+
+CANCEL_WIDTH = 300
+
+cancel_wide = workflow(
+    "it_cancel_wide",
+    [
+        parallel(*(step(f"c_{i:03}", recorded(f"c_{i:03}", pause=0.02)) for i in range(CANCEL_WIDTH)), name="wide"),
+        step("after", recorded("after")),
+    ],
+)

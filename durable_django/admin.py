@@ -48,7 +48,7 @@ from .admin_display import (
     without_tracebacks,
 )
 from .admin_items import group_rows
-from .admin_lists import GuardedListAdmin
+from .admin_lists import GuardedListAdmin, RunRowsSearchAdmin
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
@@ -409,7 +409,7 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
 # -- attempts and groups on their own pages ------------------------------------------------------
 
 
-class _RunRowsAdmin(GuardedListAdmin, _ReadOnly, _Display, admin.ModelAdmin):
+class _RunRowsAdmin(RunRowsSearchAdmin, _ReadOnly, _Display, admin.ModelAdmin):
     """Rows that belong to a run: searchable by the run's whole id as well."""
 
     show_full_result_count = False
@@ -420,15 +420,6 @@ class _RunRowsAdmin(GuardedListAdmin, _ReadOnly, _Display, admin.ModelAdmin):
     @admin.display(description=_("run"), ordering="run")
     def run_link(self, obj: StepResult | ParallelGroup) -> SafeString:
         return run_link(self.admin_site, obj.run_id)
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        try:
-            run_id = uuid.UUID(search_term.strip())
-        except ValueError:
-            return super().get_search_results(request, queryset, search_term)
-        return queryset.filter(run_id=run_id), False
 
 
 @admin.register(StepResult)

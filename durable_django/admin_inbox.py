@@ -24,7 +24,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import resume
 from .admin_display import change_url, moment, pretty_json, preview, run_link, short_id, status_badge
-from .admin_lists import GuardedListAdmin
+from .admin_lists import RunRowsSearchAdmin
 from .admin_waits import (
     ANSWERED_SHOWN,
     CSS,
@@ -47,7 +47,7 @@ from .waits import can_answer
 # -- waits and events on their own pages ---------------------------------------------------------
 
 
-class _ReadOnlyAdmin(GuardedListAdmin, admin.ModelAdmin):
+class _ReadOnlyAdmin(RunRowsSearchAdmin, admin.ModelAdmin):
     show_full_result_count = False
 
     class Media:
@@ -72,15 +72,6 @@ class _ReadOnlyAdmin(GuardedListAdmin, admin.ModelAdmin):
 
     def _json(self, value: Any) -> SafeString | str:
         return pretty_json(value) if value is not None else self.get_empty_value_display()
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        try:
-            run_id = uuid.UUID(search_term.strip())
-        except ValueError:
-            return super().get_search_results(request, queryset, search_term)
-        return queryset.filter(run_id=run_id), False
 
 
 @admin.register(Wait)

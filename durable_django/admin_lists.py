@@ -11,6 +11,7 @@ filter leads to the unfiltered list too, and a message names the filter and what
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -136,3 +137,16 @@ class GuardedListAdmin(_AdminBase):
         return (
             gettext("Could not filter the list by %(filters)s: %(reason)s All %(plural)s are shown instead.") % values
         )
+
+
+class RunRowsSearchAdmin(GuardedListAdmin):
+    """Lists of a run's rows (steps, groups, waits, events): a search for a run's id shows its rows."""
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        try:
+            run_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(run_id=run_id), False

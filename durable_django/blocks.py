@@ -25,7 +25,7 @@ import time
 from functools import partial
 from typing import Any
 
-from django.db.models import Exists, OuterRef
+from django.db.models import Case, Exists, F, JSONField, OuterRef, When
 from django.utils import timezone
 
 from . import batches, dispatch, items, join, results, store
@@ -217,15 +217,25 @@ def run_branches(group_id: int, queue: str, index: int = 0, tag: str = "") -> Mo
     left, up to ``DURABLE["PARALLEL_JOBS"]`` jobs: slow branches spread over idle workers within
     moments, while quick ones are mostly done by the first job and leave few idle jobs behind.
     """
-    unclaimed = StepResult.objects.filter(group=OuterRef("pk"), status=StepStatus.PENDING, attempt=1)
+    unclaimed = Exists(StepResult.objects.filter(group=OuterRef("pk"), status=StepStatus.PENDING, attempt=1))
+    # A foreach block's list is read only when there is something to claim: the drain jobs that
+    # find every branch taken already read no more than the group's counters.
     group = (
-        ParallelGroup.objects.select_related("run").annotate(unclaimed=Exists(unclaimed)).filter(pk=group_id).first()
+        ParallelGroup.objects.select_related("run")
+        .defer("items")
+        .annotate(
+            unclaimed=unclaimed,
+            claimable_items=Case(When(unclaimed, then=F("items")), default=None, output_field=JSONField()),
+        )
+        .filter(pk=group_id)
+        .first()
     )
     if group is None or group.status != GroupStatus.RUNNING or group.run.status != RunStatus.RUNNING:
         return None
     if not group.unclaimed:
         # The other drain jobs of the block took every branch already: a job that cost one read.
         return None
+    group.items = group.claimable_items
     run = group.run
     wf = find_workflow(run.workflow)
     block = wf.block(group.name) if wf else None

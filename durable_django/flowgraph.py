@@ -288,6 +288,26 @@ class _Layout:
         status = group.status if group is not None else ""
         return self.run.status if current and not self.finished else status
 
+    def add_box(
+        self, element: Element, note: str, status: str, title: str, current: bool, x: float, y: float, skipped: bool
+    ) -> None:
+        """The frame of a block or branch block (``element.kind`` says which), at ``x``, ``y``."""
+        box = Box(
+            element.name,
+            cut(element.name),
+            note,
+            status,
+            title,
+            current,
+            x,
+            y,
+            element.w,
+            element.h,
+            element.kind,
+            skipped,
+        )
+        self.boxes.append(box)
+
     def place_block(self, element: Element, x: float, y: float, mid: float, current: bool, skipped: bool) -> None:
         status = self.block_status(element.name, current)
         note = describe_block(element.block) if element.block is not None else ""
@@ -296,22 +316,7 @@ class _Layout:
         if element.kind == "parallel":
             title += f" ({len(element.members)} branches)"
         title += f"\n{note}" if note else ""
-        self.boxes.append(
-            Box(
-                element.name,
-                cut(element.name),
-                note,
-                status,
-                title,
-                current,
-                x,
-                y,
-                element.w,
-                element.h,
-                element.kind,
-                skipped,
-            )
-        )
+        self.add_box(element, note, status, title, current, x, y, skipped)
         inner_x, inner_w = x + FORK_W, element.w - 2 * FORK_W
         if element.kind == "foreach":
             by = y + HEADER_H + BRANCH_GAP
@@ -414,22 +419,7 @@ class _Layout:
         note = self.branch_note(element)
         cases = ", ".join("default" if lane.case is None else lane.case for lane in element.lanes)
         title = f"branch block {element.name}: {note or 'not reached'}\ncases: {cases}"
-        self.boxes.append(
-            Box(
-                element.name,
-                cut(element.name),
-                note,
-                status,
-                title,
-                current,
-                x,
-                y,
-                element.w,
-                element.h,
-                "branch",
-                skipped,
-            )
-        )
+        self.add_box(element, note, status, title, current, x, y, skipped)
         taken = self.case_taken(element)
         lane_y = y + HEADER_H + LANE_GAP / 2
         inner_x = x + FORK_W

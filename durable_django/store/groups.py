@@ -98,29 +98,49 @@ def open_group(
             return _open_statement(
                 run, name, on_error, plan, {**(fields or {}), **released_fields()}, rows, connection, opening
             )
-        except IntegrityError:
+        except IntegrityError as exc:
+            if not _already_open(exc):
+                raise
             return None
     try:
         with transaction.atomic():
             # The run now waits on its branches, whose rows carry their own leases.
             if not transition(run, {**(fields or {}), **released_fields()}, rows):
                 return None
-            group = ParallelGroup.objects.create(
-                run=run,
-                name=name,
-                on_error=on_error,
-                branch_count=count,
-                pending_count=count,
-                kind=opening.kind,
-                items=opening.items,
-                context=opening.context,
-            )
+            group = _new_group(run, name, on_error, count, opening)
+            group.save(force_insert=True)
             claimed = _open(run, group, plan)
-    except IntegrityError:
-        # The block is open already (the unique constraint on open groups): nothing was written.
+    except IntegrityError as exc:
+        # Nothing was written: the block is open already (the unique constraint on open groups),
+        # or the error is raised.
         run.version = version
+        if not _already_open(exc):
+            raise
         return None
     return group, claimed
+
+
+def _already_open(error: IntegrityError) -> bool:
+    """Whether ``error`` is the unique constraint on open groups (a duplicate fan-out), rather than
+    a mistake that must not pass for one (a NOT NULL column a statement left out, say)."""
+    return "unique" in str(error).lower()
+
+
+def _new_group(
+    run: WorkflowRun, name: str, on_error: str, count: int, opening: Opening, **fields: Any
+) -> ParallelGroup:
+    """The (unsaved) group row of block ``name`` opening with ``count`` branches."""
+    return ParallelGroup(
+        run=run,
+        name=name,
+        on_error=on_error,
+        branch_count=count,
+        pending_count=count,
+        kind=opening.kind,
+        items=opening.items,
+        context=opening.context,
+        **fields,
+    )
 
 
 def _open_statement(
@@ -137,17 +157,7 @@ def _open_statement(
     group and every branch row, each inserted only when the one before it was."""
     now = timezone.now()
     count = len(plan.first) + sum(map(len, plan.rest.values()))
-    group = ParallelGroup(
-        run=run,
-        name=name,
-        on_error=on_error,
-        branch_count=count,
-        pending_count=count,
-        created_at=now,
-        kind=opening.kind,
-        items=opening.items,
-        context=opening.context,
-    )
+    group = _new_group(run, name, on_error, count, opening, created_at=now)
     moved, params = sql.move_run("moved", run, fields, connection)
     parts, source = [moved], "moved"
     if rows:

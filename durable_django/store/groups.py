@@ -73,6 +73,10 @@ class Opening:
     context: dict[str, Any] | None = None
 
 
+#: The unique constraint that makes a block open at most once per run (see the model's Meta).
+OPEN_GROUP_CONSTRAINT = "durable_group_one_open_per_block"
+
+
 def open_group(
     run: WorkflowRun,
     name: str,
@@ -122,8 +126,12 @@ def open_group(
 
 def _already_open(error: IntegrityError) -> bool:
     """Whether ``error`` is the unique constraint on open groups (a duplicate fan-out), rather than
-    a mistake that must not pass for one (a NOT NULL column a statement left out, say)."""
-    return "unique" in str(error).lower()
+    a mistake that must not pass for one (a NOT NULL column a statement left out, say).
+
+    PostgreSQL names the constraint; SQLite names the table and columns of the unique index."""
+    text = str(error)
+    table = ParallelGroup._meta.db_table
+    return OPEN_GROUP_CONSTRAINT in text or f"UNIQUE constraint failed: {table}.run_id, {table}.name" in text
 
 
 def _new_group(

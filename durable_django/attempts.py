@@ -19,6 +19,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import results
+from .capture import capture
 from .conf import durable_settings
 from .context import StepScope, Unserializable, roundtrip, step_scope
 from .definition import Step
@@ -35,6 +36,7 @@ class Attempt:
     finished_at: datetime
     output: dict[str, Any] = field(default_factory=dict)
     retryable: bool = True
+    logs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -73,6 +75,14 @@ def call_step(
     if before the call (the moment its caller checked that it may start).
     """
     started = started_at or timezone.now()
+    with capture() as buffer:
+        attempt = _call(step, ctx, run_id, in_parallel, started)
+    if buffer is not None:
+        attempt.logs = buffer.result()
+    return attempt
+
+
+def _call(step: Step, ctx: dict[str, Any], run_id: Any, in_parallel: bool, started: datetime) -> Attempt:
     try:
         with step_scope(StepScope(run_id, step.name, ctx)), time_limit(*time_limit_of(step)):
             value = step.fn(ctx)

@@ -28,7 +28,7 @@ from typing import Any
 from django.db.models import Case, Exists, F, JSONField, OuterRef, When
 from django.utils import timezone
 
-from . import batches, dispatch, items, join, results, store
+from . import batches, dispatch, items, join, results, store, tracing
 from .attempts import Attempt, call_step
 from .conf import durable_settings
 from .context import to_step_context
@@ -301,8 +301,12 @@ def run_branch(row_id: int) -> Moved | None:
     if not store.may_start(run.pk):
         store.cancel_branch(row_id)
         return None
-    with store.heartbeat.hold(StepResult, row_id):
+    with (
+        store.heartbeat.hold(StepResult, row_id),
+        tracing.span(f"durable.step {step.name}", run, step=step.name, attempt=row.attempt, block=group.name) as span,
+    ):
         attempt = call_step(step, context, run.pk, in_parallel=True, started_at=started)
+        tracing.record_attempt(span, attempt)
     nxt = batches.retries_of(group, wf, [(claimed, step, attempt)]).get(row.pk)
     if nxt is not None:
         batches.log_branches(run, group, [(claimed, step, attempt)], {row.pk: nxt})

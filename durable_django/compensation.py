@@ -163,6 +163,7 @@ def _attempt(run: WorkflowRun, todo: Todo, queue: str) -> bool:
     with store.heartbeat.hold(WorkflowRun, run.pk):
         attempt = _checked(call_step(undo, context_of(todo.row, run), run.pk), step)
     row.finished_at = attempt.finished_at
+    row.logs = attempt.logs
     if attempt.failed:
         row.status, row.error = StepStatus.FAILED, attempt.reason
     else:

@@ -16,7 +16,7 @@ from typing import Any
 from django.db import IntegrityError
 from django.utils import timezone
 
-from . import blocks, dispatch, leases, results, store
+from . import blocks, dispatch, leases, results, store, tracing
 from .attempts import Attempt, call_step, retry_delay
 from .context import StepScope, Unserializable, merge, roundtrip, step_scope, to_step_context
 from .definition import Branch, Foreach, Parallel, Step, Workflow, find_workflow, queue_for
@@ -63,8 +63,10 @@ def get_or_start_run(
         if existing is not None:
             return existing, False
     first = wf.steps[0]
+    run_id = run_id or uuid.uuid4()
     run = WorkflowRun(
-        id=run_id or uuid.uuid4(),
+        id=run_id,
+        trace_context=tracing.start_context(wf.name, run_id, parent.trace_context if parent else None),
         workflow=wf.name,
         input=stored,
         context=stored,
@@ -156,8 +158,12 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
     if not store.may_start(run.pk):
         _log_not_started(run, step.name)
         return None
-    with store.heartbeat.hold(WorkflowRun, run.pk):
+    with (
+        store.heartbeat.hold(WorkflowRun, run.pk),
+        tracing.span(f"durable.step {step.name}", run, step=step.name, attempt=attempt_no) as span,
+    ):
         attempt = call_step(step, to_step_context(run.context), run.pk, started_at=started)
+        tracing.record_attempt(span, attempt)
     row = StepResult(
         run=run,
         step=step.name,
@@ -165,6 +171,7 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         started_at=attempt.started_at,
         finished_at=attempt.finished_at,
         job_id=dispatch.current_job_id(),
+        logs=attempt.logs,
     )
     if attempt.waits:
         return _suspend(run, wf, step, row, attempt)

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import items, results, store
+from . import items, results, store, tracing
 from .attempts import Attempt
 from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
 from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
@@ -179,7 +179,10 @@ def join_group(group_id: int) -> Moved | None:
         logger.debug("group %s is closed or joined by another worker; nothing to do", group_id)
         return None
     group = ParallelGroup.objects.select_related("run").get(pk=group_id)
-    with store.heartbeat.hold(ParallelGroup, group_id):
+    with (
+        store.heartbeat.hold(ParallelGroup, group_id),
+        tracing.span(f"durable.join {group.name}", group.run, block=group.name),
+    ):
         closed, wf = _join(group)
     if not closed:
         # The join did not close the group (its run was not running): leave it to whoever comes next.

@@ -19,8 +19,8 @@ PACKAGE = "durable_django"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: list[set[str]] = [
-    {"exceptions", "conf", "signals"},
-    {"context", "results", "retry", "nodes", "definition", "waits", "logging"},
+    {"exceptions", "conf", "signals", "tracing"},
+    {"capture", "context", "results", "retry", "nodes", "definition", "waits", "logging", "schedules"},
     {"models"},
     {"leases", "attempts"},
     {"dispatch", "counters"},
@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"join", "items", "batches"},
     {"blocks"},
     {"engine"},
-    {"jobs", "recovery", "operations", "children", "resume", "compensation", "retention"},
+    {"jobs", "recovery", "operations", "children", "resume", "compensation", "retention", "doctor"},
     {
         "checks",
         "testing",

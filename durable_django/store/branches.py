@@ -430,6 +430,7 @@ def retry_branch(row_id: int, attempt: Attempt, nxt: NextAttempt) -> bool:
             error=attempt.reason,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            logs=attempt.logs,
             **released_fields(),
         )
         if not updated:
@@ -451,6 +452,7 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide |
             error=attempt.reason if failed else None,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            logs=attempt.logs,
             **released_fields(),
         )
         if not updated:

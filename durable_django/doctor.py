@@ -9,17 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
-from rq import Worker
-from rq.scheduler import RQScheduler
 
 from . import dispatch
 from .conf import durable_settings
 from .definition import queue_for, registered_workflows
 from .models import RunStatus, Schedule, WorkflowRun
 from .nodes import walk
+from .presence import presence
 
 # How many ids a finding lists before it says "and N more".
 EXAMPLES = 10
@@ -70,31 +70,35 @@ def workflow_queues() -> dict[str, set[str]]:
 
 
 def check_workers(diagnosis: Diagnosis, queues: dict[str, set[str]]) -> None:
-    connection = dispatch.get_queue(durable_settings.QUEUE).connection
-    for worker in Worker.all(connection=connection):
-        for queue in worker.queue_names():
-            diagnosis.workers.setdefault(queue, []).append(worker.name)
-    names = sorted(set(queues) | set(diagnosis.workers))
-    for queue in names:
-        workers = diagnosis.workers.get(queue, [])
-        scheduler = bool(connection.exists(RQScheduler.get_locking_key(queue)))
-        if workers:
+    configured = set(getattr(settings, "RQ_QUEUES", None) or {})
+    for queue in sorted(set(queues) - configured):
+        diagnosis.add(
+            "problem",
+            "queues",
+            f"queue {queue!r} is used by {', '.join(sorted(queues[queue]))} but is not in settings.RQ_QUEUES; "
+            "add it there (manage.py check says the same)",
+        )
+    for seen in presence(set(queues) & configured):
+        if seen.workers:
+            diagnosis.workers[seen.queue] = list(seen.workers)
             diagnosis.add(
-                "ok", "workers", f"queue {queue!r}: {len(workers)} worker(s), scheduler {'yes' if scheduler else 'no'}"
+                "ok",
+                "workers",
+                f"queue {seen.queue!r}: {len(seen.workers)} worker(s), scheduler {'yes' if seen.scheduler else 'no'}",
             )
-            if not scheduler:
+            if not seen.scheduler:
                 diagnosis.add(
                     "warning",
                     "scheduler",
-                    f"queue {queue!r}: no worker runs RQ's scheduler; delayed retries and wake-ups wait for "
-                    "recovery. Run a worker with it (manage.py durable_worker).",
+                    f"queue {seen.queue!r}: no worker runs RQ's scheduler; delayed starts, delayed retries and "
+                    "wake-ups wait for recovery. Run a worker with it (manage.py durable_worker).",
                 )
-        elif queue in queues:
+        elif seen.queue in queues:
             diagnosis.add(
                 "problem",
                 "queues",
-                f"queue {queue!r} is used by {', '.join(sorted(queues[queue]))} but no worker listens to it; "
-                f"start one: manage.py durable_worker {queue}",
+                f"queue {seen.queue!r} is used by {', '.join(sorted(queues[seen.queue]))} but no worker listens "
+                f"to it; start one: manage.py durable_worker {seen.queue}",
             )
 
 
@@ -113,9 +117,11 @@ def check_runs(diagnosis: Diagnosis, now: datetime) -> None:
             f"{total} run(s) past their lease: {_listed(ids, total)}; "
             "run manage.py durable_doctor --fix (or durable_recover) to send them again",
         )
-    pending = list(unfinished.filter(status=RunStatus.PENDING, lease_owner="").exclude(pk__in=stuck.values("pk")))
+    # A run that starts later (run_at ahead) is pending with no job in a queue on purpose.
+    due = unfinished.filter(status=RunStatus.PENDING, lease_owner="").exclude(run_at__gt=now)
+    pending = list(due.exclude(pk__in=stuck.values("pk")).order_by("created_at")[:500])
     places: dict[object, tuple[str, str]] = {}
-    for run in pending[:500]:
+    for run in pending:
         wf = registered_workflows().get(run.workflow)
         queue = queue_for(wf, wf.node(run.current_step) if wf else None)
         places[run.pk] = (queue, dispatch.run_job_id(run.pk, run.version))
@@ -162,7 +168,11 @@ def diagnose(now: datetime | None = None) -> Diagnosis:
     """Read Redis and the database and say what is wrong; changes nothing."""
     now = now or timezone.now()
     diagnosis = Diagnosis()
-    check_migrations(diagnosis)
+    try:
+        check_migrations(diagnosis)
+    except DatabaseError as error:
+        diagnosis.add("problem", "database", f"the database does not answer ({type(error).__name__}: {error})")
+        return diagnosis
     try:
         check_workers(diagnosis, workflow_queues())
         check_runs(diagnosis, now)

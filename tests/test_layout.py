@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"capture", "context", "results", "retry", "nodes", "definition", "waits", "logging", "schedules"},
     {"models"},
     {"leases", "attempts"},
-    {"dispatch", "counters"},
+    {"dispatch", "counters", "presence"},
     {"store"},
     {"join", "items", "batches"},
     {"blocks"},

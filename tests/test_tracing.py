@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from durable_django import call_workflow, ok, parallel, step, tracing
+from durable_django import call_workflow, foreach, ok, parallel, step, tracing
 from durable_django.models import WorkflowRun
 from durable_django.operations import cancel_run
 from durable_django.testing import EmbeddedQueue
@@ -245,6 +245,39 @@ def test_a_parallel_block_gives_branch_spans_a_block_span_and_a_join_span_in_the
         (block.start_time or 0) <= (span.start_time or 0) and (span.end_time or 0) <= (block.end_time or 0)
         for span in (*found["durable.step email"], *found["durable.step billing"], joined)
     )
+
+
+def into_sum(ctx: dict[str, Any], results: Any) -> Any:
+    return ok({**ctx, "joined": len(results)})
+
+
+@pytest.mark.parametrize(
+    ("make_block", "branches"),
+    [
+        # Executed whole by the job that entered it: joined in the transaction of its results.
+        (lambda: parallel(step("p1", lambda ctx: ok()), step("p2", lambda ctx: ok()), name="fan"), 2),
+        # With into: joined by its join job.
+        (lambda: parallel(step("p1", lambda ctx: ok()), step("p2", lambda ctx: ok()), name="fan", into=into_sum), 2),
+        # More items than the first batch: the last batch, recorded by a drain job, decides it.
+        (lambda: foreach("fan", lambda ctx: list(range(40)), lambda ctx: ok({"n": ctx["item"]})), 40),
+    ],
+    ids=["joined_with_its_results", "join_job", "drained"],
+)
+@runs
+def test_every_block_has_one_join_span_and_one_block_span_however_it_is_joined(
+    embedded: EmbeddedQueue, define: Definer, spans: InMemorySpanExporter, make_block: Any, branches: int
+) -> None:
+    wf = define([make_block(), step("after", lambda ctx: ok())])
+    run = finish(embedded, wf.start())
+    assert run.status == "completed"
+    found = by_name(spans)
+    assert len(found["durable.join fan"]) == 1
+    block = only(spans, "durable.block fan")
+    assert (block.attributes or {})["durable.branches"] == branches
+    assert (block.attributes or {})["durable.status"] == "completed"
+    branch_spans = [span for name, listed in found.items() if name.startswith("durable.step ") for span in listed]
+    assert sum((span.attributes or {}).get("durable.block") == "fan" for span in branch_spans) == branches
+    assert len(trace_ids(spans)) == 1
 
 
 @runs

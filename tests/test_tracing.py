@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from django.test import override_settings
+from django.utils import timezone
 from opentelemetry import trace
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -16,6 +19,7 @@ from opentelemetry.trace import StatusCode
 from durable_django import call_workflow, foreach, ok, parallel, step, tracing
 from durable_django.models import WorkflowRun
 from durable_django.operations import cancel_run
+from durable_django.recovery import recover
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import IMMEDIATE, Definer, finish
 
@@ -341,13 +345,28 @@ def test_a_cancelled_run_has_a_run_span_from_its_creation(define: Definer, spans
 
 @runs
 def test_tracing_off_stores_no_context_and_records_nothing(
-    embedded: EmbeddedQueue, define: Definer, spans: InMemorySpanExporter, settings: Any
+    embedded: EmbeddedQueue,
+    define: Definer,
+    spans: InMemorySpanExporter,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings.DURABLE = {"TRACING": False}
     wf = define([step("a", lambda ctx: ok()), parallel(step("b", lambda ctx: ok()), name="fan")])
     with caller_span():
         run = wf.start()
+    # Not a span object is made for the run: the SDK's tracer is never asked for one.
+    made: list[str] = []
+    real = sdk_trace.Tracer.start_span
+
+    def start_span(self: sdk_trace.Tracer, name: str, *args: Any, **kwargs: Any) -> Any:
+        made.append(name)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(sdk_trace.Tracer, "start_span", start_span)
     assert finish(embedded, run).status == "completed"
+    assert cancel_run(wf.start()).status == "cancelled"
+    assert made == []
     assert WorkflowRun.objects.get(pk=run.pk).trace_context == {}
     assert [span.name for span in spans.get_finished_spans()] == ["caller"]
 
@@ -363,3 +382,70 @@ def test_without_an_sdk_provider_nothing_is_recorded(
     assert run.status == "completed"
     assert run.trace_context == {}
     assert spans.get_finished_spans() == ()
+
+
+class WorkerDied(BaseException):
+    """Raised by a step to stand for its worker being killed mid-step: nothing after it runs."""
+
+
+def dies_then(times: int) -> Any:
+    calls: list[int] = []
+
+    def fn(ctx: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) <= times:
+            raise WorkerDied
+        return ok()
+
+    return fn
+
+
+def after_every_lease() -> datetime:
+    return timezone.now() + timedelta(seconds=60)
+
+
+@runs
+def test_recovery_taking_over_lost_branches_is_in_the_runs_trace(
+    embedded: EmbeddedQueue, define: Definer, spans: InMemorySpanExporter
+) -> None:
+    wf = define([parallel(step("dies", dies_then(1)), step("fine", lambda ctx: ok()), name="fan", into=into_sum)])
+    with caller_span() as caller:
+        run = wf.start()
+    assert finish(embedded, run).status == "running"
+    assert recover(now=after_every_lease()).branches_taken_over == 2
+    assert finish(embedded, run).status == "completed"
+    taken = sorted(by_name(spans)["durable.recover"], key=lambda span: (span.attributes or {})["durable.step"])
+    assert [dict(span.attributes or {}) for span in taken] == [
+        {
+            "durable.run_id": str(run.pk),
+            "durable.workflow": wf.name,
+            "durable.action": "branch_taken_over",
+            "durable.step": name,
+            "durable.attempt": 1,
+            "durable.block": "fan",
+        }
+        for name in ("dies", "fine")
+    ]
+    start = span_id(only(spans, f"durable.start {wf.name}"))
+    assert {parent_of(span) for span in taken} == {start}
+    assert sorted((span.attributes or {})["durable.attempt"] for span in by_name(spans)["durable.step fine"]) == [2]
+    assert trace_ids(spans) == {caller.get_span_context().trace_id}
+
+
+@runs
+@override_settings(DURABLE={"MAX_WORKER_LOST": 1})
+def test_recovery_failing_a_run_for_a_lost_worker_records_the_error(
+    embedded: EmbeddedQueue, define: Definer, spans: InMemorySpanExporter
+) -> None:
+    wf = define([step("doomed", dies_then(5))])
+    run = finish(embedded, wf.start())
+    assert recover(now=after_every_lease()).failed_worker_lost == 1
+    run.refresh_from_db()
+    assert run.status == "failed"
+    failed = only(spans, "durable.recover")
+    assert (failed.attributes or {})["durable.action"] == "failed_worker_lost"
+    assert (failed.attributes or {})["durable.status"] == "failed"
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.status.description == "the worker executing this attempt went away: its lease expired"
+    whole = only(spans, f"durable.run {wf.name}")
+    assert whole.status.description == ("at 'doomed': the worker executing this attempt went away: its lease expired")

@@ -51,10 +51,8 @@ def available() -> bool:
 
 def _tracer() -> Any:
     global _cached
-    if not durable_settings.TRACING:
-        return None
-    trace = _api()
-    if trace is None:
+    trace = _api()  # first: once it is known to be missing, asking costs nothing
+    if trace is None or not durable_settings.TRACING:
         return None
     provider = trace.get_tracer_provider()
     # Without a configured SDK provider the API records nothing: skip the work of building spans.
@@ -153,22 +151,37 @@ def _nanos(moment: datetime | None) -> int | None:
 
 
 def run_ended(run: Any) -> Callable[[], None] | None:
-    """The run span of ``run``, which just finished, to emit once its transaction commits: from when
-    it started (or was created, for a run that never started) to when it finished; ``None`` (nothing
-    to do) when tracing is off. Takes what it needs from ``run`` now: the engine may change it next."""
-    if not run.trace_context or str(run.status) not in FINISHED or not enabled():
+    """The run span of ``run``, which just finished, to emit once its transaction commits (see
+    :func:`ended`); ``None`` when there is nothing to do. Reads ``run`` now: the engine may change it next."""
+    if not run.trace_context or str(run.status) not in FINISHED:
         return None
-    snapshot = _Snapshot(run.pk, run.workflow, dict(run.trace_context))
-    error = run.error if str(run.status) == "failed" else None
-    return partial(
-        emit,
-        f"durable.run {run.workflow}",
-        snapshot,
-        start=run.started_at or run.created_at,
-        end=run.finished_at,
-        status=str(run.status),
-        error=error,
+    return ended(
+        run.pk,
+        run.workflow,
+        run.trace_context,
+        str(run.status),
+        run.started_at or run.created_at,
+        run.finished_at,
+        run.error if str(run.status) == "failed" else None,
     )
+
+
+def ended(
+    run_id: Any,
+    workflow: str,
+    carrier: Mapping[str, str],
+    status: str,
+    started: datetime | None,
+    finished: datetime | None,
+    error: Any = None,
+) -> Callable[[], None] | None:
+    """The ``durable.run`` span of run ``run_id`` (whose stored context is ``carrier``), which
+    ended ``status`` (with ``error``), to emit later: from when it ``started`` (a worker first took
+    it, or else it was created) to when it ``finished``; ``None`` when tracing is off."""
+    if not carrier or not enabled():
+        return None
+    snapshot = _Snapshot(run_id, workflow, dict(carrier))
+    return partial(emit, f"durable.run {workflow}", snapshot, start=started, end=finished, status=status, error=error)
 
 
 class _Snapshot:

@@ -449,3 +449,30 @@ def test_recovery_failing_a_run_for_a_lost_worker_records_the_error(
     assert failed.status.description == "the worker executing this attempt went away: its lease expired"
     whole = only(spans, f"durable.run {wf.name}")
     assert whole.status.description == ("at 'doomed': the worker executing this attempt went away: its lease expired")
+
+
+@runs
+def test_a_compensation_has_its_span_and_the_run_span_comes_after_it(
+    embedded: EmbeddedQueue, define: Definer, spans: InMemorySpanExporter
+) -> None:
+    wf = define(
+        [
+            step("reserve", lambda ctx: ok({"reserved": True}), compensate=lambda ctx: ok()),
+            step("charge", failing("card declined")),
+        ]
+    )
+    run = finish(embedded, wf.start())
+    assert (run.status, run.compensation) == ("failed", "completed")
+    undo = only(spans, "durable.compensate reserve")
+    assert dict(undo.attributes or {}) == {
+        "durable.run_id": str(run.pk),
+        "durable.workflow": wf.name,
+        "durable.step": "reserve",
+        "durable.attempt": 1,
+        "durable.status": "completed",
+    }
+    whole = only(spans, f"durable.run {wf.name}")
+    assert (whole.attributes or {})["durable.status"] == "failed"
+    assert whole.status.description == "at 'charge': card declined"
+    assert (undo.end_time or 0) <= (whole.end_time or 0)
+    assert parent_of(undo) == parent_of(whole) == span_id(only(spans, f"durable.start {wf.name}"))

@@ -243,7 +243,8 @@ def apply_move(
 ) -> None:
     """Leave on ``run`` the version and ``fields`` a transition of it wrote.
 
-    A run that finished with it (completed or failed) is logged once the transaction commits. A
+    A run that finished with it (completed or failed) is logged once the transaction commits, and
+    the span of a run that ended (cancelled too) is emitted then (:mod:`durable_django.tracing`). A
     run that now compensates is sent its compensate job then: every move of a run goes through
     here, so this is the one place that sends it. The receivers of :mod:`durable_django.signals`
     hear of it once the transaction commits: of the attempts ``rows`` it finished, the waits it
@@ -442,12 +443,9 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         status=GroupStatus.CANCELLED, finished_at=now, pending_count=0, waiting_count=0, **released_fields()
     )
     notify.cancelled(run_id, groups, ended or ())
-    if fields["status"] == RunStatus.CANCELLED and found[1]:
-        over = WorkflowRun(
-            pk=run_id, workflow=name, status=RunStatus.CANCELLED, finished_at=now, trace_context=found[1]
-        )
-        over.started_at, over.created_at = found[2], found[3]
-        if (traced := tracing.run_ended(over)) is not None:
+    if fields["status"] == RunStatus.CANCELLED:
+        traced = tracing.ended(run_id, name, found[1], str(RunStatus.CANCELLED), found[2] or found[3], now)
+        if traced is not None:
             transaction.on_commit(traced, using=router.db_for_write(WorkflowRun))
     executing = StepResult.objects.filter(run_id=run_id, status=StepStatus.RUNNING).values_list("job_id", flat=True)
     transaction.on_commit(partial(dispatch.stop_jobs, run_id, groups, list(executing), queues_of(wf)))

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from durable_django import call_workflow, foreach, ok, parallel, step, tracing
+from durable_django import call_workflow, foreach, ok, parallel, send_event, step, tracing, wait_for_event
 from durable_django.models import WorkflowRun
 from durable_django.operations import cancel_run
 from durable_django.recovery import recover
@@ -476,3 +476,26 @@ def test_a_compensation_has_its_span_and_the_run_span_comes_after_it(
     assert whole.status.description == "at 'charge': card declined"
     assert (undo.end_time or 0) <= (whole.end_time or 0)
     assert parent_of(undo) == parent_of(whole) == span_id(only(spans, f"durable.start {wf.name}"))
+
+
+@runs
+def test_a_run_resumed_by_an_event_sent_elsewhere_stays_in_its_trace(
+    embedded: EmbeddedQueue, define: Definer, spans: InMemorySpanExporter
+) -> None:
+    wf = define([step("pay", lambda ctx: wait_for_event("paid")), step("ship", lambda ctx: ok())])
+    with caller_span() as caller:
+        run = wf.start()
+    assert finish(embedded, run).status == "waiting"
+    # Sent under another trace (a webhook's request, say): the run's spans stay in the one it began in.
+    with trace.get_tracer("tests").start_as_current_span("webhook"):
+        assert send_event(run.pk, "paid", {"amount": 12}) == "delivered"
+    assert finish(embedded, run).status == "completed"
+    waited = only(spans, "durable.step pay")
+    assert (waited.attributes or {})["durable.status"] == "waiting"
+    shipped = only(spans, "durable.step ship")
+    start = only(spans, f"durable.start {wf.name}")
+    assert parent_of(shipped) == parent_of(waited) == span_id(start)
+    assert {
+        span.context.trace_id for span in spans.get_finished_spans() if span.context and span.name != "webhook"
+    } == {caller.get_span_context().trace_id}
+    assert (only(spans, f"durable.run {wf.name}").attributes or {})["durable.status"] == "completed"

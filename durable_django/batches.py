@@ -222,7 +222,9 @@ def execute(
                     store.cancel_claimed([row.pk, *(left.pk for left in batch.take_unstarted())])
                     break
                 step = steps[row.step]
-                with tracing.span(f"durable.step {step.name}", run, step=step.name, attempt=row.attempt) as span:
+                with tracing.span(
+                    f"durable.step {step.name}", run, step=step.name, attempt=row.attempt, block=place.group.name
+                ) as span:
                     attempt = call_step(step, context_of(row), run.pk, in_parallel=True, started_at=started)
                     tracing.record_attempt(span, attempt)
                 batch.finished((row, step, attempt))

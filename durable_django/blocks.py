@@ -173,10 +173,11 @@ def _drain(
         if joins_here and block.into is None and not retries and not waits and len(outcomes) == group.branch_count:
             # The job that entered a short block executed all of it: its join is known before
             # anything is written, and is recorded with the results.
-            closing = join.closing_for(group, run, wf, block, join.latest_of(outcomes))
+            closing = join.joined_here(group, run, wf, block, join.latest_of(outcomes))
             recorded = store.record_block_and_join(group.pk, run, results, closing)
             batches.log_cancelled(run, group, recorded)
             if recorded.closed:
+                join.trace_block(group, run)
                 return Moved(run, wf, queue) if run.status == RunStatus.RUNNING else None
             if recorded.counts is not None and join.decides(block, recorded.counts):
                 # Some results were taken over meanwhile, and the block is decided all the same.
@@ -203,6 +204,8 @@ def _joined(
     """After the results that decided ``block`` were recorded: join it here, or have its queue's worker do it."""
     if block.into is None and joins_here:
         # Closed in the recording transaction (or the run had moved on, cancelled say).
+        if closed:
+            join.trace_block(group, run)
         return Moved(run, wf, queue) if closed and run.status == RunStatus.RUNNING else None
     if joins_here:
         return join.join_group(group.pk)

@@ -30,7 +30,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from . import dispatch, leases, results, store
+from . import dispatch, leases, results, store, tracing
 from .attempts import Attempt, call_step, has_budget
 from .conf import durable_settings
 from .context import to_step_context
@@ -160,8 +160,12 @@ def _attempt(run: WorkflowRun, todo: Todo, queue: str) -> bool:
         return False
     # Its own name in the step scope: what it logs, and children it calls, are not the step's.
     undo = Step(f"{step.name} (compensation)", _none_is_ok(step.compensate), step.retry, None, None, step.timeout)
-    with store.heartbeat.hold(WorkflowRun, run.pk):
+    with (
+        store.heartbeat.hold(WorkflowRun, run.pk),
+        tracing.span(f"durable.compensate {step.name}", run, step=step.name, attempt=todo.attempt) as span,
+    ):
         attempt = _checked(call_step(undo, context_of(todo.row, run), run.pk), step)
+        tracing.record_attempt(span, attempt)
     row.finished_at = attempt.finished_at
     row.logs = attempt.logs
     if attempt.failed:

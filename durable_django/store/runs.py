@@ -13,12 +13,13 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .. import dispatch, leases, results
+from .. import dispatch, leases, results, tracing
 from ..conf import durable_settings
 from ..definition import Foreach, Parallel, Workflow, find_workflow, queue_for
 from ..leases import held_fields, released_fields
 from ..logging import run_fields, run_finished
 from ..models import (
+    FINISHED_RUN_STATUSES,
     Compensation,
     GroupStatus,
     ParallelGroup,
@@ -242,7 +243,8 @@ def apply_move(
 ) -> None:
     """Leave on ``run`` the version and ``fields`` a transition of it wrote.
 
-    A run that finished with it (completed or failed) is logged once the transaction commits. A
+    A run that finished with it (completed or failed) is logged once the transaction commits, and
+    the span of a run that ended (cancelled too) is emitted then (:mod:`durable_django.tracing`). A
     run that now compensates is sent its compensate job then: every move of a run goes through
     here, so this is the one place that sends it. The receivers of :mod:`durable_django.signals`
     hear of it once the transaction commits: of the attempts ``rows`` it finished, the waits it
@@ -253,6 +255,8 @@ def apply_move(
     for name, value in fields.items():
         setattr(run, name, value)
     status = fields.get("status")
+    if status in FINISHED_RUN_STATUSES and (traced := tracing.run_ended(run)) is not None:
+        transaction.on_commit(traced, using=router.db_for_write(WorkflowRun))
     if status == RunStatus.COMPLETED or status == RunStatus.FAILED:
         # The error as stored: a run that ends after its compensations keeps the one it failed with.
         announce = partial(run_finished, logger, run.pk, run.workflow, str(status), run.error)
@@ -412,9 +416,11 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
     )
     fields: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
     locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
-    name = locked.values_list("workflow", flat=True).first()
-    if name is None:
+    # What its run span needs too (tracing), in the same read.
+    found = locked.values_list("workflow", "trace_context", "started_at", "created_at").first()
+    if found is None:
         return False
+    name = found[0]
     wf = find_workflow(name)
     if compensate and wf is not None and wf.has_compensations and to_compensate(run_id, wf):
         fields = compensating_fields(fields)
@@ -437,6 +443,10 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         status=GroupStatus.CANCELLED, finished_at=now, pending_count=0, waiting_count=0, **released_fields()
     )
     notify.cancelled(run_id, groups, ended or ())
+    if fields["status"] == RunStatus.CANCELLED:
+        traced = tracing.ended(run_id, name, found[1], str(RunStatus.CANCELLED), found[2] or found[3], now)
+        if traced is not None:
+            transaction.on_commit(traced, using=router.db_for_write(WorkflowRun))
     executing = StepResult.objects.filter(run_id=run_id, status=StepStatus.RUNNING).values_list("job_id", flat=True)
     transaction.on_commit(partial(dispatch.stop_jobs, run_id, groups, list(executing), queues_of(wf)))
     return True

@@ -31,6 +31,11 @@ class TestAppConfig(AppConfig):
             from .signal_receivers import connect
 
             connect()
+        spans = os.environ.get("DURABLE_IT_SPANS")
+        if spans:
+            from .span_export import install
+
+            install(spans)
         if os.environ.get("DURABLE_IT_CRASH_BEFORE_CLAIM"):
             from .faults import crash_before_claim
 

@@ -222,7 +222,10 @@ def capture() -> Iterator[Buffer]:
     proxy = None
     if buffer.prints:
         if not isinstance(sys.stdout, PrintProxy):
-            sys.stdout = PrintProxy(sys.stdout)
+            with _install_lock:
+                # Checked again under the lock: a proxy around a proxy would keep each line twice.
+                if not isinstance(sys.stdout, PrintProxy):
+                    sys.stdout = PrintProxy(sys.stdout)
         proxy = sys.stdout
     token = current.set(buffer)
     try:

@@ -88,7 +88,7 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
 
     class Meta:
         model = StepResult
-        fields = (
+        fields: tuple[str, ...] = (
             "id",
             "run",
             "step",
@@ -106,7 +106,7 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
             "finished_at",
             "duration",
         )
-        read_only_fields = fields
+        read_only_fields: tuple[str, ...] = fields
 
 
 class LogRecordSerializer(serializers.Serializer[dict[str, Any]]):

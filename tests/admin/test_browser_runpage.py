@@ -136,3 +136,34 @@ def test_waiting_run(embedded: EmbeddedQueue, page: Any, tmp_path: Path) -> None
     assert page.locator(".dt-wait").count() >= 1
     assert_labels_apart(page)
     shoot(page, tmp_path / "waiting.png")
+
+
+def test_what_a_step_logged_unfolds_under_its_timeline_line(
+    embedded: EmbeddedQueue, define: Any, page: Any, tmp_path: Path
+) -> None:
+    from tests.admin.test_step_logs import logged_run
+
+    run = logged_run(embedded, define)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(change_url(run))
+    fold = page.locator(".durable-timeline .dt-logs-row[data-step='charge'] details.dt-logs")
+    lines = fold.locator(".durable-log")
+    assert not lines.first.is_visible()
+    fold.locator("summary").click()
+    assert [lines.nth(i).get_attribute("data-level") for i in range(lines.count())] == ["INFO", "WARNING"]
+    assert lines.first.is_visible()
+    # Escaped, on one line with its time, level and logger, inside the timeline's width.
+    first = lines.first.inner_text()
+    assert "INFO" in first and "shop.orders" in first and "charging 8900 for <script>alert(1)</script>" in first
+    fold.scroll_into_view_if_needed()
+    shot = tmp_path / "timeline_logs.png"
+    page.locator(".durable-timeline-module").screenshot(path=str(shot), animations="disabled")
+    assert shot.stat().st_size > 1000
+    timeline = page.locator(".durable-timeline").bounding_box()
+    for index in range(lines.count()):
+        box = lines.nth(index).bounding_box()
+        assert box["x"] >= timeline["x"] and box["x"] + box["width"] <= timeline["x"] + timeline["width"] + 1
+        # The time, level and logger start the line the message starts on.
+        tops = [lines.nth(index).locator(part).bounding_box()["y"] for part in ("time", ".durable-log-message")]
+        assert abs(tops[0] - tops[1]) < 3, lines.nth(index).inner_text()
+    shoot(page, tmp_path / "logs.png")

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.urls import reverse
 
 from durable_django import start_workflow
-from durable_django.models import WorkflowRun
+from durable_django.models import StepResult, WorkflowRun
 from durable_django.operations import retry_run
 from durable_django.testing import EmbeddedQueue
+from tests.admin.logs_support import logged_run
 from tests.admin.run_page_support import running_run
 from tests.admin.support import change_url, order
 from tests.admin.waits_support import start_waiting
@@ -141,8 +143,6 @@ def test_waiting_run(embedded: EmbeddedQueue, page: Any, tmp_path: Path) -> None
 def test_what_a_step_logged_unfolds_under_its_timeline_line(
     embedded: EmbeddedQueue, define: Any, page: Any, tmp_path: Path
 ) -> None:
-    from tests.admin.test_step_logs import logged_run
-
     run = logged_run(embedded, define)
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(change_url(run))
@@ -167,3 +167,11 @@ def test_what_a_step_logged_unfolds_under_its_timeline_line(
         tops = [lines.nth(index).locator(part).bounding_box()["y"] for part in ("time", ".durable-log-message")]
         assert abs(tops[0] - tops[1]) < 3, lines.nth(index).inner_text()
     shoot(page, tmp_path / "logs.png")
+    # A step result's own page: ten records and a long one are folded until opened.
+    chatty = StepResult.objects.get(run=run, step="chatty")
+    page.goto(reverse("admin:durable_django_stepresult_change", args=[chatty.pk]))
+    folded = page.locator(".field-logs_display details.durable-logs")
+    assert folded.locator("summary").inner_text() == "10 records: 9 INFO, 1 ERROR"
+    folded.locator("summary").click()
+    assert folded.locator(".durable-log").nth(9).is_visible()
+    page.locator("#content").screenshot(path=str(tmp_path / "step_logs.png"), animations="disabled")

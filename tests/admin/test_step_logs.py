@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import re
-from typing import Any
 
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from durable_django import ok, parallel, step
-from durable_django.models import StepResult, WorkflowRun
+from durable_django.models import StepResult
 from durable_django.testing import EmbeddedQueue
+from tests.admin.logs_support import logged_run
 from tests.admin.support import change_url, elements, texts
-from tests.engine_support import Definer, finish
+from tests.engine_support import Definer
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-shop = logging.getLogger("shop.orders")
-
-
-def charge(ctx: dict[str, Any]) -> Any:
-    shop.info("charging %s for <script>alert(1)</script>", ctx["amount"])
-    shop.warning("gateway answered in %d ms", 900)
-    return ok({"charged": True})
-
-
-def chatty(ctx: dict[str, Any]) -> Any:
-    for index in range(9):
-        shop.info("line %d", index)
-    shop.error("and one error")
-    return ok()
-
-
-def logged_run(embedded: EmbeddedQueue, define: Definer) -> WorkflowRun:
-    wf = define([step("charge", charge), parallel(step("chatty", chatty), step("silent", lambda ctx: ok()))])
-    run = finish(embedded, wf.start({"amount": 8900}))
-    assert run.status == "completed"
-    return run
 
 
 def summaries(content: bytes, within: str) -> list[str]:

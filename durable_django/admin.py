@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.contrib.admin.options import BaseModelAdmin
 from django.contrib.admin.utils import flatten, flatten_fieldsets
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import URLPattern, path
@@ -49,6 +50,7 @@ from .admin_display import (
 )
 from .admin_items import group_rows
 from .admin_lists import GuardedListAdmin, RunRowsSearchAdmin
+from .admin_logs import LogCount, LogsCountedChangeList, step_logs
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
@@ -160,8 +162,13 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
         "finished",
         "duration_display",
         "result",
+        "logs_folded",
     )
     readonly_fields = fields
+
+    @admin.display(description=_("logs"))
+    def logs_folded(self, obj: StepResult) -> SafeString | str:
+        return step_logs(obj.logs, folded=True)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
         waiting = Prefetch("waits", queryset=Wait.objects.waiting().order_by("created_at"), to_attr="open_waits")
@@ -435,6 +442,7 @@ class StepResultAdmin(_RunRowsAdmin):
         "status_badge",
         "created_at",
         "duration_display",
+        "log_count",
     )
     list_filter = ("status", "kind")
     list_select_related = ("group",)
@@ -457,8 +465,23 @@ class StepResultAdmin(_RunRowsAdmin):
         "output_json",
         "error_json",
         "traceback",
+        "logs_display",
     )
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
+        return super().get_queryset(request).annotate(log_count=LogCount("logs"))
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LogsCountedChangeList
+
+    @admin.display(description=_("logs"), ordering="log_count")
+    def log_count(self, obj: StepResult) -> int | str:
+        return getattr(obj, "log_count", None) or ""
+
+    @admin.display(description=_("logs"))
+    def logs_display(self, obj: StepResult) -> SafeString | str:
+        return step_logs(obj.logs) or self.get_empty_value_display()
 
     @admin.display(description=_("output"))
     def output_json(self, obj: StepResult) -> SafeString | str:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -51,6 +51,10 @@ class Attempt:
     def reason(self) -> Any:
         return self.outcome.reason
 
+    def failing(self, reason: Any) -> Attempt:
+        """This attempt as a final failure for ``reason`` (what the step returned cannot stand), with its logs."""
+        return replace(self, outcome=Outcome(ERROR, reason=reason), output={}, retryable=False)
+
     @classmethod
     def failure(cls, reason: Any, started_at: datetime | None = None) -> Attempt:
         """A final failure the engine records itself (a lost worker, a step the definition lost)."""
@@ -72,13 +76,16 @@ def call_step(
     """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`.
 
     Its time limit is :func:`time_limit_of` the step. ``started_at``: when the attempt started,
-    if before the call (the moment its caller checked that it may start).
+    if before the call (the moment its caller checked that it may start). What the step logs
+    meanwhile is in the attempt's ``logs`` (:mod:`durable_django.capture`), unless
+    ``DURABLE["CAPTURE_LOGS"]`` is off.
     """
     started = started_at or timezone.now()
+    if not durable_settings.CAPTURE_LOGS:
+        return _call(step, ctx, run_id, in_parallel, started)
     with capture() as buffer:
         attempt = _call(step, ctx, run_id, in_parallel, started)
-    if buffer is not None:
-        attempt.logs = buffer.result()
+    attempt.logs = buffer.result()
     return attempt
 
 

@@ -36,7 +36,6 @@ from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
 from .join import Moved
 from .logging import run_fields
 from .models import BlockKind, GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from .results import ERROR, Outcome
 from .store import Claimed
 
 logger = logging.getLogger("durable_django")
@@ -346,7 +345,7 @@ def _no_wait_in_child(row: Claimed, step: Step, attempt: Attempt) -> tuple[Claim
         f"branch {step.name!r} returned a wait, but its run is a child workflow executed inside its parent's "
         "step by call_workflow, which cannot wait; wait in the parent workflow instead"
     )
-    return row, step, Attempt(Outcome(ERROR, reason=reason), attempt.started_at, attempt.finished_at, retryable=False)
+    return row, step, attempt.failing(reason)
 
 
 def finish_branch(

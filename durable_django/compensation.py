@@ -39,7 +39,7 @@ from .leases import released_fields
 from .logging import describe_reason, run_fields, seconds
 from .models import Compensation, RunStatus, StepKind, StepResult, StepStatus, WorkflowRun
 from .nodes import ERROR_KEY
-from .results import ERROR, OK, Outcome
+from .results import ERROR, OK
 
 logger = logging.getLogger("durable_django")
 
@@ -202,7 +202,7 @@ def _checked(attempt: Attempt, step: Step) -> Attempt:
         f"the compensation of step {step.name!r} returned a {attempt.outcome.kind}; "
         "a compensation returns ok(data), error(reason) or None, or raises"
     )
-    return Attempt(Outcome(ERROR, reason=reason), attempt.started_at, attempt.finished_at, retryable=False)
+    return attempt.failing(reason)
 
 
 def _log(run: WorkflowRun, row: StepResult, retry_in: float | None) -> None:

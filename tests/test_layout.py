@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
         "testing",
         "timeaxis",
         "admin_items",
+        "admin_logs",
         "timeparts",
         "timeline",
         "flowparts",

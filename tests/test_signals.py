@@ -371,8 +371,9 @@ def test_a_batch_of_branches_sends_one_step_finished_per_branch_for_one_query_pe
         "context",
         "compensates_id",
         "context_before",
-        "logs",
     }
+    # The batch wrote each attempt's logs: the receiver has them without a query.
+    assert listener.heard[0].obj.logs == []
     assert listener.heard[0].obj.job_id == f"durable-run-{run.pk}-0"
 
 

@@ -88,7 +88,7 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
 
     class Meta:
         model = StepResult
-        fields = (
+        fields: tuple[str, ...] = (
             "id",
             "run",
             "step",
@@ -106,6 +106,32 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
             "finished_at",
             "duration",
         )
+        read_only_fields: tuple[str, ...] = fields
+
+
+class LogRecordSerializer(serializers.Serializer[dict[str, Any]]):
+    """One record a step logged while its attempt executed."""
+
+    at = serializers.DateTimeField(read_only=True, help_text="When it was logged.")
+    level = serializers.CharField(read_only=True, help_text="Its level name: DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+    logger = serializers.CharField(
+        read_only=True, help_text='The logger\'s name; "print" for a printed line, "durable_django" for the cut.'
+    )
+    message = serializers.CharField(read_only=True, help_text="The message, with its traceback when it had one.")
+
+
+class StepResultDetailSerializer(StepResultSerializer):
+    """One attempt of one step, with what it logged (the lists leave the logs out)."""
+
+    logs = LogRecordSerializer(
+        many=True,
+        read_only=True,
+        help_text="The records the attempt logged (DURABLE['CAPTURE_LOGS']), oldest first, within the caps: "
+        "a last record of logger durable_django says how many more were not kept.",
+    )
+
+    class Meta(StepResultSerializer.Meta):
+        fields = (*StepResultSerializer.Meta.fields, "logs")
         read_only_fields = fields
 
 

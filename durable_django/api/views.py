@@ -39,6 +39,7 @@ from .serializers import (
     RunStepFilterSerializer,
     StartRunSerializer,
     StepFilterSerializer,
+    StepResultDetailSerializer,
     StepResultSerializer,
     WaitFilterSerializer,
     WaitSerializer,
@@ -144,7 +145,10 @@ class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
 
 def with_details(runs: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
     """``runs`` with what their detail shows alongside: step results, parallel groups and waits."""
-    return runs.prefetch_related("steps", "groups", Prefetch("waits", queryset=wait_rows()))
+    # The steps' logs are shown by a step's own detail only: a run's may hold thousands of records.
+    return runs.prefetch_related(
+        Prefetch("steps", queryset=StepResult.objects.defer("logs")), "groups", Prefetch("waits", queryset=wait_rows())
+    )
 
 
 class AmbiguousId(APIException):
@@ -303,7 +307,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         if errors:
             raise ValidationError(errors)
         run = self.get_object()
-        rows = StepResult.objects.filter(run=run, **filters.validated_data).order_by("id")
+        rows = StepResult.objects.filter(run=run, **filters.validated_data).defer("logs").order_by("id")
         page = self.paginator.paginate_queryset(rows, request, view=self) if self.paginator is not None else None
         return self.get_paginated_response(StepResultSerializer(page, many=True).data)
 
@@ -398,7 +402,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
 
 class StepResultViewSet(RowViewSet[StepResult]):
-    """Step results: one row per attempt of a step or a branch."""
+    """Step results: one row per attempt of a step or a branch; a step result's own detail also has its logs."""
 
     queryset = StepResult.objects.all()
     serializer_class = StepResultSerializer
@@ -406,11 +410,19 @@ class StepResultViewSet(RowViewSet[StepResult]):
     ordering_fields = ("id", "created_at", "started_at", "finished_at", "attempt", "step", "status")
     ordering = ("id",)
 
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[StepResult]]:
+        return StepResultDetailSerializer if self.action == "retrieve" else StepResultSerializer
+
+    def get_queryset(self) -> QuerySet[StepResult]:
+        queryset = super().get_queryset()
+        # A page of a list holds up to API_MAX_PAGE_SIZE rows: their logs are not read.
+        return queryset if self.action == "retrieve" else queryset.defer("logs")
+
     @document(summary="List step results", parameters=[StepFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @document(summary="A step result", responses={200: StepResultSerializer, 404: DETAIL})
+    @document(summary="A step result, with its logs", responses={200: StepResultDetailSerializer, 404: DETAIL})
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 

@@ -151,6 +151,7 @@ def branch_rows(
             "error": attempt.reason if attempt.failed else None,
             "started_at": attempt.started_at,
             "finished_at": attempt.finished_at,
+            "logs": attempt.logs,
             "lease_owner": "",
             "lease_expires_at": None,
         }

@@ -10,6 +10,7 @@ steps are undone when a later one fails in ``shop.sagas``; both are registered f
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from durable_django import (
@@ -49,6 +50,10 @@ from .services import (
 
 Ctx = dict[str, Any]
 Result = tuple[Any, ...]
+
+# What a step logs while it runs is kept with its attempt (DURABLE["CAPTURE_LOGS"]): the admin
+# shows it on the step's row, and run_examples prints it under the step.
+logger = logging.getLogger(__name__)
 
 
 # -- onboard_user: a parallel block and its __results__ -------------------------------------------
@@ -106,8 +111,10 @@ onboard_user = workflow(
 def authorize_payment(ctx: Ctx) -> Result:
     match payment.authorize(ctx["order_id"]):
         case ("ok", auth):
+            logger.info("order %s: card authorized, code %s", ctx["order_id"], auth.code)
             return ok({"id": auth.id, "code": auth.code})
         case ("error", reason):
+            logger.info("order %s: card not authorized (%s)", ctx["order_id"], reason)
             return error(reason)
 
 

@@ -122,6 +122,19 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     assert steps["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PaginatedStepResultList"
     }
+    # A step result's own detail has its logs; the lists do not.
+    detail = schema["paths"]["/api/durable/steps/{id}/"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert detail["schema"] == {"$ref": "#/components/schemas/StepResultDetail"}
+    components = schema["components"]["schemas"]
+    assert "logs" not in components["StepResult"]["properties"]
+    logs = components["StepResultDetail"]["properties"]["logs"]
+    assert (logs["type"], logs["items"]) == ("array", {"$ref": "#/components/schemas/LogRecord"})
+    assert {name: value["type"] for name, value in components["LogRecord"]["properties"].items()} == {
+        "at": "string",
+        "level": "string",
+        "logger": "string",
+        "message": "string",
+    }
 
 
 def test_schema_describes_sending_an_event_and_answering_an_input(api: APIClient) -> None:

@@ -200,6 +200,9 @@ class Command(BaseCommand):
             value = row.output if row.status == "completed" else row.error
             shown = "" if value is None else self.compact(value)
             self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
+            for record in row.logs:
+                # What the attempt logged while it ran (DURABLE["CAPTURE_LOGS"]).
+                self.say(f"{indent}    logged {record['level']} {record['logger']}: {record['message']}")
         jobs = set(run.steps.exclude(job_id="").values_list("job_id", flat=True))
         if jobs:
             # A short run executes in the one job its start sent; retries and big blocks take more.

@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, compensation, dispatch, engine, join, resume
+from . import blocks, compensation, dispatch, engine, firing, join, resume
 
 P = ParamSpec("P")
 
@@ -89,3 +89,9 @@ ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     dispatch.WAKE_WAIT: wake_wait,
     dispatch.COMPENSATE: compensate,
 }
+
+
+@_fresh_connections_after_db_errors
+def fire_schedule(schedule_id: int) -> None:
+    """Fire schedule ``schedule_id`` if it is due (its job runs at the next fire time)."""
+    firing.fire_due(schedule_id=schedule_id)

@@ -53,8 +53,8 @@ def sync_schedules(now: datetime | None = None, *, send_jobs: bool = True, retir
     """Create or update the row of every schedule declared in code; keep the rows made by operators.
 
     A row declared in code whose declaration is gone is disabled and kept as an ordinary row
-    (``retire``). ``send_jobs``: schedule the fire job of every enabled declared row (after a worker
-    restarted, or Redis lost its jobs).
+    (``retire``). ``send_jobs``: schedule the fire job of each row created or changed. An unchanged
+    row's job was sent by its last fire; if Redis lost it, the sweeper fires in its stead.
     """
     now = now or timezone.now()
     done = Synced()
@@ -63,8 +63,8 @@ def sync_schedules(now: datetime | None = None, *, send_jobs: bool = True, retir
         row, outcome = rows.save_declared(declaration, next_fire_after(declaration.cron, declaration.timezone, now))
         if outcome:
             (done.created if outcome == "created" else done.updated).append(row.name)
-        if send_jobs:
-            schedule_next(row)
+            if send_jobs:
+                schedule_next(row)
     if retire:
         done.retired = rows.retire_undeclared(set(declared))
     if done.created or done.updated or done.retired:
@@ -172,10 +172,17 @@ def fire_now(row: Schedule, now: datetime | None = None) -> WorkflowRun:
     return run
 
 
-def schedule_next(row: Schedule) -> None:
-    """Send the fire job of ``row``'s next fire time (nothing for a disabled row or unknown workflow)."""
+def schedule_next(row: Schedule, replaced: datetime | None = None) -> None:
+    """Send the fire job of ``row``'s next fire time (nothing for a disabled row or unknown workflow).
+
+    ``replaced``: the next fire time before an operator's change, whose fire job is withdrawn.
+    """
     wf = find_workflow(row.workflow)
-    if row.enabled and row.next_fire_at is not None and wf is not None:
+    if wf is None:
+        return
+    if replaced is not None and replaced != row.next_fire_at:
+        schedule_jobs.withdraw_fire_job(row.pk, replaced, queue_for(wf))
+    if row.enabled and row.next_fire_at is not None:
         schedule_jobs.send_fire_job(row.pk, row.next_fire_at, queue_for(wf))
 
 
@@ -189,9 +196,10 @@ def set_enabled(row: Schedule, enabled: bool, now: datetime | None = None) -> bo
     """
     now = now or timezone.now()
     next_at = next_fire(row.cron, row.timezone, now) if enabled else None
-    if not rows.switch(row, enabled, next_at):
+    switched, replaced = rows.switch(row, enabled, next_at)
+    if not switched:
         return False
-    schedule_next(row)
+    schedule_next(row, replaced)
     logger.info("schedule %r %s", row.name, "enabled" if enabled else "disabled")
     return True
 
@@ -204,5 +212,6 @@ def save_schedule(row: Schedule, changed: list[str], now: datetime | None = None
     """
     now = now or timezone.now()
     timing = row.pk is None or bool({"cron", "timezone", "enabled"} & set(changed))
+    replaced = row.next_fire_at
     rows.save_edited(row, timing, next_fire_after(row.cron, row.timezone, now))
-    schedule_next(row)
+    schedule_next(row, replaced)

@@ -115,12 +115,18 @@ def retire_undeclared(names: set[str]) -> list[str]:
     return retired
 
 
-def switch(row: Schedule, enabled: bool, next_at: datetime | None) -> bool:
-    """Enable (due next at ``next_at``) or disable ``row``; ``False`` if it already was."""
-    done = Schedule.objects.filter(pk=row.pk, enabled=not enabled).update(enabled=enabled, next_fire_at=next_at)
-    if done:
-        row.enabled, row.next_fire_at = enabled, next_at
-    return bool(done)
+def switch(row: Schedule, enabled: bool, next_at: datetime | None) -> tuple[bool, datetime | None]:
+    """Enable (due next at ``next_at``) or disable ``row``.
+
+    Returns whether it changed (``False`` if it already was) and the next fire time it had.
+    """
+    with transaction.atomic(using=router.db_for_write(Schedule)):
+        current = Schedule.objects.select_for_update().filter(pk=row.pk).values_list("enabled", "next_fire_at").first()
+        if current is None or current[0] == enabled:
+            return False, None
+        Schedule.objects.filter(pk=row.pk).update(enabled=enabled, next_fire_at=next_at)
+    row.enabled, row.next_fire_at = enabled, next_at
+    return True, current[1]
 
 
 def save_edited(row: Schedule, update_next: bool, next_at: Callable[[], datetime]) -> None:

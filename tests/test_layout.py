@@ -46,6 +46,7 @@ LAYERS: list[set[str]] = [
         "answer_forms",
         "admin_waits",
         "admin_inbox",
+        "admin_schedules",
         "admin",
         "api",
         "metrics",

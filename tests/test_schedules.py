@@ -5,16 +5,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.checks import run_checks
 from django.db import connection, connections
 
 from durable_django import Schedule, WorkflowDefinitionError, schedule
 from durable_django import jobs as job_functions
-from durable_django.firing import fire, fire_due, fire_now, set_enabled, sync_schedules
+from durable_django import schedules as schedules_module
+from durable_django.firing import fire, fire_due, fire_now, set_enabled, sync_after_migrate, sync_schedules
 from durable_django.models import WorkflowRun
+from durable_django.recovery import Sweeper
 from durable_django.schedule_jobs import fire_job_id
 from durable_django.schedules import CATCH_UP_LIMIT, declared_schedules, forget_schedule, next_fire
 
@@ -337,3 +341,44 @@ def test_two_processes_racing_for_a_fire_start_one_run() -> None:
 
     assert sorted(started) == [0, 0, 0, 3]
     assert keys("hourly") == [f"schedule:hourly:2026-05-04T{hour:02d}:00:00+00:00" for hour in (9, 10, 11)]
+
+
+# -- where fires and syncs come from --------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_sweeper_fires_a_schedule_whose_fire_job_was_lost(embedded: Any) -> None:
+    now = datetime.now(UTC)
+    row("lost_job", "0 0 1 1 *", now)
+    Schedule.objects.filter(name="lost_job").update(next_fire_at=now - timedelta(seconds=2))
+
+    report = Sweeper().sweep_once()
+
+    assert report is not None
+    [key] = keys("lost_job")
+    assert key == "schedule:lost_job:" + (now - timedelta(seconds=2)).isoformat()
+    assert Schedule.objects.get(name="lost_job").next_fire_at == next_fire("0 0 1 1 *", "UTC", now)
+
+
+def test_the_system_check_names_a_declared_schedule_whose_workflow_is_unknown(
+    monkeypatch: pytest.MonkeyPatch, declare: Callable[..., Any]
+) -> None:
+    # While the workflows modules load, schedule() cannot tell a workflow that comes later from none.
+    monkeypatch.setattr(schedules_module, "apps", SimpleNamespace(ready=False))
+    declare("orphan", "renamed_away", "0 3 * * *")
+
+    [problem] = [error for error in run_checks() if error.id == "durable_django.E020"]
+
+    assert problem.msg == "Schedule 'orphan' starts workflow 'renamed_away', which is not registered."
+    assert problem.hint == ("Correct the workflow's name in schedule(), or define the workflow in a workflows module.")
+
+
+@pytest.mark.django_db
+def test_migrate_syncs_the_declared_rows_without_sending_jobs(declare: Callable[..., Any], embedded: Any) -> None:
+    declare("after_migrate", REPORT, "15 4 * * *")
+
+    sync_after_migrate(using="default")
+
+    created = Schedule.objects.get(name="after_migrate")
+    assert (created.declared_in_code, created.enabled) == (True, True)
+    assert embedded.queues()[0].scheduled_job_registry.get_job_ids() == []

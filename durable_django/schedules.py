@@ -113,8 +113,8 @@ def schedule(
 ) -> ScheduleDeclaration:
     """Declare that ``workflow`` starts at every time of ``cron`` in ``timezone``.
 
-    Call it in a ``workflows.py``. The ``Schedule`` row is created or updated when workers start,
-    after ``migrate`` and by ``manage.py durable_schedules --sync``. Raises
+    Call it in a ``workflows.py``. The ``Schedule`` row is created or updated after ``migrate`` and
+    in every worker before its first due check (see docs/schedules.md). Raises
     :class:`~durable_django.WorkflowDefinitionError` naming the schedule when the name, the cron
     expression, the timezone or the input is invalid. An unknown workflow is refused here once the
     apps are loaded; while workflows modules are still being imported (the workflow may come from

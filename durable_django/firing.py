@@ -165,11 +165,8 @@ def fire_now(row: Schedule, now: datetime | None = None) -> WorkflowRun:
     wf = find_workflow(row.workflow)
     if wf is None:
         raise InvalidInput(f"Schedule {row.name!r}: no workflow named {row.workflow!r} is registered.")
-    run, _ = engine.get_or_start_run(
-        wf, row.input, idempotency_key=fire_key(row.name, now.astimezone(zone(row.timezone)))
-    )
-    rows.link_runs(row, [run])
-    return run
+    key = fire_key(row.name, now.astimezone(zone(row.timezone)))
+    return rows.start_linked(row, lambda: engine.get_or_start_run(wf, row.input, idempotency_key=key)[0])
 
 
 def schedule_next(row: Schedule, replaced: datetime | None = None) -> None:
@@ -207,11 +204,12 @@ def set_enabled(row: Schedule, enabled: bool, now: datetime | None = None) -> bo
 def save_schedule(row: Schedule, changed: list[str], now: datetime | None = None) -> None:
     """Save a row created or edited by an operator (the admin's form), with its next fire time.
 
-    The next fire time is computed again from ``now`` when the cron expression, the timezone or
-    ``enabled`` changed (``changed``: the names of the fields that did).
+    ``changed``: the names of the fields that were edited, the only ones written to an existing
+    row. The next fire time is computed again from ``now`` when the cron expression, the timezone
+    or ``enabled`` changed.
     """
     now = now or timezone.now()
     timing = row.pk is None or bool({"cron", "timezone", "enabled"} & set(changed))
     replaced = row.next_fire_at
-    rows.save_edited(row, timing, next_fire_after(row.cron, row.timezone, now))
+    rows.save_edited(row, changed, timing, next_fire_after(row.cron, row.timezone, now))
     schedule_next(row, replaced)

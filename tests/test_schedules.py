@@ -16,7 +16,15 @@ from django.db import connection, connections
 from durable_django import Schedule, WorkflowDefinitionError, schedule
 from durable_django import jobs as job_functions
 from durable_django import schedules as schedules_module
-from durable_django.firing import fire, fire_due, fire_now, set_enabled, sync_after_migrate, sync_schedules
+from durable_django.firing import (
+    fire,
+    fire_due,
+    fire_now,
+    save_schedule,
+    set_enabled,
+    sync_after_migrate,
+    sync_schedules,
+)
 from durable_django.models import WorkflowRun
 from durable_django.recovery import Sweeper
 from durable_django.schedule_jobs import fire_job_id
@@ -382,3 +390,21 @@ def test_migrate_syncs_the_declared_rows_without_sending_jobs(declare: Callable[
     created = Schedule.objects.get(name="after_migrate")
     assert (created.declared_in_code, created.enabled) == (True, True)
     assert embedded.queues()[0].scheduled_job_registry.get_job_ids() == []
+
+
+@pytest.mark.django_db
+def test_an_operators_edit_writes_only_its_fields_and_keeps_a_fire_made_meanwhile() -> None:
+    start = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    row("hourly", "0 * * * *", start - timedelta(minutes=1))
+    loaded = Schedule.objects.get(name="hourly")  # as the admin's form loads it
+    fire_due(start)  # a worker fires meanwhile: next fire 10:00
+    loaded.input = {"threshold": 1}
+
+    save_schedule(loaded, ["input"], now=start)
+
+    saved = Schedule.objects.get(name="hourly")
+    assert saved.input == {"threshold": 1}
+    assert (saved.last_fired_at, saved.next_fire_at) == (start, datetime(2026, 5, 4, 10, 0, tzinfo=UTC))
+    loaded.cron = "30 * * * *"
+    save_schedule(loaded, ["cron"], now=start)  # a new cron expression: the next fire time is computed again
+    assert Schedule.objects.get(name="hourly").next_fire_at == datetime(2026, 5, 4, 9, 30, tzinfo=UTC)

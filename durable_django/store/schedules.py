@@ -48,6 +48,14 @@ def claim_fire(
     return runs
 
 
+def start_linked(row: Schedule, start: Callable[[], WorkflowRun]) -> WorkflowRun:
+    """Start a run of ``row`` out of its fire times (fire now), linked to it in the same transaction."""
+    with transaction.atomic(using=router.db_for_write(Schedule)):
+        run = start()
+        link_runs(row, [run])
+    return run
+
+
 def link_runs(row: Schedule, runs: list[WorkflowRun]) -> None:
     """Mark ``runs`` as started by ``row`` (a run found by its idempotency key keeps its schedule)."""
     WorkflowRun.objects.filter(pk__in=[run.pk for run in runs], schedule__isnull=True).update(schedule=row)
@@ -129,8 +137,17 @@ def switch(row: Schedule, enabled: bool, next_at: datetime | None) -> tuple[bool
     return True, current[1]
 
 
-def save_edited(row: Schedule, update_next: bool, next_at: Callable[[], datetime]) -> None:
-    """Save a row edited by an operator; its next fire time is computed again when ``update_next``."""
+def save_edited(row: Schedule, fields: list[str], update_next: bool, next_at: Callable[[], datetime]) -> None:
+    """Save the ``fields`` an operator edited (a new row whole); the next fire time is computed again
+    when ``update_next``.
+
+    Only those fields are written: a fire that moved ``next_fire_at`` and ``last_fired_at`` meanwhile
+    is not undone by the values the form was loaded with.
+    """
     if update_next or row.next_fire_at is None:
         row.next_fire_at = next_at_for(row, next_at)
-    row.save()
+        fields = [*fields, "next_fire_at"]
+    if row.pk is None:
+        row.save()
+    else:
+        row.save(update_fields=[*dict.fromkeys(fields), "updated_at"])

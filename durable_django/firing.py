@@ -28,7 +28,16 @@ from .definition import find_workflow, queue_for
 from .exceptions import InvalidInput
 from .logging import run_fields
 from .models import Schedule, WorkflowRun
-from .schedules import declared_schedules, fire_key, input_problem, next_fire, plan, zone
+from .schedules import (
+    cron_problem,
+    declared_schedules,
+    fire_key,
+    input_problem,
+    next_fire,
+    plan,
+    timezone_problem,
+    zone,
+)
 from .store import schedules as rows
 
 logger = logging.getLogger("durable_django")
@@ -109,13 +118,23 @@ def fire_due(now: datetime | None = None, *, schedule_id: Any = None) -> list[Wo
         due = due.filter(pk=schedule_id)
     started: list[WorkflowRun] = []
     for row in due.order_by("next_fire_at")[:DUE_BATCH]:
-        started += fire(row, now)
+        try:
+            started += fire(row, now)
+        except Exception:
+            # One schedule's failure must neither stop the others nor the sweep that called this.
+            logger.exception("schedule %r could not fire; the next due check tries again", row.name)
     return started
 
 
 def fire(row: Schedule, now: datetime) -> list[WorkflowRun]:
     """Claim the fire of a due ``row`` and start its runs; none if another process claimed it."""
     assert row.next_fire_at is not None
+    broken = cron_problem(row.cron) or timezone_problem(row.timezone)
+    if broken:
+        # Written past the admin's form (in the database, a fixture): there is no next time to fire at.
+        if rows.switch(row, False, None)[0]:
+            logger.error("schedule %r is disabled: %s; correct it and enable it again", row.name, broken)
+        return []
     wf = find_workflow(row.workflow)
     fires = plan(row.cron, row.timezone, row.next_fire_at, now, catch_up=row.catch_up)
     problem = input_problem(row.input) if wf is not None else f"no workflow named {row.workflow!r} is registered"

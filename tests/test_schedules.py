@@ -16,6 +16,7 @@ from django.db import connection, connections
 from durable_django import Schedule, WorkflowDefinitionError, schedule
 from durable_django import jobs as job_functions
 from durable_django import schedules as schedules_module
+from durable_django.doctor import Diagnosis, check_schedules
 from durable_django.firing import (
     fire,
     fire_due,
@@ -408,3 +409,39 @@ def test_an_operators_edit_writes_only_its_fields_and_keeps_a_fire_made_meanwhil
     loaded.cron = "30 * * * *"
     save_schedule(loaded, ["cron"], now=start)  # a new cron expression: the next fire time is computed again
     assert Schedule.objects.get(name="hourly").next_fire_at == datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
+
+
+@pytest.mark.django_db
+def test_the_doctor_names_a_schedule_no_worker_fired_for_over_a_minute() -> None:
+    now = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    row("stalled", "0 0 1 1 *", now)
+    row("on_time", "0 0 1 1 *", now)
+    Schedule.objects.filter(name="stalled").update(next_fire_at=now - timedelta(seconds=61))
+    Schedule.objects.filter(name="on_time").update(next_fire_at=now - timedelta(seconds=59))
+    diagnosis = Diagnosis()
+
+    check_schedules(diagnosis, now)
+
+    assert [(f.severity, f.check, f.message) for f in diagnosis.findings] == [
+        ("problem", "schedules", "1 schedule(s) overdue: stalled; check that a worker fires schedules")
+    ]
+
+
+@pytest.mark.django_db
+def test_a_row_written_with_an_invalid_cron_is_disabled_and_the_others_still_fire(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    start = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    row("broken", "0 * * * *", start - timedelta(minutes=1))
+    row("fine", "0 * * * *", start - timedelta(minutes=1))
+    Schedule.objects.filter(name="broken").update(cron="every hour")  # past the form's validation
+
+    fired = fire_due(start)
+
+    assert [run.idempotency_key for run in fired] == ["schedule:fine:2026-05-04T09:00:00+00:00"]
+    broken = Schedule.objects.get(name="broken")
+    assert (broken.enabled, broken.next_fire_at) == (False, None)
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == [
+        "schedule 'broken' is disabled: 'every hour' is not a valid cron expression (5 fields, or 6 with "
+        "seconds last); correct it and enable it again"
+    ]

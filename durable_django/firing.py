@@ -140,8 +140,8 @@ def fire(row: Schedule, now: datetime) -> list[WorkflowRun]:
     problem = input_problem(row.input) if wf is not None else f"no workflow named {row.workflow!r} is registered"
     if problem:
         # Claimed all the same, so that it is said once per fire time rather than at every sweep.
-        logger.error("schedule %r skipped its fire at %s: %s", row.name, fires.times[-1].isoformat(), problem)
-        rows.claim_fire(row, fires.times[-1], fires.next_at, list)
+        if rows.claim_fire(row, fires.times[-1], fires.next_at, list) is not None:
+            logger.error("schedule %r skipped its fire at %s: %s", row.name, fires.times[-1].isoformat(), problem)
         return []
     assert wf is not None
     queue = queue_for(wf)

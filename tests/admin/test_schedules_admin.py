@@ -170,3 +170,14 @@ def test_a_schedule_declared_in_code_is_read_only_but_its_switch(client: Client)
 
     form = response.context["adminform"].form
     assert list(form.fields) == ["enabled"]
+
+
+def test_the_runs_link_lists_only_the_runs_of_that_schedule(client: Client) -> None:
+    mine, other = reports(), reports("other")
+    [first, second] = [client.post(LIST, {"action": "fire_now", "_selected_action": [row.pk]}) for row in (mine, other)]
+    assert first.status_code == second.status_code == 302
+
+    page = client.get(reverse("admin:durable_django_workflowrun_changelist"), {"schedule__id__exact": mine.pk})
+
+    shown = [element["title"] for element in elements(page.content, "durable-run-id")]
+    assert shown == [str(WorkflowRun.objects.get(schedule=mine).pk)]

@@ -91,7 +91,8 @@ ENTRY_POINTS: dict[str, Callable[..., Any]] = {
 }
 
 
+# Not a job kind of durable_django.dispatch: durable_django.schedule_jobs sends it.
 @_fresh_connections_after_db_errors
 def fire_schedule(schedule_id: int) -> None:
-    """Fire schedule ``schedule_id`` if it is due (its job runs at the next fire time)."""
+    """Fire schedule ``schedule_id`` if it is due (its job runs at the schedule's next fire time)."""
     firing.fire_due(schedule_id=schedule_id)

@@ -60,6 +60,9 @@ def test_the_list_filters_by_enabled_and_refuses_a_bad_value_naming_the_paramete
     refused = api.get(url("schedule-list"), {"enabled": "maybe"})
     assert refused.status_code == 400
     assert list(refused.json()) == ["enabled"]
+    Schedule.objects.create(name="later", workflow="stock_report", cron="0 8 * * 1", enabled=False)
+    ordered = api.get(url("schedule-list"), {"enabled": "false", "ordering": "-name"})
+    assert [item["name"] for item in ordered.json()["results"]] == ["reports", "later"]
     unknown = api.get(url("schedule-list"), {"colour": "red"})
     assert unknown.status_code == 400
     assert "colour" in str(unknown.json())

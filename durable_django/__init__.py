@@ -33,6 +33,7 @@ __all__ = [
     "Parallel",
     "RetryPolicy",
     "RunStateError",
+    "Schedule",
     "Step",
     "Workflow",
     "WorkflowDefinitionError",
@@ -54,6 +55,7 @@ __all__ = [
     "parallel_results",
     "provide_input",
     "retry_run",
+    "schedule",
     "send_event",
     "sleep",
     "sleep_until",
@@ -86,9 +88,11 @@ from .definition import (
     workflow,
 )
 from .results import error, goto, ok
+from .schedules import schedule
 from .waits import can_answer, sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
 
 _LAZY = {
+    "Schedule": ".models",
     "call_workflow": ".children",
     "cancel_run": ".operations",
     "provide_input": ".resume",
@@ -99,6 +103,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .children import call_workflow, start_child
+    from .models import Schedule
     from .operations import cancel_run, retry_run
     from .resume import provide_input, send_event
 

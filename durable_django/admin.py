@@ -31,6 +31,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import (
     admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
+    admin_schedules,  # noqa: F401 - registers the admin of schedules
     operations,
 )
 from .admin_delete import RunDeletionAdmin

@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, compensation, dispatch, engine, join, resume
+from . import blocks, compensation, dispatch, engine, firing, join, resume
 
 P = ParamSpec("P")
 
@@ -89,3 +89,10 @@ ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     dispatch.WAKE_WAIT: wake_wait,
     dispatch.COMPENSATE: compensate,
 }
+
+
+# Not a job kind of durable_django.dispatch: durable_django.schedule_jobs sends it.
+@_fresh_connections_after_db_errors
+def fire_schedule(schedule_id: int) -> None:
+    """Fire schedule ``schedule_id`` if it is due (its job runs at the schedule's next fire time)."""
+    firing.fire_due(schedule_id=schedule_id)

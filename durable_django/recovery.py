@@ -34,7 +34,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, counters, dispatch, join, leases, results, resume, retention, store, tracing
+from . import blocks, counters, dispatch, firing, join, leases, results, resume, retention, store, tracing
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Block, Step, Workflow, find_workflow, queue_for
@@ -501,6 +501,7 @@ class Sweeper:
             if not turn:
                 return None
             close_old_connections()
+            firing.fire_due()  # schedules whose fire job is late or lost
             return recover()
         except dispatch.QUEUE_UNAVAILABLE as error:
             # Redis is down: said once per outage rather than with a traceback every interval.

@@ -19,6 +19,7 @@ commits (:func:`durable_django.dispatch.submit`).
 - :mod:`.waits`: a run or branches suspended on a wait, a wait resolved once, buffered events;
 - :mod:`.compensations`: a compensating run claimed, each compensation attempt, its retry and end,
   and a compensating run taken over;
+- :mod:`.schedules`: a schedule's fire claimed with the runs it starts, declared rows synced, switches;
 - :mod:`.heartbeat`: renewing the leases this process holds;
 - :mod:`.notify`: what the winner of each change tells the receivers of
   :mod:`durable_django.signals`, once its transaction commits (nothing, and no query, when none
@@ -37,7 +38,7 @@ The hand-written statements are PostgreSQL fast paths (with a portable fallback 
 
 from __future__ import annotations
 
-from . import compensations, waits
+from . import compensations, schedules, waits
 from .branches import (
     Decide,
     NextAttempt,
@@ -136,6 +137,7 @@ __all__ = [
     "reopen_group",
     "reopen_run",
     "retry_branch",
+    "schedules",
     "take_over_child",
     "transition",
     "waits",

@@ -17,6 +17,7 @@ from durable_django import start_workflow
 from durable_django.models import WorkflowRun
 
 from .responder import DIRECTOR, MANAGER, Answer, Response, Send, Webhook, staff_user
+from .schedule_demo import fire_weekly_report
 from .seed import ROOM_SKU, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
 from .services.airline import FULL_FLIGHT
 from .services.payment import DECLINED_TOKEN, REFUND_BLOCKED_TOKEN
@@ -245,6 +246,17 @@ def examples(tag: str) -> list[Example]:
         *waiting_examples(tag),
         *control_flow_examples(tag),
         *saga_examples(),
+        Example(
+            "stock_report",
+            "fired by its schedule weekly_stock_report",
+            {"threshold": 5},
+            COMPLETED,
+            {"threshold": 5},
+            start=fire_weekly_report,
+            note="a worker fires it every Monday at 07:00, Berlin time; the demo fired it at that time without "
+            "waiting for it (shop.schedule_demo). Its idempotency key names the schedule and the fire time, so "
+            "any number of workers start one run for it.",
+        ),
     ]
 
 

@@ -5,7 +5,8 @@ example it translates; ``python manage.py run_examples`` runs them all. Steps ca
 services of ``shop.services``, so every branch does real work on real rows, and every outcome
 (a declined card, an empty warehouse, a bouncing address) is decided by the data. The examples
 that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, the saga whose completed
-steps are undone when a later one fails in ``shop.sagas``; both are registered from here.
+steps are undone when a later one fails in ``shop.sagas``, the stock report that a schedule starts
+in ``shop.reports``; all are registered from here.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from durable_django import (
     parallel_ok,
     parallel_result,
     parallel_results,
+    schedule,
     step,
     workflow,
 )
 
 from . import (
     control_flow,  # noqa: F401 - registers the foreach / branch / start_child examples
+    reports,  # noqa: F401 - registers the stock report, which the schedule below starts
     sagas,  # noqa: F401 - registers the saga, whose steps are undone when a later one fails
     waiting,  # noqa: F401 - registers the workflows that wait
 )
@@ -499,3 +502,8 @@ place_order = workflow(
         step("summarize", lambda ctx: ok({"paid": parallel_ok("payment"), "shipped": parallel_ok("shipping")})),
     ],
 )
+
+
+# -- a schedule: the stock report every Monday at 07:00, Berlin time -------------------------------
+
+schedule("weekly_stock_report", "stock_report", "0 7 * * 1", timezone="Europe/Berlin", input={"threshold": 5})

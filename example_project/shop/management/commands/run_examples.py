@@ -187,6 +187,8 @@ class Command(BaseCommand):
     def print_details(self, run: WorkflowRun, indent: str) -> None:
         self.say(f"{indent}run {run.pk}  workflow {run.workflow}  status {run.status}")
         self.say(f"{indent}input: {self.compact(run.input)}")
+        if run.schedule_id:
+            self.say(f"{indent}started by schedule {run.schedule.name}, idempotency key {run.idempotency_key}")
         self.say(f"{indent}steps:")
         for row in run.steps.select_related("group").order_by("id"):
             if row.item_index is not None:

@@ -113,7 +113,12 @@ def check_runs(diagnosis: Diagnosis, now: datetime) -> None:
             f"{total} run(s) past their lease: {_listed(ids, total)}; "
             "run manage.py durable_doctor --fix (or durable_recover) to send them again",
         )
-    pending = list(unfinished.filter(status=RunStatus.PENDING, lease_owner="").exclude(pk__in=stuck.values("pk")))
+    # A delayed run waits for its time, with no job in a queue: its start job is scheduled.
+    pending = list(
+        unfinished.filter(status=RunStatus.PENDING, lease_owner="")
+        .exclude(pk__in=stuck.values("pk"))
+        .exclude(run_at__gt=now)
+    )
     places: dict[object, tuple[str, str]] = {}
     for run in pending[:500]:
         wf = registered_workflows().get(run.workflow)

@@ -218,12 +218,14 @@ def wait_timeout(name: str) -> dict[str, Any]:
 WORKFLOW_TIMEOUT = "workflow_timeout"
 
 
-def workflow_timeout(seconds: float) -> dict[str, Any]:
-    """The run was not finished ``seconds`` after it started (its workflow's ``timeout``)."""
+def workflow_timeout(seconds: float | None) -> dict[str, Any]:
+    """The run was not finished ``seconds`` after it started (its workflow's ``timeout``; ``None``
+    when the workflow is no longer registered)."""
+    limit = f" of {seconds:g} s" if seconds is not None else ""
     return {
         "type": WORKFLOW_TIMEOUT,
         "timeout": seconds,
-        "message": f"the run did not finish within its workflow's timeout of {seconds:g} s",
+        "message": f"the run did not finish within its workflow's timeout{limit}",
     }
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from . import results, store, timer_jobs
+from . import dispatch, results, store, timer_jobs
 from .conf import durable_settings
 from .definition import find_workflow, queue_for
 from .logging import run_fields, run_finished
@@ -43,10 +43,15 @@ def _run_id(run_id: Any) -> uuid.UUID | None:
         return None
 
 
-def start_run(run_id: Any, now: datetime | None = None) -> bool:
-    """Start the delayed run ``run_id`` if it is due and still pending; whether this call started it."""
+def start_run(run_id: Any, now: datetime | None = None, *, withdraw: bool = False) -> bool:
+    """Start the delayed run ``run_id`` if it is due and still pending; whether this call started it.
+
+    ``withdraw``: also delete its scheduled start job, which has nothing left to do (the sweep
+    started the run in its stead)."""
     key = _run_id(run_id)
-    found = WorkflowRun.objects.filter(pk=key).values_list("workflow", "current_step").first() if key else None
+    if key is None:
+        return False
+    found = WorkflowRun.objects.filter(pk=key).values_list("workflow", "current_step").first()
     if found is None:
         return False
     now = now or timezone.now()
@@ -56,6 +61,8 @@ def start_run(run_id: Any, now: datetime | None = None) -> bool:
     clock = [timer_jobs.time_out_run_job(key, queue_for(wf), deadline)] if deadline is not None else []
     if store.timers.start_delayed(key, now, queue, deadline, clock) is None:
         return False
+    if withdraw:
+        dispatch.withdraw_after_commit([(queue, timer_jobs.start_job_id(key))])
     logger.info("delayed run %s of workflow %r started", key, found[0], extra=run_fields(key, found[0]))
     return True
 
@@ -64,12 +71,14 @@ def time_out_run(run_id: Any, now: datetime | None = None) -> bool:
     """Fail run ``run_id`` with ``workflow_timeout`` if its deadline has passed and it has not
     finished (nor is compensating); whether this call timed it out."""
     key = _run_id(run_id)
-    found = WorkflowRun.objects.filter(pk=key).values_list("workflow", flat=True).first() if key else None
+    if key is None:
+        return False
+    found = WorkflowRun.objects.filter(pk=key).values_list("workflow", flat=True).first()
     if found is None:
         return False
     now = now or timezone.now()
     wf = find_workflow(found)
-    reason = results.workflow_timeout(wf.timeout if wf is not None and wf.timeout is not None else 0.0)
+    reason = results.workflow_timeout(wf.timeout if wf is not None else None)
     with transaction.atomic():
         if not stop_run(key, now, compensate=True, reason=reason):
             return False
@@ -92,8 +101,8 @@ def time_out_run(run_id: Any, now: datetime | None = None) -> bool:
 def sweep(now: datetime) -> tuple[int, int]:
     """The safety net, called by every recovery pass: start the delayed runs whose start job has
     not come, fail the runs whose deadline passed. How many it started and timed out."""
-    grace = max(durable_settings.RECOVER_INTERVAL, 2.0)
-    started = sum(start_run(pk, now) for pk, _ in store.timers.due_runs(now, grace))
-    # No grace for a deadline: a timeout is due within about a second, its job or not.
-    timed_out = sum(time_out_run(pk, now) for pk in store.timers.overdue_runs(now))
+    # A deadline has no grace: a run times out within about a second, its job or not.
+    starts, timeouts = store.timers.due(now, max(durable_settings.RECOVER_INTERVAL, 2.0))
+    started = sum(start_run(pk, now, withdraw=True) for pk in starts)
+    timed_out = sum(time_out_run(pk, now) for pk in timeouts)
     return started, timed_out

@@ -55,7 +55,8 @@ def due(now: datetime, grace: float) -> tuple[list[Any], list[Any]]:
         .order_by(Coalesce("deadline_at", "run_at"))
         .values_list("pk", "deadline_at")[:500]
     )
-    starts, timeouts = [], []
+    starts: list[Any] = []
+    timeouts: list[Any] = []
     for pk, deadline in rows:
         (timeouts if deadline is not None and deadline <= now else starts).append(pk)
     return starts, timeouts

@@ -20,6 +20,7 @@ from .responder import DIRECTOR, MANAGER, Answer, Response, Send, Webhook, staff
 from .seed import ROOM_SKU, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
 from .services.airline import FULL_FLIGHT
 from .services.payment import DECLINED_TOKEN, REFUND_BLOCKED_TOKEN
+from .timing import QUOTE_LATE, QUOTE_TIMEOUT, start_reminder
 from .waiting import start_payment
 
 COMPLETED = "completed"
@@ -245,6 +246,24 @@ def examples(tag: str) -> list[Example]:
         *waiting_examples(tag),
         *control_flow_examples(tag),
         *saga_examples(),
+        Example(
+            "cart_reminder",
+            "started one second later (delay)",
+            {"user_id": ada.pk},
+            COMPLETED,
+            {"reminded": True},
+            start=start_reminder,
+        ),
+        Example(
+            "supplier_quote",
+            "the supplier never answers (workflow timeout)",
+            {"item": "KB-01"},
+            FAILED,
+            {
+                "step": "request_quote",
+                "reason": {"type": "workflow_timeout", "timeout": QUOTE_TIMEOUT, "message": QUOTE_LATE},
+            },
+        ),
     ]
 
 

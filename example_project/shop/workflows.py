@@ -5,7 +5,8 @@ example it translates; ``python manage.py run_examples`` runs them all. Steps ca
 services of ``shop.services``, so every branch does real work on real rows, and every outcome
 (a declined card, an empty warehouse, a bouncing address) is decided by the data. The examples
 that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, the saga whose completed
-steps are undone when a later one fails in ``shop.sagas``; both are registered from here.
+steps are undone when a later one fails in ``shop.sagas``, a delayed start and a workflow timeout
+in ``shop.timing``; all are registered from here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from durable_django import (
 from . import (
     control_flow,  # noqa: F401 - registers the foreach / branch / start_child examples
     sagas,  # noqa: F401 - registers the saga, whose steps are undone when a later one fails
+    timing,  # noqa: F401 - registers the delayed reminder and the workflow with a timeout
     waiting,  # noqa: F401 - registers the workflows that wait
 )
 from .models import Order

@@ -260,3 +260,19 @@ def test_the_api_refuses_a_bad_start_time_naming_the_field(
     assert list(errors) == [field]
     assert errors[field][0].startswith(message)
     assert not WorkflowRun.objects.filter(workflow=wf.name).exists()
+
+
+@runs
+def test_a_delayed_run_counts_as_the_oldest_pending_run_only_from_its_start_time(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    from durable_django.metrics import collector
+
+    wf = define([step("only", lambda ctx: ok({}))])
+    run = wf.start({}, delay=3600)
+    WorkflowRun.objects.filter(pk=run.pk).update(created_at=timezone.now() - dt.timedelta(hours=2))
+    assert [sample.value for sample in collector.oldest_pending().samples] == [0.0]
+    # Due for a minute and not started yet: a minute old, not two hours.
+    WorkflowRun.objects.filter(pk=run.pk).update(run_at=timezone.now() - dt.timedelta(seconds=60))
+    (age,) = [sample.value for sample in collector.oldest_pending().samples]
+    assert 60 <= age < 70

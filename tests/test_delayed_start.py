@@ -276,3 +276,24 @@ def test_a_delayed_run_counts_as_the_oldest_pending_run_only_from_its_start_time
     WorkflowRun.objects.filter(pk=run.pk).update(run_at=timezone.now() - dt.timedelta(seconds=60))
     (age,) = [sample.value for sample in collector.oldest_pending().samples]
     assert 60 <= age < 70
+
+
+@runs
+def test_durable_runs_and_the_admin_show_when_a_delayed_run_starts(
+    embedded: EmbeddedQueue, define: Definer, admin_client: Any
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.urls import reverse
+
+    wf = define([step("only", lambda ctx: ok({}))], timeout=45)
+    at = dt.datetime(2099, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    run = wf.start({}, run_at=at)
+    out = StringIO()
+    call_command("durable_runs", "--workflow", wf.name, stdout=out)
+    assert out.getvalue().splitlines()[1].endswith("start at 2099-01-02 03:04:05")
+    page = admin_client.get(reverse("admin:durable_django_workflowrun_change", args=[run.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "run at" in html.lower() and "2099-01-02 03:04:05.000" in html

@@ -10,8 +10,11 @@ import uuid
 from typing import Any
 
 import pytest
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 
 from durable_django import start_workflow
+from durable_django.dispatch import run_job_id
 from durable_django.models import ParallelGroup, RunStatus, StepResult, WorkflowRun
 from durable_django.timer_jobs import start_job_id
 from tests.testapp.recovery_workflows import executions
@@ -89,3 +92,19 @@ def test_a_timeout_during_a_block_stops_the_branches_not_started(workers: Any, r
     assert executions(token) == {"first:started": 1, "first:finished": 1}
     group = ParallelGroup.objects.get(run=run)
     assert (group.status, group.pending_count) == ("cancelled", 0)
+
+
+def test_a_forking_worker_stops_the_step_of_a_timed_out_run(workers: Any, redis_db: Any) -> None:
+    # rq's default worker class: each job in a work horse of its own, which the timeout stops as a cancel does.
+    pool = workers(1, command="rqworker")
+    token = uuid.uuid4().hex
+    run = start_workflow("it_timing_slow_step", {"token": token})
+    wait_for(lambda: status_is(run, RunStatus.FAILED), 30, what="the run to time out")
+    job = Job.fetch(run_job_id(run.pk, 0), connection=redis_db)
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.STOPPED, 20, what="the job to be stopped")
+    pool.wait_until_quiet()
+    run.refresh_from_db()
+    assert (run.status, run.error) == ("failed", {"step": "slow", "reason": TIMEOUT_REASON})
+    # The step never got to its end, and nothing of it moved the run.
+    assert (rows(run), executions(token)) == ([], {"slow:started": 1})
+    assert FailedJobRegistry(queue=pool.queue).get_job_ids() == [job.id]

@@ -172,10 +172,13 @@ def test_a_cancelled_delayed_run_never_starts(embedded: EmbeddedQueue, define: D
     wf = define([step("only", lambda ctx: seen.append("only") or ok({}))])
     run = wf.start({}, delay=60)
     embedded.run_commit_hooks()
+    assert scheduled(embedded) != {}
     assert cancel_run(run).status == "cancelled"
+    # Its start job is withdrawn: nothing is left to wait for.
+    assert scheduled(embedded) == {}
     assert run.run_at is not None
     assert start_run(run.pk, run.run_at) is False
-    run.refresh_from_db()
+    run = finish(embedded, run)
     assert (run.status, seen, attempts(run)) == ("cancelled", [], [])
 
 

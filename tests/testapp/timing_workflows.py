@@ -16,7 +16,7 @@ from .recovery_workflows import effect
 
 Ctx = dict[str, Any]
 # Long enough after the workflow's timeout for the test to see the run failed while the step sleeps.
-SLOW = 5.0
+SLOW = 8.0
 TIMEOUT = 2.0
 
 

@@ -270,7 +270,7 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
                 )
             },
         ),
-        (_("Timing"), {"fields": ("created", "started", "finished", "duration_display")}),
+        (_("Timing"), {"fields": ("created", "run_at_when", "started", "deadline", "finished", "duration_display")}),
         (_("Data"), {"fields": ("input_json", "context_json", "error_json", "error_history_json")}),
     )
     readonly_fields = flatten_fieldsets(fieldsets)
@@ -294,6 +294,14 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
             gettext("child of"),
             run_link(self.admin_site, obj.parent_id),
         )
+
+    @admin.display(description=_("run at"))
+    def run_at_when(self, obj: WorkflowRun) -> str:
+        return self._or_empty(moment(obj.run_at))
+
+    @admin.display(description=_("deadline"))
+    def deadline(self, obj: WorkflowRun) -> str:
+        return self._or_empty(moment(obj.deadline_at))
 
     @admin.display(description=_("created at"), ordering="created_at")
     def created_when(self, obj: WorkflowRun) -> str:

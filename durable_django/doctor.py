@@ -117,7 +117,7 @@ def check_runs(diagnosis: Diagnosis, now: datetime) -> None:
             f"{total} run(s) past their lease: {_listed(ids, total)}; "
             "run manage.py durable_doctor --fix (or durable_recover) to send them again",
         )
-    # A run that starts later (run_at ahead) is pending with no job in a queue on purpose.
+    # A run that starts later (run_at ahead) is pending with no job in a queue on purpose: its start job is scheduled.
     due = unfinished.filter(status=RunStatus.PENDING, lease_owner="").exclude(run_at__gt=now)
     pending = list(due.exclude(pk__in=stuck.values("pk")).order_by("created_at")[:500])
     places: dict[object, tuple[str, str]] = {}

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError
 from django.utils import timezone
 
-from . import blocks, dispatch, leases, results, store, tracing
+from . import blocks, dispatch, leases, results, store, timer_jobs, tracing
 from .attempts import Attempt, call_step, retry_delay
 from .context import StepScope, Unserializable, merge, roundtrip, step_scope, to_step_context
+from .deadlines import start_at
 from .definition import Branch, Foreach, Parallel, Step, Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput
 from .leases import released_fields
@@ -42,12 +44,18 @@ def get_or_start_run(
     ref: str = "",
     run_id: Any = None,
     detached: bool = False,
+    delay: Any = None,
+    run_at: Any = None,
 ) -> tuple[WorkflowRun, bool]:
     """Save a run of ``wf`` and dispatch it after the surrounding transaction commits.
 
     Returns the run and whether this call created it (``True``), or found the one already started
     with the same idempotency key or child reference (``False``), like ``get_or_create``.
+    ``delay`` / ``run_at``: a delayed run is saved ``pending`` and started by its start job then
+    (see :func:`durable_django.deadlines.start_at`).
     """
+    now = timezone.now()
+    due = start_at(wf.name, delay, run_at, now)
     if input is None:
         input = {}
     if not isinstance(input, dict):
@@ -76,9 +84,12 @@ def get_or_start_run(
         parent_step=parent_step,
         ref=ref,
         detached=detached,
-        lease_expires_at=leases.expiry(),
+        # A delayed run waits for its start job, not for a worker: recovery leaves it to the timers.
+        lease_expires_at=leases.expiry(now) if due is None else None,
+        run_at=due,
+        deadline_at=now + timedelta(seconds=wf.timeout) if wf.timeout is not None and due is None else None,
     )
-    if not store.create_run(run, queue_for(wf, first)):
+    if not store.create_run(run, queue_for(wf, first), timer_jobs.first_jobs(run, queue_for(wf))):
         # Lost a race against a run with the same idempotency key (or child ref): that one wins.
         if idempotency_key is not None:
             return WorkflowRun.objects.get(workflow=wf.name, idempotency_key=idempotency_key), False

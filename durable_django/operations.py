@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from . import dispatch, leases, store
+from . import dispatch, leases, store, timer_jobs
 from .definition import Foreach, Workflow, find_workflow, queue_for
 from .exceptions import AmbiguousRunId, RunStateError
 from .leases import released_fields
@@ -120,12 +121,16 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         "finished_at": None,
         **released_fields(leases.expiry(now) if group is None else None),
     }
+    # A workflow timeout counts again from the retry: a deadline that passed would fail it at once.
+    deadline = now + timedelta(seconds=wf.timeout) if wf is not None and wf.timeout is not None else None
+    fields["deadline_at"] = deadline
+    clock = [timer_jobs.time_out_run_job(run.pk, queue_for(wf), deadline)] if deadline is not None else []
     timed_out = _timed_out_wait(run) if group is None else None
     if timed_out is not None:
         # The step completed and its wait timed out: the run waits again, with a fresh timeout.
         if not store.waits.wait_again(run, timed_out, {**fields, **released_fields()}):
             raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
-        return []
+        return clock
     if group is None:
         # A sequential step (or a run that never reached its block): one more attempt of that step.
         fields["current_attempt"] = run.current_attempt + 1
@@ -134,8 +139,8 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     if group is None:
         _reopen_children(run, run.current_step)
         node = wf.node(run.current_step) if wf is not None else None
-        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version)]
-    return _reopen_group(run, wf, group)
+        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version), *clock]
+    return [*_reopen_group(run, wf, group), *clock]
 
 
 def _timed_out_wait(run: WorkflowRun) -> Wait | None:
@@ -214,11 +219,16 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     """
     current = _load(run)
     with transaction.atomic():
-        if not _cancel(current.pk, timezone.now(), compensate=compensate):
+        if not stop_run(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
+        if current.status == RunStatus.PENDING and current.run_at is not None:
+            # A delayed run that never started: its scheduled start job has nothing left to do.
+            wf = find_workflow(current.workflow)
+            queue = queue_for(wf, wf.node(current.current_step) if wf is not None else None)
+            dispatch.withdraw_after_commit([(queue, timer_jobs.start_job_id(current.pk))])
     current.refresh_from_db()
     if current.status == RunStatus.COMPENSATING:
         logger.info(
@@ -237,12 +247,15 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     return current
 
 
-def _cancel(run_id: Any, now: Any, *, compensate: bool = False) -> bool:
-    if not store.cancel_run(run_id, now, compensate=compensate):
+def stop_run(run_id: Any, now: Any, *, compensate: bool = False, reason: Any = None) -> bool:
+    """Cancel run ``run_id`` and its unfinished children in the caller's transaction; ``reason``:
+    the run fails with it instead, if its deadline passed (see :func:`durable_django.store.cancel_run`),
+    and its children are cancelled. Whether the run was stopped."""
+    if not store.cancel_run(run_id, now, compensate=compensate, reason=reason):
         return False
     # Children started with start_child (detached) live on: they were never part of the parent's work.
     for child_id in (
         WorkflowRun.objects.filter(parent_id=run_id, detached=False).unfinished().values_list("pk", flat=True)
     ):
-        _cancel(child_id, now)
+        stop_run(child_id, now)
     return True

@@ -11,6 +11,8 @@ not RQ's registries, to find:
 - a run whose compensations were executing when its worker's lease ran out: the compensation
   attempt that was executing is recorded as ``worker_lost`` and the run's compensate job is sent
   again (see :mod:`durable_django.compensation`);
+- a delayed run due for a while whose start job never came, and a run past its workflow's
+  timeout (:func:`durable_django.timers.sweep`);
 - a run, branch or retry whose job should have started by now but is not in Redis (a crash
   between commit and enqueue, a flushed or restarted Redis), or a scheduled retry that is overdue
   because no RQ scheduler is moving it.
@@ -34,7 +36,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, counters, dispatch, firing, join, leases, results, resume, retention, store, tracing
+from . import blocks, counters, dispatch, firing, join, leases, results, resume, retention, store, timers, tracing
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Block, Step, Workflow, find_workflow, queue_for
@@ -61,6 +63,8 @@ class Report:
     retries_released: int = 0
     failed_worker_lost: int = 0
     waits_woken: int = 0
+    delayed_runs_started: int = 0
+    runs_timed_out: int = 0
 
     @property
     def total(self) -> int:
@@ -197,6 +201,7 @@ def recover(now: datetime | None = None) -> Report:
     for group in undecided.annotate(last=Max("branches__finished_at")).filter(last__lt=settled):
         _send_join_again(group, now, report)
     _wake_overdue(now, report)
+    report.delayed_runs_started, report.runs_timed_out = timers.sweep(now)
     if report.total:
         logger.warning("recovery: %s", report)
         if durable_settings.METRICS:

@@ -20,15 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: list[set[str]] = [
     {"exceptions", "conf", "signals", "tracing"},
-    {"capture", "context", "results", "retry", "nodes", "definition", "waits", "logging", "schedules"},
+    {"capture", "context", "results", "retry", "nodes", "definition", "waits", "logging", "schedules", "deadlines"},
     {"models"},
     {"leases", "attempts"},
-    {"dispatch", "counters", "presence", "schedule_jobs"},
+    {"dispatch", "counters", "presence", "schedule_jobs", "timer_jobs"},
     {"store"},
     {"join", "items", "batches"},
     {"blocks"},
     {"engine"},
-    {"firing", "jobs", "recovery", "operations", "children", "resume", "compensation", "retention", "doctor"},
+    {"firing", "jobs", "recovery", "operations", "children", "resume", "compensation", "retention", "doctor", "timers"},
     {
         "checks",
         "testing",

@@ -3,10 +3,13 @@ start request, the query parameters of the list endpoints, and workflow descript
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -254,7 +257,9 @@ class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
             "compensation",
             "idempotency_key",
             "created_at",
+            "run_at",
             "started_at",
+            "deadline_at",
             "finished_at",
             "duration",
             "waits",
@@ -300,6 +305,17 @@ class RunDetailSerializer(RunSerializer):
         read_only_fields = fields
 
 
+class AwareDateTimeField(serializers.DateTimeField):
+    """A datetime that must say its time zone: a start time is never guessed from the server's."""
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        if timezone.is_naive(value):
+            raise serializers.ValidationError(
+                "A time zone offset is required (e.g. 2030-01-01T09:00:00+00:00 or ...Z)."
+            )
+        return super().enforce_timezone(value)
+
+
 class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
     """The body of ``POST runs/``."""
 
@@ -311,6 +327,18 @@ class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
         max_length=255,
         trim_whitespace=False,
         help_text="Starting the workflow again with the same key returns the first run instead of a new one.",
+    )
+    delay = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=10**9,
+        help_text="Start the run this many seconds from now (it stays pending until then).",
+    )
+    run_at = AwareDateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Start the run at this time (ISO 8601 with a time zone offset); a time in the past starts it now.",
     )
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
@@ -325,6 +353,16 @@ class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
         if find_workflow(value) is None:
             raise serializers.ValidationError(f"No workflow named {value!r} is registered.")
         return value
+
+    def validate_delay(self, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise serializers.ValidationError("A finite number of seconds is required.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("delay") is not None and attrs.get("run_at") is not None:
+            raise serializers.ValidationError({"run_at": ["Give delay or run_at, not both."]})
+        return attrs
 
 
 class CancelSerializer(serializers.Serializer[dict[str, Any]]):

@@ -229,7 +229,11 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         name, key = body.validated_data["workflow"], body.validated_data.get("idempotency_key")
         try:
             run, created = get_or_start_run(
-                get_workflow(name), body.validated_data.get("input", {}), idempotency_key=key
+                get_workflow(name),
+                body.validated_data.get("input", {}),
+                idempotency_key=key,
+                delay=body.validated_data.get("delay"),
+                run_at=body.validated_data.get("run_at"),
             )
         except WorkflowNotFound as exc:
             raise ValidationError({"workflow": [str(exc)]}) from None

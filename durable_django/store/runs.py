@@ -113,15 +113,17 @@ def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> 
 # -- runs -----------------------------------------------------------------------------------------
 
 
-def create_run(run: WorkflowRun, queue: str) -> bool:
-    """Insert the new ``run`` and send its first job on ``queue``; ``False`` if a unique key was taken."""
+def create_run(run: WorkflowRun, queue: str, timers: Iterable[dispatch.Job] = ()) -> bool:
+    """Insert the new ``run`` and send its first job on ``queue`` (none for a delayed run: its
+    start job is among ``timers``, with its deadline's); ``False`` if a unique key was taken."""
     try:
         with transaction.atomic(using=router.db_for_write(WorkflowRun)):
             run.save(force_insert=True)
             notify.started(run)
     except IntegrityError:
         return False
-    dispatch.submit(dispatch.run_workflow_job(run.pk, queue, run.version))
+    first = [] if run.run_at is not None else [dispatch.run_workflow_job(run.pk, queue, run.version)]
+    dispatch.submit(*first, *timers)
     return True
 
 
@@ -291,9 +293,12 @@ def record_cancelled_attempt(run: WorkflowRun, row: StepResult) -> bool:
     the attempt its own way. One transaction, which locks the run first.
     """
     with transaction.atomic(using=router.db_for_write(WorkflowRun)):
-        # Cancelled, or compensating after a cancel (a failure leaves an error; a cancel does not).
+        # Cancelled, or compensating after a cancel (a failure leaves an error; a cancel does not),
+        # or timed out: failed (or compensating) with a workflow timeout.
         cancelled = WorkflowRun.objects.select_for_update().filter(
-            Q(status=RunStatus.CANCELLED) | Q(status=RunStatus.COMPENSATING, error__isnull=True),
+            Q(status=RunStatus.CANCELLED)
+            | Q(status=RunStatus.COMPENSATING, error__isnull=True)
+            | Q(status__in=(RunStatus.FAILED, RunStatus.COMPENSATING), error__reason__type=results.WORKFLOW_TIMEOUT),
             pk=run.pk,
             version=run.version + 1,
         )
@@ -399,9 +404,10 @@ def reopen_run(run: WorkflowRun, fields: dict[str, Any], group_id: int | None = 
     return bool(moved)
 
 
-def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
+def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False, reason: Any = None) -> bool:
     """Cancel a pending, running or waiting run, its branches not started, its waits and its open
-    groups (not its children).
+    groups (not its children). ``reason``: the run fails with it instead, and only if its
+    ``deadline_at`` has passed at ``now`` (a workflow timeout).
 
     ``compensate``: when completed steps of the run have compensations, it moves to
     ``compensating`` instead, and its compensate job is sent on commit (the run ends
@@ -414,13 +420,19 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         .filter(run_id=run_id, status=GroupStatus.RUNNING)
         .values_list("pk", flat=True)
     )
-    fields: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
     locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
+    if reason is not None:
+        locked = locked.filter(deadline_at__lte=now)
     # What its run span needs too (tracing), in the same read.
-    found = locked.values_list("workflow", "trace_context", "started_at", "created_at").first()
+    found = locked.values_list("workflow", "current_step", "trace_context", "started_at", "created_at").first()
     if found is None:
         return False
-    name = found[0]
+    name, step, carrier, started, created = found
+    fields: dict[str, Any] = (
+        {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
+        if reason is None
+        else {**fail_fields(step, reason), "finished_at": now}
+    )
     wf = find_workflow(name)
     if compensate and wf is not None and wf.has_compensations and to_compensate(run_id, wf):
         fields = compensating_fields(fields)
@@ -443,8 +455,9 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         status=GroupStatus.CANCELLED, finished_at=now, pending_count=0, waiting_count=0, **released_fields()
     )
     notify.cancelled(run_id, groups, ended or ())
-    if fields["status"] == RunStatus.CANCELLED:
-        traced = tracing.ended(run_id, name, found[1], str(RunStatus.CANCELLED), found[2] or found[3], now)
+    if fields["status"] != RunStatus.COMPENSATING:
+        status, error = str(fields["status"]), fields.get("error")
+        traced = tracing.ended(run_id, name, carrier, status, started or created, now, error)
         if traced is not None:
             transaction.on_commit(traced, using=router.db_for_write(WorkflowRun))
     executing = StepResult.objects.filter(run_id=run_id, status=StepStatus.RUNNING).values_list("job_id", flat=True)

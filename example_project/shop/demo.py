@@ -21,6 +21,7 @@ from .schedule_demo import fire_weekly_report
 from .seed import ROOM_SKU, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
 from .services.airline import FULL_FLIGHT
 from .services.payment import DECLINED_TOKEN, REFUND_BLOCKED_TOKEN
+from .timing import QUOTE_LATE, QUOTE_TIMEOUT, start_reminder
 from .waiting import start_payment
 
 COMPLETED = "completed"
@@ -256,6 +257,24 @@ def examples(tag: str) -> list[Example]:
             note="a worker fires it every Monday at 07:00, Berlin time; the demo fired it at that time without "
             "waiting for it (shop.schedule_demo). Its idempotency key names the schedule and the fire time, so "
             "any number of workers start one run for it.",
+        ),
+        Example(
+            "cart_reminder",
+            "started one second later (delay)",
+            {"user_id": ada.pk},
+            COMPLETED,
+            {"reminded": True},
+            start=start_reminder,
+        ),
+        Example(
+            "supplier_quote",
+            "the supplier never answers (workflow timeout)",
+            {"item": "KB-01"},
+            FAILED,
+            {
+                "step": "request_quote",
+                "reason": {"type": "workflow_timeout", "timeout": QUOTE_TIMEOUT, "message": QUOTE_LATE},
+            },
         ),
     ]
 

@@ -6,7 +6,8 @@ services of ``shop.services``, so every branch does real work on real rows, and 
 (a declined card, an empty warehouse, a bouncing address) is decided by the data. The examples
 that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, the saga whose completed
 steps are undone when a later one fails in ``shop.sagas``, the stock report that a schedule starts
-in ``shop.reports``; all are registered from here.
+in ``shop.reports``, a delayed start and a workflow timeout in ``shop.timing``; all are registered
+from here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import (
     control_flow,  # noqa: F401 - registers the foreach / branch / start_child examples
     reports,  # noqa: F401 - registers the stock report, which the schedule below starts
     sagas,  # noqa: F401 - registers the saga, whose steps are undone when a later one fails
+    timing,  # noqa: F401 - registers the delayed reminder and the workflow with a timeout
     waiting,  # noqa: F401 - registers the workflows that wait
 )
 from .models import Order

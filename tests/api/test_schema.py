@@ -103,7 +103,10 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     start = schema["paths"]["/api/durable/runs/"]["post"]
     assert sorted(start["responses"]) == ["200", "201", "400", "413"]
     body = schema["components"]["schemas"]["StartRun"]
-    assert (sorted(body["properties"]), body["required"]) == (["idempotency_key", "input", "workflow"], ["workflow"])
+    assert (sorted(body["properties"]), body["required"]) == (
+        ["delay", "idempotency_key", "input", "run_at", "workflow"],
+        ["workflow"],
+    )
     assert body["properties"]["input"]["type"] == "object"
     parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
     assert sorted(parameter["name"] for parameter in parameters) == [

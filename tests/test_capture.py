@@ -64,6 +64,21 @@ def quick_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batches, "OVERRUN_SECONDS", 3600.0)
 
 
+@pytest.fixture(autouse=True)
+def root_logger_restored() -> Iterator[None]:
+    """The root logger's level and handlers as before the test: a test that captures DEBUG lowers it."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    levels = [(handler, handler.level) for handler in handlers]
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler, former in levels:
+        handler.setLevel(former)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def uninstalled() -> Iterator[None]:
     """No capture handler on the root logger when the test starts (an earlier test may have put it there)."""

@@ -42,9 +42,11 @@ __all__ = [
     "call_workflow",
     "can_answer",
     "cancel_run",
+    "cancel_runs",
     "current_run_id",
     "error",
     "foreach",
+    "fork_run",
     "get_workflow",
     "goto",
     "ok",
@@ -54,6 +56,7 @@ __all__ = [
     "parallel_results",
     "provide_input",
     "retry_run",
+    "retry_runs",
     "send_event",
     "sleep",
     "sleep_until",
@@ -91,14 +94,19 @@ from .waits import can_answer, sleep, sleep_until, wait_for_all, wait_for_any, w
 _LAZY = {
     "call_workflow": ".children",
     "cancel_run": ".operations",
+    "cancel_runs": ".bulk",
+    "fork_run": ".forks",
     "provide_input": ".resume",
     "retry_run": ".operations",
+    "retry_runs": ".bulk",
     "send_event": ".resume",
     "start_child": ".children",
 }
 
 if TYPE_CHECKING:
+    from .bulk import cancel_runs, retry_runs
     from .children import call_workflow, start_child
+    from .forks import fork_run
     from .operations import cancel_run, retry_run
     from .resume import provide_input, send_event
 

@@ -83,7 +83,7 @@ def retry_run(run: RunRef) -> WorkflowRun:
     """
     current = _load(run)
     with transaction.atomic():
-        jobs = _reopen(current)
+        jobs = reopen(current)
         dispatch.submit(*jobs)
     logger.info(
         "run %s of workflow %r retried at %r",
@@ -96,8 +96,9 @@ def retry_run(run: RunRef) -> WorkflowRun:
     return current
 
 
-def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
-    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it."""
+def reopen(run: WorkflowRun) -> list[dispatch.Job]:
+    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it,
+    for :func:`durable_django.dispatch.submit` in that transaction."""
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"Run {run.pk} is {run.status}; only a failed run can be retried.")
     if run.compensation:
@@ -197,7 +198,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
 def _reopen_children(run: WorkflowRun, *steps: str) -> None:
     """Reopen failed children called by ``steps`` of ``run``; the calling step resumes them inline."""
     for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED, detached=False):
-        _reopen(child)
+        reopen(child)
 
 
 def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
@@ -214,7 +215,7 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     """
     current = _load(run)
     with transaction.atomic():
-        if not _cancel(current.pk, timezone.now(), compensate=compensate):
+        if not cancel(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
@@ -237,12 +238,13 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     return current
 
 
-def _cancel(run_id: Any, now: Any, *, compensate: bool = False) -> bool:
+def cancel(run_id: Any, now: Any, *, compensate: bool = False) -> bool:
+    """Cancel run ``run_id`` and its unfinished children inside the caller's transaction; whether it was cancellable."""
     if not store.cancel_run(run_id, now, compensate=compensate):
         return False
     # Children started with start_child (detached) live on: they were never part of the parent's work.
     for child_id in (
         WorkflowRun.objects.filter(parent_id=run_id, detached=False).unfinished().values_list("pk", flat=True)
     ):
-        _cancel(child_id, now)
+        cancel(child_id, now)
     return True

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"blocks"},
     {"engine"},
     {"jobs", "recovery", "operations", "children", "resume", "compensation", "retention", "doctor"},
+    {"forks", "bulk"},
     {
         "checks",
         "testing",

@@ -95,9 +95,12 @@ def _retry_chunk(ids: list[Any]) -> int:
         if not runs:
             return 0
         locked = [run.pk for run in runs]
-        in_blocks = set(ParallelGroup.objects.filter(run_id__in=locked).values_list("run_id", "name").distinct())
+        in_blocks = set(
+            ParallelGroup.objects.filter(run_id__in=locked).order_by().values_list("run_id", "name").distinct()
+        )
         failed_children = set(
             WorkflowRun.objects.filter(parent_id__in=locked, status=RunStatus.FAILED, detached=False)
+            .order_by()
             .values_list("parent_id", "parent_step")
             .distinct()
         )

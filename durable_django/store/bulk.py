@@ -22,11 +22,12 @@ REOPENED_FIELDS = (
 
 def lock_failed(ids: Iterable[Any]) -> list[WorkflowRun]:
     """The failed runs among ``ids`` that can be retried (no compensation ran), locked in the caller's
-    transaction, in id order; those another transaction holds locked are skipped: whoever holds
+    transaction, in id order (their contexts are not read); those another transaction holds locked are skipped: whoever holds
     them decides what becomes of them. One statement."""
     return list(
         WorkflowRun.objects.select_for_update(skip_locked=True)
         .filter(pk__in=list(ids), status=RunStatus.FAILED, compensation="")
+        .only("workflow", "status", "current_step", "compensation", *REOPENED_FIELDS)
         .order_by("pk")
     )
 

@@ -21,8 +21,8 @@ from django.db import transaction
 
 from . import engine
 from .context import Unserializable, roundtrip
-from .definition import Foreach, Parallel, Workflow, get_workflow
-from .exceptions import InvalidInput, RunStateError
+from .definition import Foreach, Parallel, Workflow, find_workflow, get_workflow
+from .exceptions import ContextNotRecorded, InvalidInput, RunStateError, UnknownStep
 from .models import ParallelGroup, RunStatus, StepResult, WorkflowRun
 
 #: The statuses a run may be forked in.
@@ -44,7 +44,9 @@ def fork_run(run_id: Any, *, from_step: str, context: dict[str, Any] | None = No
     not changed. Raises ``WorkflowRun.DoesNotExist`` for an unknown run,
     :class:`~durable_django.exceptions.RunStateError` unless the run is completed or failed,
     ``ValueError`` for a ``from_step`` that is not a top-level step or block (naming those that
-    are), or whose context before was not recorded (an older run: pass ``context=``), and
+    are: :class:`~durable_django.exceptions.UnknownStep`), or whose context before was not
+    recorded (an older run: pass ``context=``;
+    :class:`~durable_django.exceptions.ContextNotRecorded`), and
     :class:`~durable_django.exceptions.InvalidInput` for an invalid ``context``.
     """
     original = _load(run_id)
@@ -53,9 +55,10 @@ def fork_run(run_id: Any, *, from_step: str, context: dict[str, Any] | None = No
     wf = get_workflow(original.workflow)
     names = top_level_names(wf)
     if from_step not in names:
-        raise ValueError(
+        raise UnknownStep(
             f"Workflow {wf.name!r} has no top-level step or block {from_step!r}; a fork starts at one of: "
-            f"{', '.join(names)}."
+            f"{', '.join(names)}.",
+            names,
         )
     stored = validated_context(wf, context) if context is not None else context_before(original, wf, from_step)
     with transaction.atomic():
@@ -79,7 +82,8 @@ def context_before(run: WorkflowRun, wf: Workflow, name: str) -> dict[str, Any]:
 
     A run that failed there still holds it (it did not move since). Otherwise it is the one the
     step's latest first attempt, or the block's latest group, recorded: one indexed read. Raises
-    ``ValueError`` when there is none (the run never got there, or predates the record).
+    :class:`~durable_django.exceptions.ContextNotRecorded` when there is none (the run never got
+    there, or predates the record).
     """
     if run.status == RunStatus.FAILED and run.current_step == name:
         return dict(run.context)
@@ -99,7 +103,7 @@ def context_before(run: WorkflowRun, wf: Workflow, name: str) -> dict[str, Any]:
             .first()
         )
     if not isinstance(found, dict):
-        raise ValueError(
+        raise ContextNotRecorded(
             f"The context run {run.pk} had before step {name!r} of workflow {wf.name!r} was not recorded "
             "(the run never got there, or it ran before contexts were recorded); pass context= to fork it."
         )
@@ -109,10 +113,12 @@ def context_before(run: WorkflowRun, wf: Workflow, name: str) -> dict[str, Any]:
 def known_context(run: WorkflowRun, name: str) -> dict[str, Any] | None:
     """The context a fork of ``run`` from ``name`` would start with, or ``None`` when it is not known
     (what the admin's form and the API offer to edit)."""
-    wf = get_workflow(run.workflow)
+    wf = find_workflow(run.workflow)
+    if wf is None:
+        return None
     try:
         return context_before(run, wf, name)
-    except ValueError:
+    except ContextNotRecorded:
         return None
 
 

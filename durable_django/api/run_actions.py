@@ -26,7 +26,7 @@ from ..exceptions import ContextNotRecorded, InvalidInput, RunStateError, Unknow
 from ..models import WorkflowRun
 from .base import RUN_ID, document
 from .query import format_parameters, refuse_unknown
-from .serializers import BulkFilterSerializer, ForkSerializer, RunDetailSerializer
+from .serializers import BulkFilterSerializer, ForkSerializer, RunDetailSerializer, RunFilterSerializer
 
 COUNT = inline_serializer(
     "BulkCount",
@@ -55,7 +55,7 @@ class RunActionsMixin(GenericViewSet[WorkflowRun]):
         dry_run = bool(chosen.pop("dry_run", False))
         chosen = {name: value for name, value in chosen.items() if value is not None}
         if not chosen:
-            names = [name for name in BulkFilterSerializer().fields if name != "dry_run"]
+            names = [str(name) for name in RunFilterSerializer().fields]
             raise ValidationError(
                 {"detail": f"Give at least one filter ({', '.join(names)}): an operation on every run is refused."}
             )

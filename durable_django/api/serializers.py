@@ -264,7 +264,7 @@ class RunDetailSerializer(RunSerializer):
         help_text="Runs started by its steps: called with call_workflow, or started with start_child (detached).",
     )
 
-    forks = serializers.PrimaryKeyRelatedField(
+    forks = serializers.PrimaryKeyRelatedField[WorkflowRun](
         many=True, read_only=True, help_text="The runs forked from this one (fork_run), oldest first."
     )
     steps = StepResultSerializer(many=True, read_only=True)
@@ -354,7 +354,8 @@ class ForkSerializer(serializers.Serializer[dict[str, Any]]):
     """The body of ``POST runs/{id}/fork/``."""
 
     from_step = StringField(max_length=200, trim_whitespace=False, help_text="A top-level step or block of the run.")
-    context = JSONObjectField(
+    # DRF takes declared fields off the class, so this does not hide Serializer.context (the stubs cannot tell).
+    context = JSONObjectField(  # type: ignore[assignment]
         required=False,
         help_text="The context the fork starts with; left out, the one the run had right before from_step.",
     )

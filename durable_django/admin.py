@@ -1,8 +1,10 @@
 """The admin: runs, their step attempts and parallel groups, read-only, with a timeline per run.
 
-Nothing here writes run state. Retrying and cancelling (the list actions and the buttons of a
-run's page) go through :mod:`durable_django.operations`, like the API and the management
-commands, and need the change permission on workflow runs; so does sending an event to a run
+Nothing here writes run state. Retrying and cancelling (the buttons of a run's page) go through
+:mod:`durable_django.operations`, those of the list's selection through :mod:`durable_django.bulk`
+(:mod:`durable_django.admin_bulk`), and "Rerun from here" through :mod:`durable_django.forks`
+(:mod:`durable_django.admin_forks`), like the API and the management commands; each needs the
+change permission on workflow runs; so does sending an event to a run
 (:mod:`durable_django.admin_waits`; the inbox and the admins of waits and events are in
 :mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the
 delete permission) only once it, its parent and its children are finished
@@ -32,6 +34,7 @@ from . import (
     admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
     operations,
 )
+from .admin_bulk import RunBulkAdmin
 from .admin_delete import RunDeletionAdmin
 from .admin_display import (
     bounded_results,
@@ -47,6 +50,7 @@ from .admin_display import (
     stored_traceback,
     without_tracebacks,
 )
+from .admin_forks import RunForksAdmin
 from .admin_items import group_rows
 from .admin_lists import GuardedListAdmin, RunRowsSearchAdmin
 from .admin_run import RunPageAdmin
@@ -228,7 +232,16 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
+class WorkflowRunAdmin(
+    GuardedListAdmin,
+    RunBulkAdmin,
+    RunDeletionAdmin,
+    RunForksAdmin,
+    RunPageAdmin,
+    RunWaitsAdmin,
+    _Display,
+    admin.ModelAdmin,
+):
     list_display = (
         "short_id",
         "workflow_display",
@@ -259,6 +272,8 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
                     "parent_link",
                     ("parent_step", "ref"),
                     "children_links",
+                    "forked_from_link",
+                    "forks_links",
                 )
             },
         ),
@@ -347,20 +362,11 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
             context["can_retry"] = can_operate and obj.status == RunStatus.FAILED and not obj.compensation
             context["can_cancel"] = can_operate and not obj.is_finished and obj.status != RunStatus.COMPENSATING
             waits = self.add_waits(request, context, obj, can_operate)
+            self.add_forks(context, obj, can_operate)
             self.add_pictures(context, obj, waits)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    # -- retry and cancel ------------------------------------------------------------------------
-
-    @admin.action(description=_("Retry selected failed runs"), permissions=["change"])
-    def retry_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
-        for run in queryset:
-            self._operate(request, run, "retry")
-
-    @admin.action(description=_("Cancel selected runs"), permissions=["change"])
-    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
-        for run in queryset:
-            self._operate(request, run, "cancel")
+    # -- retry and cancel (of the selection: admin_bulk) --------------------------------------------
 
     def _operate(self, request: HttpRequest, run: WorkflowRun, operation: str) -> None:
         """Retry or cancel ``run`` through :mod:`durable_django.operations`; say what happened."""
@@ -385,7 +391,12 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
                 self.admin_site.admin_view(view),
                 name="{}_{}_{}".format(*info, operation),
             )
-            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view), *self.waits_urls())
+            for operation, view in (
+                ("retry", self.retry_view),
+                ("cancel", self.cancel_view),
+                *self.waits_urls(),
+                *self.fork_urls(),
+            )
         ]
         # Before the default patterns: their catch-all "<object_id>/" would swallow these.
         return buttons + super().get_urls()

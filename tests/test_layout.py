@@ -44,6 +44,8 @@ LAYERS: list[set[str]] = [
         "admin_display",
         "admin_lists",
         "admin_delete",
+        "admin_bulk",
+        "admin_forks",
         "answer_forms",
         "admin_waits",
         "admin_inbox",

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from durable_django import InvalidInput, RunStateError, branch, error, fork_run, ok, parallel, step, wait_for_event
+from durable_django import (
+    InvalidInput,
+    RunStateError,
+    branch,
+    error,
+    fork_run,
+    goto,
+    ok,
+    parallel,
+    step,
+    wait_for_event,
+)
 from durable_django.definition import foreach
 from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
@@ -148,8 +162,6 @@ def test_a_fork_from_a_foreach_block_and_from_a_branch_block(embedded: EmbeddedQ
 def test_a_fork_takes_the_context_of_the_latest_time_the_run_got_to_the_step(
     embedded: EmbeddedQueue, define: Definer
 ) -> None:
-    from durable_django import goto
-
     def count(ctx: dict[str, Any]) -> Any:
         n = ctx.get("n", 0) + 1
         return ok({"n": n}) if n >= 3 else goto("count", {"n": n})
@@ -244,3 +256,37 @@ def test_recording_the_context_before_costs_no_statement(embedded: EmbeddedQueue
     inserts = [q["sql"] for q in captured.captured_queries if "durable_django_stepresult" in q["sql"]]
     assert len(inserts) == 2
     assert all("context_before" in sql for sql in inserts)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+@runs
+def test_durable_fork_starts_a_fork_and_says_why_it_refuses(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf, _, _, _ = three_steps(define)
+    original = finish(embedded, wf.start({"order": 3}))
+    out = StringIO()
+    call_command("durable_fork", str(original.pk)[:8], "--from-step", "third", stdout=out)
+    fork = WorkflowRun.objects.get(forked_from=original)
+    assert out.getvalue() == f"{fork.pk}: forked from {original.pk} at 'third'\n"
+    assert fork.context == {"order": 3, "a": 1, "b": 2}
+    call_command("durable_fork", str(original.pk), "--from-step", "second", "--context", '{"x": 1}', stdout=out)
+    assert WorkflowRun.objects.get(forked_from=original, forked_from_step="second").context == {"x": 1}
+
+    refusals = {
+        ("--from-step", "nope"): f"Workflow {wf.name!r} has no top-level step or block 'nope'; a fork starts at "
+        "one of: first, second, third.",
+        ("--from-step", "first", "--context", "{x"): "--context is not valid JSON: Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1)",
+        ("--from-step", "first", "--context", "[]"): f"Invalid --context: The context of a fork of workflow "
+        f"{wf.name!r} must be a dict, got list.",
+    }
+    for args, message in refusals.items():
+        with pytest.raises(CommandError) as raised:
+            call_command("durable_fork", str(original.pk), *args, stdout=out)
+        assert str(raised.value) == message
+    pending = wf.start({})
+    with pytest.raises(CommandError) as raised:
+        call_command("durable_fork", str(pending.pk), "--from-step", "first", stdout=out)
+    assert str(raised.value) == f"Refused: Run {pending.pk} is pending; only a completed or failed run can be forked."
+    assert WorkflowRun.objects.filter(forked_from=original).count() == 2

@@ -80,16 +80,13 @@ def validated_context(wf: Workflow, context: Any) -> dict[str, Any]:
 def context_before(run: WorkflowRun, wf: Workflow, name: str) -> dict[str, Any]:
     """The context ``run`` had right before its top-level step or block ``name``, the latest time it got there.
 
-    A run that failed there still holds it (it did not move since). Otherwise it is the one the
-    step's latest first attempt, or the block's latest group, recorded: one indexed read. Raises
-    :class:`~durable_django.exceptions.ContextNotRecorded` when there is none (the run never got
-    there, or predates the record).
+    The one the step's latest first attempt, or the block's latest group, recorded: one indexed
+    read. Without one, a run that failed at that step (not at a wait after it) still holds it: it
+    did not move since. Raises :class:`~durable_django.exceptions.ContextNotRecorded` otherwise
+    (the run never got there, or predates the record).
     """
-    if run.status == RunStatus.FAILED and run.current_step == name:
-        return dict(run.context)
-    found: Any = None
     if isinstance(wf.node(name), Parallel | Foreach):
-        found = (
+        found: Any = (
             ParallelGroup.objects.filter(run=run, name=name, context__isnull=False)
             .order_by("-id")
             .values_list("context", flat=True)
@@ -102,12 +99,20 @@ def context_before(run: WorkflowRun, wf: Workflow, name: str) -> dict[str, Any]:
             .values_list("context_before", flat=True)
             .first()
         )
-    if not isinstance(found, dict):
-        raise ContextNotRecorded(
-            f"The context run {run.pk} had before step {name!r} of workflow {wf.name!r} was not recorded "
-            "(the run never got there, or it ran before contexts were recorded); pass context= to fork it."
-        )
-    return found
+    if isinstance(found, dict):
+        return found
+    if run.status == RunStatus.FAILED and run.current_step == name and not _failed_at_a_wait(run):
+        return dict(run.context)
+    raise ContextNotRecorded(
+        f"The context run {run.pk} had before step {name!r} of workflow {wf.name!r} was not recorded "
+        "(the run never got there, or it ran before contexts were recorded); pass context= to fork it."
+    )
+
+
+def _failed_at_a_wait(run: WorkflowRun) -> bool:
+    """Whether ``run`` failed because the wait of its current step timed out (its context holds the step's output)."""
+    reason = run.error.get("reason") if isinstance(run.error, dict) else None
+    return isinstance(reason, dict) and reason.get("type") == "wait_timeout"
 
 
 def known_context(run: WorkflowRun, name: str) -> dict[str, Any] | None:

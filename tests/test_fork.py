@@ -24,8 +24,9 @@ from durable_django import (
     wait_for_event,
 )
 from durable_django.definition import foreach
-from durable_django.models import ParallelGroup, StepResult, WorkflowRun
-from durable_django.testing import EmbeddedQueue
+from durable_django.exceptions import ContextNotRecorded
+from durable_django.models import ParallelGroup, StepResult, Wait, WorkflowRun
+from durable_django.testing import EmbeddedQueue, make_due
 from tests.engine_support import Definer, attempts, finish
 
 runs = pytest.mark.django_db(transaction=True)
@@ -215,6 +216,38 @@ def test_a_run_without_a_recorded_context_needs_one_given(embedded: EmbeddedQueu
     )
     fork = finish(embedded, fork_run(original.pk, from_step="third", context={"given": True}))
     assert (fork.status, fork.context) == ("completed", {"given": True, "c": 3})
+
+
+@runs
+def test_a_run_failed_at_a_step_without_a_record_is_forked_with_the_context_it_holds(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("a", lambda ctx: ok({"a": 1})), step("b", lambda ctx: error("broken"))])
+    original = finish(embedded, wf.start({"in": 1}))
+    assert (original.status, original.current_step) == ("failed", "b")
+    StepResult.objects.filter(run=original).update(context_before=None)
+    assert fork_run(original.pk, from_step="b").context == {"in": 1, "a": 1}
+
+
+@runs
+def test_a_run_whose_wait_timed_out_is_forked_with_the_context_before_the_step(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("ask", lambda ctx: wait_for_event("go", timeout=60), returns="asked"), step("b", ok)])
+    original = finish(embedded, wf.start({"in": 1}))
+    make_due(Wait.objects.get(run=original))
+    embedded.run_due()
+    embedded.run_until_idle()
+    original.refresh_from_db()
+    assert (original.status, original.current_step, original.error["reason"]["type"]) == (
+        "failed",
+        "ask",
+        "wait_timeout",
+    )
+    assert fork_run(original.pk, from_step="ask").context == {"in": 1}
+    StepResult.objects.filter(run=original).update(context_before=None)
+    with pytest.raises(ContextNotRecorded):
+        fork_run(original.pk, from_step="ask")
 
 
 @runs

@@ -26,13 +26,12 @@ from .definition import find_workflow, queue_for
 from .exceptions import RunStateError
 from .models import ParallelGroup, RunStatus, WorkflowRun
 from .store import bulk
+from .store.runs import CANCELLABLE
 
 logger = logging.getLogger("durable_django")
 
 #: How many runs one transaction retries or cancels.
 CHUNK = 200
-
-CANCELLABLE = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
 
 
 def retryable(queryset: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
@@ -89,6 +88,7 @@ def _chunks(queryset: QuerySet[WorkflowRun]) -> Iterator[list[Any]]:
 
 
 def _retry_chunk(ids: list[Any]) -> int:
+    """Retry the failed runs among ``ids`` that nobody else holds: one transaction; how many it retried."""
     now = timezone.now()
     with transaction.atomic():
         runs = bulk.lock_failed(ids)

@@ -14,12 +14,11 @@ writes anyway: a sequential step's (or branch block's) first attempt keeps it in
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.db import transaction
 
-from . import engine
+from . import engine, operations
 from .context import Unserializable, roundtrip
 from .definition import Foreach, Parallel, Workflow, find_workflow, get_workflow
 from .exceptions import ContextNotRecorded, InvalidInput, RunStateError, UnknownStep
@@ -49,7 +48,7 @@ def fork_run(run_id: Any, *, from_step: str, context: dict[str, Any] | None = No
     :class:`~durable_django.exceptions.ContextNotRecorded`), and
     :class:`~durable_django.exceptions.InvalidInput` for an invalid ``context``.
     """
-    original = _load(run_id)
+    original = operations.load_run(run_id)
     if original.status not in FORKABLE:
         raise RunStateError(f"Run {original.pk} is {original.status}; only a completed or failed run can be forked.")
     wf = get_workflow(original.workflow)
@@ -125,12 +124,3 @@ def known_context(run: WorkflowRun, name: str) -> dict[str, Any] | None:
         return context_before(run, wf, name)
     except ContextNotRecorded:
         return None
-
-
-def _load(run_id: Any) -> WorkflowRun:
-    pk = run_id.pk if isinstance(run_id, WorkflowRun) else run_id
-    try:
-        pk = uuid.UUID(str(pk))
-    except ValueError:
-        raise WorkflowRun.DoesNotExist(f"No workflow run has the id {pk!r}.") from None
-    return WorkflowRun.objects.get(pk=pk)

@@ -61,7 +61,7 @@ def find_run_id(text: str) -> uuid.UUID:
     return found[0]
 
 
-def _load(run: RunRef) -> WorkflowRun:
+def load_run(run: RunRef) -> WorkflowRun:
     """The run as stored now (raises ``WorkflowRun.DoesNotExist`` for an unknown or malformed id)."""
     pk = run.pk if isinstance(run, WorkflowRun) else run
     try:
@@ -81,7 +81,7 @@ def retry_run(run: RunRef) -> WorkflowRun:
     join again. A failed child called by the failed step is retried with it. Raises
     :class:`~durable_django.exceptions.RunStateError` when the run is not failed.
     """
-    current = _load(run)
+    current = load_run(run)
     with transaction.atomic():
         jobs = reopen(current)
         dispatch.submit(*jobs)
@@ -213,7 +213,7 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     compensating. Raises :class:`~durable_django.exceptions.RunStateError` when the run has
     already finished, or is compensating.
     """
-    current = _load(run)
+    current = load_run(run)
     with transaction.atomic():
         if not cancel(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()

@@ -43,9 +43,11 @@ __all__ = [
     "call_workflow",
     "can_answer",
     "cancel_run",
+    "cancel_runs",
     "current_run_id",
     "error",
     "foreach",
+    "fork_run",
     "get_workflow",
     "goto",
     "ok",
@@ -55,6 +57,7 @@ __all__ = [
     "parallel_results",
     "provide_input",
     "retry_run",
+    "retry_runs",
     "schedule",
     "send_event",
     "sleep",
@@ -95,14 +98,19 @@ _LAZY = {
     "Schedule": ".models",
     "call_workflow": ".children",
     "cancel_run": ".operations",
+    "cancel_runs": ".bulk",
+    "fork_run": ".forks",
     "provide_input": ".resume",
     "retry_run": ".operations",
+    "retry_runs": ".bulk",
     "send_event": ".resume",
     "start_child": ".children",
 }
 
 if TYPE_CHECKING:
+    from .bulk import cancel_runs, retry_runs
     from .children import call_workflow, start_child
+    from .forks import fork_run
     from .models import Schedule
     from .operations import cancel_run, retry_run
     from .resume import provide_input, send_event

@@ -74,8 +74,8 @@ def enter(
     for member in block.steps:
         if member.name not in taken:
             rest.setdefault(queue_for(wf, member), []).append(member.name)
-    # Branches with a compensation are compensated with the context the block started with.
-    context = (fields or {}).get("context", run.context) if any(m.compensate is not None for m in block.steps) else None
+    # The context the block started with: what its branches are compensated with, and what a fork from it starts with.
+    context = (fields or {}).get("context", run.context)
     plan = store.Plan(first, rest, queue)
     opening = store.Opening(context=context)
     opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
@@ -117,7 +117,7 @@ def _enter_foreach(
     first = min(len(listed), FIRST_BATCH, block.max_concurrency or FIRST_BATCH) if here else 0
     rest = {queue_for(wf, block.member): [block.name] * (len(listed) - first)} if len(listed) > first else {}
     plan = store.Plan([block.name] * first, rest, queue, indexed=True)
-    opening = store.Opening(BlockKind.FOREACH, listed)
+    opening = store.Opening(BlockKind.FOREACH, listed, context)
     opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
     if opened is None:
         return None

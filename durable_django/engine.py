@@ -100,6 +100,39 @@ def get_or_start_run(
     return run, True
 
 
+def start_fork(wf: Workflow, node_name: str, context: dict[str, Any], forked_from: WorkflowRun) -> WorkflowRun:
+    """Save a new run of ``wf`` that starts at its top-level step or block ``node_name`` with
+    ``context`` (stored JSON already), forked from ``forked_from`` whose input it keeps; it is
+    dispatched after the surrounding transaction commits. See :func:`durable_django.forks.fork_run`."""
+    node = wf.node(node_name)
+    run_id = uuid.uuid4()
+    now = timezone.now()
+    run = WorkflowRun(
+        id=run_id,
+        trace_context=tracing.start_context(wf.name, run_id, None),
+        workflow=wf.name,
+        input=forked_from.input,
+        context=context,
+        current_step=node_name,
+        forked_from=forked_from,
+        forked_from_step=node_name,
+        lease_expires_at=leases.expiry(now),
+        # A fork is a new run: its workflow's timeout counts from now.
+        deadline_at=now + timedelta(seconds=wf.timeout) if wf.timeout is not None else None,
+    )
+    if not store.create_run(run, queue_for(wf, node), timer_jobs.first_jobs(run, queue_for(wf))):
+        raise IntegrityError(f"a run with the id {run.pk} exists already")
+    logger.info(
+        "started run %s of workflow %r at %r, forked from run %s",
+        run.pk,
+        wf.name,
+        node_name,
+        forked_from.pk,
+        extra=run_fields(run.pk, wf.name, step=node_name),
+    )
+    return run
+
+
 # -- executing ------------------------------------------------------------------------------------
 
 
@@ -183,6 +216,8 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         finished_at=attempt.finished_at,
         job_id=dispatch.current_job_id(),
         logs=attempt.logs,
+        # What a fork from this step starts with; written by the same INSERT, once per entry into the step.
+        context_before=run.context if attempt_no == 1 and wf.goto_position(step.name) is not None else None,
     )
     if attempt.waits:
         return _suspend(run, wf, step, row, attempt)
@@ -240,6 +275,7 @@ def _take_branch(run: WorkflowRun, wf: Workflow, node: Branch, queue: str) -> Wo
         attempt=run.current_attempt,
         started_at=timezone.now(),
         job_id=dispatch.current_job_id(),
+        context_before=run.context if wf.goto_position(node.name) is not None else None,
     )
     if not store.may_start(run.pk):
         _log_not_started(run, node.name)

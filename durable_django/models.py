@@ -242,7 +242,9 @@ class ParallelGroup(models.Model):
         null=True,
         blank=True,
         encoder=DjangoJSONEncoder,
-        help_text=_("The run's context when the block started, kept when a branch has a compensation."),
+        help_text=_(
+            "The run's context when the block started: its branches' compensations and a fork from it start with it."
+        ),
     )
     status = models.CharField(_("status"), max_length=16, choices=GroupStatus.choices, default=GroupStatus.RUNNING)
     results = models.JSONField(_("results"), null=True, blank=True, encoder=DjangoJSONEncoder)

@@ -62,7 +62,7 @@ def find_run_id(text: str) -> uuid.UUID:
     return found[0]
 
 
-def _load(run: RunRef) -> WorkflowRun:
+def load_run(run: RunRef) -> WorkflowRun:
     """The run as stored now (raises ``WorkflowRun.DoesNotExist`` for an unknown or malformed id)."""
     pk = run.pk if isinstance(run, WorkflowRun) else run
     try:
@@ -82,9 +82,9 @@ def retry_run(run: RunRef) -> WorkflowRun:
     join again. A failed child called by the failed step is retried with it. Raises
     :class:`~durable_django.exceptions.RunStateError` when the run is not failed.
     """
-    current = _load(run)
+    current = load_run(run)
     with transaction.atomic():
-        jobs = _reopen(current)
+        jobs = reopen(current)
         dispatch.submit(*jobs)
     logger.info(
         "run %s of workflow %r retried at %r",
@@ -97,8 +97,9 @@ def retry_run(run: RunRef) -> WorkflowRun:
     return current
 
 
-def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
-    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it."""
+def reopen(run: WorkflowRun) -> list[dispatch.Job]:
+    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it,
+    for :func:`durable_django.dispatch.submit` in that transaction."""
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"Run {run.pk} is {run.status}; only a failed run can be retried.")
     if run.compensation:
@@ -202,7 +203,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
 def _reopen_children(run: WorkflowRun, *steps: str) -> None:
     """Reopen failed children called by ``steps`` of ``run``; the calling step resumes them inline."""
     for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED, detached=False):
-        _reopen(child)
+        reopen(child)
 
 
 def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
@@ -217,7 +218,7 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     compensating. Raises :class:`~durable_django.exceptions.RunStateError` when the run has
     already finished, or is compensating.
     """
-    current = _load(run)
+    current = load_run(run)
     with transaction.atomic():
         if not stop_run(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()

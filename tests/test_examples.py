@@ -730,3 +730,21 @@ def test_run_examples_expects_how_the_compensations_went(monkeypatch):
 
     with pytest.raises(CommandError, match=r"compensation is 'completed', expected 'failed'"):
         call_command("run_examples", verbosity=0)
+
+
+def test_run_examples_reruns_the_failed_notify_user_run_from_its_block_as_a_fork(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    call_command("run_examples", only=["notify_user"])
+
+    out = capsys.readouterr().out
+    assert "All 5 runs ended as expected." in out
+    section = out.split("== notify_user: unknown account, rerun from its block with the right account (fork)\n")[1]
+    original = WorkflowRun.objects.get(workflow="notify_user", input={"user_id": 0}, forked_from=None)
+    fork = WorkflowRun.objects.get(forked_from=original)
+    assert section.splitlines()[:3] == [
+        f"run {fork.pk}  workflow notify_user  status completed",
+        f"forked from run {original.pk} at 'parallel_1'",
+        'input: {"user_id": 0}',
+    ]
+    assert (original.status, fork.status, fork.context["all_sent"]) == ("failed", "completed", True)

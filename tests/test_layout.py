@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"blocks"},
     {"engine"},
     {"firing", "jobs", "recovery", "operations", "children", "resume", "compensation", "retention", "doctor", "timers"},
+    {"forks", "bulk"},
     {
         "checks",
         "testing",
@@ -44,6 +45,9 @@ LAYERS: list[set[str]] = [
         "admin_display",
         "admin_lists",
         "admin_delete",
+        "admin_columns",
+        "admin_bulk",
+        "admin_forks",
         "answer_forms",
         "admin_waits",
         "admin_inbox",

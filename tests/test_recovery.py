@@ -88,7 +88,10 @@ def test_a_step_whose_worker_died_runs_again_without_using_its_retry_budget(
         None,
     )
     assert attempts(run) == [("first", 1, "failed"), ("first", 2, "completed"), ("second", 1, "completed")]
-    assert StepResult.objects.get(run=run, step="first", attempt=1).error == lost_reason(1)
+    lost = StepResult.objects.get(run=run, step="first", attempt=1)
+    # The lost first attempt keeps the context before the step, as the attempt would have (for a fork).
+    assert (lost.error, lost.context_before) == (lost_reason(1), {})
+    assert StepResult.objects.get(run=run, step="first", attempt=2).context_before is None
 
 
 @runs

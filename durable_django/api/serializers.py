@@ -256,6 +256,8 @@ class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
             "detached",
             "compensation",
             "idempotency_key",
+            "forked_from",
+            "forked_from_step",
             "created_at",
             "run_at",
             "started_at",
@@ -293,6 +295,9 @@ class RunDetailSerializer(RunSerializer):
         help_text="Runs started by its steps: called with call_workflow, or started with start_child (detached).",
     )
 
+    forks = serializers.PrimaryKeyRelatedField[WorkflowRun](
+        many=True, read_only=True, help_text="The runs forked from this one (fork_run), oldest first."
+    )
     steps = StepResultSerializer(many=True, read_only=True)
     groups = ParallelGroupSerializer(many=True, read_only=True)
     # DRF takes declared fields off the class, so this replaces the list's method field (the stubs cannot tell).
@@ -301,7 +306,7 @@ class RunDetailSerializer(RunSerializer):
     )
 
     class Meta(RunSerializer.Meta):
-        fields = (*RunSerializer.Meta.fields, "steps", "groups", "children")
+        fields = (*RunSerializer.Meta.fields, "steps", "groups", "children", "forks")
         read_only_fields = fields
 
 
@@ -392,6 +397,31 @@ class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
     )
     detached = serializers.BooleanField(
         required=False, allow_null=True, default=None, help_text="Only children started with start_child (true) or not."
+    )
+    created_before = serializers.DateTimeField(
+        required=False, source="created_at__lt", help_text="Only runs created before this time (ISO 8601)."
+    )
+    created_after = serializers.DateTimeField(
+        required=False, source="created_at__gte", help_text="Only runs created at or after this time (ISO 8601)."
+    )
+
+
+class BulkFilterSerializer(RunFilterSerializer):
+    """Query parameters of ``POST runs/retry/`` and ``runs/cancel/``: the list's filters, and ``dry_run``."""
+
+    dry_run = serializers.BooleanField(
+        required=False, default=False, help_text="Only count the runs the operation would change (default false)."
+    )
+
+
+class ForkSerializer(serializers.Serializer[dict[str, Any]]):
+    """The body of ``POST runs/{id}/fork/``."""
+
+    from_step = StringField(max_length=200, trim_whitespace=False, help_text="A top-level step or block of the run.")
+    # DRF takes declared fields off the class, so this does not hide Serializer.context (the stubs cannot tell).
+    context = JSONObjectField(  # type: ignore[assignment]
+        required=False,
+        help_text="The context the fork starts with; left out, the one the run had right before from_step.",
     )
 
 

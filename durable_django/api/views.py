@@ -24,9 +24,10 @@ from ..exceptions import AmbiguousRunId, InvalidInput, RunStateError, WorkflowNo
 from ..models import ParallelGroup, StepResult, Wait, WaitKind, WaitStatus, WorkflowRun
 from ..resume import provide_input, send_event
 from ..waits import can_answer
-from .base import DurableAPIMixin, document, request_body_size
+from .base import RUN_ID, DurableAPIMixin, document, request_body_size
 from .pagination import DurablePagination
 from .query import DurableOrdering, format_parameters, refuse_unknown
+from .run_actions import RunActionsMixin
 from .serializers import (
     OPEN_WAITS,
     CancelSerializer,
@@ -51,13 +52,6 @@ from .serializers import (
 DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 FIELD_ERRORS = OpenApiResponse(
     OpenApiTypes.OBJECT, description="Invalid fields: each field's name with a list of messages."
-)
-RUN_ID = OpenApiParameter(
-    "id",
-    str,
-    OpenApiParameter.PATH,
-    description="The run's id, or a prefix of it of at least 8 hex characters that no other run's id starts with.",
-    pattern="^[0-9a-fA-F-]{8,36}$",
 )
 AMBIGUOUS = OpenApiResponse(DETAIL, description="The id prefix matches more than one run.")
 ANY_JSON: dict[str, Any] = {"description": "Any JSON value."}
@@ -147,7 +141,10 @@ def with_details(runs: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
     """``runs`` with what their detail shows alongside: step results, parallel groups and waits."""
     # The steps' logs are shown by a step's own detail only: a run's may hold thousands of records.
     return runs.prefetch_related(
-        Prefetch("steps", queryset=StepResult.objects.defer("logs")), "groups", Prefetch("waits", queryset=wait_rows())
+        Prefetch("steps", queryset=StepResult.objects.defer("logs")),
+        "groups",
+        Prefetch("waits", queryset=wait_rows()),
+        Prefetch("forks", WorkflowRun.objects.order_by("created_at")),
     )
 
 
@@ -157,8 +154,8 @@ class AmbiguousId(APIException):
     default_code = "ambiguous_id"
 
 
-class RunViewSet(RowViewSet[WorkflowRun]):
-    """Workflow runs: list, read, start, retry, cancel, send events and answer inputs.
+class RunViewSet(RunActionsMixin, RowViewSet[WorkflowRun]):
+    """Workflow runs: list, read, start, retry, cancel (one, or those filters select), fork, send events and answer inputs.
 
     A run's routes take its whole id or a prefix of it of at least 8 hex characters that no
     other run's id starts with (``/runs/3f0c1a2b/``): ambiguous is a 400 saying how many runs

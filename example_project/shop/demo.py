@@ -16,6 +16,7 @@ from typing import Any
 from durable_django import start_workflow
 from durable_django.models import WorkflowRun
 
+from .forking import Fork
 from .responder import DIRECTOR, MANAGER, Answer, Response, Send, Webhook, staff_user
 from .schedule_demo import fire_weekly_report
 from .seed import ROOM_SKU, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
@@ -58,6 +59,8 @@ class Example:
     start: Callable[[dict[str, Any]], WorkflowRun] | None = None
     note: str = ""
     compensation: str = ""
+    #: A rerun of this example's run from one of its steps, once it ended as expected (see shop.forking).
+    fork: Fork | None = None
 
     def begin(self) -> WorkflowRun:
         """Start this example's run."""
@@ -172,6 +175,13 @@ def examples(tag: str) -> list[Example]:
             {"user_id": 0},
             FAILED,
             {"step": "critical_task", "parallel": "parallel_1", "reason": "account_not_found"},
+            fork=Fork(
+                "parallel_1",
+                {"user_id": ada.pk},
+                "unknown account, rerun from its block with the right account (fork)",
+                COMPLETED,
+                {"all_sent": True},
+            ),
         ),
         Example("dashboard_data", "every source answers", {"user_id": edsger.pk}, COMPLETED, {"has_errors": False}),
         Example(

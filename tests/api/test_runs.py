@@ -142,6 +142,8 @@ def test_detail_has_every_run_field(api: APIClient) -> None:
         "detached": False,
         "compensation": "",
         "idempotency_key": "order-7",
+        "forked_from": None,
+        "forked_from_step": "",
         "created_at": iso(run.created_at),
         "run_at": None,
         "started_at": None,
@@ -152,6 +154,7 @@ def test_detail_has_every_run_field(api: APIClient) -> None:
         "steps": [],
         "groups": [],
         "children": [],
+        "forks": [],
     }
 
 

@@ -39,6 +39,9 @@ PATHS = {
     "/api/durable/runs/{id}/events/{event}/": ["post"],
     "/api/durable/runs/{id}/inputs/{name}/": ["post"],
     "/api/durable/runs/{id}/steps/": ["get"],
+    "/api/durable/runs/retry/": ["post"],
+    "/api/durable/runs/cancel/": ["post"],
+    "/api/durable/runs/{id}/fork/": ["post"],
     "/api/durable/steps/": ["get"],
     "/api/durable/steps/{id}/": ["get"],
     "/api/durable/groups/": ["get"],
@@ -110,6 +113,8 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     assert body["properties"]["input"]["type"] == "object"
     parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
     assert sorted(parameter["name"] for parameter in parameters) == [
+        "created_after",
+        "created_before",
         "detached",
         "ordering",
         "page",

@@ -21,6 +21,7 @@ from durable_django import (
     ok,
     parallel,
     step,
+    timer_jobs,
     wait_for_event,
 )
 from durable_django.definition import foreach
@@ -323,3 +324,24 @@ def test_durable_fork_starts_a_fork_and_says_why_it_refuses(embedded: EmbeddedQu
         call_command("durable_fork", str(pending.pk), "--from-step", "first", stdout=out)
     assert str(raised.value) == f"Refused: Run {pending.pk} is pending; only a completed or failed run can be forked."
     assert WorkflowRun.objects.filter(forked_from=original).count() == 2
+
+
+@runs
+def test_a_fork_of_a_workflow_with_a_timeout_has_its_own_deadline_from_its_start(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define([step("first", lambda ctx: ok({"a": 1})), step("second", lambda ctx: ok())], timeout=60)
+    original = finish(embedded, wf.start({}))
+    WorkflowRun.objects.filter(pk=original.pk).update(deadline_at=original.created_at)  # long past
+
+    fork = fork_run(original.pk, from_step="second")
+
+    assert fork.deadline_at is not None
+    assert 59 <= (fork.deadline_at - fork.created_at).total_seconds() <= 60
+    embedded.run_commit_hooks()
+    scheduled = [job_id for queue in embedded.queues() for job_id in queue.scheduled_job_registry.get_job_ids()]
+    assert [job_id for job_id in scheduled if str(fork.pk) in job_id] == [
+        timer_jobs.timeout_job_id(fork.pk, fork.deadline_at)
+    ]
+    fork = finish(embedded, fork)
+    assert (fork.status, fork.context) == ("completed", {"a": 1})

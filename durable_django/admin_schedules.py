@@ -28,10 +28,25 @@ from .admin_lists import GuardedListAdmin
 from .definition import find_workflow
 from .exceptions import InvalidInput
 from .models import Schedule, WorkflowRun
-from .schedules import cron_problem, input_problem, timezone_problem
+from .schedules import cron_problem, input_problem, timezone_problem, zone
 
 # How many of a schedule's latest runs its page lists (the rest: the link to the filtered run list).
 RECENT_RUNS = 10
+CSS = {"all": ("durable_django/admin.css",)}
+
+
+def in_its_zone(row: Schedule, value: Any) -> str:
+    """``value`` as the schedule's own timezone reads it (its cron is in that zone), to the minute
+    or second: "Mon 2026-12-07 07:00 Europe/Berlin"."""
+    if not value:
+        return "—"
+    try:
+        local = value.astimezone(zone(row.timezone))
+    except (ValueError, LookupError):
+        return moment(value)
+    shape = "%a %Y-%m-%d %H:%M" if not local.second else "%a %Y-%m-%d %H:%M:%S"
+    return f"{local.strftime(shape)} {row.timezone}"
+
 
 RUN_PERMISSION = "durable_django.change_workflowrun"
 
@@ -88,6 +103,10 @@ class ScheduleAdmin(GuardedListAdmin, admin.ModelAdmin):
         "runs_link",
     )
     list_filter = ("enabled", "declared_in_code", "workflow")
+
+    class Media:
+        css = CSS
+
     search_fields = ("name", "workflow")
     actions = ("enable_schedules", "disable_schedules", "fire_now")
     declared_readonly = ("name", "workflow", "cron", "timezone", "input", "catch_up")
@@ -108,11 +127,11 @@ class ScheduleAdmin(GuardedListAdmin, admin.ModelAdmin):
 
     @admin.display(description=_("next fire"), ordering="next_fire_at")
     def next_fire(self, obj: Schedule) -> str:
-        return moment(obj.next_fire_at) if obj.next_fire_at else "—"
+        return in_its_zone(obj, obj.next_fire_at)
 
     @admin.display(description=_("last fired"), ordering="last_fired_at")
     def last_fired(self, obj: Schedule) -> str:
-        return moment(obj.last_fired_at) if obj.last_fired_at else "—"
+        return in_its_zone(obj, obj.last_fired_at)
 
     def runs_url(self, obj: Schedule) -> str:
         opts = WorkflowRun._meta
@@ -135,7 +154,14 @@ class ScheduleAdmin(GuardedListAdmin, admin.ModelAdmin):
         rows = format_html_join(
             "",
             "<li>{} {} {}</li>",
-            ((run_link(self.admin_site, run.pk), status_badge(run.status), moment(run.created_at)) for run in runs),
+            (
+                (
+                    run_link(self.admin_site, run.pk),
+                    status_badge(run.status, run.get_status_display()),
+                    moment(run.created_at),
+                )
+                for run in runs
+            ),
         )
         return format_html('<ul class="durable-schedule-runs">{}</ul>{}', rows, self.runs_link(obj))
 
@@ -167,7 +193,7 @@ class ScheduleAdmin(GuardedListAdmin, admin.ModelAdmin):
                 continue
             self.message_user(
                 request,
-                format_html("{}: {} {}", row.name, gettext("started run"), run_link(self.admin_site, run.pk)),
+                format_html(gettext("Started run {} of schedule {}."), run_link(self.admin_site, run.pk), row.name),
                 messages.SUCCESS,
             )
 

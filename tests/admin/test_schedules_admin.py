@@ -69,7 +69,8 @@ def test_the_list_shows_each_schedules_next_fire_time_and_its_runs(client: Clien
 
     assert response.status_code == 200
     [cell] = elements(response.content, "field-next_fire")
-    assert cell["text"] == "2026-03-09 06:00:00.000"
+    # In the schedule's own timezone, which its cron expression is read in.
+    assert cell["text"] == "Mon 2026-03-09 07:00 Europe/Berlin"
     [runs] = elements(response.content, tag="a", within="field-runs_link")
     assert (runs["href"], runs["text"]) == (
         f"{reverse('admin:durable_django_workflowrun_changelist')}?schedule__id__exact={row.pk}",
@@ -102,7 +103,8 @@ def test_fire_now_starts_a_run_of_the_schedule_listed_on_its_page(client: Client
     assert run.idempotency_key.startswith("schedule:reports:")
     [(level, text)] = messages_of(response)
     assert level == "success"
-    assert text.startswith("reports: started run <a href=")
+    assert text.startswith("Started run <a href=")
+    assert text.endswith("</a> of schedule reports.")
     page = client.get(change(row))
     [link] = elements(page.content, tag="a", within="durable-schedule-runs")
     assert link["title"] == str(run.pk)

@@ -12,6 +12,10 @@ from typing import Any
 
 from .exceptions import InvalidInput, WorkflowDefinitionError
 
+#: The longest ``delay`` and ``timeout``, in seconds (100 years): anything longer is a mistake,
+#: and a datetime cannot hold a moment many millennia ahead.
+MAX_SECONDS = 100 * 365 * 24 * 3600
+
 
 def _seconds(value: Any) -> float | None:
     """``value`` in seconds when it is a finite number or a timedelta, else ``None``."""
@@ -26,9 +30,10 @@ def run_timeout(workflow: str, timeout: Any) -> float | None:
     if timeout is None:
         return None
     seconds = _seconds(timeout)
-    if seconds is None or seconds <= 0:
+    if seconds is None or seconds <= 0 or seconds > MAX_SECONDS:
         raise WorkflowDefinitionError(
-            f"Workflow {workflow!r}, timeout: must be a positive number of seconds or a timedelta, got {timeout!r}"
+            f"Workflow {workflow!r}, timeout: must be a positive number of seconds or a timedelta, got {timeout!r} "
+            "(at most 100 years)"
         )
     return seconds
 
@@ -44,10 +49,10 @@ def start_at(workflow: str, delay: Any, run_at: Any, now: dt.datetime) -> dt.dat
         raise TypeError(f"Start workflow {workflow!r} with delay or with run_at, not both.")
     if delay is not None:
         seconds = _seconds(delay)
-        if seconds is None or seconds < 0:
+        if seconds is None or seconds < 0 or seconds > MAX_SECONDS:
             raise InvalidInput(
                 f"delay of workflow {workflow!r} must be a number of seconds (or a timedelta) of at least 0, "
-                f"got {delay!r}."
+                f"got {delay!r} (at most 100 years)."
             )
         due = now + dt.timedelta(seconds=seconds)
     elif run_at is not None:

@@ -69,7 +69,12 @@ def sync_schedules(now: datetime | None = None, *, send_jobs: bool = True, retir
     done = Synced()
     declared = declared_schedules()
     for declaration in declared.values():
-        row, outcome = rows.save_declared(declaration, next_fire_after(declaration.cron, declaration.timezone, now))
+        try:
+            row, outcome = rows.save_declared(declaration, next_fire_after(declaration.cron, declaration.timezone, now))
+        except Exception:
+            # One declaration that cannot be saved must not keep the others (nor recovery) from going on.
+            logger.exception("schedule %r could not be synced; the next sync tries again", declaration.name)
+            continue
         if outcome:
             (done.created if outcome == "created" else done.updated).append(row.name)
             if send_jobs:
@@ -92,9 +97,14 @@ def next_fire_after(cron: str, tz: str, now: datetime) -> Callable[[], datetime]
 
 
 def ensure_synced() -> None:
-    """Sync the declared rows once in this process, before its first due check."""
+    """Sync the declared rows once in this process, before its first due check.
+
+    Rows whose declaration is gone are retired only after ``migrate`` (which runs the deploy's
+    code): a worker of the previous release, restarted during a rolling deploy, must not disable
+    the schedules the new release declares.
+    """
     if not _synced.is_set():
-        sync_schedules()
+        sync_schedules(retire=False)
 
 
 def sync_after_migrate(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
@@ -184,7 +194,8 @@ def fire_now(row: Schedule, now: datetime | None = None) -> WorkflowRun:
     wf = find_workflow(row.workflow)
     if wf is None:
         raise InvalidInput(f"Schedule {row.name!r}: no workflow named {row.workflow!r} is registered.")
-    key = fire_key(row.name, now.astimezone(zone(row.timezone)))
+    # Its own key: a cron fire at this very second is another run, not this one.
+    key = f"schedule:{row.name}:now:{now.astimezone(zone(row.timezone)).isoformat()}"
     return rows.start_linked(row, lambda: engine.get_or_start_run(wf, row.input, idempotency_key=key)[0])
 
 

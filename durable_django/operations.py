@@ -227,8 +227,8 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
             )
         if current.status == RunStatus.PENDING and current.run_at is not None:
             # A delayed run that never started: its scheduled start job has nothing left to do.
-            wf = find_workflow(current.workflow)
-            queue = queue_for(wf, wf.node(current.current_step) if wf is not None else None)
+            # It was sent on the workflow's queue (engine.get_or_start_run).
+            queue = queue_for(find_workflow(current.workflow))
             dispatch.withdraw_after_commit([(queue, timer_jobs.start_job_id(current.pk))])
     current.refresh_from_db()
     if current.status == RunStatus.COMPENSATING:

@@ -508,8 +508,9 @@ class Sweeper:
             if not turn:
                 return None
             close_old_connections()
-            firing.fire_due()  # schedules whose fire job is late or lost
-            return recover()
+            report = recover()
+            fire_schedules()
+            return report
         except dispatch.QUEUE_UNAVAILABLE as error:
             # Redis is down: said once per outage rather than with a traceback every interval.
             if not self._redis_down:
@@ -524,6 +525,17 @@ class Sweeper:
             connections.close_all()
             time.sleep(min(durable_settings.RECOVER_INTERVAL, 1))
             return None
+
+
+def fire_schedules() -> None:
+    """Fire the schedules whose fire job is late or lost (the safety net of their fire jobs). Never
+    raises: a schedule that cannot fire must not keep the sweeps that follow from recovering runs."""
+    try:
+        firing.fire_due()
+    except dispatch.QUEUE_UNAVAILABLE:
+        raise
+    except Exception:
+        logger.exception("schedules could not be checked for due fires; the next sweep tries again")
 
 
 sweeper = Sweeper()

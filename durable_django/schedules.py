@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 from django.apps import apps
 
 from .context import Unserializable, roundtrip
@@ -49,6 +49,10 @@ def cron_problem(cron: str) -> str | None:
         return "the cron expression is empty"
     if not croniter.is_valid(cron):
         return f"{cron!r} is not a valid cron expression (5 fields, or 6 with seconds last)"
+    try:
+        croniter(cron, datetime.now(UTC)).get_next(datetime)
+    except (CroniterBadDateError, CroniterError, ValueError, OverflowError):
+        return f"{cron!r} never matches a date (such as 30 February)"
     return None
 
 
@@ -120,8 +124,10 @@ def schedule(
     apps are loaded; while workflows modules are still being imported (the workflow may come from
     another app's module), the system check ``durable_django.E020`` reports it instead.
     """
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise WorkflowDefinitionError(f"Schedule name must be a non-empty string of at most 200 characters: {name!r}.")
+    if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
+        raise WorkflowDefinitionError(
+            f"Schedule name must be a non-empty string of at most 200 characters, without '/': {name!r}."
+        )
     problem = cron_problem(cron) or timezone_problem(timezone)
     if problem:
         raise WorkflowDefinitionError(f"Schedule {name!r}: {problem}.")

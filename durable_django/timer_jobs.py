@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 START_RUN = "durable_django.jobs.start_run"
 TIME_OUT_RUN = "durable_django.jobs.time_out_run"
+#: The clock's job kinds: sent to RQ for their time even for a child executing inline.
+CLOCK = frozenset({START_RUN, TIME_OUT_RUN})
 
 START_PREFIX = "durable-start-"
 TIMEOUT_PREFIX = "durable-timeout-"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -62,7 +63,8 @@ def start_run(run_id: Any, now: datetime | None = None, *, withdraw: bool = Fals
     if store.timers.start_delayed(key, now, queue, deadline, clock) is None:
         return False
     if withdraw:
-        dispatch.withdraw_after_commit([(queue, timer_jobs.start_job_id(key))])
+        # Its start job was sent on the workflow's queue (engine.get_or_start_run).
+        dispatch.withdraw_after_commit([(queue_for(wf), timer_jobs.start_job_id(key))])
     logger.info("delayed run %s of workflow %r started", key, found[0], extra=run_fields(key, found[0]))
     return True
 
@@ -103,6 +105,17 @@ def sweep(now: datetime) -> tuple[int, int]:
     not come, fail the runs whose deadline passed. How many it started and timed out."""
     # A deadline has no grace: a run times out within about a second, its job or not.
     starts, timeouts = store.timers.due(now, max(durable_settings.RECOVER_INTERVAL, 2.0))
-    started = sum(start_run(pk, now, withdraw=True) for pk in starts)
-    timed_out = sum(time_out_run(pk, now) for pk in timeouts)
+    started = sum(_isolated(start_run, pk, now, withdraw=True) for pk in starts)
+    timed_out = sum(_isolated(time_out_run, pk, now) for pk in timeouts)
     return started, timed_out
+
+
+def _isolated(action: Callable[..., bool], run_id: Any, now: datetime, **options: Any) -> bool:
+    """``action`` on one run; an error is logged, not raised: the other runs of the sweep go on."""
+    try:
+        return action(run_id, now, **options)
+    except dispatch.QUEUE_UNAVAILABLE:
+        raise  # Redis is down: the sweeper says so once, and every run waits for the next sweep
+    except Exception:
+        logger.exception("%s of run %s failed; the next sweep tries again", action.__name__, run_id)
+        return False

@@ -300,3 +300,17 @@ def test_durable_runs_and_the_admin_show_when_a_delayed_run_starts(
     assert page.status_code == 200
     html = page.content.decode()
     assert "run at" in html.lower() and "2099-01-02 03:04:05.000" in html
+
+
+@runs
+def test_a_delay_beyond_a_hundred_years_is_refused_and_saves_nothing(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf = define([step("s", lambda ctx: ok())])
+
+    with pytest.raises(InvalidInput) as caught:
+        wf.start({}, delay=1e11)
+
+    assert str(caught.value) == (
+        f"delay of workflow {wf.name!r} must be a number of seconds (or a timedelta) of at least 0, "
+        "got 100000000000.0 (at most 100 years)."
+    )
+    assert not WorkflowRun.objects.filter(workflow=wf.name).exists()

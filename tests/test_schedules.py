@@ -13,7 +13,7 @@ import pytest
 from django.core.checks import run_checks
 from django.db import connection, connections
 
-from durable_django import Schedule, WorkflowDefinitionError, schedule
+from durable_django import Schedule, WorkflowDefinitionError, firing, schedule
 from durable_django import jobs as job_functions
 from durable_django import schedules as schedules_module
 from durable_django.doctor import Diagnosis, check_schedules
@@ -286,7 +286,7 @@ def test_fire_now_starts_a_run_keyed_by_the_current_second_and_keeps_the_next_fi
     again = fire_now(reports, now + timedelta(milliseconds=500))
 
     assert again.pk == run.pk
-    assert run.idempotency_key == "schedule:reports:2026-03-03T13:00:05+01:00"
+    assert run.idempotency_key == "schedule:reports:now:2026-03-03T13:00:05+01:00"
     assert run.schedule_id == reports.pk
     assert Schedule.objects.get(name="reports").next_fire_at is None
 
@@ -445,3 +445,71 @@ def test_a_row_written_with_an_invalid_cron_is_disabled_and_the_others_still_fir
         "schedule 'broken' is disabled: 'every hour' is not a valid cron expression (5 fields, or 6 with "
         "seconds last); correct it and enable it again"
     ]
+
+
+def test_a_cron_expression_that_never_matches_a_date_is_refused_naming_the_schedule() -> None:
+    with pytest.raises(WorkflowDefinitionError) as caught:
+        schedule("leap", REPORT, "0 0 30 2 *")
+    assert str(caught.value) == "Schedule 'leap': '0 0 30 2 *' never matches a date (such as 30 February)."
+    assert "leap" not in declared_schedules()
+
+
+def test_a_schedule_name_with_a_slash_is_refused() -> None:
+    with pytest.raises(WorkflowDefinitionError) as caught:
+        schedule("reports/daily", REPORT, "0 7 * * *")
+    assert "without '/'" in str(caught.value)
+
+
+@pytest.mark.django_db
+def test_a_worker_syncs_declared_rows_but_never_retires_one_only_migrate_does(declare: Callable[..., Any]) -> None:
+    now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    declare("kept", REPORT, "0 8 * * *")
+    sync_schedules(now, send_jobs=False)
+    forget_schedule("kept")  # a worker of another release, which does not declare it
+    firing._synced.clear()
+
+    firing.ensure_synced()
+
+    kept = Schedule.objects.get(name="kept")
+    assert (kept.enabled, kept.declared_in_code) == (True, True)
+    sync_after_migrate()
+    kept.refresh_from_db()
+    assert (kept.enabled, kept.declared_in_code) == (False, False)
+
+
+@pytest.mark.django_db
+def test_a_declaration_that_cannot_be_saved_is_logged_and_the_others_are_synced(
+    declare: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    declare("broken", REPORT, "0 8 * * *")
+    declare("fine", REPORT, "0 9 * * *")
+    save = firing.rows.save_declared
+
+    def failing(declaration: Any, next_at: Any) -> Any:
+        if declaration.name == "broken":
+            raise RuntimeError("disk full")
+        return save(declaration, next_at)
+
+    monkeypatch.setattr(firing.rows, "save_declared", failing)
+
+    done = sync_schedules(now, send_jobs=False)
+
+    assert "fine" in done.created and "broken" not in done.created
+    assert not Schedule.objects.filter(name="broken").exists()
+    assert "schedule 'broken' could not be synced; the next sync tries again" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_recovers_runs_even_when_schedules_cannot_be_checked(
+    embedded: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("schedules table locked")
+
+    monkeypatch.setattr(firing, "fire_due", broken)
+
+    report = Sweeper().sweep_once()
+
+    assert report is not None  # recovery ran, and the failure was logged rather than raised
+    assert "schedules could not be checked for due fires; the next sweep tries again" in caplog.text

@@ -270,3 +270,28 @@ def test_a_retried_timed_out_run_gets_a_new_deadline(embedded: EmbeddedQueue, de
         [("slow", 1, "cancelled"), ("slow", 2, "completed")],
     )
     assert run.error_history[0]["error"] == {"step": "slow", "reason": REASON}
+
+
+@runs
+@pytest.mark.timeout(60)
+def test_a_child_with_a_timeout_called_inline_does_not_hold_its_parent_until_its_deadline(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    child = define([step("inner", lambda ctx: ok({"inner": True}))], timeout=600)
+    parent = define([step("call", lambda ctx: ok({"result": call_workflow(child.name, {})}))])
+
+    run = finish(embedded, parent.start({}))
+
+    child_run = WorkflowRun.objects.get(parent=run)
+    assert (run.status, child_run.status) == ("completed", "completed")
+    assert run.context["result"] == ["ok", {"inner": True}]
+    # The child's timeout job went to RQ for its time, where it will find the child finished.
+    scheduled = [job_id for queue in embedded.queues() for job_id in queue.scheduled_job_registry.get_job_ids()]
+    assert [job_id for job_id in scheduled if job_id.startswith(TIMEOUT_PREFIX)] == [
+        f"{TIMEOUT_PREFIX}{child_run.pk}-{int(child_run.deadline_at.timestamp())}"
+    ]
+
+
+def test_a_timeout_beyond_a_hundred_years_is_refused_at_definition(define: Definer) -> None:
+    with pytest.raises(WorkflowDefinitionError, match=r"timeout: must be a positive number .* \(at most 100 years\)"):
+        define([step("s", lambda ctx: ok())], timeout=1e12)

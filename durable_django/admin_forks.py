@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -70,7 +71,7 @@ class ForkForm(forms.Form):
 
 def fork_url(site: admin.AdminSite, run_id: Any, step: str = "") -> str:
     url = reverse(f"{site.name}:durable_django_workflowrun_fork", args=[quote(run_id)])
-    return f"{url}?step={quote(step)}" if step else url
+    return f"{url}?{urlencode({'step': step})}" if step else url
 
 
 def as_text(value: dict[str, Any] | None) -> str:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import dispatch, leases, operations
+from . import dispatch, leases, operations, timer_jobs
 from .definition import find_workflow, queue_for
 from .exceptions import RunStateError
 from .models import ParallelGroup, RunStatus, WorkflowRun
@@ -67,7 +68,21 @@ def cancel_runs(queryset: QuerySet[WorkflowRun], *, compensate: bool = False) ->
     for ids in _chunks(cancellable(queryset)):
         now = timezone.now()
         with transaction.atomic():
-            cancelled = sum(operations.stop_run(pk, now, compensate=compensate) for pk in ids)
+            delayed = dict(
+                WorkflowRun.objects.filter(pk__in=ids, status=RunStatus.PENDING, run_at__isnull=False).values_list(
+                    "pk", "workflow"
+                )
+            )
+            stopped = [pk for pk in ids if operations.stop_run(pk, now, compensate=compensate)]
+            # A delayed run that never started: its scheduled start job has nothing left to do.
+            dispatch.withdraw_after_commit(
+                [
+                    (queue_for(find_workflow(delayed[pk])), timer_jobs.start_job_id(pk))
+                    for pk in stopped
+                    if pk in delayed
+                ]
+            )
+            cancelled = len(stopped)
         total += cancelled
         logger.info("cancelled %d runs of a chunk of %d", cancelled, len(ids), extra={"count": cancelled})
     return total
@@ -94,7 +109,7 @@ def _retry_chunk(ids: list[Any]) -> int:
         runs = bulk.lock_failed(ids)
         if not runs:
             return 0
-        locked = [run.pk for run in runs]
+        locked = {run.pk for run in runs}
         in_blocks = set(
             ParallelGroup.objects.filter(run_id__in=locked).order_by().values_list("run_id", "name").distinct()
         )
@@ -108,6 +123,9 @@ def _retry_chunk(ids: list[Any]) -> int:
         jobs: list[dispatch.Job] = []
         others = 0
         for run in runs:
+            if run.parent_id in locked and not run.detached:
+                # Its parent, retried in this chunk too, reopens it and resumes it inline.
+                continue
             place = (run.pk, run.current_step)
             if place in in_blocks or place in failed_children or _failed_at_a_wait(run):
                 others += _reopen_one(run, jobs)
@@ -117,6 +135,10 @@ def _retry_chunk(ids: list[Any]) -> int:
                 {"error": run.error, "failed_at": run.finished_at, "retried_at": now},
             ]
             run.status, run.error, run.finished_at = RunStatus.RUNNING, None, None
+            # A workflow timeout counts again from the retry, as retry_run counts it.
+            wf = find_workflow(run.workflow)
+            timeout = wf.timeout if wf is not None else None
+            run.deadline_at = now + timedelta(seconds=timeout) if timeout is not None else None
             run.current_attempt += 1
             run.version += 1
             run.lease_owner, run.lease_expires_at = "", leases.expiry(now)  # sent again by recovery if its job is lost
@@ -126,6 +148,8 @@ def _retry_chunk(ids: list[Any]) -> int:
             wf = find_workflow(run.workflow)
             node = wf.node(run.current_step) if wf is not None else None
             jobs.append(dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version))
+            if run.deadline_at is not None:
+                jobs.append(timer_jobs.time_out_run_job(run.pk, queue_for(wf), run.deadline_at))
         dispatch.submit(*jobs)
     logger.info("retried %d runs of a chunk of %d", moved + others, len(ids), extra={"count": moved + others})
     return moved + others

@@ -41,7 +41,8 @@ def fork_run(run_id: Any, *, from_step: str, context: dict[str, Any] | None = No
     when given (a JSON-serializable dict, checked as a run's input is). The new run keeps the
     original's input and is dispatched once the surrounding transaction commits; the original is
     not changed. Raises ``WorkflowRun.DoesNotExist`` for an unknown run,
-    :class:`~durable_django.exceptions.RunStateError` unless the run is completed or failed,
+    :class:`~durable_django.exceptions.RunStateError` unless the run is completed or failed (or
+    when it ran its compensations and no ``context`` is given: they undid its completed steps),
     ``ValueError`` for a ``from_step`` that is not a top-level step or block (naming those that
     are: :class:`~durable_django.exceptions.UnknownStep`), or whose context before was not
     recorded (an older run: pass ``context=``;
@@ -58,6 +59,12 @@ def fork_run(run_id: Any, *, from_step: str, context: dict[str, Any] | None = No
             f"Workflow {wf.name!r} has no top-level step or block {from_step!r}; a fork starts at one of: "
             f"{', '.join(names)}.",
             names,
+        )
+    if original.compensation and context is None:
+        # Its completed steps were undone: the context before a later step describes undone work.
+        raise RunStateError(
+            f"Run {original.pk} ran its compensations (compensation {original.compensation}), which undid its "
+            "completed steps; fork it with an explicit context= that describes what is done."
         )
     stored = validated_context(wf, context) if context is not None else context_before(original, wf, from_step)
     with transaction.atomic():

@@ -12,7 +12,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from durable_django import bulk, cancel_runs, dispatch, error, ok, parallel, retry_runs, step
+from durable_django import bulk, call_workflow, cancel_runs, dispatch, error, ok, parallel, retry_runs, step, timer_jobs
 from durable_django.models import RunStatus, WorkflowRun
 from durable_django.store.bulk import REOPENED_FIELDS
 from durable_django.testing import EmbeddedQueue
@@ -194,3 +194,75 @@ def test_a_bulk_cancel_cancels_the_unfinished_runs_and_counts_them(embedded: Emb
     done.refresh_from_db()
     assert done.status == "completed"
     assert everything.filter(status="failed").count() == 1
+
+
+@runs
+def test_a_bulk_retry_counts_a_workflow_timeout_again_from_the_retry(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf = define([step("charge", lambda ctx: ok())], timeout=60)
+    [run] = failed_runs(wf.name, 1, deadline_at=timezone.now() - timedelta(hours=1))
+
+    before = timezone.now()
+    assert retry_runs(WorkflowRun.objects.filter(pk=run.pk)) == 1
+
+    run.refresh_from_db()
+    assert run.status == "running"
+    assert before + timedelta(seconds=59) <= run.deadline_at <= timezone.now() + timedelta(seconds=60)
+    embedded.run_commit_hooks()
+    scheduled = [job_id for queue in embedded.queues() for job_id in queue.scheduled_job_registry.get_job_ids()]
+    assert scheduled == [timer_jobs.timeout_job_id(run.pk, run.deadline_at)]
+    run = finish(embedded, run)
+    assert run.status == "completed"
+
+
+@runs
+def test_a_bulk_retry_of_a_parent_and_its_failed_child_runs_the_childs_step_once_more(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    flaky = Switch({"inner": True})
+    calls: list[int] = []
+
+    def inner(ctx: dict[str, Any]) -> Any:
+        calls.append(1)
+        return flaky(ctx)
+
+    child = define([step("inner", inner)])
+
+    def call(ctx: dict[str, Any]) -> Any:
+        outcome, value = call_workflow(child.name, {})
+        return ok({"result": value}) if outcome == "ok" else error(value)
+
+    parent = define([step("call", call)])
+    run = finish(embedded, parent.start({}))
+    child_run = WorkflowRun.objects.get(parent=run)
+    assert (run.status, child_run.status, len(calls)) == ("failed", "failed", 1)
+    flaky.on = True
+
+    # The child comes first in id order or not: either way the parent's retry resumes it.
+    assert retry_runs(WorkflowRun.objects.filter(pk__in=[run.pk, child_run.pk])) == 1
+
+    # Only the parent's job is sent: a job of the child's own would execute it next to the parent's step.
+    embedded.run_commit_hooks()
+    run.refresh_from_db()
+    queued = [job_id for queue in embedded.queues() for job_id in queue.job_ids]
+    assert queued == [dispatch.run_job_id(run.pk, run.version)]
+    run = finish(embedded, run)
+    child_run.refresh_from_db()
+    assert (run.status, child_run.status) == ("completed", "completed")
+    assert len(calls) == 2
+
+
+@runs
+def test_a_bulk_cancel_of_a_delayed_run_withdraws_its_start_job(embedded: EmbeddedQueue, define: Definer) -> None:
+    wf = define([step("a", lambda ctx: ok())])
+    later = wf.start({}, delay=3600)
+    embedded.run_commit_hooks()
+    assert [job for queue in embedded.queues() for job in queue.scheduled_job_registry.get_job_ids()] == [
+        timer_jobs.start_job_id(later.pk)
+    ]
+
+    assert cancel_runs(WorkflowRun.objects.filter(pk=later.pk)) == 1
+
+    embedded.run_commit_hooks()
+    assert [job for queue in embedded.queues() for job in queue.scheduled_job_registry.get_job_ids()] == []
+    later.refresh_from_db()
+    assert later.status == "cancelled"

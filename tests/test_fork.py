@@ -345,3 +345,26 @@ def test_a_fork_of_a_workflow_with_a_timeout_has_its_own_deadline_from_its_start
     ]
     fork = finish(embedded, fork)
     assert (fork.status, fork.context) == ("completed", {"a": 1})
+
+
+@runs
+def test_a_run_whose_compensations_ran_is_forked_only_with_an_explicit_context(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    wf = define(
+        [
+            step("reserve", lambda ctx: ok({"room": 12}), compensate=lambda ctx: ok({})),
+            step("pay", lambda ctx: error({"code": "declined"})),
+        ]
+    )
+    original = finish(embedded, wf.start({}))
+    assert (original.status, original.compensation) == ("failed", "completed")
+
+    with pytest.raises(RunStateError) as caught:
+        fork_run(original.pk, from_step="pay")
+    assert str(caught.value) == (
+        f"Run {original.pk} ran its compensations (compensation completed), which undid its completed steps; "
+        "fork it with an explicit context= that describes what is done."
+    )
+    fork = fork_run(original.pk, from_step="reserve", context={})
+    assert (fork.status, fork.current_step) == ("pending", "reserve")

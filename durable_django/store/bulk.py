@@ -17,6 +17,7 @@ REOPENED_FIELDS = (
     "current_attempt",
     "lease_owner",
     "lease_expires_at",
+    "deadline_at",
 )
 
 
@@ -27,7 +28,7 @@ def lock_failed(ids: Iterable[Any]) -> list[WorkflowRun]:
     return list(
         WorkflowRun.objects.select_for_update(skip_locked=True)
         .filter(pk__in=list(ids), status=RunStatus.FAILED, compensation="")
-        .only("workflow", "status", "current_step", "compensation", *REOPENED_FIELDS)
+        .only("workflow", "status", "current_step", "compensation", "parent", "detached", *REOPENED_FIELDS)
         .order_by("pk")
     )
 

@@ -133,3 +133,23 @@ def test_an_unfinished_run_cannot_be_rerun(admin_client: Client) -> None:
     assert messages_of(response) == [
         ("warning", "Cannot rerun this run: it is pending; only a completed or failed run can be forked.")
     ]
+
+
+def test_the_rerun_link_of_a_step_with_an_underscore_opens_that_steps_form(
+    embedded: EmbeddedQueue, admin_client: Client, define: Any
+) -> None:
+    from durable_django import error, ok, step
+
+    wf = define([step("charge_card", lambda ctx: ok({"charged": True})), step("send_receipt", lambda ctx: error("x"))])
+    failed = wf.start({"order": 1})
+    embedded.run_until_idle(timeout=30)
+    failed.refresh_from_db()
+    assert failed.status == "failed"
+    links = dict(rerun_links(admin_client.get(change_url(failed)).content))
+    href = links["send_receipt Rerun from here"]
+    assert href.endswith("?step=send_receipt")
+
+    form = admin_client.get(href).content
+    (hidden,) = [field for field in elements(form, tag="input") if field.get("name") == "from_step"]
+    assert hidden["value"] == "send_receipt"
+    assert json.loads(elements(form, tag="textarea")[0]["text"]) == {"order": 1, "charged": True}

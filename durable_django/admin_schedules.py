@@ -14,7 +14,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -113,7 +114,13 @@ class ScheduleAdmin(GuardedListAdmin, admin.ModelAdmin):
     readonly_fields = ("next_fire", "last_fired", "declared_in_code", "recent_runs")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Schedule]:
-        return super().get_queryset(request).annotate(run_count=Count("runs"))
+        # A count per listed row (a subquery on the runs' schedule index), not a GROUP BY over every run.
+        runs = WorkflowRun.objects.filter(schedule=OuterRef("pk")).order_by().values("schedule")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(run_count=Coalesce(Subquery(runs.annotate(n=Count("pk")).values("n")), 0))
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Schedule | None = None) -> tuple[str, ...]:
         if obj is not None and obj.declared_in_code:

@@ -33,6 +33,7 @@ __all__ = [
     "Parallel",
     "RetryPolicy",
     "RunStateError",
+    "Schedule",
     "Step",
     "Workflow",
     "WorkflowDefinitionError",
@@ -42,9 +43,11 @@ __all__ = [
     "call_workflow",
     "can_answer",
     "cancel_run",
+    "cancel_runs",
     "current_run_id",
     "error",
     "foreach",
+    "fork_run",
     "get_workflow",
     "goto",
     "ok",
@@ -54,6 +57,8 @@ __all__ = [
     "parallel_results",
     "provide_input",
     "retry_run",
+    "retry_runs",
+    "schedule",
     "send_event",
     "sleep",
     "sleep_until",
@@ -86,19 +91,27 @@ from .definition import (
     workflow,
 )
 from .results import error, goto, ok
+from .schedules import schedule
 from .waits import can_answer, sleep, sleep_until, wait_for_all, wait_for_any, wait_for_event, wait_for_input
 
 _LAZY = {
+    "Schedule": ".models",
     "call_workflow": ".children",
     "cancel_run": ".operations",
+    "cancel_runs": ".bulk",
+    "fork_run": ".forks",
     "provide_input": ".resume",
     "retry_run": ".operations",
+    "retry_runs": ".bulk",
     "send_event": ".resume",
     "start_child": ".children",
 }
 
 if TYPE_CHECKING:
+    from .bulk import cancel_runs, retry_runs
     from .children import call_workflow, start_child
+    from .forks import fork_run
+    from .models import Schedule
     from .operations import cancel_run, retry_run
     from .resume import provide_input, send_event
 

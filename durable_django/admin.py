@@ -1,8 +1,10 @@
 """The admin: runs, their step attempts and parallel groups, read-only, with a timeline per run.
 
-Nothing here writes run state. Retrying and cancelling (the list actions and the buttons of a
-run's page) go through :mod:`durable_django.operations`, like the API and the management
-commands, and need the change permission on workflow runs; so does sending an event to a run
+Nothing here writes run state. Retrying and cancelling (the buttons of a run's page) go through
+:mod:`durable_django.operations`, those of the list's selection through :mod:`durable_django.bulk`
+(:mod:`durable_django.admin_bulk`), and "Rerun from here" through :mod:`durable_django.forks`
+(:mod:`durable_django.admin_forks`), like the API and the management commands; each needs the
+change permission on workflow runs; so does sending an event to a run
 (:mod:`durable_django.admin_waits`; the inbox and the admins of waits and events are in
 :mod:`durable_django.admin_inbox`). Every field is read-only; a run may be deleted (with the
 delete permission) only once it, its parent and its children are finished
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.contrib.admin.options import BaseModelAdmin
 from django.contrib.admin.utils import flatten, flatten_fieldsets
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import URLPattern, path
@@ -30,30 +33,30 @@ from django.utils.translation import gettext_lazy as _
 
 from . import (
     admin_inbox,  # noqa: F401 - registers the inbox and the admins of waits and events
+    admin_schedules,  # noqa: F401 - registers the admin of schedules
     operations,
 )
+from .admin_bulk import RunBulkAdmin
+from .admin_columns import DisplayColumns, ReadOnlyAdmin
 from .admin_delete import RunDeletionAdmin
 from .admin_display import (
     bounded_results,
     change_url,
-    group_history,
     group_outcomes,
     moment,
     outcome,
-    pretty_json,
     run_link,
     short_id,
-    status_badge,
-    stored_traceback,
-    without_tracebacks,
 )
+from .admin_forks import RunForksAdmin
 from .admin_items import group_rows
 from .admin_lists import GuardedListAdmin, RunRowsSearchAdmin
+from .admin_logs import LogCount, LogsCountedChangeList, step_logs
 from .admin_run import RunPageAdmin
 from .admin_waits import RunWaitsAdmin
 from .exceptions import RunStateError
 from .models import ParallelGroup, RunStatus, StepResult, Wait, WorkflowRun
-from .timeline import format_duration, wait_subject
+from .timeline import wait_subject
 
 if TYPE_CHECKING:
     _AdminBase = BaseModelAdmin[Any]
@@ -75,66 +78,10 @@ OPERATIONS = {
 }
 
 
-class _Display(_AdminBase):
-    """Columns shared by the run, step and group admins."""
-
-    def _or_empty(self, html: SafeString | str) -> SafeString | str:
-        return html or self.get_empty_value_display()
-
-    def _json(self, value: Any) -> SafeString | str:
-        return pretty_json(value) if value is not None else self.get_empty_value_display()
-
-    def _error(self, error: Any) -> SafeString | str:
-        return self._json(without_tracebacks(error))
-
-    def _traceback(self, error: Any) -> SafeString | str:
-        text = stored_traceback(error)
-        return format_html('<pre class="durable-traceback">{}</pre>', text) if text else self.get_empty_value_display()
-
-    @admin.display(description=_("status"), ordering="status")
-    def status_badge(self, obj: WorkflowRun | StepResult | ParallelGroup) -> SafeString:
-        return status_badge(obj.status, obj.get_status_display())
-
-    @admin.display(description=_("duration"))
-    def duration_display(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
-        if isinstance(obj, ParallelGroup):
-            return format_duration(((obj.finished_at or timezone.now()) - obj.created_at).total_seconds())
-        return self._or_empty(format_duration(obj.duration) if obj.duration is not None else "")
-
-    @admin.display(description=_("earlier outcomes"))
-    def history_table(self, obj: ParallelGroup) -> SafeString | str:
-        return group_history(obj.history) if obj.history else self.get_empty_value_display()
-
-    @admin.display(description=_("created at"), ordering="created_at")
-    def created(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
-        return moment(obj.created_at)
-
-    @admin.display(description=_("started at"))
-    def started(self, obj: WorkflowRun | StepResult) -> str:
-        return self._or_empty(moment(obj.started_at))
-
-    @admin.display(description=_("finished at"))
-    def finished(self, obj: WorkflowRun | StepResult | ParallelGroup) -> str:
-        return self._or_empty(moment(obj.finished_at))
-
-
-class _ReadOnly(_AdminBase):
-    """No adding, changing or deleting: these rows are written by the engine only."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 # -- inlines of a run's page ---------------------------------------------------------------------
 
 
-class _RunPartInline(_ReadOnly, _Display):
+class _RunPartInline(ReadOnlyAdmin, DisplayColumns):
     """An inline of a run's page, shown to whoever may see the run."""
 
     extra = 0
@@ -160,8 +107,13 @@ class StepResultInline(_RunPartInline, admin.TabularInline):
         "finished",
         "duration_display",
         "result",
+        "logs_folded",
     )
     readonly_fields = fields
+
+    @admin.display(description=_("logs"))
+    def logs_folded(self, obj: StepResult) -> SafeString | str:
+        return step_logs(obj.logs, folded=True)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
         waiting = Prefetch("waits", queryset=Wait.objects.waiting().order_by("created_at"), to_attr="open_waits")
@@ -228,7 +180,16 @@ class ParallelGroupInline(_RunPartInline, admin.StackedInline):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWaitsAdmin, _Display, admin.ModelAdmin):
+class WorkflowRunAdmin(
+    GuardedListAdmin,
+    RunBulkAdmin,
+    RunDeletionAdmin,
+    RunForksAdmin,
+    RunPageAdmin,
+    RunWaitsAdmin,
+    DisplayColumns,
+    admin.ModelAdmin,
+):
     list_display = (
         "short_id",
         "workflow_display",
@@ -259,10 +220,12 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
                     "parent_link",
                     ("parent_step", "ref"),
                     "children_links",
+                    "forked_from_link",
+                    "forks_links",
                 )
             },
         ),
-        (_("Timing"), {"fields": ("created", "started", "finished", "duration_display")}),
+        (_("Timing"), {"fields": ("created", "run_at_when", "started", "deadline", "finished", "duration_display")}),
         (_("Data"), {"fields": ("input_json", "context_json", "error_json", "error_history_json")}),
     )
     readonly_fields = flatten_fieldsets(fieldsets)
@@ -286,6 +249,14 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
             gettext("child of"),
             run_link(self.admin_site, obj.parent_id),
         )
+
+    @admin.display(description=_("run at"))
+    def run_at_when(self, obj: WorkflowRun) -> str:
+        return self._or_empty(moment(obj.run_at))
+
+    @admin.display(description=_("deadline"))
+    def deadline(self, obj: WorkflowRun) -> str:
+        return self._or_empty(moment(obj.deadline_at))
 
     @admin.display(description=_("created at"), ordering="created_at")
     def created_when(self, obj: WorkflowRun) -> str:
@@ -347,20 +318,11 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
             context["can_retry"] = can_operate and obj.status == RunStatus.FAILED and not obj.compensation
             context["can_cancel"] = can_operate and not obj.is_finished and obj.status != RunStatus.COMPENSATING
             waits = self.add_waits(request, context, obj, can_operate)
+            self.add_forks(context, obj, can_operate)
             self.add_pictures(context, obj, waits)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
-    # -- retry and cancel ------------------------------------------------------------------------
-
-    @admin.action(description=_("Retry selected failed runs"), permissions=["change"])
-    def retry_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
-        for run in queryset:
-            self._operate(request, run, "retry")
-
-    @admin.action(description=_("Cancel selected runs"), permissions=["change"])
-    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
-        for run in queryset:
-            self._operate(request, run, "cancel")
+    # -- retry and cancel (of the selection: admin_bulk) --------------------------------------------
 
     def _operate(self, request: HttpRequest, run: WorkflowRun, operation: str) -> None:
         """Retry or cancel ``run`` through :mod:`durable_django.operations`; say what happened."""
@@ -385,7 +347,12 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
                 self.admin_site.admin_view(view),
                 name="{}_{}_{}".format(*info, operation),
             )
-            for operation, view in (("retry", self.retry_view), ("cancel", self.cancel_view), *self.waits_urls())
+            for operation, view in (
+                ("retry", self.retry_view),
+                ("cancel", self.cancel_view),
+                *self.waits_urls(),
+                *self.fork_urls(),
+            )
         ]
         # Before the default patterns: their catch-all "<object_id>/" would swallow these.
         return buttons + super().get_urls()
@@ -409,7 +376,7 @@ class WorkflowRunAdmin(GuardedListAdmin, RunDeletionAdmin, RunPageAdmin, RunWait
 # -- attempts and groups on their own pages ------------------------------------------------------
 
 
-class _RunRowsAdmin(RunRowsSearchAdmin, _ReadOnly, _Display, admin.ModelAdmin):
+class _RunRowsAdmin(RunRowsSearchAdmin, ReadOnlyAdmin, DisplayColumns, admin.ModelAdmin):
     """Rows that belong to a run: searchable by the run's whole id as well."""
 
     show_full_result_count = False
@@ -435,6 +402,7 @@ class StepResultAdmin(_RunRowsAdmin):
         "status_badge",
         "created_at",
         "duration_display",
+        "log_count",
     )
     list_filter = ("status", "kind")
     list_select_related = ("group",)
@@ -457,8 +425,23 @@ class StepResultAdmin(_RunRowsAdmin):
         "output_json",
         "error_json",
         "traceback",
+        "logs_display",
     )
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StepResult]:
+        return super().get_queryset(request).annotate(log_count=LogCount("logs"))
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LogsCountedChangeList
+
+    @admin.display(description=_("logs"), ordering="log_count")
+    def log_count(self, obj: StepResult) -> int | str:
+        return getattr(obj, "log_count", None) or ""
+
+    @admin.display(description=_("logs"))
+    def logs_display(self, obj: StepResult) -> SafeString | str:
+        return step_logs(obj.logs) or self.get_empty_value_display()
 
     @admin.display(description=_("output"))
     def output_json(self, obj: StepResult) -> SafeString | str:

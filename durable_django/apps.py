@@ -26,8 +26,14 @@ class DurableConfig(AppConfig):
         # Like admin.py: every installed app's workflows.py registers its workflows.
         autodiscover_modules("workflows")
 
+        from django.db.models.signals import post_migrate
+
         from .conf import durable_settings
+        from .firing import sync_after_migrate
         from .metrics.receivers import sync
+
+        # The rows of the schedules declared in code, once the tables exist (workers sync them too).
+        post_migrate.connect(sync_after_migrate, sender=self, dispatch_uid="durable_django.firing.sync_after_migrate")
 
         # DURABLE["METRICS"]: the receivers that count in Redis, connected only when it is true.
         sync()

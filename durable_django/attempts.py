@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import results
+from .capture import capture
 from .conf import durable_settings
 from .context import StepScope, Unserializable, roundtrip, step_scope
 from .definition import Step
@@ -35,6 +36,7 @@ class Attempt:
     finished_at: datetime
     output: dict[str, Any] = field(default_factory=dict)
     retryable: bool = True
+    logs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -48,6 +50,10 @@ class Attempt:
     @property
     def reason(self) -> Any:
         return self.outcome.reason
+
+    def failing(self, reason: Any) -> Attempt:
+        """This attempt as a final failure for ``reason`` (what the step returned cannot stand), with its logs."""
+        return replace(self, outcome=Outcome(ERROR, reason=reason), output={}, retryable=False)
 
     @classmethod
     def failure(cls, reason: Any, started_at: datetime | None = None) -> Attempt:
@@ -70,9 +76,20 @@ def call_step(
     """Call ``step.fn`` with ``ctx`` and turn whatever happens into a storable :class:`Attempt`.
 
     Its time limit is :func:`time_limit_of` the step. ``started_at``: when the attempt started,
-    if before the call (the moment its caller checked that it may start).
+    if before the call (the moment its caller checked that it may start). What the step logs
+    meanwhile is in the attempt's ``logs`` (:mod:`durable_django.capture`), unless
+    ``DURABLE["CAPTURE_LOGS"]`` is off.
     """
     started = started_at or timezone.now()
+    if not durable_settings.CAPTURE_LOGS:
+        return _call(step, ctx, run_id, in_parallel, started)
+    with capture() as buffer:
+        attempt = _call(step, ctx, run_id, in_parallel, started)
+    attempt.logs = buffer.result()
+    return attempt
+
+
+def _call(step: Step, ctx: dict[str, Any], run_id: Any, in_parallel: bool, started: datetime) -> Attempt:
     try:
         with step_scope(StepScope(run_id, step.name, ctx)), time_limit(*time_limit_of(step)):
             value = step.fn(ctx)

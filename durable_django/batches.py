@@ -27,7 +27,7 @@ from typing import Any
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from . import dispatch, items, join, leases, store
+from . import dispatch, items, join, leases, store, tracing
 from .attempts import Attempt, call_step, retry_delay
 from .definition import Block, Foreach, Step, Workflow, queue_for
 from .logging import log_attempt, run_fields, seconds
@@ -222,7 +222,11 @@ def execute(
                     store.cancel_claimed([row.pk, *(left.pk for left in batch.take_unstarted())])
                     break
                 step = steps[row.step]
-                attempt = call_step(step, context_of(row), run.pk, in_parallel=True, started_at=started)
+                with tracing.span(
+                    f"durable.step {step.name}", run, step=step.name, attempt=row.attempt, block=place.group.name
+                ) as span:
+                    attempt = call_step(step, context_of(row), run.pk, in_parallel=True, started_at=started)
+                    tracing.record_attempt(span, attempt)
                 batch.finished((row, step, attempt))
                 row = batch.next()
                 if row is not None and batch.overran:

@@ -28,7 +28,7 @@ from typing import Any
 from django.db.models import Case, Exists, F, JSONField, OuterRef, When
 from django.utils import timezone
 
-from . import batches, dispatch, items, join, results, store
+from . import batches, dispatch, items, join, results, store, tracing
 from .attempts import Attempt, call_step
 from .conf import durable_settings
 from .context import to_step_context
@@ -36,7 +36,6 @@ from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
 from .join import Moved
 from .logging import run_fields
 from .models import BlockKind, GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
-from .results import ERROR, Outcome
 from .store import Claimed
 
 logger = logging.getLogger("durable_django")
@@ -75,8 +74,8 @@ def enter(
     for member in block.steps:
         if member.name not in taken:
             rest.setdefault(queue_for(wf, member), []).append(member.name)
-    # Branches with a compensation are compensated with the context the block started with.
-    context = (fields or {}).get("context", run.context) if any(m.compensate is not None for m in block.steps) else None
+    # The context the block started with: what its branches are compensated with, and what a fork from it starts with.
+    context = (fields or {}).get("context", run.context)
     plan = store.Plan(first, rest, queue)
     opening = store.Opening(context=context)
     opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
@@ -118,7 +117,7 @@ def _enter_foreach(
     first = min(len(listed), FIRST_BATCH, block.max_concurrency or FIRST_BATCH) if here else 0
     rest = {queue_for(wf, block.member): [block.name] * (len(listed) - first)} if len(listed) > first else {}
     plan = store.Plan([block.name] * first, rest, queue, indexed=True)
-    opening = store.Opening(BlockKind.FOREACH, listed)
+    opening = store.Opening(BlockKind.FOREACH, listed, context)
     opened = store.open_group(run, block.name, block.on_error, plan, fields=fields, rows=rows, opening=opening)
     if opened is None:
         return None
@@ -173,10 +172,11 @@ def _drain(
         if joins_here and block.into is None and not retries and not waits and len(outcomes) == group.branch_count:
             # The job that entered a short block executed all of it: its join is known before
             # anything is written, and is recorded with the results.
-            closing = join.closing_for(group, run, wf, block, join.latest_of(outcomes))
+            closing = join.joined_here(group, run, wf, block, join.latest_of(outcomes))
             recorded = store.record_block_and_join(group.pk, run, results, closing)
             batches.log_cancelled(run, group, recorded)
             if recorded.closed:
+                join.trace_block(group, run)
                 return Moved(run, wf, queue) if run.status == RunStatus.RUNNING else None
             if recorded.counts is not None and join.decides(block, recorded.counts):
                 # Some results were taken over meanwhile, and the block is decided all the same.
@@ -203,6 +203,8 @@ def _joined(
     """After the results that decided ``block`` were recorded: join it here, or have its queue's worker do it."""
     if block.into is None and joins_here:
         # Closed in the recording transaction (or the run had moved on, cancelled say).
+        if closed:
+            join.trace_block(group, run)
         return Moved(run, wf, queue) if closed and run.status == RunStatus.RUNNING else None
     if joins_here:
         return join.join_group(group.pk)
@@ -301,8 +303,12 @@ def run_branch(row_id: int) -> Moved | None:
     if not store.may_start(run.pk):
         store.cancel_branch(row_id)
         return None
-    with store.heartbeat.hold(StepResult, row_id):
+    with (
+        store.heartbeat.hold(StepResult, row_id),
+        tracing.span(f"durable.step {step.name}", run, step=step.name, attempt=row.attempt, block=group.name) as span,
+    ):
         attempt = call_step(step, context, run.pk, in_parallel=True, started_at=started)
+        tracing.record_attempt(span, attempt)
     nxt = batches.retries_of(group, wf, [(claimed, step, attempt)]).get(row.pk)
     if nxt is not None:
         batches.log_branches(run, group, [(claimed, step, attempt)], {row.pk: nxt})
@@ -339,7 +345,7 @@ def _no_wait_in_child(row: Claimed, step: Step, attempt: Attempt) -> tuple[Claim
         f"branch {step.name!r} returned a wait, but its run is a child workflow executed inside its parent's "
         "step by call_workflow, which cannot wait; wait in the parent workflow instead"
     )
-    return row, step, Attempt(Outcome(ERROR, reason=reason), attempt.started_at, attempt.finished_at, retryable=False)
+    return row, step, attempt.failing(reason)
 
 
 def finish_branch(

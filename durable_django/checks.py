@@ -16,6 +16,7 @@ from django.utils.module_loading import import_string
 from .conf import DEFAULTS, TABLE, durable_settings
 from .definition import registered_workflows
 from .retention import checked_statuses, finished_statuses
+from .schedules import declared_schedules, unknown_workflow
 
 
 @register(Tags.compatibility)
@@ -232,4 +233,18 @@ def check_metrics_installable(app_configs: Any = None, **kwargs: Any) -> list[Ch
             "from your urls.py.",
             id="durable_django.E008",
         )
+    ]
+
+
+@register(Tags.compatibility)
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every schedule declared with ``schedule()`` starts a registered workflow."""
+    return [
+        Error(
+            f"{message}.",
+            hint="Correct the workflow's name in schedule(), or define the workflow in a workflows module.",
+            id="durable_django.E020",
+        )
+        for declaration in declared_schedules().values()
+        if (message := unknown_workflow(declaration))
     ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import blocks, dispatch, engine, jobs, join, results, store
+from . import blocks, dispatch, engine, jobs, join, results, store, timer_jobs
 from .attempts import Attempt
 from .context import current_scope, to_step_context
 from .definition import Step, Workflow, given_input, queue_for, resolve
@@ -153,6 +153,11 @@ def _drain(sink: dispatch.InlineSink) -> None:
     """Execute the child's jobs in this process until none is left."""
     while sink.jobs:
         job = sink.jobs.popleft()
+        if job.func in timer_jobs.CLOCK:
+            # Its timeout (or start) job is kept by RQ for its time, not waited for here: a
+            # child that completes at once must not hold its parent's step until its deadline.
+            dispatch.send_or_leave([job])
+            continue
         if job.delay > 0:
             # The child is synchronous by definition: its retry backoff waits here.
             time.sleep(job.delay)

@@ -30,7 +30,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from . import dispatch, leases, results, store
+from . import dispatch, leases, results, store, tracing
 from .attempts import Attempt, call_step, has_budget
 from .conf import durable_settings
 from .context import to_step_context
@@ -39,7 +39,7 @@ from .leases import released_fields
 from .logging import describe_reason, run_fields, seconds
 from .models import Compensation, RunStatus, StepKind, StepResult, StepStatus, WorkflowRun
 from .nodes import ERROR_KEY
-from .results import ERROR, OK, Outcome
+from .results import ERROR, OK
 
 logger = logging.getLogger("durable_django")
 
@@ -160,9 +160,14 @@ def _attempt(run: WorkflowRun, todo: Todo, queue: str) -> bool:
         return False
     # Its own name in the step scope: what it logs, and children it calls, are not the step's.
     undo = Step(f"{step.name} (compensation)", _none_is_ok(step.compensate), step.retry, None, None, step.timeout)
-    with store.heartbeat.hold(WorkflowRun, run.pk):
+    with (
+        store.heartbeat.hold(WorkflowRun, run.pk),
+        tracing.span(f"durable.compensate {step.name}", run, step=step.name, attempt=todo.attempt) as span,
+    ):
         attempt = _checked(call_step(undo, context_of(todo.row, run), run.pk), step)
+        tracing.record_attempt(span, attempt)
     row.finished_at = attempt.finished_at
+    row.logs = attempt.logs
     if attempt.failed:
         row.status, row.error = StepStatus.FAILED, attempt.reason
     else:
@@ -197,7 +202,7 @@ def _checked(attempt: Attempt, step: Step) -> Attempt:
         f"the compensation of step {step.name!r} returned a {attempt.outcome.kind}; "
         "a compensation returns ok(data), error(reason) or None, or raises"
     )
-    return Attempt(Outcome(ERROR, reason=reason), attempt.started_at, attempt.finished_at, retryable=False)
+    return attempt.failing(reason)
 
 
 def _log(run: WorkflowRun, row: StepResult, retry_in: float | None) -> None:

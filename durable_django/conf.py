@@ -7,6 +7,7 @@ keeps ``override_settings`` working in tests.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -203,11 +204,36 @@ def _retention_policy(value: Any) -> Retention | None:
     )
 
 
+def _log_level(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    return int(logging.getLevelNamesMapping()[str(value).upper()])
+
+
+def _is_log_level(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.upper() in logging.getLevelNamesMapping()
+
+
 RETENTION_MUST_BE = (
     'None or a dict such as {"older_than": "30d", "status": ["completed", "failed", "cancelled"], '
     '"batch_size": 1000}: "older_than" (required) an age such as 30d, 12h, 90m, 45s or a number of days, '
     '"status" a list of finished statuses, "batch_size" a positive number of runs'
 )
+
+
+def _tracing(value: Any) -> bool:
+    if value is None:
+        from importlib.util import find_spec
+
+        try:
+            return find_spec("opentelemetry.trace") is not None
+        except ModuleNotFoundError:
+            return False
+    return bool(value)
 
 
 class DurableSettings:
@@ -283,9 +309,21 @@ class DurableSettings:
     API_MAX_BODY_SIZE = Setting(1024 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
     # Prometheus metrics (durable_django.metrics): count runs, attempts and recovery in Redis, from
     # every process; False connects no receiver and costs nothing. Needs prometheus_client to be served.
+    # Spans for runs, steps, blocks and joins (docs/observability.md); on when opentelemetry-api is installed.
+    TRACING = Setting(
+        None, _tracing, accepts=lambda value: value is None or isinstance(value, bool), must_be="None, True or False"
+    )
     METRICS = Setting(False, bool, accepts=_flag, must_be="True or False")
     # A bearer token that lets a scraper read the metrics view without a staff session; None: staff only.
     METRICS_TOKEN = Setting(None, lambda value: value, accepts=_optional_name, must_be="None or a non-empty string")
+    # Per-step log capture (durable_django.capture): records logged while a step runs, at or above
+    # CAPTURE_LOGS_LEVEL, are stored with its attempt in StepResult.logs, within both caps.
+    CAPTURE_LOGS = Setting(True, bool, accepts=_flag, must_be="True or False")
+    CAPTURE_LOGS_LEVEL = Setting("INFO", _log_level, accepts=_is_log_level, must_be="a logging level name or number")
+    CAPTURE_LOGS_MAX_RECORDS = Setting(100, int, accepts=_whole(1), must_be="a positive integer")
+    CAPTURE_LOGS_MAX_BYTES = Setting(64 * 1024, int, accepts=_whole(1), must_be="a positive number of bytes")
+    # Also capture what a step prints (sys.stdout), as records of logger "print".
+    CAPTURE_PRINT = Setting(False, bool, accepts=_flag, must_be="True or False")
 
 
 DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in TABLE.items()}

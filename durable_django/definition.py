@@ -7,12 +7,14 @@ workflow and the offending step.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from .conf import durable_settings
+from .deadlines import run_timeout
 from .exceptions import InvalidInput, WorkflowDefinitionError, WorkflowNotFound
 from .nodes import (
     ERROR_KEY,
@@ -71,6 +73,8 @@ class Workflow:
     name: str
     steps: tuple[Node, ...]
     queue: str | None = None
+    #: Seconds a run may take from its start; a run not finished by then fails with ``workflow_timeout``.
+    timeout: float | None = None
     # Every node in execution order (a branch block's cases after it), its position there, and
     # the name of the node each is followed by: a case's last step goes on after its block.
     flat: tuple[Node, ...] = field(default=(), compare=False, repr=False)
@@ -129,17 +133,28 @@ class Workflow:
         """The steps and branches of this workflow that have a ``compensate`` function, by name."""
         return {member.name: member for member in self.all_steps() if member.compensate is not None}
 
-    def start(self, input: dict[str, Any] | NoInput = NO_INPUT, *, idempotency_key: str | None = None) -> WorkflowRun:
+    def start(
+        self,
+        input: dict[str, Any] | NoInput = NO_INPUT,
+        *,
+        idempotency_key: str | None = None,
+        delay: float | dt.timedelta | None = None,
+        run_at: dt.datetime | None = None,
+    ) -> WorkflowRun:
         """Save a new run of this workflow and dispatch it once the surrounding transaction commits.
 
         ``input`` must be a JSON-serializable dict; left out, it is ``{}``. Anything else, ``None``
         included, raises :class:`~durable_django.exceptions.InvalidInput` and saves nothing.
+        ``delay`` (seconds, or a timedelta) or ``run_at`` (an aware datetime) start it later: it
+        stays ``pending`` until then and holds no worker; a time in the past starts it at once.
         """
         # The one deliberate lazy import of the package: definitions load before the app registry
         # (workflows modules may be imported early), the engine needs the models.
         from .engine import get_or_start_run
 
-        run, _ = get_or_start_run(self, given_input(self.name, input), idempotency_key=idempotency_key)
+        run, _ = get_or_start_run(
+            self, given_input(self.name, input), idempotency_key=idempotency_key, delay=delay, run_at=run_at
+        )
         return run
 
     def describe(self) -> list[dict[str, Any]]:
@@ -148,7 +163,7 @@ class Workflow:
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What makes two definitions "the same" (a module imported twice defines the same workflow)."""
-        return (self.name, self.queue, tuple(map(_node_id, self.steps)))
+        return (self.name, self.queue, self.timeout, tuple(map(_node_id, self.steps)))
 
 
 def _fn_id(fn: Callable[..., Any] | str | None) -> tuple[Any, ...] | str | None:
@@ -458,13 +473,17 @@ _registry: dict[str, Workflow] = {}
 _lock = threading.Lock()
 
 
-def workflow(name: str, steps: list[Node], *, queue: str | None = None) -> Workflow:
+def workflow(
+    name: str, steps: list[Node], *, queue: str | None = None, timeout: float | dt.timedelta | None = None
+) -> Workflow:
     """Define a workflow and register it under ``name``.
 
+    ``timeout`` (seconds, or a timedelta): a run not finished that long after it started fails
+    with ``{"type": "workflow_timeout"}``, even while a step of it is still executing.
     Registering the same definition twice is harmless (a module imported again); a different
     definition under a taken name raises :class:`WorkflowDefinitionError`.
     """
-    definition = Workflow(name, _validate(name, steps, queue), queue)
+    definition = Workflow(name, _validate(name, steps, queue), queue, run_timeout(name, timeout))
     with _lock:
         existing = _registry.get(name)
         if existing is not None and existing.fingerprint() != definition.fingerprint():
@@ -485,10 +504,15 @@ def get_workflow(name: str) -> Workflow:
 
 
 def start_workflow(
-    name: str, input: dict[str, Any] | NoInput = NO_INPUT, *, idempotency_key: str | None = None
+    name: str,
+    input: dict[str, Any] | NoInput = NO_INPUT,
+    *,
+    idempotency_key: str | None = None,
+    delay: float | dt.timedelta | None = None,
+    run_at: dt.datetime | None = None,
 ) -> WorkflowRun:
     """Start the workflow registered under ``name``; see :meth:`Workflow.start`."""
-    return get_workflow(name).start(input, idempotency_key=idempotency_key)
+    return get_workflow(name).start(input, idempotency_key=idempotency_key, delay=delay, run_at=run_at)
 
 
 def find_workflow(name: str) -> Workflow | None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError
 from django.utils import timezone
 
-from . import blocks, dispatch, leases, results, store
+from . import blocks, dispatch, leases, results, store, timer_jobs, tracing
 from .attempts import Attempt, call_step, retry_delay
 from .context import StepScope, Unserializable, merge, roundtrip, step_scope, to_step_context
+from .deadlines import start_at
 from .definition import Branch, Foreach, Parallel, Step, Workflow, find_workflow, queue_for
 from .exceptions import InvalidInput
 from .leases import released_fields
@@ -42,12 +44,18 @@ def get_or_start_run(
     ref: str = "",
     run_id: Any = None,
     detached: bool = False,
+    delay: Any = None,
+    run_at: Any = None,
 ) -> tuple[WorkflowRun, bool]:
     """Save a run of ``wf`` and dispatch it after the surrounding transaction commits.
 
     Returns the run and whether this call created it (``True``), or found the one already started
     with the same idempotency key or child reference (``False``), like ``get_or_create``.
+    ``delay`` / ``run_at``: a delayed run is saved ``pending`` and started by its start job then
+    (see :func:`durable_django.deadlines.start_at`).
     """
+    now = timezone.now()
+    due = start_at(wf.name, delay, run_at, now)
     if input is None:
         input = {}
     if not isinstance(input, dict):
@@ -63,8 +71,10 @@ def get_or_start_run(
         if existing is not None:
             return existing, False
     first = wf.steps[0]
+    run_id = run_id or uuid.uuid4()
     run = WorkflowRun(
-        id=run_id or uuid.uuid4(),
+        id=run_id,
+        trace_context=tracing.start_context(wf.name, run_id, parent.trace_context if parent else None),
         workflow=wf.name,
         input=stored,
         context=stored,
@@ -74,9 +84,12 @@ def get_or_start_run(
         parent_step=parent_step,
         ref=ref,
         detached=detached,
-        lease_expires_at=leases.expiry(),
+        # A delayed run waits for its start job, not for a worker: recovery leaves it to the timers.
+        lease_expires_at=leases.expiry(now) if due is None else None,
+        run_at=due,
+        deadline_at=now + timedelta(seconds=wf.timeout) if wf.timeout is not None and due is None else None,
     )
-    if not store.create_run(run, queue_for(wf, first)):
+    if not store.create_run(run, queue_for(wf, first), timer_jobs.first_jobs(run, queue_for(wf))):
         # Lost a race against a run with the same idempotency key (or child ref): that one wins.
         if idempotency_key is not None:
             return WorkflowRun.objects.get(workflow=wf.name, idempotency_key=idempotency_key), False
@@ -85,6 +98,39 @@ def get_or_start_run(
         raise IntegrityError(f"a run with the id {run.pk} exists already")
     logger.info("started run %s of workflow %r", run.pk, wf.name, extra=run_fields(run.pk, wf.name))
     return run, True
+
+
+def start_fork(wf: Workflow, node_name: str, context: dict[str, Any], forked_from: WorkflowRun) -> WorkflowRun:
+    """Save a new run of ``wf`` that starts at its top-level step or block ``node_name`` with
+    ``context`` (stored JSON already), forked from ``forked_from`` whose input it keeps; it is
+    dispatched after the surrounding transaction commits. See :func:`durable_django.forks.fork_run`."""
+    node = wf.node(node_name)
+    run_id = uuid.uuid4()
+    now = timezone.now()
+    run = WorkflowRun(
+        id=run_id,
+        trace_context=tracing.start_context(wf.name, run_id, None),
+        workflow=wf.name,
+        input=forked_from.input,
+        context=context,
+        current_step=node_name,
+        forked_from=forked_from,
+        forked_from_step=node_name,
+        lease_expires_at=leases.expiry(now),
+        # A fork is a new run: its workflow's timeout counts from now.
+        deadline_at=now + timedelta(seconds=wf.timeout) if wf.timeout is not None else None,
+    )
+    if not store.create_run(run, queue_for(wf, node), timer_jobs.first_jobs(run, queue_for(wf))):
+        raise IntegrityError(f"a run with the id {run.pk} exists already")
+    logger.info(
+        "started run %s of workflow %r at %r, forked from run %s",
+        run.pk,
+        wf.name,
+        node_name,
+        forked_from.pk,
+        extra=run_fields(run.pk, wf.name, step=node_name),
+    )
+    return run
 
 
 # -- executing ------------------------------------------------------------------------------------
@@ -156,8 +202,12 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
     if not store.may_start(run.pk):
         _log_not_started(run, step.name)
         return None
-    with store.heartbeat.hold(WorkflowRun, run.pk):
+    with (
+        store.heartbeat.hold(WorkflowRun, run.pk),
+        tracing.span(f"durable.step {step.name}", run, step=step.name, attempt=attempt_no) as span,
+    ):
         attempt = call_step(step, to_step_context(run.context), run.pk, started_at=started)
+        tracing.record_attempt(span, attempt)
     row = StepResult(
         run=run,
         step=step.name,
@@ -165,6 +215,9 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         started_at=attempt.started_at,
         finished_at=attempt.finished_at,
         job_id=dispatch.current_job_id(),
+        logs=attempt.logs,
+        # What a fork from this step starts with; written by the same INSERT, once per entry into the step.
+        context_before=run.context if attempt_no == 1 and wf.goto_position(step.name) is not None else None,
     )
     if attempt.waits:
         return _suspend(run, wf, step, row, attempt)
@@ -222,6 +275,7 @@ def _take_branch(run: WorkflowRun, wf: Workflow, node: Branch, queue: str) -> Wo
         attempt=run.current_attempt,
         started_at=timezone.now(),
         job_id=dispatch.current_job_id(),
+        context_before=run.context if wf.goto_position(node.name) is not None else None,
     )
     if not store.may_start(run.pk):
         _log_not_started(run, node.name)

@@ -41,6 +41,19 @@ class RunStateError(DurableError):
     """The run is not in a state that allows this operation."""
 
 
+class UnknownStep(DurableError, ValueError):
+    """The workflow has no top-level step or block of that name."""
+
+    def __init__(self, message: str, known: list[str]) -> None:
+        super().__init__(message)
+        #: The names of the workflow's top-level steps and blocks.
+        self.known = known
+
+
+class ContextNotRecorded(DurableError, ValueError):
+    """The context the run had before that step was not recorded: give one."""
+
+
 class RunNotDeletable(RunStateError):
     """A run that has not finished, or whose parent or child runs have not, cannot be deleted."""
 

@@ -12,7 +12,7 @@ from typing import Any, ParamSpec
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from . import blocks, compensation, dispatch, engine, join, resume
+from . import blocks, compensation, dispatch, engine, firing, join, resume, timer_jobs, timers
 
 P = ParamSpec("P")
 
@@ -81,6 +81,18 @@ def compensate(run_id: str, queue: str, version: int) -> None:
     compensation.compensate(run_id, queue, version)
 
 
+@_fresh_connections_after_db_errors
+def start_run(run_id: str) -> None:
+    """Start the delayed run ``run_id`` once it is due (its first job is sent from there)."""
+    timers.start_run(run_id)
+
+
+@_fresh_connections_after_db_errors
+def time_out_run(run_id: str) -> None:
+    """Fail run ``run_id`` with ``workflow_timeout`` if it has not finished by its deadline."""
+    timers.time_out_run(run_id)
+
+
 ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     dispatch.RUN_WORKFLOW: run_workflow,
     dispatch.RUN_BRANCH: run_branch,
@@ -88,4 +100,13 @@ ENTRY_POINTS: dict[str, Callable[..., Any]] = {
     dispatch.JOIN_GROUP: join_group,
     dispatch.WAKE_WAIT: wake_wait,
     dispatch.COMPENSATE: compensate,
+    timer_jobs.START_RUN: start_run,
+    timer_jobs.TIME_OUT_RUN: time_out_run,
 }
+
+
+# Not a job kind of durable_django.dispatch: durable_django.schedule_jobs sends it.
+@_fresh_connections_after_db_errors
+def fire_schedule(schedule_id: int) -> None:
+    """Fire schedule ``schedule_id`` if it is due (its job runs at the schedule's next fire time)."""
+    firing.fire_due(schedule_id=schedule_id)

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import items, results, store
+from . import items, results, store, tracing
 from .attempts import Attempt
 from .context import RESULTS_KEY, StepScope, Unserializable, results_to_tuples, roundtrip, step_scope, to_step_context
 from .definition import Block, Foreach, Step, Workflow, find_workflow, queue_for
@@ -81,8 +81,25 @@ def decide_in_transaction(
     if not decides(block, counts):
         return None
     if outcomes and counts.finals == group.branch_count:
-        return run, closing_for(group, run, wf, block, latest_of(outcomes), waiting=counts.waiting)
-    return run, closing_for(group, run, wf, block, waiting=counts.waiting)
+        return run, joined_here(group, run, wf, block, latest_of(outcomes), waiting=counts.waiting)
+    return run, joined_here(group, run, wf, block, waiting=counts.waiting)
+
+
+def joined_here(
+    group: ParallelGroup,
+    run: WorkflowRun,
+    wf: Workflow,
+    block: Block,
+    latest: Latest | None = None,
+    *,
+    waiting: int | None = None,
+) -> Closing:
+    """:func:`closing_for`, in the block's ``durable.join`` span: for a join computed where the
+    results that decided it are recorded."""
+    with tracing.span(f"durable.join {group.name}", run, block=group.name) as current:
+        closing = closing_for(group, run, wf, block, latest, waiting=waiting)
+        tracing.record(current, str(closing.status), closing.run_fields.get("error"))
+    return closing
 
 
 Latest = dict[tuple[str, int | None], tuple[Any, ...]]
@@ -179,14 +196,43 @@ def join_group(group_id: int) -> Moved | None:
         logger.debug("group %s is closed or joined by another worker; nothing to do", group_id)
         return None
     group = ParallelGroup.objects.select_related("run").get(pk=group_id)
-    with store.heartbeat.hold(ParallelGroup, group_id):
+    with (
+        store.heartbeat.hold(ParallelGroup, group_id),
+        tracing.span(f"durable.join {group.name}", group.run, block=group.name) as current,
+    ):
         closed, wf = _join(group)
+        tracing.record(current, *(block_outcome(group.run) if closed else ("skipped", None)))
     if not closed:
         # The join did not close the group (its run was not running): leave it to whoever comes next.
         store.release_join(group_id)
         return None
+    trace_block(group, group.run)
     # The group is closed and its lease let go: the run goes on under its own lease.
     return Moved(group.run, wf, queue_for(wf)) if wf is not None else None
+
+
+def block_outcome(run: WorkflowRun) -> tuple[str, Any]:
+    """The status and error of the block whose close just moved ``run``: a block fails exactly when
+    its close fails the run (or has it compensate first)."""
+    if run.status in (RunStatus.FAILED, RunStatus.COMPENSATING):
+        return str(GroupStatus.FAILED), run.error
+    return str(GroupStatus.COMPLETED), None
+
+
+def trace_block(group: ParallelGroup, run: WorkflowRun) -> None:
+    """The ``durable.block`` span of ``group``, closed by this process with the move of ``run``:
+    from the block's fan-out until now (nothing when tracing is off)."""
+    if run.trace_context:
+        status, error = block_outcome(run)
+        tracing.emit(
+            f"durable.block {group.name}",
+            run,
+            start=group.created_at,
+            status=status,
+            error=error,
+            block=group.name,
+            branches=group.branch_count,
+        )
 
 
 def _join(group: ParallelGroup) -> tuple[bool, Workflow | None]:

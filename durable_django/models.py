@@ -10,6 +10,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
 
@@ -132,6 +133,43 @@ class WorkflowRun(models.Model):
     # the time by which a worker must have picked the run's next job up (see durable_django.recovery).
     lease_owner = models.CharField(_("lease owner"), max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    run_at = models.DateTimeField(
+        _("run at"), null=True, blank=True, help_text=_("A delayed run stays pending until this time.")
+    )
+    deadline_at = models.DateTimeField(
+        _("deadline"),
+        null=True,
+        blank=True,
+        help_text=_("Set from the workflow's timeout when the run starts: unfinished by then, it fails."),
+    )
+    forked_from = models.ForeignKey(
+        "self",
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="forks",
+        verbose_name=_("forked from"),
+        help_text=_("The run this one was forked from (fork_run)."),
+    )
+    forked_from_step = models.CharField(
+        _("forked from step"), max_length=200, blank=True, help_text=_("The step the fork started at.")
+    )
+    schedule = models.ForeignKey(
+        "Schedule",
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="runs",
+        verbose_name=_("schedule"),
+        help_text=_("The schedule whose fire started this run."),
+    )
+    trace_context = models.JSONField(
+        _("trace context"),
+        default=dict,
+        db_default={},
+        blank=True,
+        help_text=_("The W3C trace context of whoever started the run, continued by every job of the run."),
+    )
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
@@ -148,6 +186,16 @@ class WorkflowRun(models.Model):
                 fields=["lease_expires_at"],
                 condition=Q(status__in=("pending", "running")),
                 name="durable_run_unfinished_lease",
+            ),
+            models.Index(
+                fields=["deadline_at"],
+                condition=Q(deadline_at__isnull=False, status__in=("pending", "running", "waiting")),
+                name="durable_run_open_deadline",
+            ),
+            models.Index(
+                fields=["run_at"],
+                condition=Q(run_at__isnull=False, status="pending"),
+                name="durable_run_delayed",
             ),
         ]
         constraints = [
@@ -194,7 +242,9 @@ class ParallelGroup(models.Model):
         null=True,
         blank=True,
         encoder=DjangoJSONEncoder,
-        help_text=_("The run's context when the block started, kept when a branch has a compensation."),
+        help_text=_(
+            "The run's context when the block started: its branches' compensations and a fork from it start with it."
+        ),
     )
     status = models.CharField(_("status"), max_length=16, choices=GroupStatus.choices, default=GroupStatus.RUNNING)
     results = models.JSONField(_("results"), null=True, blank=True, encoder=DjangoJSONEncoder)
@@ -269,6 +319,22 @@ class StepResult(models.Model):
         blank=True,
         encoder=DjangoJSONEncoder,
         help_text=_("The run's context right after this step, kept for a step with a compensation."),
+    )
+    context_before = models.JSONField(
+        _("context before"),
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("The run's context when this top-level step started: a fork from the step starts with it."),
+    )
+    # A database default too: the statements that insert many rows at once name only the columns they set.
+    logs = models.JSONField(
+        _("logs"),
+        default=list,
+        db_default=[],
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text=_("Log records emitted while this attempt executed (at, level, logger, message)."),
     )
     compensates = models.ForeignKey(
         "self",
@@ -442,3 +508,38 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({'consumed' if self.consumed_at else 'buffered'})"
+
+
+class Schedule(models.Model):
+    """Starts a run of ``workflow`` at every time of a cron expression, in a timezone."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    workflow = models.CharField(_("workflow"), max_length=200)
+    cron = models.CharField(_("cron"), max_length=200, help_text=_("e.g. 0 9 * * 1-5 (at 9:00 on weekdays)."))
+    timezone = models.CharField(_("timezone"), max_length=64, default="UTC", help_text=_("e.g. Europe/Berlin."))
+    input = models.JSONField(_("input"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    catch_up = models.BooleanField(
+        _("catch up"),
+        default=False,
+        help_text=_("Fire every time missed while nothing ran (bounded), not only the latest."),
+    )
+    last_fired_at = models.DateTimeField(_("last fired at"), null=True, blank=True)
+    next_fire_at = models.DateTimeField(_("next fire at"), null=True, blank=True)
+    declared_in_code = models.BooleanField(
+        _("declared in code"), default=False, help_text=_("Declared with schedule() in a workflows module.")
+    )
+    # "timezone" is a field of this class: the module is reached through its full name.
+    created_at = models.DateTimeField(_("created at"), default=django_timezone.now)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
+        indexes = [
+            models.Index(fields=["next_fire_at"], condition=Q(enabled=True), name="durable_schedule_due"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from . import dispatch, leases, store
+from . import dispatch, leases, store, timer_jobs
 from .definition import Foreach, Workflow, find_workflow, queue_for
 from .exceptions import AmbiguousRunId, RunStateError
 from .leases import released_fields
@@ -61,7 +62,7 @@ def find_run_id(text: str) -> uuid.UUID:
     return found[0]
 
 
-def _load(run: RunRef) -> WorkflowRun:
+def load_run(run: RunRef) -> WorkflowRun:
     """The run as stored now (raises ``WorkflowRun.DoesNotExist`` for an unknown or malformed id)."""
     pk = run.pk if isinstance(run, WorkflowRun) else run
     try:
@@ -81,9 +82,9 @@ def retry_run(run: RunRef) -> WorkflowRun:
     join again. A failed child called by the failed step is retried with it. Raises
     :class:`~durable_django.exceptions.RunStateError` when the run is not failed.
     """
-    current = _load(run)
+    current = load_run(run)
     with transaction.atomic():
-        jobs = _reopen(current)
+        jobs = reopen(current)
         dispatch.submit(*jobs)
     logger.info(
         "run %s of workflow %r retried at %r",
@@ -96,8 +97,9 @@ def retry_run(run: RunRef) -> WorkflowRun:
     return current
 
 
-def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
-    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it."""
+def reopen(run: WorkflowRun) -> list[dispatch.Job]:
+    """Put a failed run back to ``running`` (inside the caller's transaction); the jobs that resume it,
+    for :func:`durable_django.dispatch.submit` in that transaction."""
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"Run {run.pk} is {run.status}; only a failed run can be retried.")
     if run.compensation:
@@ -120,12 +122,16 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
         "finished_at": None,
         **released_fields(leases.expiry(now) if group is None else None),
     }
+    # A workflow timeout counts again from the retry: a deadline that passed would fail it at once.
+    deadline = now + timedelta(seconds=wf.timeout) if wf is not None and wf.timeout is not None else None
+    fields["deadline_at"] = deadline
+    clock = [timer_jobs.time_out_run_job(run.pk, queue_for(wf), deadline)] if deadline is not None else []
     timed_out = _timed_out_wait(run) if group is None else None
     if timed_out is not None:
         # The step completed and its wait timed out: the run waits again, with a fresh timeout.
         if not store.waits.wait_again(run, timed_out, {**fields, **released_fields()}):
             raise RunStateError(f"Run {run.pk} changed while it was being retried; look at it again.")
-        return []
+        return clock
     if group is None:
         # A sequential step (or a run that never reached its block): one more attempt of that step.
         fields["current_attempt"] = run.current_attempt + 1
@@ -134,8 +140,8 @@ def _reopen(run: WorkflowRun) -> list[dispatch.Job]:
     if group is None:
         _reopen_children(run, run.current_step)
         node = wf.node(run.current_step) if wf is not None else None
-        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version)]
-    return _reopen_group(run, wf, group)
+        return [dispatch.run_workflow_job(run.pk, queue_for(wf, node), run.version), *clock]
+    return [*_reopen_group(run, wf, group), *clock]
 
 
 def _timed_out_wait(run: WorkflowRun) -> Wait | None:
@@ -197,7 +203,7 @@ def _reopen_group(run: WorkflowRun, wf: Workflow | None, group: ParallelGroup) -
 def _reopen_children(run: WorkflowRun, *steps: str) -> None:
     """Reopen failed children called by ``steps`` of ``run``; the calling step resumes them inline."""
     for child in WorkflowRun.objects.filter(parent=run, parent_step__in=steps, status=RunStatus.FAILED, detached=False):
-        _reopen(child)
+        reopen(child)
 
 
 def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
@@ -212,13 +218,18 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     compensating. Raises :class:`~durable_django.exceptions.RunStateError` when the run has
     already finished, or is compensating.
     """
-    current = _load(run)
+    current = load_run(run)
     with transaction.atomic():
-        if not _cancel(current.pk, timezone.now(), compensate=compensate):
+        if not stop_run(current.pk, timezone.now(), compensate=compensate):
             current.refresh_from_db()
             raise RunStateError(
                 f"Run {current.pk} is {current.status}; only a pending, running or waiting run can be cancelled."
             )
+        if current.status == RunStatus.PENDING and current.run_at is not None:
+            # A delayed run that never started: its scheduled start job has nothing left to do.
+            # It was sent on the workflow's queue (engine.get_or_start_run).
+            queue = queue_for(find_workflow(current.workflow))
+            dispatch.withdraw_after_commit([(queue, timer_jobs.start_job_id(current.pk))])
     current.refresh_from_db()
     if current.status == RunStatus.COMPENSATING:
         logger.info(
@@ -237,12 +248,15 @@ def cancel_run(run: RunRef, *, compensate: bool = False) -> WorkflowRun:
     return current
 
 
-def _cancel(run_id: Any, now: Any, *, compensate: bool = False) -> bool:
-    if not store.cancel_run(run_id, now, compensate=compensate):
+def stop_run(run_id: Any, now: Any, *, compensate: bool = False, reason: Any = None) -> bool:
+    """Cancel run ``run_id`` and its unfinished children in the caller's transaction; ``reason``:
+    the run fails with it instead, if its deadline passed (see :func:`durable_django.store.cancel_run`),
+    and its children are cancelled. Whether the run was stopped."""
+    if not store.cancel_run(run_id, now, compensate=compensate, reason=reason):
         return False
     # Children started with start_child (detached) live on: they were never part of the parent's work.
     for child_id in (
         WorkflowRun.objects.filter(parent_id=run_id, detached=False).unfinished().values_list("pk", flat=True)
     ):
-        _cancel(child_id, now)
+        stop_run(child_id, now)
     return True

@@ -11,6 +11,8 @@ not RQ's registries, to find:
 - a run whose compensations were executing when its worker's lease ran out: the compensation
   attempt that was executing is recorded as ``worker_lost`` and the run's compensate job is sent
   again (see :mod:`durable_django.compensation`);
+- a delayed run due for a while whose start job never came, and a run past its workflow's
+  timeout (:func:`durable_django.timers.sweep`);
 - a run, branch or retry whose job should have started by now but is not in Redis (a crash
   between commit and enqueue, a flushed or restarted Redis), or a scheduled retry that is overdue
   because no RQ scheduler is moving it.
@@ -34,7 +36,7 @@ from django.db import close_old_connections, connections
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from . import blocks, counters, dispatch, join, leases, results, resume, retention, store
+from . import blocks, counters, dispatch, firing, join, leases, results, resume, retention, store, timers, tracing
 from .attempts import Attempt
 from .conf import durable_settings
 from .definition import Block, Step, Workflow, find_workflow, queue_for
@@ -43,6 +45,8 @@ from .logging import run_fields
 from .models import GroupStatus, ParallelGroup, RunStatus, StepResult, StepStatus, WorkflowRun
 
 logger = logging.getLogger("durable_django.recovery")
+# The span, in the run's trace, of each thing recovery does to a run; ``durable.action`` says what.
+RECOVER = "durable.recover"
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Report:
     retries_released: int = 0
     failed_worker_lost: int = 0
     waits_woken: int = 0
+    delayed_runs_started: int = 0
+    runs_timed_out: int = 0
 
     @property
     def total(self) -> int:
@@ -186,6 +192,7 @@ def recover(now: datetime | None = None) -> Report:
             )
             queue = queue_for(find_workflow(group.run.workflow))
             dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
+            tracing.emit(RECOVER, group.run, action="join_taken_over", block=group.name)
             report.joins_taken_over += 1
     settled = now - timedelta(seconds=durable_settings.LEASE_SECONDS)
     undecided = (
@@ -194,6 +201,7 @@ def recover(now: datetime | None = None) -> Report:
     for group in undecided.annotate(last=Max("branches__finished_at")).filter(last__lt=settled):
         _send_join_again(group, now, report)
     _wake_overdue(now, report)
+    report.delayed_runs_started, report.runs_timed_out = timers.sweep(now)
     if report.total:
         logger.warning("recovery: %s", report)
         if durable_settings.METRICS:
@@ -246,6 +254,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
                 run.current_step,
                 extra=run_fields(run.pk, run.workflow),
             )
+            tracing.emit(RECOVER, run, action="run_taken_over", step=run.current_step)
             report.steps_taken_over += 1
         return
     streak = lost_streak(run.pk, node.name) + 1
@@ -253,6 +262,8 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     lost = StepResult(
         run=run, step=node.name, attempt=run.current_attempt, status=StepStatus.FAILED, error=reason, finished_at=now
     )
+    if run.current_attempt == 1 and wf is not None and wf.goto_position(node.name) is not None:
+        lost.context_before = run.context  # as the lost attempt would have recorded it (see durable_django.forks)
     if streak >= durable_settings.MAX_WORKER_LOST:
         if store.fail_run(run, node.name, reason, [lost]):
             logger.error(
@@ -262,6 +273,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
                 node,
                 extra=run_fields(run.pk, run.workflow),
             )
+            tracing.emit(RECOVER, run, action="failed_worker_lost", step=node.name, status="failed", error=reason)
             report.failed_worker_lost += 1
         return
     fields_ = {"current_attempt": run.current_attempt + 1, **released_fields(leases.expiry(now))}
@@ -273,6 +285,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
             run.current_step,
             extra=run_fields(run.pk, run.workflow),
         )
+        tracing.emit(RECOVER, run, action="run_taken_over", step=node.name, attempt=lost.attempt)
         report.steps_taken_over += 1
 
 
@@ -309,6 +322,7 @@ def _take_over_compensation(run: WorkflowRun, now: datetime, report: Report) -> 
             owner,
             extra=run_fields(run.pk, run.workflow),
         )
+        tracing.emit(RECOVER, run, action="compensation_taken_over")
         report.compensations_taken_over += 1
 
 
@@ -327,6 +341,7 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
             job_id,
             extra=run_fields(run.pk, run.workflow),
         )
+        tracing.emit(RECOVER, run, action="run_sent_again", step=run.current_step)
         report.runs_sent_again += 1
     elif done == "released":
         logger.warning(
@@ -336,6 +351,7 @@ def _send_run_again(run: WorkflowRun, now: datetime, report: Report) -> None:
             queue,
             extra=run_fields(run.pk, run.workflow),
         )
+        tracing.emit(RECOVER, run, action="retry_released", step=run.current_step)
         report.retries_released += 1
 
 
@@ -362,15 +378,28 @@ def _take_over_branch(row: StepResult, now: datetime, report: Report) -> None:
                 row.lease_owner,
                 extra={"run_id": str(row.run_id)},
             )
+            tracing.emit(
+                RECOVER, row.run, action="branch_taken_over", step=row.step, attempt=row.attempt, block=group.name
+            )
             report.branches_taken_over += 1
         return
     # Final: the block goes on without this branch (or was decided already); counters stay right.
     if blocks.finish_branch(row, group, wf, block, attempt):
+        tracing.emit(
+            RECOVER,
+            row.run,
+            action="branch_failed_worker_lost",
+            step=row.step,
+            attempt=row.attempt,
+            block=group.name,
+            status="failed",
+            error=attempt.reason,
+        )
         report.failed_worker_lost += 1
 
 
 def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
-    _, wf, block = _branch_place(row)
+    group, wf, block = _branch_place(row)
     queue = queue_for(wf, block.branch(row.step) if block else None)
     job = dispatch.run_branch_job(row.pk, row.run_id, row.job_id, queue)
     done = _waiting_job(queue, row.job_id, job, now, lambda until: store.postpone_branch(row, until))
@@ -382,8 +411,10 @@ def _send_branch_again(row: StepResult, now: datetime, report: Report) -> None:
             row.job_id,
             extra={"run_id": str(row.run_id)},
         )
+        tracing.emit(RECOVER, row.run, action="branch_sent_again", step=row.step, attempt=row.attempt, block=group.name)
         report.branches_sent_again += 1
     elif done == "released":
+        tracing.emit(RECOVER, row.run, action="retry_released", step=row.step, attempt=row.attempt, block=group.name)
         report.retries_released += 1
 
 
@@ -407,6 +438,7 @@ def _send_drain_again(row: StepResult, now: datetime, report: Report) -> None:
         logger.warning(
             "branches of group %s (run %s): job %s is not in Redis; sent it again", group.pk, row.run_id, row.job_id
         )
+        tracing.emit(RECOVER, row.run, action="branches_sent_again", block=group.name)
         report.branches_sent_again += 1
 
 
@@ -428,6 +460,7 @@ def _send_join_again(group: ParallelGroup, now: datetime, report: Report) -> Non
         extra={"run_id": str(group.run_id)},
     )
     dispatch.send([dispatch.join_group_job(group.pk, group.run_id, queue)])
+    tracing.emit(RECOVER, group.run, action="join_sent_again", block=group.name)
     report.joins_sent_again += 1
 
 
@@ -475,7 +508,9 @@ class Sweeper:
             if not turn:
                 return None
             close_old_connections()
-            return recover()
+            report = recover()
+            fire_schedules()
+            return report
         except dispatch.QUEUE_UNAVAILABLE as error:
             # Redis is down: said once per outage rather than with a traceback every interval.
             if not self._redis_down:
@@ -490,6 +525,17 @@ class Sweeper:
             connections.close_all()
             time.sleep(min(durable_settings.RECOVER_INTERVAL, 1))
             return None
+
+
+def fire_schedules() -> None:
+    """Fire the schedules whose fire job is late or lost (the safety net of their fire jobs). Never
+    raises: a schedule that cannot fire must not keep the sweeps that follow from recovering runs."""
+    try:
+        firing.fire_due()
+    except dispatch.QUEUE_UNAVAILABLE:
+        raise
+    except Exception:
+        logger.exception("schedules could not be checked for due fires; the next sweep tries again")
 
 
 sweeper = Sweeper()

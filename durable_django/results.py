@@ -215,6 +215,20 @@ def wait_timeout(name: str) -> dict[str, Any]:
     return {"type": "wait_timeout", "wait": name, "message": f"the wait for {name!r} timed out"}
 
 
+WORKFLOW_TIMEOUT = "workflow_timeout"
+
+
+def workflow_timeout(seconds: float | None) -> dict[str, Any]:
+    """The run was not finished ``seconds`` after it started (its workflow's ``timeout``; ``None``
+    when the workflow is no longer registered)."""
+    limit = f" of {seconds:g} s" if seconds is not None else ""
+    return {
+        "type": WORKFLOW_TIMEOUT,
+        "timeout": seconds,
+        "message": f"the run did not finish within its workflow's timeout{limit}",
+    }
+
+
 def run_error(step_name: str, reason: Any, **where: Any) -> dict[str, Any]:
     """A failed run's ``error``: the step (or block) that failed it, where exactly, and why."""
     return {"step": step_name, **where, "reason": reason}

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import connections
 from rq import SimpleWorker
 
-from . import dispatch
+from . import dispatch, timer_jobs
 
 
 class EmbeddedQueue:
@@ -65,13 +65,15 @@ class EmbeddedQueue:
     def next_scheduled_in(self, *, include_waits: bool = True) -> float | None:
         """Seconds until the earliest scheduled job (a retry's backoff, a wait's wake-up) is due, or ``None``.
 
-        ``include_waits=False`` leaves out the wake-up jobs of sleeps and timeouts.
+        ``include_waits=False`` leaves out the wake-up jobs of sleeps and timeouts, and the jobs
+        that fail a run at its workflow's timeout.
         """
+        skipped = (dispatch.WAKE_PREFIX, timer_jobs.TIMEOUT_PREFIX)
         soonest = None
         for queue in self.queues():
             registry = queue.scheduled_job_registry
             for job_id, score in queue.connection.zrange(registry.key, 0, -1, withscores=True):
-                if not include_waits and _text(job_id).startswith(dispatch.WAKE_PREFIX):
+                if not include_waits and _text(job_id).startswith(skipped):
                     continue
                 soonest = score if soonest is None else min(soonest, score)
                 break

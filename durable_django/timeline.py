@@ -38,6 +38,7 @@ from .timeparts import (
     Section,
     Timeline,
     WaitBar,
+    attempt_logs,
     branch_header,
     compensation_header,
     group_header,
@@ -365,6 +366,7 @@ def build_timeline(
                 bars=fit_labels(bars),
                 item=first.item_index,
                 compensates=first.kind == "compensation",
+                logs=attempt_logs(line),
             )
         ]
         line_waits = [_wait_bar(wait, axis, open_end) for row in line for wait in waits_of.get(row.pk or 0, [])]

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .admin_items import ItemSummary, counts_text
+from .admin_logs import LogLine, levels_note, log_lines
 from .models import ParallelGroup, StepResult, WorkflowRun
 from .timeaxis import STATUS_COLOURS, LabelPosition, Tick, format_duration, label_position, pct, status_colour
 
@@ -116,6 +117,19 @@ class MoreBar(_Labelled):
 
 
 @dataclass(frozen=True)
+class AttemptLogs:
+    """What one attempt of a timeline line logged."""
+
+    attempt: int
+    lines: tuple[LogLine, ...]
+
+
+def attempt_logs(rows: Sequence[StepResult]) -> tuple[AttemptLogs, ...]:
+    """The logs of the attempts ``rows`` of one line, those that logged anything."""
+    return tuple(AttemptLogs(row.attempt, tuple(log_lines(row.logs))) for row in rows if row.logs)
+
+
+@dataclass(frozen=True)
 class Row:
     """One line of the timeline: a sequential step, a branch or an item, with one bar per attempt.
 
@@ -130,6 +144,12 @@ class Row:
     item: int | None = None
     more: MoreBar | None = None
     compensates: bool = False
+    logs: tuple[AttemptLogs, ...] = ()
+
+    @property
+    def logs_note(self) -> str:
+        """``"3 records: 3 INFO"`` (of every attempt of the line)."""
+        return levels_note([line for attempt in self.logs for line in attempt.lines])
 
     @property
     def is_waits(self) -> bool:

@@ -30,8 +30,8 @@ class Definer:
         self.names.append(name)
         return name
 
-    def __call__(self, steps: list[Node], *, queue: str | None = None) -> Workflow:
-        return workflow(self.name(), steps, queue=queue)
+    def __call__(self, steps: list[Node], *, queue: str | None = None, timeout: float | None = None) -> Workflow:
+        return workflow(self.name(), steps, queue=queue, timeout=timeout)
 
     def close(self) -> None:
         for name in self.names:

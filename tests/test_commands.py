@@ -65,6 +65,38 @@ def test_durable_cancel_cancels_and_refuses_finished_runs() -> None:
         run_command("durable_cancel", str(running.pk))
 
 
+def test_durable_retry_and_cancel_take_filters_instead_of_ids() -> None:
+    old = timezone.now() - timedelta(days=2)
+    stale = [
+        WorkflowRun.objects.create(workflow="w", status=RunStatus.FAILED, current_step="s", created_at=old)
+        for _ in range(2)
+    ]
+    recent = WorkflowRun.objects.create(workflow="w", status=RunStatus.FAILED, current_step="s")
+    other = WorkflowRun.objects.create(workflow="other", status=RunStatus.FAILED, current_step="s", created_at=old)
+    cutoff = (timezone.now() - timedelta(days=1)).isoformat()
+
+    assert run_command("durable_retry", "--workflow", "w", "--created-before", cutoff, "--dry-run") == (
+        "would retry 2 runs\n",
+        "",
+    )
+    assert run_command("durable_retry", "--workflow", "w", "--created-before", cutoff) == ("retried 2 runs\n", "")
+    statuses = dict(WorkflowRun.objects.values_list("pk", "status"))
+    assert [statuses[run.pk] for run in [*stale, recent, other]] == ["running", "running", "failed", "failed"]
+    assert run_command("durable_cancel", "--workflow", "w") == ("cancelled 2 runs\n", "")
+    assert WorkflowRun.objects.get(pk=stale[0].pk).status == RunStatus.CANCELLED
+
+    with pytest.raises(CommandError) as raised:
+        run_command("durable_retry")
+    assert str(raised.value) == (
+        "Give at least one RUN_ID, or filters (--workflow, --created-before, --created-after) to retry every run "
+        "they select."
+    )
+    with pytest.raises(CommandError, match="Give run ids or filters"):
+        run_command("durable_cancel", str(recent.pk), "--workflow", "w")
+    with pytest.raises(CommandError, match="Not an ISO 8601 date or time: 'yesterday'"):
+        run_command("durable_retry", "--created-before", "yesterday")
+
+
 def test_durable_runs_lists_with_filters_as_json_lines() -> None:
     parent = WorkflowRun.objects.create(workflow="parent", status=RunStatus.RUNNING)
     child = WorkflowRun.objects.create(workflow="child", status=RunStatus.FAILED, parent=parent, error={"step": "x"})

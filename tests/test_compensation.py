@@ -271,11 +271,13 @@ def test_completed_branches_are_compensated_with_the_blocks_context_and_their_ou
 
 
 @runs
-def test_a_block_without_compensations_keeps_no_context(embedded: EmbeddedQueue, define: Definer) -> None:
+def test_a_block_without_compensations_keeps_the_context_it_started_with_for_a_fork(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
     wf = define([parallel(step("a", lambda ctx: ok()), step("b", lambda ctx: ok()))])
     run = finish(embedded, wf.start({"x": 1}))
     assert run.status == "completed"
-    assert ParallelGroup.objects.get(run=run).context is None
+    assert ParallelGroup.objects.get(run=run).context == {"x": 1}
 
 
 # -- waits, children ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from durable_django import start_workflow
-from durable_django.models import ParallelGroup, WorkflowRun
+from durable_django.models import ParallelGroup, StepResult, WorkflowRun
 from durable_django.testing import EmbeddedQueue
 from example_project.shop import workflows
 from example_project.shop.demo import COMPLETED, FAILED, Example
@@ -155,6 +155,13 @@ def test_checkout_records_the_payment_and_confirms_the_order(embedded, ada):
         "notify_customer",
     ]
     assert SentMessage.objects.get().subject == "Order ORD-1: confirmed"
+    # What authorize_payment logged is kept with its attempt.
+    (record,) = StepResult.objects.get(run=run, step="payment").logs
+    assert (record["level"], record["logger"], record["message"]) == (
+        "INFO",
+        workflows.logger.name,
+        f"order {placed.pk}: card authorized, code {auth.code}",
+    )
 
 
 def test_checkout_jumps_to_handle_payment_failure_when_the_card_is_declined(embedded, ada):
@@ -167,6 +174,9 @@ def test_checkout_jumps_to_handle_payment_failure_when_the_card_is_declined(embe
     assert run.context["summary"]["payment"] == "not authorized: card_declined"
     assert run.context["order_status"] == "payment_failed"
     assert "payment_id" not in run.context
+    assert [(r["level"], r["message"]) for r in StepResult.objects.get(run=run, step="payment").logs] == [
+        ("INFO", f"order {placed.pk}: card not authorized (card_declined)")
+    ]
     assert attempts(run) == [
         ("open_checkout", 1, "completed"),
         ("payment", 1, "failed"),
@@ -567,6 +577,21 @@ def test_run_examples_runs_the_order_processing_examples_as_expected(monkeypatch
         assert section.index("\nnote: ") < section.index("\nresult: as expected")
 
 
+def test_run_examples_prints_what_a_step_logged_under_it(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    call_command("run_examples", only=["checkout"])
+
+    sections = capsys.readouterr().out.split("== checkout: ")[1:]
+    assert len(sections) == 2
+    for section, authorized in zip(sections, (True, False), strict=True):
+        lines = section.splitlines()
+        (at,) = [n for n, line in enumerate(lines) if line.strip().startswith("parallel_1/payment ")]
+        # The record follows its attempt's line, indented under it.
+        assert lines[at + 1].startswith(f"    logged INFO {workflows.logger.name}: order ")
+        assert ("card authorized, code" if authorized else "card not authorized (card_declined)") in lines[at + 1]
+
+
 def note_of(section: str) -> str:
     """The note printed in one run's section of the demo's output, unwrapped ("" when none)."""
     lines = section.splitlines()
@@ -705,3 +730,21 @@ def test_run_examples_expects_how_the_compensations_went(monkeypatch):
 
     with pytest.raises(CommandError, match=r"compensation is 'completed', expected 'failed'"):
         call_command("run_examples", verbosity=0)
+
+
+def test_run_examples_reruns_the_failed_notify_user_run_from_its_block_as_a_fork(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    call_command("run_examples", only=["notify_user"])
+
+    out = capsys.readouterr().out
+    assert "All 5 runs ended as expected." in out
+    section = out.split("== notify_user: unknown account, rerun from its block with the right account (fork)\n")[1]
+    original = WorkflowRun.objects.get(workflow="notify_user", input={"user_id": 0}, forked_from=None)
+    fork = WorkflowRun.objects.get(forked_from=original)
+    assert section.splitlines()[:3] == [
+        f"run {fork.pk}  workflow notify_user  status completed",
+        f"forked from run {original.pk} at 'parallel_1'",
+        'input: {"user_id": 0}',
+    ]
+    assert (original.status, fork.status, fork.context["all_sent"]) == ("failed", "completed", True)

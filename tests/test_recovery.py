@@ -88,7 +88,10 @@ def test_a_step_whose_worker_died_runs_again_without_using_its_retry_budget(
         None,
     )
     assert attempts(run) == [("first", 1, "failed"), ("first", 2, "completed"), ("second", 1, "completed")]
-    assert StepResult.objects.get(run=run, step="first", attempt=1).error == lost_reason(1)
+    lost = StepResult.objects.get(run=run, step="first", attempt=1)
+    # The lost first attempt keeps the context before the step, as the attempt would have (for a fork).
+    assert (lost.error, lost.context_before) == (lost_reason(1), {})
+    assert StepResult.objects.get(run=run, step="first", attempt=2).context_before is None
 
 
 @runs
@@ -278,13 +281,13 @@ def worker_pass(embedded: EmbeddedQueue) -> None:
 
 
 @runs
-def test_a_pass_with_nothing_to_recover_costs_eight_reads() -> None:
+def test_a_pass_with_nothing_to_recover_costs_nine_reads() -> None:
     # With the default RECOVER_INTERVAL, one such pass a second for the whole installation.
     recover()
     with CaptureQueriesContext(connection) as captured:
         assert recover() == Report()
     verbs = [query["sql"].split(None, 1)[0] for query in captured.captured_queries]
-    assert len(verbs) == 8
+    assert len(verbs) == 9
     assert set(verbs) <= {"SELECT", "DECLARE"}
 
 

@@ -365,7 +365,15 @@ def test_a_batch_of_branches_sends_one_step_finished_per_branch_for_one_query_pe
     # Built from what the batches wrote: the batches of 32 and 8 cost one more query each (their
     # run), and nothing else changes.
     assert len(listened.captured_queries) - len(quiet.captured_queries) == 2
-    assert listener.heard[0].obj.get_deferred_fields() == {"created_at", "job_id", "context", "compensates_id"}
+    assert listener.heard[0].obj.get_deferred_fields() == {
+        "created_at",
+        "job_id",
+        "context",
+        "compensates_id",
+        "context_before",
+    }
+    # The batch wrote each attempt's logs: the receiver has them without a query.
+    assert listener.heard[0].obj.logs == []
     assert listener.heard[0].obj.job_id == f"durable-run-{run.pk}-0"
 
 

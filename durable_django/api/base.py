@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, InterfaceError
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import parsers, renderers, status
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import APIException, ParseError
@@ -27,6 +27,15 @@ from ..dispatch import QUEUE_UNAVAILABLE
 from .permissions import authentication_classes, permission_classes
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The path parameter of a run's routes.
+RUN_ID = OpenApiParameter(
+    "id",
+    str,
+    OpenApiParameter.PATH,
+    description="The run's id, or a prefix of it of at least 8 hex characters that no other run's id starts with.",
+    pattern="^[0-9a-fA-F-]{8,36}$",
+)
 
 
 def document(**kwargs: Any) -> Callable[[F], F]:

@@ -3,10 +3,13 @@ start request, the query parameters of the list endpoints, and workflow descript
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -88,7 +91,7 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
 
     class Meta:
         model = StepResult
-        fields = (
+        fields: tuple[str, ...] = (
             "id",
             "run",
             "step",
@@ -106,6 +109,32 @@ class StepResultSerializer(serializers.ModelSerializer[StepResult]):
             "finished_at",
             "duration",
         )
+        read_only_fields: tuple[str, ...] = fields
+
+
+class LogRecordSerializer(serializers.Serializer[dict[str, Any]]):
+    """One record a step logged while its attempt executed."""
+
+    at = serializers.DateTimeField(read_only=True, help_text="When it was logged.")
+    level = serializers.CharField(read_only=True, help_text="Its level name: DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+    logger = serializers.CharField(
+        read_only=True, help_text='The logger\'s name; "print" for a printed line, "durable_django" for the cut.'
+    )
+    message = serializers.CharField(read_only=True, help_text="The message, with its traceback when it had one.")
+
+
+class StepResultDetailSerializer(StepResultSerializer):
+    """One attempt of one step, with what it logged (the lists leave the logs out)."""
+
+    logs = LogRecordSerializer(
+        many=True,
+        read_only=True,
+        help_text="The records the attempt logged (DURABLE['CAPTURE_LOGS']), oldest first, within the caps: "
+        "a last record of logger durable_django says how many more were not kept.",
+    )
+
+    class Meta(StepResultSerializer.Meta):
+        fields = (*StepResultSerializer.Meta.fields, "logs")
         read_only_fields = fields
 
 
@@ -227,8 +256,12 @@ class RunSerializer(serializers.ModelSerializer[WorkflowRun]):
             "detached",
             "compensation",
             "idempotency_key",
+            "forked_from",
+            "forked_from_step",
             "created_at",
+            "run_at",
             "started_at",
+            "deadline_at",
             "finished_at",
             "duration",
             "waits",
@@ -262,6 +295,9 @@ class RunDetailSerializer(RunSerializer):
         help_text="Runs started by its steps: called with call_workflow, or started with start_child (detached).",
     )
 
+    forks = serializers.PrimaryKeyRelatedField[WorkflowRun](
+        many=True, read_only=True, help_text="The runs forked from this one (fork_run), oldest first."
+    )
     steps = StepResultSerializer(many=True, read_only=True)
     groups = ParallelGroupSerializer(many=True, read_only=True)
     # DRF takes declared fields off the class, so this replaces the list's method field (the stubs cannot tell).
@@ -270,8 +306,19 @@ class RunDetailSerializer(RunSerializer):
     )
 
     class Meta(RunSerializer.Meta):
-        fields = (*RunSerializer.Meta.fields, "steps", "groups", "children")
+        fields = (*RunSerializer.Meta.fields, "steps", "groups", "children", "forks")
         read_only_fields = fields
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """A datetime that must say its time zone: a start time is never guessed from the server's."""
+
+    def enforce_timezone(self, value: datetime) -> datetime:
+        if timezone.is_naive(value):
+            raise serializers.ValidationError(
+                "A time zone offset is required (e.g. 2030-01-01T09:00:00+00:00 or ...Z)."
+            )
+        return super().enforce_timezone(value)
 
 
 class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
@@ -286,6 +333,18 @@ class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
         trim_whitespace=False,
         help_text="Starting the workflow again with the same key returns the first run instead of a new one.",
     )
+    delay = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=10**9,
+        help_text="Start the run this many seconds from now (it stays pending until then).",
+    )
+    run_at = AwareDateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Start the run at this time (ISO 8601 with a time zone offset); a time in the past starts it now.",
+    )
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if isinstance(data, Mapping):
@@ -299,6 +358,16 @@ class StartRunSerializer(serializers.Serializer[dict[str, Any]]):
         if find_workflow(value) is None:
             raise serializers.ValidationError(f"No workflow named {value!r} is registered.")
         return value
+
+    def validate_delay(self, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise serializers.ValidationError("A finite number of seconds is required.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("delay") is not None and attrs.get("run_at") is not None:
+            raise serializers.ValidationError({"run_at": ["Give delay or run_at, not both."]})
+        return attrs
 
 
 class CancelSerializer(serializers.Serializer[dict[str, Any]]):
@@ -328,6 +397,31 @@ class RunFilterSerializer(serializers.Serializer[dict[str, Any]]):
     )
     detached = serializers.BooleanField(
         required=False, allow_null=True, default=None, help_text="Only children started with start_child (true) or not."
+    )
+    created_before = serializers.DateTimeField(
+        required=False, source="created_at__lt", help_text="Only runs created before this time (ISO 8601)."
+    )
+    created_after = serializers.DateTimeField(
+        required=False, source="created_at__gte", help_text="Only runs created at or after this time (ISO 8601)."
+    )
+
+
+class BulkFilterSerializer(RunFilterSerializer):
+    """Query parameters of ``POST runs/retry/`` and ``runs/cancel/``: the list's filters, and ``dry_run``."""
+
+    dry_run = serializers.BooleanField(
+        required=False, default=False, help_text="Only count the runs the operation would change (default false)."
+    )
+
+
+class ForkSerializer(serializers.Serializer[dict[str, Any]]):
+    """The body of ``POST runs/{id}/fork/``."""
+
+    from_step = StringField(max_length=200, trim_whitespace=False, help_text="A top-level step or block of the run.")
+    # DRF takes declared fields off the class, so this does not hide Serializer.context (the stubs cannot tell).
+    context = JSONObjectField(  # type: ignore[assignment]
+        required=False,
+        help_text="The context the fork starts with; left out, the one the run had right before from_step.",
     )
 
 

@@ -24,9 +24,10 @@ from ..exceptions import AmbiguousRunId, InvalidInput, RunStateError, WorkflowNo
 from ..models import ParallelGroup, StepResult, Wait, WaitKind, WaitStatus, WorkflowRun
 from ..resume import provide_input, send_event
 from ..waits import can_answer
-from .base import DurableAPIMixin, document, request_body_size
+from .base import RUN_ID, DurableAPIMixin, document, request_body_size
 from .pagination import DurablePagination
 from .query import DurableOrdering, format_parameters, refuse_unknown
+from .run_actions import RunActionsMixin
 from .serializers import (
     OPEN_WAITS,
     CancelSerializer,
@@ -39,6 +40,7 @@ from .serializers import (
     RunStepFilterSerializer,
     StartRunSerializer,
     StepFilterSerializer,
+    StepResultDetailSerializer,
     StepResultSerializer,
     WaitFilterSerializer,
     WaitSerializer,
@@ -50,13 +52,6 @@ from .serializers import (
 DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 FIELD_ERRORS = OpenApiResponse(
     OpenApiTypes.OBJECT, description="Invalid fields: each field's name with a list of messages."
-)
-RUN_ID = OpenApiParameter(
-    "id",
-    str,
-    OpenApiParameter.PATH,
-    description="The run's id, or a prefix of it of at least 8 hex characters that no other run's id starts with.",
-    pattern="^[0-9a-fA-F-]{8,36}$",
 )
 AMBIGUOUS = OpenApiResponse(DETAIL, description="The id prefix matches more than one run.")
 ANY_JSON: dict[str, Any] = {"description": "Any JSON value."}
@@ -144,7 +139,13 @@ class RowViewSet(DurableViewSet[M], ReadOnlyModelViewSet[M]):
 
 def with_details(runs: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
     """``runs`` with what their detail shows alongside: step results, parallel groups and waits."""
-    return runs.prefetch_related("steps", "groups", Prefetch("waits", queryset=wait_rows()))
+    # The steps' logs are shown by a step's own detail only: a run's may hold thousands of records.
+    return runs.prefetch_related(
+        Prefetch("steps", queryset=StepResult.objects.defer("logs")),
+        "groups",
+        Prefetch("waits", queryset=wait_rows()),
+        Prefetch("forks", WorkflowRun.objects.order_by("created_at")),
+    )
 
 
 class AmbiguousId(APIException):
@@ -153,8 +154,8 @@ class AmbiguousId(APIException):
     default_code = "ambiguous_id"
 
 
-class RunViewSet(RowViewSet[WorkflowRun]):
-    """Workflow runs: list, read, start, retry, cancel, send events and answer inputs.
+class RunViewSet(RunActionsMixin, RowViewSet[WorkflowRun]):
+    """Workflow runs: list, read, start, retry, cancel (one, or those filters select), fork, send events and answer inputs.
 
     A run's routes take its whole id or a prefix of it of at least 8 hex characters that no
     other run's id starts with (``/runs/3f0c1a2b/``): ambiguous is a 400 saying how many runs
@@ -225,7 +226,11 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         name, key = body.validated_data["workflow"], body.validated_data.get("idempotency_key")
         try:
             run, created = get_or_start_run(
-                get_workflow(name), body.validated_data.get("input", {}), idempotency_key=key
+                get_workflow(name),
+                body.validated_data.get("input", {}),
+                idempotency_key=key,
+                delay=body.validated_data.get("delay"),
+                run_at=body.validated_data.get("run_at"),
             )
         except WorkflowNotFound as exc:
             raise ValidationError({"workflow": [str(exc)]}) from None
@@ -303,7 +308,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
         if errors:
             raise ValidationError(errors)
         run = self.get_object()
-        rows = StepResult.objects.filter(run=run, **filters.validated_data).order_by("id")
+        rows = StepResult.objects.filter(run=run, **filters.validated_data).defer("logs").order_by("id")
         page = self.paginator.paginate_queryset(rows, request, view=self) if self.paginator is not None else None
         return self.get_paginated_response(StepResultSerializer(page, many=True).data)
 
@@ -398,7 +403,7 @@ class RunViewSet(RowViewSet[WorkflowRun]):
 
 
 class StepResultViewSet(RowViewSet[StepResult]):
-    """Step results: one row per attempt of a step or a branch."""
+    """Step results: one row per attempt of a step or a branch; a step result's own detail also has its logs."""
 
     queryset = StepResult.objects.all()
     serializer_class = StepResultSerializer
@@ -406,11 +411,19 @@ class StepResultViewSet(RowViewSet[StepResult]):
     ordering_fields = ("id", "created_at", "started_at", "finished_at", "attempt", "step", "status")
     ordering = ("id",)
 
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[StepResult]]:
+        return StepResultDetailSerializer if self.action == "retrieve" else StepResultSerializer
+
+    def get_queryset(self) -> QuerySet[StepResult]:
+        queryset = super().get_queryset()
+        # A page of a list holds up to API_MAX_PAGE_SIZE rows: their logs are not read.
+        return queryset if self.action == "retrieve" else queryset.defer("logs")
+
     @document(summary="List step results", parameters=[StepFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @document(summary="A step result", responses={200: StepResultSerializer, 404: DETAIL})
+    @document(summary="A step result, with its logs", responses={200: StepResultDetailSerializer, 404: DETAIL})
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from django.db.models import Count, Min
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -81,10 +82,13 @@ def in_progress() -> GaugeMetricFamily:
 
 
 def oldest_pending() -> GaugeMetricFamily:
-    """Seconds since the oldest pending run (saved, not yet taken by a worker) was created; 0 when
-    none is pending. One query."""
-    oldest = WorkflowRun.objects.filter(status=RunStatus.PENDING).aggregate(oldest=Min("created_at"))["oldest"]
-    age = max((timezone.now() - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+    """Seconds since the oldest pending run (saved, not yet taken by a worker) was created (a
+    delayed run: since its start time; one whose time has not come does not count); 0 when none is
+    pending. One query."""
+    now = timezone.now()
+    pending = WorkflowRun.objects.filter(status=RunStatus.PENDING).exclude(run_at__gt=now)
+    oldest = pending.aggregate(oldest=Min(Coalesce("run_at", "created_at")))["oldest"]
+    age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
     return GaugeMetricFamily(
         "durable_oldest_pending_run_age_seconds",
         "Seconds since the oldest run still pending (not yet taken by a worker) was created; 0 when none is.",

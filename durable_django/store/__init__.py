@@ -17,8 +17,10 @@ commits (:func:`durable_django.dispatch.submit`).
 - :mod:`.branches`: claim a batch or one attempt, record a batch or one result, the next attempt
   of a branch, and the deadlines of waiting branches;
 - :mod:`.waits`: a run or branches suspended on a wait, a wait resolved once, buffered events;
+- :mod:`.timers`: a delayed run started once, the delayed runs due and the runs past their deadline;
 - :mod:`.compensations`: a compensating run claimed, each compensation attempt, its retry and end,
   and a compensating run taken over;
+- :mod:`.schedules`: a schedule's fire claimed with the runs it starts, declared rows synced, switches;
 - :mod:`.heartbeat`: renewing the leases this process holds;
 - :mod:`.notify`: what the winner of each change tells the receivers of
   :mod:`durable_django.signals`, once its transaction commits (nothing, and no query, when none
@@ -37,7 +39,7 @@ The hand-written statements are PostgreSQL fast paths (with a portable fallback 
 
 from __future__ import annotations
 
-from . import compensations, waits
+from . import compensations, schedules, timers, waits
 from .branches import (
     Decide,
     NextAttempt,
@@ -136,7 +138,9 @@ __all__ = [
     "reopen_group",
     "reopen_run",
     "retry_branch",
+    "schedules",
     "take_over_child",
+    "timers",
     "transition",
     "waits",
 ]

@@ -313,7 +313,8 @@ def _store_batch(outcomes: list[tuple[Claimed, Attempt]]) -> set[int]:
 
 
 def _store_batch_sql(outcomes: list[tuple[Claimed, Attempt]], connection: Any) -> tuple[str, list[Any]]:
-    """The UPDATE that writes a batch of results, only to rows this worker still holds, ``RETURNING id, status``."""
+    """The UPDATE that writes a batch of results (each with the logs of its attempt), only to rows this
+    worker still holds, ``RETURNING id, status``."""
     qn = connection.ops.quote_name
     table = qn(StepResult._meta.db_table)
     json_field = StepResult._meta.get_field("output")
@@ -334,20 +335,22 @@ def _store_batch_sql(outcomes: list[tuple[Claimed, Attempt]], connection: Any) -
             as_json(attempt.reason) if attempt.failed else None,
             time_field.get_db_prep_value(attempt.started_at, connection),
             time_field.get_db_prep_value(attempt.finished_at, connection),
+            as_json(attempt.logs),
         )
         for row, attempt in outcomes
     ]
-    columns = ("status", "output", "error", "started_at", "finished_at")
+    columns = ("status", "output", "error", "started_at", "finished_at", "logs")
     if postgres:
         # One array per column: the statement's size does not grow with the batch.
         source = (
-            "(SELECT id, status, output::jsonb, error::jsonb, started_at, finished_at FROM "
-            "unnest(%s::bigint[], %s::varchar[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
-            f"AS u (id, status, output, error, started_at, finished_at)) AS v (id, {', '.join(qn(c) for c in columns)})"
+            "(SELECT id, status, output::jsonb, error::jsonb, started_at, finished_at, logs::jsonb FROM "
+            "unnest(%s::bigint[], %s::varchar[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], "
+            "%s::text[]) AS u (id, status, output, error, started_at, finished_at, logs)) "
+            f"AS v (id, {', '.join(qn(c) for c in columns)})"
         )
         params: list[Any] = [list(column) for column in zip(*values, strict=True)]
     else:
-        rows_sql = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(values))
+        rows_sql = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(values))
         names = ", ".join(f"column{index + 1} AS {name}" for index, name in enumerate(("id", *columns)))
         source = f"(SELECT {names} FROM (VALUES {rows_sql})) AS v"
         params = [value for row in values for value in row]
@@ -430,6 +433,7 @@ def retry_branch(row_id: int, attempt: Attempt, nxt: NextAttempt) -> bool:
             error=attempt.reason,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            logs=attempt.logs,
             **released_fields(),
         )
         if not updated:
@@ -451,6 +455,7 @@ def record_branch(row_id: int, group_id: int, attempt: Attempt, decide: Decide |
             error=attempt.reason if failed else None,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            logs=attempt.logs,
             **released_fields(),
         )
         if not updated:

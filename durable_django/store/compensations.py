@@ -66,7 +66,7 @@ def record_compensation(
         if not won:
             return False
         StepResult.objects.filter(pk=row.pk, status=StepStatus.RUNNING).update(
-            status=row.status, output=row.output, error=row.error, finished_at=row.finished_at
+            status=row.status, output=row.output, error=row.error, finished_at=row.finished_at, logs=row.logs
         )
         dispatch.submit(*jobs)
     if fields is not None:

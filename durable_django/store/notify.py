@@ -151,6 +151,7 @@ def branch_rows(
             "error": attempt.reason if attempt.failed else None,
             "started_at": attempt.started_at,
             "finished_at": attempt.finished_at,
+            "logs": attempt.logs,
             "lease_owner": "",
             "lease_expires_at": None,
         }
@@ -206,7 +207,7 @@ def collecting_waits() -> list[Wait] | None:
 
 
 def cancelled(run_id: Any, group_ids: list[int], waits: Iterable[Wait]) -> None:
-    """The run ``run_id`` was cancelled (or now compensates, after a cancel), with its open groups
+    """The run ``run_id`` was cancelled or timed out (or now compensates after that), with its open groups
     ``group_ids`` and the waits ``waits``: the run is read, and the groups, when something listens."""
     if not listening(wait_resolved, group_finished, run_finished):
         return
@@ -219,5 +220,5 @@ def cancelled(run_id: Any, group_ids: list[int], waits: Iterable[Wait]) -> None:
     if group_ids and listening(group_finished):
         for group in ParallelGroup.objects.filter(pk__in=group_ids).order_by("pk"):
             _send(group_finished, run, group=group)
-    if run.status == RunStatus.CANCELLED and listening(run_finished):
+    if run.status in (RunStatus.CANCELLED, RunStatus.FAILED) and listening(run_finished):
         _send(run_finished, run)

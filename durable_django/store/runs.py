@@ -13,12 +13,13 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .. import dispatch, leases, results
+from .. import dispatch, leases, results, tracing
 from ..conf import durable_settings
 from ..definition import Foreach, Parallel, Workflow, find_workflow, queue_for
 from ..leases import held_fields, released_fields
 from ..logging import run_fields, run_finished
 from ..models import (
+    FINISHED_RUN_STATUSES,
     Compensation,
     GroupStatus,
     ParallelGroup,
@@ -112,15 +113,17 @@ def move_fields(wf: Workflow, position: int | None, context: dict[str, Any]) -> 
 # -- runs -----------------------------------------------------------------------------------------
 
 
-def create_run(run: WorkflowRun, queue: str) -> bool:
-    """Insert the new ``run`` and send its first job on ``queue``; ``False`` if a unique key was taken."""
+def create_run(run: WorkflowRun, queue: str, timers: Iterable[dispatch.Job] = ()) -> bool:
+    """Insert the new ``run`` and send its first job on ``queue`` (none for a delayed run: its
+    start job is among ``timers``, with its deadline's); ``False`` if a unique key was taken."""
     try:
         with transaction.atomic(using=router.db_for_write(WorkflowRun)):
             run.save(force_insert=True)
             notify.started(run)
     except IntegrityError:
         return False
-    dispatch.submit(dispatch.run_workflow_job(run.pk, queue, run.version))
+    first = [] if run.run_at is not None else [dispatch.run_workflow_job(run.pk, queue, run.version)]
+    dispatch.submit(*first, *timers)
     return True
 
 
@@ -242,7 +245,8 @@ def apply_move(
 ) -> None:
     """Leave on ``run`` the version and ``fields`` a transition of it wrote.
 
-    A run that finished with it (completed or failed) is logged once the transaction commits. A
+    A run that finished with it (completed or failed) is logged once the transaction commits, and
+    the span of a run that ended (cancelled too) is emitted then (:mod:`durable_django.tracing`). A
     run that now compensates is sent its compensate job then: every move of a run goes through
     here, so this is the one place that sends it. The receivers of :mod:`durable_django.signals`
     hear of it once the transaction commits: of the attempts ``rows`` it finished, the waits it
@@ -253,6 +257,8 @@ def apply_move(
     for name, value in fields.items():
         setattr(run, name, value)
     status = fields.get("status")
+    if status in FINISHED_RUN_STATUSES and (traced := tracing.run_ended(run)) is not None:
+        transaction.on_commit(traced, using=router.db_for_write(WorkflowRun))
     if status == RunStatus.COMPLETED or status == RunStatus.FAILED:
         # The error as stored: a run that ends after its compensations keeps the one it failed with.
         announce = partial(run_finished, logger, run.pk, run.workflow, str(status), run.error)
@@ -287,9 +293,12 @@ def record_cancelled_attempt(run: WorkflowRun, row: StepResult) -> bool:
     the attempt its own way. One transaction, which locks the run first.
     """
     with transaction.atomic(using=router.db_for_write(WorkflowRun)):
-        # Cancelled, or compensating after a cancel (a failure leaves an error; a cancel does not).
+        # Cancelled, or compensating after a cancel (a failure leaves an error; a cancel does not),
+        # or timed out: failed (or compensating) with a workflow timeout.
         cancelled = WorkflowRun.objects.select_for_update().filter(
-            Q(status=RunStatus.CANCELLED) | Q(status=RunStatus.COMPENSATING, error__isnull=True),
+            Q(status=RunStatus.CANCELLED)
+            | Q(status=RunStatus.COMPENSATING, error__isnull=True)
+            | Q(status__in=(RunStatus.FAILED, RunStatus.COMPENSATING), error__reason__type=results.WORKFLOW_TIMEOUT),
             pk=run.pk,
             version=run.version + 1,
         )
@@ -395,9 +404,10 @@ def reopen_run(run: WorkflowRun, fields: dict[str, Any], group_id: int | None = 
     return bool(moved)
 
 
-def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
+def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False, reason: Any = None) -> bool:
     """Cancel a pending, running or waiting run, its branches not started, its waits and its open
-    groups (not its children).
+    groups (not its children). ``reason``: the run fails with it instead, and only if its
+    ``deadline_at`` has passed at ``now`` (a workflow timeout).
 
     ``compensate``: when completed steps of the run have compensations, it moves to
     ``compensating`` instead, and its compensate job is sent on commit (the run ends
@@ -410,11 +420,19 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         .filter(run_id=run_id, status=GroupStatus.RUNNING)
         .values_list("pk", flat=True)
     )
-    fields: dict[str, Any] = {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
     locked = WorkflowRun.objects.select_for_update().filter(pk=run_id, status__in=CANCELLABLE)
-    name = locked.values_list("workflow", flat=True).first()
-    if name is None:
+    if reason is not None:
+        locked = locked.filter(deadline_at__lte=now)
+    # What its run span needs too (tracing), in the same read.
+    found = locked.values_list("workflow", "current_step", "trace_context", "started_at", "created_at").first()
+    if found is None:
         return False
+    name, step, carrier, started, created = found
+    fields: dict[str, Any] = (
+        {"status": RunStatus.CANCELLED, "finished_at": now, **released_fields()}
+        if reason is None
+        else {**fail_fields(step, reason), "finished_at": now}
+    )
     wf = find_workflow(name)
     if compensate and wf is not None and wf.has_compensations and to_compensate(run_id, wf):
         fields = compensating_fields(fields)
@@ -437,6 +455,11 @@ def cancel_run(run_id: Any, now: datetime, *, compensate: bool = False) -> bool:
         status=GroupStatus.CANCELLED, finished_at=now, pending_count=0, waiting_count=0, **released_fields()
     )
     notify.cancelled(run_id, groups, ended or ())
+    if fields["status"] != RunStatus.COMPENSATING:
+        status, error = str(fields["status"]), fields.get("error")
+        traced = tracing.ended(run_id, name, carrier, status, started or created, now, error)
+        if traced is not None:
+            transaction.on_commit(traced, using=router.db_for_write(WorkflowRun))
     executing = StepResult.objects.filter(run_id=run_id, status=StepStatus.RUNNING).values_list("job_id", flat=True)
     transaction.on_commit(partial(dispatch.stop_jobs, run_id, groups, list(executing), queues_of(wf)))
     return True

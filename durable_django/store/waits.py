@@ -11,7 +11,7 @@ timeouts, the first to lock the wait resolves it; the others find it resolved.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -255,7 +255,7 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
         if over:
             notify.wait_ended(run, wait)
             output = with_value(attempt.output, wait)
-            finals.append((row, Attempt(Outcome(OK, data=output), attempt.started_at, attempt.finished_at, output)))
+            finals.append((row, replace(attempt, outcome=Outcome(OK, data=output), output=output)))
             continue
         suspended.append(
             StepResult(
@@ -264,6 +264,7 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
                 output=attempt.output,
                 started_at=attempt.started_at,
                 finished_at=attempt.finished_at,
+                logs=attempt.logs,
                 **released_fields(),
             )
         )
@@ -274,7 +275,7 @@ def suspend_branches(group_id: int, run_id: Any, waits: list[tuple[Claimed, Atte
         # One statement for the batch's waiting branches, whatever their number.
         StepResult.objects.bulk_update(
             suspended,
-            ["status", "output", "started_at", "finished_at", "lease_owner", "lease_expires_at"],
+            ["status", "output", "started_at", "finished_at", "logs", "lease_owner", "lease_expires_at"],
             batch_size=500,
         )
     if suspended:

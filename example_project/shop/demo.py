@@ -16,10 +16,13 @@ from typing import Any
 from durable_django import start_workflow
 from durable_django.models import WorkflowRun
 
+from .forking import Fork
 from .responder import DIRECTOR, MANAGER, Answer, Response, Send, Webhook, staff_user
+from .schedule_demo import fire_weekly_report
 from .seed import ROOM_SKU, UNKNOWN_SKU, customer, order, seed_rooms, seed_stock
 from .services.airline import FULL_FLIGHT
 from .services.payment import DECLINED_TOKEN, REFUND_BLOCKED_TOKEN
+from .timing import QUOTE_LATE, QUOTE_TIMEOUT, start_reminder
 from .waiting import start_payment
 
 COMPLETED = "completed"
@@ -56,6 +59,8 @@ class Example:
     start: Callable[[dict[str, Any]], WorkflowRun] | None = None
     note: str = ""
     compensation: str = ""
+    #: A rerun of this example's run from one of its steps, once it ended as expected (see shop.forking).
+    fork: Fork | None = None
 
     def begin(self) -> WorkflowRun:
         """Start this example's run."""
@@ -170,6 +175,13 @@ def examples(tag: str) -> list[Example]:
             {"user_id": 0},
             FAILED,
             {"step": "critical_task", "parallel": "parallel_1", "reason": "account_not_found"},
+            fork=Fork(
+                "parallel_1",
+                {"user_id": ada.pk},
+                "unknown account, rerun from its block with the right account (fork)",
+                COMPLETED,
+                {"all_sent": True},
+            ),
         ),
         Example("dashboard_data", "every source answers", {"user_id": edsger.pk}, COMPLETED, {"has_errors": False}),
         Example(
@@ -245,6 +257,35 @@ def examples(tag: str) -> list[Example]:
         *waiting_examples(tag),
         *control_flow_examples(tag),
         *saga_examples(),
+        Example(
+            "stock_report",
+            "fired by its schedule weekly_stock_report",
+            {"threshold": 5},
+            COMPLETED,
+            {"threshold": 5},
+            start=fire_weekly_report,
+            note="a worker fires it every Monday at 07:00, Berlin time; the demo fired it at that time without "
+            "waiting for it (shop.schedule_demo). Its idempotency key names the schedule and the fire time, so "
+            "any number of workers start one run for it.",
+        ),
+        Example(
+            "cart_reminder",
+            "started one second later (delay)",
+            {"user_id": ada.pk},
+            COMPLETED,
+            {"reminded": True},
+            start=start_reminder,
+        ),
+        Example(
+            "supplier_quote",
+            "the supplier never answers (workflow timeout)",
+            {"item": "KB-01"},
+            FAILED,
+            {
+                "step": "request_quote",
+                "reason": {"type": "workflow_timeout", "timeout": QUOTE_TIMEOUT, "message": QUOTE_LATE},
+            },
+        ),
     ]
 
 

@@ -5,11 +5,14 @@ example it translates; ``python manage.py run_examples`` runs them all. Steps ca
 services of ``shop.services``, so every branch does real work on real rows, and every outcome
 (a declined card, an empty warehouse, a bouncing address) is decided by the data. The examples
 that wait (for an approval, a webhook, a sleep) are in ``shop.waiting``, the saga whose completed
-steps are undone when a later one fails in ``shop.sagas``; both are registered from here.
+steps are undone when a later one fails in ``shop.sagas``, the stock report that a schedule starts
+in ``shop.reports``, a delayed start and a workflow timeout in ``shop.timing``; all are registered
+from here.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from durable_django import (
@@ -22,13 +25,16 @@ from durable_django import (
     parallel_ok,
     parallel_result,
     parallel_results,
+    schedule,
     step,
     workflow,
 )
 
 from . import (
     control_flow,  # noqa: F401 - registers the foreach / branch / start_child examples
+    reports,  # noqa: F401 - registers the stock report, which the schedule below starts
     sagas,  # noqa: F401 - registers the saga, whose steps are undone when a later one fails
+    timing,  # noqa: F401 - registers the delayed reminder and the workflow with a timeout
     waiting,  # noqa: F401 - registers the workflows that wait
 )
 from .models import Order
@@ -49,6 +55,10 @@ from .services import (
 
 Ctx = dict[str, Any]
 Result = tuple[Any, ...]
+
+# What a step logs while it runs is kept with its attempt (DURABLE["CAPTURE_LOGS"]): the admin
+# shows it on the step's row, and run_examples prints it under the step.
+logger = logging.getLogger(__name__)
 
 
 # -- onboard_user: a parallel block and its __results__ -------------------------------------------
@@ -106,8 +116,10 @@ onboard_user = workflow(
 def authorize_payment(ctx: Ctx) -> Result:
     match payment.authorize(ctx["order_id"]):
         case ("ok", auth):
+            logger.info("order %s: card authorized, code %s", ctx["order_id"], auth.code)
             return ok({"id": auth.id, "code": auth.code})
         case ("error", reason):
+            logger.info("order %s: card not authorized (%s)", ctx["order_id"], reason)
             return error(reason)
 
 
@@ -492,3 +504,8 @@ place_order = workflow(
         step("summarize", lambda ctx: ok({"paid": parallel_ok("payment"), "shipped": parallel_ok("shipping")})),
     ],
 )
+
+
+# -- a schedule: the stock report every Monday at 07:00, Berlin time -------------------------------
+
+schedule("weekly_stock_report", "stock_report", "0 7 * * 1", timezone="Europe/Berlin", input={"threshold": 5})

@@ -371,38 +371,44 @@ def test_run_page_is_read_only(embedded: EmbeddedQueue, admin_client: Client) ->
 # -- retry and cancel: actions -------------------------------------------------------------------
 
 
-def test_retry_action_retries_failed_runs_and_names_each_run_it_refused(
+def test_retry_action_retries_the_failed_runs_of_the_selection_and_counts_those_left_alone(
     embedded: EmbeddedQueue, admin_client: Client
 ) -> None:
     failed = order(embedded, "retry-action-1", decline=True)
     completed = order(embedded, "retry-action-2")
-    reason = refusal(retry_run, completed)
     response = admin_client.post(
         CHANGELIST, {"action": "retry_selected", "_selected_action": ids(failed, completed)}, follow=True
     )
     assert messages_of(response) == [
-        ("warning", f"Did not retry it_admin_order run {completed.pk}: {reason}"),
-        ("success", f"Retried it_admin_order run {failed.pk}: it is running again."),
+        ("success", "Retried 1 of the 2 selected runs."),
+        ("warning", "Left 1 alone: only a failed run (whose compensations have not run) can be retried."),
     ]
     failed.refresh_from_db()
     completed.refresh_from_db()
     assert (failed.status, completed.status) == ("running", "completed")
+    response = admin_client.post(
+        CHANGELIST, {"action": "retry_selected", "_selected_action": ids(completed)}, follow=True
+    )
+    assert messages_of(response) == [
+        ("warning", "Retried 0 of the 1 selected runs."),
+        ("warning", "Left 1 alone: only a failed run (whose compensations have not run) can be retried."),
+    ]
 
 
-def test_cancel_action_cancels_unfinished_runs_and_names_each_run_it_refused(
+def test_cancel_action_cancels_the_unfinished_runs_of_the_selection_and_counts_those_left_alone(
     embedded: EmbeddedQueue, admin_client: Client
 ) -> None:
     completed = order(embedded, "cancel-action-1")
     pending = start_workflow("it_admin_order", {"token": "cancel-action-2", "amount": 5, "decline": False})
-    reason = refusal(cancel_run, completed)
     response = admin_client.post(
         CHANGELIST, {"action": "cancel_selected", "_selected_action": ids(pending, completed)}, follow=True
     )
     assert messages_of(response) == [
-        ("success", f"Cancelled it_admin_order run {pending.pk}."),
-        ("warning", f"Did not cancel it_admin_order run {completed.pk}: {reason}"),
+        ("success", "Cancelled 1 of the 2 selected runs."),
+        ("warning", "Left 1 alone: only a pending, running or waiting run can be cancelled."),
     ]
     assert WorkflowRun.objects.get(pk=pending.pk).status == "cancelled"
+    assert WorkflowRun.objects.get(pk=completed.pk).status == "completed"
 
 
 def test_actions_are_offered_only_with_the_change_permission(embedded: EmbeddedQueue, django_user_model: Any) -> None:

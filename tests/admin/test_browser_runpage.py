@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.urls import reverse
 
 from durable_django import start_workflow
-from durable_django.models import WorkflowRun
+from durable_django.models import StepResult, WorkflowRun
 from durable_django.operations import retry_run
 from durable_django.testing import EmbeddedQueue
+from tests.admin.logs_support import logged_run
 from tests.admin.run_page_support import running_run
 from tests.admin.support import change_url, order
 from tests.admin.waits_support import start_waiting
@@ -136,3 +138,40 @@ def test_waiting_run(embedded: EmbeddedQueue, page: Any, tmp_path: Path) -> None
     assert page.locator(".dt-wait").count() >= 1
     assert_labels_apart(page)
     shoot(page, tmp_path / "waiting.png")
+
+
+def test_what_a_step_logged_unfolds_under_its_timeline_line(
+    embedded: EmbeddedQueue, define: Any, page: Any, tmp_path: Path
+) -> None:
+    run = logged_run(embedded, define)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(change_url(run))
+    fold = page.locator(".durable-timeline .dt-logs-row[data-step='charge'] details.dt-logs")
+    lines = fold.locator(".durable-log")
+    assert not lines.first.is_visible()
+    fold.locator("summary").click()
+    assert [lines.nth(i).get_attribute("data-level") for i in range(lines.count())] == ["INFO", "WARNING"]
+    assert lines.first.is_visible()
+    # Escaped, on one line with its time, level and logger, inside the timeline's width.
+    first = lines.first.inner_text()
+    assert "INFO" in first and "shop.orders" in first and "charging 8900 for <script>alert(1)</script>" in first
+    fold.scroll_into_view_if_needed()
+    shot = tmp_path / "timeline_logs.png"
+    page.locator(".durable-timeline-module").screenshot(path=str(shot), animations="disabled")
+    assert shot.stat().st_size > 1000
+    timeline = page.locator(".durable-timeline").bounding_box()
+    for index in range(lines.count()):
+        box = lines.nth(index).bounding_box()
+        assert box["x"] >= timeline["x"] and box["x"] + box["width"] <= timeline["x"] + timeline["width"] + 1
+        # The time, level and logger start the line the message starts on.
+        tops = [lines.nth(index).locator(part).bounding_box()["y"] for part in ("time", ".durable-log-message")]
+        assert abs(tops[0] - tops[1]) < 3, lines.nth(index).inner_text()
+    shoot(page, tmp_path / "logs.png")
+    # A step result's own page: ten records and a long one are folded until opened.
+    chatty = StepResult.objects.get(run=run, step="chatty")
+    page.goto(reverse("admin:durable_django_stepresult_change", args=[chatty.pk]))
+    folded = page.locator(".field-logs_display details.durable-logs")
+    assert folded.locator("summary").inner_text() == "10 records: 9 INFO, 1 ERROR"
+    folded.locator("summary").click()
+    assert folded.locator(".durable-log").nth(9).is_visible()
+    page.locator("#content").screenshot(path=str(tmp_path / "step_logs.png"), animations="disabled")

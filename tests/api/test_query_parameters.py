@@ -47,7 +47,7 @@ def run_ids(runs: dict[str, WorkflowRun], names: str) -> list[str]:
 # -- unknown parameters ---------------------------------------------------------------------------
 
 ACCEPTED = {
-    "run-list": "workflow, status, parent, detached, ordering, page, page_size, format",
+    "run-list": "workflow, status, parent, detached, created_before, created_after, ordering, page, page_size, format",
     "step-list": "run, status, step, group, kind, item_index, ordering, page, page_size, format",
     "group-list": "run, status, kind, ordering, page, page_size, format",
     "wait-list": "run, status, kind, name, input_kind, ordering, page, page_size, format",

@@ -142,14 +142,19 @@ def test_detail_has_every_run_field(api: APIClient) -> None:
         "detached": False,
         "compensation": "",
         "idempotency_key": "order-7",
+        "forked_from": None,
+        "forked_from_step": "",
         "created_at": iso(run.created_at),
+        "run_at": None,
         "started_at": None,
+        "deadline_at": None,
         "finished_at": None,
         "duration": None,
         "waits": [],
         "steps": [],
         "groups": [],
         "children": [],
+        "forks": [],
     }
 
 
@@ -330,8 +335,8 @@ def test_start_with_a_null_idempotency_key_starts_a_new_run_each_time(api: APICl
         (
             {"workflow": "{wf}", "inputs": {}, "key": "x"},
             {
-                "inputs": ["Unknown field; expected workflow, input, idempotency_key."],
-                "key": ["Unknown field; expected workflow, input, idempotency_key."],
+                "inputs": ["Unknown field; expected workflow, input, idempotency_key, delay, run_at."],
+                "key": ["Unknown field; expected workflow, input, idempotency_key, delay, run_at."],
             },
         ),
     ],

@@ -15,6 +15,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import override_settings
+from django.utils import timezone
 from drf_spectacular.validation import validate_schema
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
@@ -23,7 +24,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from durable_django import ok, step
-from durable_django.models import ParallelGroup, StepResult, Wait, WorkflowRun
+from durable_django.models import ParallelGroup, Schedule, StepResult, Wait, WorkflowRun
 from tests.engine_support import Definer
 
 from .conftest import client_for, grant, url
@@ -38,6 +39,9 @@ PATHS = {
     "/api/durable/runs/{id}/events/{event}/": ["post"],
     "/api/durable/runs/{id}/inputs/{name}/": ["post"],
     "/api/durable/runs/{id}/steps/": ["get"],
+    "/api/durable/runs/retry/": ["post"],
+    "/api/durable/runs/cancel/": ["post"],
+    "/api/durable/runs/{id}/fork/": ["post"],
     "/api/durable/steps/": ["get"],
     "/api/durable/steps/{id}/": ["get"],
     "/api/durable/groups/": ["get"],
@@ -46,6 +50,12 @@ PATHS = {
     "/api/durable/waits/{id}/": ["get"],
     "/api/durable/workflows/": ["get"],
     "/api/durable/workflows/{name}/": ["get"],
+    "/api/durable/schedules/": ["get"],
+    "/api/durable/schedules/{name}/": ["get"],
+    "/api/durable/schedules/{name}/enable/": ["post"],
+    "/api/durable/schedules/{name}/disable/": ["post"],
+    "/api/durable/schedules/{name}/fire/": ["post"],
+    "/api/durable/schedules/{name}/runs/": ["get"],
 }
 
 
@@ -96,10 +106,15 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     start = schema["paths"]["/api/durable/runs/"]["post"]
     assert sorted(start["responses"]) == ["200", "201", "400", "413"]
     body = schema["components"]["schemas"]["StartRun"]
-    assert (sorted(body["properties"]), body["required"]) == (["idempotency_key", "input", "workflow"], ["workflow"])
+    assert (sorted(body["properties"]), body["required"]) == (
+        ["delay", "idempotency_key", "input", "run_at", "workflow"],
+        ["workflow"],
+    )
     assert body["properties"]["input"]["type"] == "object"
     parameters = schema["paths"]["/api/durable/runs/"]["get"]["parameters"]
     assert sorted(parameter["name"] for parameter in parameters) == [
+        "created_after",
+        "created_before",
         "detached",
         "ordering",
         "page",
@@ -121,6 +136,19 @@ def test_schema_describes_the_start_body_and_the_filters(api: APIClient) -> None
     ]
     assert steps["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PaginatedStepResultList"
+    }
+    # A step result's own detail has its logs; the lists do not.
+    detail = schema["paths"]["/api/durable/steps/{id}/"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert detail["schema"] == {"$ref": "#/components/schemas/StepResultDetail"}
+    components = schema["components"]["schemas"]
+    assert "logs" not in components["StepResult"]["properties"]
+    logs = components["StepResultDetail"]["properties"]["logs"]
+    assert (logs["type"], logs["items"]) == ("array", {"$ref": "#/components/schemas/LogRecord"})
+    assert {name: value["type"] for name, value in components["LogRecord"]["properties"].items()} == {
+        "at": "string",
+        "level": "string",
+        "logger": "string",
+        "message": "string",
     }
 
 
@@ -301,17 +329,25 @@ def existing(define: Definer) -> dict[str, str]:
     group = ParallelGroup.objects.create(run=run, name="block", on_error="fail_fast")
     row = StepResult.objects.create(run=run, step="only", status="failed", group=group)
     wait = Wait.objects.create(run=run, step_result=row, kind="input", name="approve", input_kind="approval")
+    fired = Schedule.objects.create(name="fuzzed", workflow=wf.name, cron="0 7 * * 1", next_fire_at=timezone.now())
     return {
         "runs": str(run.pk),
         "steps": str(row.pk),
         "groups": str(group.pk),
         "waits": str(wait.pk),
         "workflows": wf.name,
+        "schedules": fired.name,
     }
 
 
-# A workflow's name is any string: no request to that operation is invalid by the schema.
-NOTHING_INVALID = {("GET", "/api/durable/workflows/{name}/")}
+# A workflow's or a schedule's name is any string: no request to these operations is invalid by the schema.
+NOTHING_INVALID = {
+    ("GET", "/api/durable/workflows/{name}/"),
+    ("GET", "/api/durable/schedules/{name}/"),
+    ("POST", "/api/durable/schedules/{name}/enable/"),
+    ("POST", "/api/durable/schedules/{name}/disable/"),
+    ("POST", "/api/durable/schedules/{name}/fire/"),
+}
 CASES = [
     (method.upper(), path, mode)
     for path, methods in PATHS.items()

@@ -89,7 +89,27 @@ def test_one_step_result(api: APIClient, rows: dict[str, Any]) -> None:
         "started_at": None,
         "finished_at": None,
         "duration": None,
+        "logs": [],
     }
+
+
+LOGS = [
+    {"at": "2026-03-01T10:00:00.250000+00:00", "level": "INFO", "logger": "shop.orders", "message": "charging 89.00"},
+    {"at": "2026-03-01T10:00:01+00:00", "level": "WARNING", "logger": "durable_django", "message": "3 more records"},
+]
+
+
+def test_a_step_results_detail_has_its_logs_and_the_lists_leave_them_out(api: APIClient, rows: dict[str, Any]) -> None:
+    row = rows["reserve"]
+    StepResult.objects.filter(pk=row.pk).update(logs=LOGS)
+    # As stored: "at" is the ISO time the record was logged at.
+    assert api.get(url("step-detail", row.pk)).json()["logs"] == LOGS
+    listed = [
+        api.get(url("step-list")).json()["results"][0],
+        api.get(url("run-steps", rows["a"].pk)).json()["results"][0],
+        api.get(url("run-detail", rows["a"].pk)).json()["steps"][0],
+    ]
+    assert [(item["id"], "logs" in item) for item in listed] == [(row.pk, False)] * 3
 
 
 def test_groups_filter_by_run_and_status(api: APIClient, rows: dict[str, Any]) -> None:

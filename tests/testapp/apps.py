@@ -16,6 +16,7 @@ class TestAppConfig(AppConfig):
             control_flow_workflows,  # noqa: F401 - registers the foreach and branch integration tests' workflows
             recovery_workflows,  # noqa: F401 - registers the fault-injection tests' workflows
             saga_workflows,  # noqa: F401 - registers the compensation tests' workflows on workers
+            timing_workflows,  # noqa: F401 - registers the delayed start and timeout tests' workflows
             wait_workflows,  # noqa: F401 - registers the waits' integration tests' workflows
         )
 
@@ -31,6 +32,11 @@ class TestAppConfig(AppConfig):
             from .signal_receivers import connect
 
             connect()
+        spans = os.environ.get("DURABLE_IT_SPANS")
+        if spans:
+            from .span_export import install
+
+            install(spans)
         if os.environ.get("DURABLE_IT_CRASH_BEFORE_CLAIM"):
             from .faults import crash_before_claim
 

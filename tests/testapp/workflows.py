@@ -345,3 +345,23 @@ def _sleeper(ctx: Ctx) -> tuple[str, Any]:
 
 
 cancel_sleeper = workflow("it_cancel_sleeper", [step("sleeper", _sleeper), step("after", _after)])
+
+
+# -- it_checkout: a sequential step that fails until the test repairs it (forks, bulk retry) --------
+
+
+def _charge_when_repaired(ctx: Ctx) -> tuple[str, Any]:
+    _count(ctx, "charge")
+    if ctx.get("price", 0) <= 0 and not redis().exists(key(ctx["token"], "repaired")):
+        return error({"code": "bad_price", "price": ctx.get("price")})
+    return ok({"charged": ctx["price"]})
+
+
+checkout = workflow(
+    "it_checkout",
+    [
+        step("price", lambda ctx: ok({"price": ctx["amount"] * 2})),
+        step("charge", _charge_when_repaired),
+        step("after", _after),
+    ],
+)

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
 from durable_django.conf import durable_settings
-from durable_django.recovery import recover
+from durable_django.recovery import fire_schedules, recover
 
 
 class Command(BaseCommand):
@@ -36,6 +36,7 @@ class Command(BaseCommand):
         while True:
             close_old_connections()
             report = recover()
+            fire_schedules()
             self.stdout.write(f"recovery: {report}")
             if not loop:
                 return

@@ -69,7 +69,17 @@ class Command(BaseCommand):
             raise CommandError("--limit must be 0 or more.")
         if options["limit"]:
             runs = runs[: options["limit"]]
-        fields = ("id", "workflow", "status", "current_step", "created_at", "finished_at", "error")
+        fields = (
+            "id",
+            "workflow",
+            "status",
+            "current_step",
+            "created_at",
+            "run_at",
+            "deadline_at",
+            "finished_at",
+            "error",
+        )
         rows = list(runs.values(*fields))
         waits = open_waits([row["id"] for row in rows if row["status"] == RunStatus.WAITING])
         if options["json"]:
@@ -86,5 +96,10 @@ class Command(BaseCommand):
                 f"{row['id']!s:36}  {row['workflow'][:24]:24}  {row['status']:9}  "
                 f"{(row['current_step'] or '-')[:20]:20}  {row['created_at']:%Y-%m-%d %H:%M:%S}  "
                 + "; ".join(describe_wait(wait) for wait in waits.get(row["id"], []))
+                + (
+                    f"start at {row['run_at']:%Y-%m-%d %H:%M:%S}"
+                    if row["status"] == RunStatus.PENDING and row["run_at"]
+                    else ""
+                )
             )
             self.stdout.write(line.rstrip())

@@ -64,11 +64,16 @@ class Command(BaseCommand):
         mode = f"durable_worker x{WORKERS} on {redis_url}" if redis_url else "embedded queue, in this process"
         self.say(f"Running {len(chosen)} example runs ({mode}; database {settings.DATABASES['default']['NAME']})\n")
         started = time.monotonic()
-        runs = (
-            self.run_with_workers(chosen, options["timeout"])
-            if redis_url
-            else self.run_embedded(chosen, options["timeout"])
-        )
+        drive = self.run_with_workers if redis_url else self.run_embedded
+        runs = drive(chosen, options["timeout"])
+        # Runs rerun from one of their steps (forks) start once the runs they come from have ended.
+        forks = [
+            example.fork.example(example, run)
+            for example, run in zip(chosen, runs, strict=True)
+            if example.fork is not None and WorkflowRun.objects.get(pk=run.pk).status == example.status
+        ]
+        if forks:
+            chosen, runs = [*chosen, *forks], [*runs, *drive(forks, options["timeout"])]
         self.say(f"Every run finished after {time.monotonic() - started:.1f} s.\n")
 
         failures = []
@@ -186,7 +191,11 @@ class Command(BaseCommand):
 
     def print_details(self, run: WorkflowRun, indent: str) -> None:
         self.say(f"{indent}run {run.pk}  workflow {run.workflow}  status {run.status}")
+        if run.forked_from_id is not None:
+            self.say(f"{indent}forked from run {run.forked_from_id} at {run.forked_from_step!r}")
         self.say(f"{indent}input: {self.compact(run.input)}")
+        if run.schedule_id:
+            self.say(f"{indent}started by schedule {run.schedule.name}, idempotency key {run.idempotency_key}")
         self.say(f"{indent}steps:")
         for row in run.steps.select_related("group").order_by("id"):
             if row.item_index is not None:
@@ -200,6 +209,9 @@ class Command(BaseCommand):
             value = row.output if row.status == "completed" else row.error
             shown = "" if value is None else self.compact(value)
             self.say(f"{indent}  {name:<36} attempt {row.attempt}  {row.status:<9} {shown}")
+            for record in row.logs:
+                # What the attempt logged while it ran (DURABLE["CAPTURE_LOGS"]).
+                self.say(f"{indent}    logged {record['level']} {record['logger']}: {record['message']}")
         jobs = set(run.steps.exclude(job_id="").values_list("job_id", flat=True))
         if jobs:
             # A short run executes in the one job its start sent; retries and big blocks take more.

@@ -106,13 +106,23 @@ def _retry_chunk(ids: list[Any]) -> int:
     """Retry the failed runs among ``ids`` that nobody else holds: one transaction; how many it retried."""
     now = timezone.now()
     with transaction.atomic():
-        runs = bulk.lock_failed(ids)
+        # Groups before runs: the order of every writer that moves a run on from a block (retry_run's
+        # among them), so that a bulk retry and a retry of the same run never wait for each other.
+        # A run one of whose groups another transaction holds is left to it, as a run it holds is.
+        groups = list(ParallelGroup.objects.filter(run_id__in=ids).order_by("pk").values_list("pk", "run_id", "name"))
+        busy: set[Any] = set()
+        if groups:
+            free = set(
+                ParallelGroup.objects.select_for_update(skip_locked=True)
+                .filter(pk__in=[pk for pk, _, _ in groups])
+                .values_list("pk", flat=True)
+            )
+            busy = {run_id for pk, run_id, _ in groups if pk not in free}
+        runs = bulk.lock_failed([pk for pk in ids if pk not in busy])
         if not runs:
             return 0
         locked = {run.pk for run in runs}
-        in_blocks = set(
-            ParallelGroup.objects.filter(run_id__in=locked).order_by().values_list("run_id", "name").distinct()
-        )
+        in_blocks = {(run_id, name) for _, run_id, name in groups}
         failed_children = set(
             WorkflowRun.objects.filter(parent_id__in=locked, status=RunStatus.FAILED, detached=False)
             .order_by()

@@ -8,12 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from durable_django import bulk, call_workflow, cancel_runs, dispatch, error, ok, parallel, retry_runs, step, timer_jobs
-from durable_django.models import RunStatus, WorkflowRun
+from durable_django.models import ParallelGroup, RunStatus, WorkflowRun
 from durable_django.store.bulk import REOPENED_FIELDS
 from durable_django.testing import EmbeddedQueue
 from tests.engine_support import Definer, attempts, finish
@@ -266,3 +266,45 @@ def test_a_bulk_cancel_of_a_delayed_run_withdraws_its_start_job(embedded: Embedd
     assert [job for queue in embedded.queues() for job in queue.scheduled_job_registry.get_job_ids()] == []
     later.refresh_from_db()
     assert later.status == "cancelled"
+
+
+@runs
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: PostgreSQL")
+def test_a_bulk_retry_leaves_a_run_whose_block_another_transaction_holds_without_waiting_for_it(
+    embedded: EmbeddedQueue, define: Definer
+) -> None:
+    flaky = Switch({"b": 2})
+    wf = define([parallel(step("a", lambda ctx: ok({"a": 1})), step("b", flaky), name="fan")])
+    blocked = finish(embedded, wf.start({}))
+    assert (blocked.status, blocked.current_step) == ("failed", "fan")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_group() -> None:
+        # What retry_run's reopen does first: lock the run's group, then (later) write the run.
+        try:
+            with transaction.atomic():
+                list(ParallelGroup.objects.select_for_update().filter(run_id=blocked.pk))
+                held.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_group)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '5s'")  # a bulk retry that waited would fail here
+        assert retry_runs(WorkflowRun.objects.filter(pk=blocked.pk)) == 0
+        blocked.refresh_from_db()
+        assert blocked.status == "failed"
+    finally:
+        release.set()
+        holder.join()
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = 0")
+
+    assert retry_runs(WorkflowRun.objects.filter(pk=blocked.pk)) == 1
+    flaky.on = True
+    assert finish(embedded, blocked).status == "completed"

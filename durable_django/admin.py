@@ -40,6 +40,7 @@ from .admin_bulk import RunBulkAdmin
 from .admin_columns import DisplayColumns, ReadOnlyAdmin
 from .admin_delete import RunDeletionAdmin
 from .admin_display import (
+    ADMIN_CSS,
     bounded_results,
     change_url,
     group_outcomes,
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 else:
     _AdminBase = BaseModelAdmin
 
-CSS = {"all": ("durable_django/admin.css",)}
 
 # What each operator action calls in durable_django.operations, what it reports per run and what
 # it records in the run's admin history.
@@ -231,7 +231,7 @@ class WorkflowRunAdmin(
     readonly_fields = flatten_fieldsets(fieldsets)
 
     class Media:
-        css = CSS
+        css = ADMIN_CSS
         js = ("durable_django/live.js",)
 
     @admin.display(description=_("run"), ordering="id")
@@ -382,7 +382,7 @@ class _RunRowsAdmin(RunRowsSearchAdmin, ReadOnlyAdmin, DisplayColumns, admin.Mod
     show_full_result_count = False
 
     class Media:
-        css = CSS
+        css = ADMIN_CSS
 
     @admin.display(description=_("run"), ordering="run")
     def run_link(self, obj: StepResult | ParallelGroup) -> SafeString:

@@ -28,6 +28,9 @@ from .admin_items import FIRST_ITEMS, ItemSummary, item_links
 from .models import ParallelGroup, StepResult, StepStatus, WorkflowRun
 from .timeaxis import format_duration, status_colour
 
+# The stylesheet every durable_django admin page adds to Django's.
+ADMIN_CSS = {"all": ("durable_django/admin.css",)}
+
 # One-line previews of outputs and errors in tables; the full value is on the row's own page.
 PREVIEW_CHARS = 120
 

@@ -23,11 +23,10 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from . import resume
-from .admin_display import change_url, moment, pretty_json, preview, run_link, short_id, status_badge
+from .admin_display import ADMIN_CSS, change_url, moment, pretty_json, preview, run_link, short_id, status_badge
 from .admin_lists import RunRowsSearchAdmin
 from .admin_waits import (
     ANSWERED_SHOWN,
-    CSS,
     DEFAULT_PERMISSION,
     answer_summary,
     answer_url,
@@ -51,7 +50,7 @@ class _ReadOnlyAdmin(RunRowsSearchAdmin, admin.ModelAdmin):
     show_full_result_count = False
 
     class Media:
-        css = CSS
+        css = ADMIN_CSS
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

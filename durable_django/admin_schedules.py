@@ -24,7 +24,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from . import firing
-from .admin_display import moment, run_link, status_badge
+from .admin_display import ADMIN_CSS, moment, run_link, status_badge
 from .admin_lists import GuardedListAdmin
 from .definition import find_workflow
 from .exceptions import InvalidInput
@@ -33,7 +33,6 @@ from .schedules import cron_problem, input_problem, timezone_problem, zone
 
 # How many of a schedule's latest runs its page lists (the rest: the link to the filtered run list).
 RECENT_RUNS = 10
-CSS = {"all": ("durable_django/admin.css",)}
 
 
 def in_its_zone(row: Schedule, value: Any) -> str:
@@ -106,7 +105,7 @@ class ScheduleAdmin(GuardedListAdmin, admin.ModelAdmin):
     list_filter = ("enabled", "declared_in_code", "workflow")
 
     class Media:
-        css = CSS
+        css = ADMIN_CSS
 
     search_fields = ("name", "workflow")
     actions = ("enable_schedules", "disable_schedules", "fire_now")

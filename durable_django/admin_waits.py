@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 else:
     _RunAdminBase = object
 
-CSS = {"all": ("durable_django/admin.css",)}
 
 #: The buffered events a run's page lists at most (the newest are left off past that).
 EVENTS_SHOWN = 50

@@ -80,9 +80,11 @@ class Workflow:
     flat: tuple[Node, ...] = field(default=(), compare=False, repr=False)
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _next: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
+    _top: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flat", tuple(walk(self.steps)))
+        object.__setattr__(self, "_top", frozenset(node.name for node in self.steps))
         self._index.update({node.name: position for position, node in enumerate(self.flat)})
         successors(self.steps, None, self._next)
 
@@ -97,10 +99,11 @@ class Workflow:
 
     def goto_position(self, name: str) -> int | None:
         """Position of the top-level step or block ``name`` (the only targets of ``goto``), or ``None``."""
-        position = self._index.get(name)
-        if position is None or all(node.name != name for node in self.steps):
-            return None
-        return position
+        return self._index.get(name) if name in self._top else None
+
+    def is_top_level(self, name: str) -> bool:
+        """Whether ``name`` is a top-level step or block: a target of ``goto`` and ``fork_run``."""
+        return name in self._top
 
     def node(self, name: str) -> Node | None:
         """The step or block called ``name`` (a case's steps included), or ``None``."""

@@ -217,7 +217,7 @@ def _run_sequential_step(run: WorkflowRun, wf: Workflow, step: Step, queue: str)
         job_id=dispatch.current_job_id(),
         logs=attempt.logs,
         # What a fork from this step starts with; written by the same INSERT, once per entry into the step.
-        context_before=run.context if attempt_no == 1 and wf.goto_position(step.name) is not None else None,
+        context_before=run.context if attempt_no == 1 and wf.is_top_level(step.name) else None,
     )
     if attempt.waits:
         return _suspend(run, wf, step, row, attempt)
@@ -275,7 +275,7 @@ def _take_branch(run: WorkflowRun, wf: Workflow, node: Branch, queue: str) -> Wo
         attempt=run.current_attempt,
         started_at=timezone.now(),
         job_id=dispatch.current_job_id(),
-        context_before=run.context if wf.goto_position(node.name) is not None else None,
+        context_before=run.context if wf.is_top_level(node.name) else None,
     )
     if not store.may_start(run.pk):
         _log_not_started(run, node.name)

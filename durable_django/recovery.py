@@ -262,7 +262,7 @@ def _take_over_run(run: WorkflowRun, now: datetime, report: Report) -> None:
     lost = StepResult(
         run=run, step=node.name, attempt=run.current_attempt, status=StepStatus.FAILED, error=reason, finished_at=now
     )
-    if run.current_attempt == 1 and wf is not None and wf.goto_position(node.name) is not None:
+    if run.current_attempt == 1 and wf is not None and wf.is_top_level(node.name):
         lost.context_before = run.context  # as the lost attempt would have recorded it (see durable_django.forks)
     if streak >= durable_settings.MAX_WORKER_LOST:
         if store.fail_run(run, node.name, reason, [lost]):

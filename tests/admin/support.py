@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 from django.urls import reverse
@@ -14,6 +16,16 @@ from durable_django.testing import EmbeddedQueue
 from tests.testapp.workflows import ADMIN_FIXED
 
 CHANGELIST = reverse("admin:durable_django_workflowrun_changelist")
+
+
+def shoot(page: Any, directory: Path, name: str) -> None:
+    """A full-page screenshot into ``directory`` (and ``$DURABLE_SCREENSHOTS`` when set, for the docs)."""
+    targets = [directory / name]
+    if os.environ.get("DURABLE_SCREENSHOTS"):
+        targets.append(Path(os.environ["DURABLE_SCREENSHOTS"]) / name)
+    for path in targets:
+        page.screenshot(path=str(path), full_page=True, animations="disabled")
+        assert path.stat().st_size > 1000
 
 
 def change_url(run: WorkflowRun | uuid.UUID | str) -> str:

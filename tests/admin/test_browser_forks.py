@@ -7,7 +7,6 @@ Saves screenshots of the failed run's page (its "Rerun from here" buttons) and o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,9 @@ import pytest
 
 from durable_django.models import WorkflowRun
 from durable_django.testing import EmbeddedQueue
-from tests.admin.support import change_url, order
+from tests.admin.support import change_url, order, shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def shoot(page: Any, directory: Path, name: str) -> None:
-    targets = [directory / name]
-    if os.environ.get("DURABLE_SCREENSHOTS"):
-        targets.append(Path(os.environ["DURABLE_SCREENSHOTS"]) / name)
-    for path in targets:
-        page.screenshot(path=str(path), full_page=True, animations="disabled")
-        assert path.stat().st_size > 1000
 
 
 def test_a_failed_run_is_rerun_from_its_block_with_an_edited_context(

@@ -6,7 +6,6 @@ Saves screenshots of the schedule list and of a schedule's page to the temporary
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,9 @@ from durable_django.admin_schedules import in_its_zone
 from durable_django.models import Schedule, WorkflowRun
 from durable_django.schedules import next_fire
 from durable_django.testing import EmbeddedQueue
+from tests.admin.support import shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def shoot(page: Any, directory: Path, name: str) -> None:
-    targets = [directory / name]
-    if os.environ.get("DURABLE_SCREENSHOTS"):
-        targets.append(Path(os.environ["DURABLE_SCREENSHOTS"]) / name)
-    for path in targets:
-        page.screenshot(path=str(path), full_page=True, animations="disabled")
-        assert path.stat().st_size > 1000
 
 
 def test_a_schedule_is_fired_now_from_its_list_and_its_run_is_linked_on_its_page(

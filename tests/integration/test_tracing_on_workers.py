@@ -16,7 +16,7 @@ import pytest
 from opentelemetry import trace
 
 from durable_django import start_workflow
-from durable_django.models import RunStatus, StepResult
+from durable_django.models import RunStatus, StepResult, WorkflowRun
 from tests.testapp import span_export
 from tests.testapp.recovery_workflows import FAN_WIDTH, executions
 
@@ -34,13 +34,29 @@ def span_file(tmp_path: Path) -> Iterator[Path]:
     span_export.install(None)
 
 
+def start_traced(workflow: str, input: dict[str, Any]) -> tuple[WorkflowRun, str]:
+    """A run started under a span of the test's own, and the id of that span's trace."""
+    with trace.get_tracer("tests").start_as_current_span("caller") as caller:
+        run = start_workflow(workflow, input)
+    return run, format(caller.get_span_context().trace_id, "032x")
+
+
+def exported_spans(span_file: Path, workflow: str) -> list[dict[str, Any]]:
+    """Every span exported by the test's processes, once the run's own span is among them."""
+    # The run span is exported right after the commit that finished the run.
+    wait_for(
+        lambda: any(span["name"] == f"durable.run {workflow}" for span in span_export.read(span_file)),
+        10,
+        what="the run span",
+    )
+    return span_export.read(span_file)
+
+
 @pytest.mark.timeout(120)
 def test_one_trace_spans_a_run_whose_worker_was_killed_mid_step_and_recovered(workers: Any, span_file: Path) -> None:
     pool = workers(2, env={"DURABLE_IT_SPANS": str(span_file)})
     token = uuid.uuid4().hex
-    with trace.get_tracer("tests").start_as_current_span("caller") as caller:
-        run = start_workflow("it_killed_step", {"token": token})
-    trace_id = format(caller.get_span_context().trace_id, "032x")
+    run, trace_id = start_traced("it_killed_step", {"token": token})
 
     wait_for(lambda: executions(token).get("slow") == 1, 60, what="the slow step to execute")
     run.refresh_from_db()
@@ -49,14 +65,8 @@ def test_one_trace_spans_a_run_whose_worker_was_killed_mid_step_and_recovered(wo
     pool.kill(killed)
     pool.finish(run)
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
-    # The run span is exported right after the commit that completed the run.
-    wait_for(
-        lambda: any(span["name"] == "durable.run it_killed_step" for span in span_export.read(span_file)),
-        10,
-        what="the run span",
-    )
 
-    spans = span_export.read(span_file)
+    spans = exported_spans(span_file, "it_killed_step")
     assert Counter(span["name"] for span in spans) == Counter(
         {
             "caller": 1,
@@ -112,9 +122,7 @@ def test_one_trace_spans_a_block_whose_branch_lost_its_worker(workers: Any, span
     name = f"b_{victim:02}"
     branches = [f"b_{i:02}" for i in range(FAN_WIDTH)]
     token = uuid.uuid4().hex
-    with trace.get_tracer("tests").start_as_current_span("caller") as caller:
-        run = start_workflow("it_killed_branch", {"token": token, "victim": victim})
-    trace_id = format(caller.get_span_context().trace_id, "032x")
+    run, trace_id = start_traced("it_killed_branch", {"token": token, "victim": victim})
 
     wait_for(lambda: executions(token).get(name) == 1, 60, what=f"{name} to execute")
     # Its batch overran and gave back the branches it had not started: the victim alone is lost.
@@ -131,13 +139,8 @@ def test_one_trace_spans_a_block_whose_branch_lost_its_worker(workers: Any, span
     pool.kill(killed)
     pool.finish(run)
     assert (run.status, run.error) == (RunStatus.COMPLETED, None)
-    wait_for(
-        lambda: any(span["name"] == "durable.run it_killed_branch" for span in span_export.read(span_file)),
-        10,
-        what="the run span",
-    )
 
-    spans = span_export.read(span_file)
+    spans = exported_spans(span_file, "it_killed_branch")
     # The victim's first attempt died with its worker (no span); its second one ended.
     assert Counter(span["name"] for span in spans) == Counter(
         {
